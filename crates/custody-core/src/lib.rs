@@ -1,0 +1,18 @@
+//! custody-core: the pure library under the custody credential broker.
+//!
+//! No async, no sockets, no processes. It holds the types, the only code that
+//! touches cryptographic primitives ([`crypto`]), the encrypted vault
+//! ([`vault`]), the streaming masking engine ([`mask`]) and the dotenv parser
+//! used by `custody import` ([`dotenv`]).
+//!
+//! Secret values only ever live in [`secrecy`] types that are zeroized on drop
+//! and print as `[REDACTED]`; errors are built from names and ids only.
+#![deny(missing_docs)]
+
+pub mod crypto;
+pub mod dotenv;
+pub mod mask;
+pub mod names;
+pub mod vault;
+
+pub use secrecy;
