@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod dotenv;
 pub mod mask;
 pub mod names;
+pub mod paths;
 pub mod vault;
 
 pub use secrecy;

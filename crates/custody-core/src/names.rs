@@ -1,1 +1,152 @@
-//! placeholder
+//! Environment and variable names: the rules, checked once at the edge.
+//!
+//! Names are not secret (the agent sees them by design), but they are still
+//! sealed at rest so a copied vault file reveals nothing about the user's
+//! infrastructure. Validated names are typed so the rest of the code never
+//! handles an unchecked one.
+
+use std::fmt;
+
+/// Longest name accepted, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// The rule for environment names, as shown to users.
+pub const ENV_NAME_RULE: &str = "1-128 characters matching [a-z0-9][a-z0-9._-]*";
+/// The rule for variable names, as shown to users.
+pub const VAR_NAME_RULE: &str = "1-128 characters matching [A-Za-z_][A-Za-z0-9_]*";
+
+/// A name that broke its rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameError {
+    /// An environment name broke [`ENV_NAME_RULE`].
+    #[error("invalid environment name {shown}: use {ENV_NAME_RULE} (e.g. shop-dev)")]
+    Environment {
+        /// The offending name, quoted and shortened for display.
+        shown: String,
+    },
+    /// A variable name broke [`VAR_NAME_RULE`].
+    #[error("invalid variable name {shown}: use {VAR_NAME_RULE} (e.g. DATABASE_URL)")]
+    Variable {
+        /// The offending name, quoted and shortened for display.
+        shown: String,
+    },
+}
+
+/// Quotes a rejected name for an error message, bounded in length and with
+/// control characters escaped so it cannot mangle a terminal.
+fn shown(raw: &str) -> String {
+    if raw.is_empty() {
+        return "(empty)".to_owned();
+    }
+    let mut s: String = raw.chars().take(40).flat_map(char::escape_debug).collect();
+    if raw.chars().count() > 40 {
+        s.push('…');
+    }
+    format!("'{s}'")
+}
+
+/// A valid environment name, e.g. `shop-prod`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EnvName(String);
+
+impl EnvName {
+    /// Checks `raw` against [`ENV_NAME_RULE`].
+    pub fn new(raw: &str) -> Result<Self, NameError> {
+        let b = raw.as_bytes();
+        let ok = !b.is_empty()
+            && b.len() <= MAX_NAME_LEN
+            && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+            && b.iter().all(|&c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
+            });
+        if ok {
+            Ok(EnvName(raw.to_owned()))
+        } else {
+            Err(NameError::Environment { shown: shown(raw) })
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A valid variable name, e.g. `DATABASE_URL`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VarName(String);
+
+impl VarName {
+    /// Checks `raw` against [`VAR_NAME_RULE`].
+    pub fn new(raw: &str) -> Result<Self, NameError> {
+        if is_valid_var_name(raw) {
+            Ok(VarName(raw.to_owned()))
+        } else {
+            Err(NameError::Variable { shown: shown(raw) })
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Whether `raw` satisfies [`VAR_NAME_RULE`].
+pub fn is_valid_var_name(raw: &str) -> bool {
+    let b = raw.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_NAME_LEN
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+impl fmt::Display for EnvName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for VarName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_names() {
+        for ok in ["shop-dev", "a", "0", "x.y_z-1", &"a".repeat(128)] {
+            assert!(EnvName::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Shop", "-x", ".x", "a b", "a/b", "é", &"a".repeat(129)] {
+            let err = EnvName::new(bad).unwrap_err().to_string();
+            assert!(err.contains(ENV_NAME_RULE), "{err}");
+        }
+    }
+
+    #[test]
+    fn var_names() {
+        for ok in ["A", "_", "DATABASE_URL", "a1", &"A".repeat(128)] {
+            assert!(VarName::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "1A", "A-B", "A B", "A.B", "Ä", &"A".repeat(129)] {
+            let err = VarName::new(bad).unwrap_err().to_string();
+            assert!(err.contains(VAR_NAME_RULE), "{err}");
+        }
+    }
+
+    #[test]
+    fn shown_is_bounded_and_escaped() {
+        let err = VarName::new(&format!("\x1b[31m{}", "x".repeat(100)))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains('\x1b'));
+        assert!(err.len() < 200);
+        assert!(EnvName::new("").unwrap_err().to_string().contains("(empty)"));
+    }
+}

@@ -1,1 +1,1058 @@
-//! placeholder
+//! The encrypted vault: one SQLite file (WAL mode) holding only ciphertext,
+//! keyed hashes and timestamps.
+//!
+//! Key hierarchy: passphrase → Argon2id → KEK → unwraps the random vault key →
+//! HKDF subkeys for sealing and for the name index. Every value is sealed with
+//! associated data binding vault id, environment id, variable id and version,
+//! so a ciphertext moved to another row fails to open. Names are stored only
+//! sealed, and found through an HMAC index.
+
+mod error;
+mod schema;
+
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use secrecy::SecretSlice;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::crypto::{self, KdfParams, Key, SALT_LEN, SEALED_OVERHEAD, Subkey};
+use crate::names::{EnvName, VarName};
+
+pub use error::VaultError;
+pub use schema::CURRENT_VERSION as FORMAT_VERSION;
+
+/// Shorthand for vault results.
+pub type Result<T, E = VaultError> = std::result::Result<T, E>;
+
+/// A secret value as handed out by the vault: zeroized on drop, `Debug`
+/// prints `[REDACTED]`, no `Display` or `Serialize`.
+pub type SecretValue = SecretSlice<u8>;
+
+/// Largest value accepted, in bytes. Values travel to the broker in 1 MiB
+/// protocol frames (base64 in JSON), and real secrets (tokens, keys,
+/// kubeconfigs, service-account JSON) are far smaller.
+pub const MAX_VALUE_LEN: usize = 512 * 1024;
+/// Largest description accepted, in bytes.
+pub const MAX_DESCRIPTION_LEN: usize = 4096;
+/// Shortest approval PIN accepted.
+pub const MIN_PIN_LEN: usize = 6;
+
+const ID_LEN: usize = 16;
+type Id = [u8; ID_LEN];
+
+/// How a variable reaches a child process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum VarKind {
+    /// Injected as an environment variable.
+    #[default]
+    Env,
+    /// Delivered as the path of an ephemeral 0600 file.
+    File,
+}
+
+impl VarKind {
+    /// The kind's name as used on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VarKind::Env => "env",
+            VarKind::File => "file",
+        }
+    }
+}
+
+/// An environment as listed: names and metadata only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EnvironmentInfo {
+    /// Its name.
+    pub name: EnvNameSer,
+    /// What it is for (readable by the agent).
+    pub description: String,
+    /// Number of variables declared in it.
+    pub variable_count: usize,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_at: i64,
+    /// Last change, seconds since the Unix epoch.
+    pub updated_at: i64,
+}
+
+/// An environment name in serializable form.
+pub type EnvNameSer = String;
+
+/// A variable as listed: never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VariableInfo {
+    /// Its name.
+    pub name: String,
+    /// What it is for (readable by the agent).
+    pub description: String,
+    /// How it is delivered.
+    pub kind: VarKind,
+    /// Whether a value is stored.
+    pub is_set: bool,
+    /// Whether the value is too short for the masking engine to mask
+    /// reliably (shorter than [`crate::mask::MIN_MASKABLE_LEN`] bytes).
+    pub too_short_to_mask: bool,
+    /// Incremented each time the value changes.
+    pub version: u64,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_at: i64,
+    /// Last change, seconds since the Unix epoch.
+    pub updated_at: i64,
+}
+
+/// What to change on a variable besides its value.
+#[derive(Debug, Clone, Default)]
+pub struct VariableUpdate {
+    /// New description; `None` keeps the current one.
+    pub description: Option<String>,
+    /// New kind; `None` keeps the current one (`env` for a new variable).
+    pub kind: Option<VarKind>,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct ImportReport {
+    /// Variables created.
+    pub created: usize,
+    /// Existing variables whose value was replaced.
+    pub updated: usize,
+}
+
+/// The sealed label of an environment or variable.
+#[derive(Serialize, Deserialize)]
+struct Label {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    kind: VarKind,
+}
+
+/// An open, unlocked vault.
+pub struct Vault {
+    conn: Connection,
+    path: PathBuf,
+    vault_id: Id,
+    vault_key: Key,
+    seal_key: Key,
+    index_key: Key,
+}
+
+impl fmt::Debug for Vault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vault")
+            .field("path", &self.path)
+            .field("vault_id", &hex::encode(self.vault_id))
+            .finish_non_exhaustive()
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn aad(kind: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + parts.iter().map(|p| p.len()).sum::<usize>());
+    out.extend_from_slice(b"custody/v1/");
+    out.extend_from_slice(kind);
+    for p in parts {
+        out.push(0);
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+fn to_id(bytes: Vec<u8>) -> Result<Id> {
+    Id::try_from(bytes.as_slice()).map_err(|_| VaultError::Storage("malformed row id".into()))
+}
+
+/// The keys and ids an upsert needs, borrowed apart from the connection so a
+/// transaction can be open at the same time.
+struct Keys<'a> {
+    vault_id: &'a Id,
+    seal: &'a Key,
+    index: &'a Key,
+}
+
+/// Borrows the keys of a vault field by field, so the borrow stays disjoint
+/// from `conn` (a method taking `&self` would borrow the whole vault).
+macro_rules! keys_of {
+    ($v:expr) => {
+        Keys {
+            vault_id: &$v.vault_id,
+            seal: &$v.seal_key,
+            index: &$v.index_key,
+        }
+    };
+}
+
+impl Vault {
+    /// Creates a new vault at `path` (which must not exist), in a directory
+    /// made 0700, with the file 0600.
+    pub fn create(path: &Path, passphrase: &[u8], pin: &[u8], params: KdfParams) -> Result<Vault> {
+        if pin.len() < MIN_PIN_LEN {
+            return Err(VaultError::PinTooShort { min: MIN_PIN_LEN });
+        }
+        params.validate()?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            create_private_dir(dir)?;
+        }
+        // Create the file ourselves, exclusively and 0600, so there is no
+        // window where it exists with looser permissions and so an existing
+        // vault is never overwritten. SQLite treats an empty file as new and
+        // gives its -wal/-shm files the same permissions.
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::AlreadyExists => VaultError::AlreadyExists {
+                    path: path.to_owned(),
+                },
+                _ => VaultError::Io {
+                    path: path.to_owned(),
+                    source,
+                },
+            })?;
+        match Self::initialize(path, passphrase, pin, params) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                // Nothing of value is in a half-made vault; remove it so a
+                // retry is possible.
+                for suffix in ["", "-wal", "-shm", "-journal"] {
+                    let _ = fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn initialize(path: &Path, passphrase: &[u8], pin: &[u8], params: KdfParams) -> Result<Vault> {
+        let mut conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| storage(e, path))?;
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA application_id = {};",
+            schema::APPLICATION_ID
+        ))
+        .map_err(|e| storage(e, path))?;
+        schema::migrate(&mut conn, 0).map_err(|e| storage(e, path))?;
+
+        let vault_id: Id = crypto::random_array()?;
+        let vault_key = Key::random()?;
+        let pin_hash = crypto::hash_pin(pin, &params)?;
+        let (salt, wrapped) = wrap_vault_key(&vault_key, &vault_id, passphrase, &params)?;
+        let params_json =
+            serde_json::to_vec(&params).map_err(|e| VaultError::Storage(e.to_string()))?;
+        let tx = conn.transaction().map_err(|e| storage(e, path))?;
+        {
+            let mut put = tx
+                .prepare("INSERT INTO meta (key, value) VALUES (?1, ?2)")
+                .map_err(|e| storage(e, path))?;
+            let created = now().to_be_bytes();
+            let check = key_check(&vault_key, &vault_id);
+            for (k, v) in [
+                ("vault_id", &vault_id[..]),
+                ("kdf_params", &params_json[..]),
+                ("kdf_salt", &salt[..]),
+                ("wrapped_key", &wrapped[..]),
+                ("pin_hash", pin_hash.as_bytes()),
+                ("key_check", &check[..]),
+                ("created_at", &created[..]),
+            ] {
+                put.execute(params![k, v]).map_err(|e| storage(e, path))?;
+            }
+        }
+        tx.commit().map_err(|e| storage(e, path))?;
+        Self::finish_open(conn, path, vault_id, vault_key)
+    }
+
+    /// Opens the vault at `path` with the passphrase (runs the KDF).
+    pub fn unlock(path: &Path, passphrase: &[u8]) -> Result<Vault> {
+        let conn = open_existing(path)?;
+        let vault_id = to_id(meta(&conn, path, "vault_id")?)?;
+        let params: KdfParams = serde_json::from_slice(&meta(&conn, path, "kdf_params")?)
+            .map_err(|_| corrupt(path, "KDF parameters unreadable"))?;
+        let salt: [u8; SALT_LEN] = meta(&conn, path, "kdf_salt")?
+            .as_slice()
+            .try_into()
+            .map_err(|_| corrupt(path, "KDF salt malformed"))?;
+        let wrapped = meta(&conn, path, "wrapped_key")?;
+        let kek = crypto::derive_kek(passphrase, &salt, &params)?;
+        let vault_key = unwrap_vault_key(&kek, &vault_id, &wrapped)?;
+        Self::finish_open(conn, path, vault_id, vault_key)
+    }
+
+    /// Opens the vault at `path` with an already unwrapped vault key (the
+    /// broker, which holds the key after `unlock`). A wrong key is reported
+    /// as [`VaultError::WrongPassphrase`].
+    pub fn open_with_key(path: &Path, vault_key: Key) -> Result<Vault> {
+        let conn = open_existing(path)?;
+        let vault_id = to_id(meta(&conn, path, "vault_id")?)?;
+        let vault = Self::finish_open(conn, path, vault_id, vault_key)?;
+        vault.check_key()?;
+        Ok(vault)
+    }
+
+    fn finish_open(conn: Connection, path: &Path, vault_id: Id, vault_key: Key) -> Result<Vault> {
+        conn.execute_batch(
+            "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(|e| storage(e, path))?;
+        let seal_key = crypto::derive_subkey(&vault_key, &vault_id, Subkey::Seal);
+        let index_key = crypto::derive_subkey(&vault_key, &vault_id, Subkey::NameIndex);
+        Ok(Vault {
+            conn,
+            path: path.to_owned(),
+            vault_id,
+            vault_key,
+            seal_key,
+            index_key,
+        })
+    }
+
+    /// Checks the held key against the stored key-check value (a keyed
+    /// hash, so it reveals nothing about the key).
+    fn check_key(&self) -> Result<()> {
+        let stored = meta(&self.conn, &self.path, "key_check")?;
+        if crypto::ct_eq(&stored, &key_check(&self.vault_key, &self.vault_id)) {
+            Ok(())
+        } else {
+            Err(VaultError::WrongPassphrase)
+        }
+    }
+
+    /// The file this vault lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The vault's random id, hex-encoded (not secret).
+    pub fn id_hex(&self) -> String {
+        hex::encode(self.vault_id)
+    }
+
+    /// The unwrapped vault key, for the broker to hold.
+    pub fn vault_key(&self) -> &Key {
+        &self.vault_key
+    }
+
+    /// A key derived from the vault key for `purpose` (e.g. the audit chain).
+    pub fn subkey(&self, purpose: Subkey) -> Key {
+        crypto::derive_subkey(&self.vault_key, &self.vault_id, purpose)
+    }
+
+    /// Re-wraps the vault key under a new passphrase. One transaction: after
+    /// a crash either the old or the new passphrase works, never neither.
+    pub fn change_passphrase(&mut self, new_passphrase: &[u8], params: KdfParams) -> Result<()> {
+        params.validate()?;
+        let (salt, wrapped) =
+            wrap_vault_key(&self.vault_key, &self.vault_id, new_passphrase, &params)?;
+        let params_json =
+            serde_json::to_vec(&params).map_err(|e| VaultError::Storage(e.to_string()))?;
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| storage(e, &path))?;
+        for (k, v) in [
+            ("kdf_params", &params_json[..]),
+            ("kdf_salt", &salt[..]),
+            ("wrapped_key", &wrapped[..]),
+        ] {
+            tx.execute("UPDATE meta SET value = ?2 WHERE key = ?1", params![k, v])
+                .map_err(|e| storage(e, &path))?;
+        }
+        tx.commit().map_err(|e| storage(e, &path))
+    }
+
+    /// The KDF parameters the passphrase is currently wrapped with.
+    pub fn kdf_params(&self) -> Result<KdfParams> {
+        serde_json::from_slice(&meta(&self.conn, &self.path, "kdf_params")?)
+            .map_err(|_| corrupt(&self.path, "KDF parameters unreadable"))
+    }
+
+    /// Checks an approval PIN (Argon2id, constant-time). Rate limiting and
+    /// lockout are the broker's job.
+    pub fn verify_pin(&self, pin: &[u8]) -> Result<bool> {
+        let phc = meta(&self.conn, &self.path, "pin_hash")?;
+        let phc = std::str::from_utf8(&phc).map_err(|_| corrupt(&self.path, "PIN hash"))?;
+        Ok(crypto::verify_pin(pin, phc)?)
+    }
+
+    /// Replaces the approval PIN.
+    pub fn change_pin(&mut self, new_pin: &[u8]) -> Result<()> {
+        if new_pin.len() < MIN_PIN_LEN {
+            return Err(VaultError::PinTooShort { min: MIN_PIN_LEN });
+        }
+        let phc = crypto::hash_pin(new_pin, &self.kdf_params()?)?;
+        self.conn
+            .execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'pin_hash'",
+                params![phc.as_bytes()],
+            )
+            .map_err(|e| storage(e, &self.path))?;
+        Ok(())
+    }
+
+    // ----- environments -------------------------------------------------
+
+    fn env_index(&self, name: &EnvName) -> [u8; 32] {
+        crypto::keyed_hash(&self.index_key, &[b"env", name.as_str().as_bytes()])
+    }
+
+    fn env_id(&self, name: &EnvName) -> Result<Id> {
+        let id: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT id FROM environments WHERE name_index = ?1")
+            .and_then(|mut s| {
+                s.query_row(params![&self.env_index(name)[..]], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(|e| storage(e, &self.path))?;
+        match id {
+            Some(id) => to_id(id),
+            None => Err(VaultError::NoSuchEnvironment(name.to_string())),
+        }
+    }
+
+    fn seal_label(&self, kind: &[u8], ids: &[&[u8]], label: &Label) -> Result<Vec<u8>> {
+        let json = Zeroizing::new(
+            serde_json::to_vec(label).map_err(|e| VaultError::Storage(e.to_string()))?,
+        );
+        let mut parts: Vec<&[u8]> = vec![&self.vault_id];
+        parts.extend_from_slice(ids);
+        Ok(crypto::seal(&self.seal_key, &aad(kind, &parts), &json)?)
+    }
+
+    fn open_label(&self, kind: &[u8], ids: &[&[u8]], sealed: &[u8], what: &str) -> Result<Label> {
+        let mut parts: Vec<&[u8]> = vec![&self.vault_id];
+        parts.extend_from_slice(ids);
+        let json = crypto::open(&self.seal_key, &aad(kind, &parts), sealed).map_err(|_| {
+            VaultError::Tampered {
+                what: what.to_owned(),
+            }
+        })?;
+        serde_json::from_slice(&json).map_err(|_| VaultError::Tampered {
+            what: what.to_owned(),
+        })
+    }
+
+    /// Creates an environment.
+    pub fn create_environment(&mut self, name: &EnvName, description: &str) -> Result<()> {
+        check_description(description)?;
+        let id: Id = crypto::random_array()?;
+        let label = Label {
+            name: name.to_string(),
+            description: description.to_owned(),
+            kind: VarKind::Env,
+        };
+        let sealed = self.seal_label(b"env-label", &[&id], &label)?;
+        let t = now();
+        let res = self.conn.execute(
+            "INSERT INTO environments (id, name_index, sealed_label, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?4)",
+            params![&id[..], &self.env_index(name)[..], sealed, t],
+        );
+        match res {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(VaultError::EnvironmentExists(name.to_string()))
+            }
+            Err(e) => Err(storage(e, &self.path)),
+        }
+    }
+
+    /// Changes an environment's description.
+    pub fn describe_environment(&mut self, name: &EnvName, description: &str) -> Result<()> {
+        check_description(description)?;
+        let id = self.env_id(name)?;
+        let label = Label {
+            name: name.to_string(),
+            description: description.to_owned(),
+            kind: VarKind::Env,
+        };
+        let sealed = self.seal_label(b"env-label", &[&id], &label)?;
+        self.conn
+            .execute(
+                "UPDATE environments SET sealed_label = ?2, updated_at = ?3 WHERE id = ?1",
+                params![&id[..], sealed, now()],
+            )
+            .map_err(|e| storage(e, &self.path))?;
+        Ok(())
+    }
+
+    /// Removes an environment and all its variables; returns how many
+    /// variables went with it.
+    pub fn remove_environment(&mut self, name: &EnvName) -> Result<usize> {
+        let id = self.env_id(name)?;
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| storage(e, &path))?;
+        let removed = tx
+            .execute("DELETE FROM variables WHERE env_id = ?1", params![&id[..]])
+            .map_err(|e| storage(e, &path))?;
+        tx.execute("DELETE FROM environments WHERE id = ?1", params![&id[..]])
+            .map_err(|e| storage(e, &path))?;
+        tx.commit().map_err(|e| storage(e, &path))?;
+        Ok(removed)
+    }
+
+    /// All environments, sorted by name.
+    pub fn environments(&self) -> Result<Vec<EnvironmentInfo>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT e.id, e.sealed_label, e.created_at, e.updated_at,
+                        (SELECT count(*) FROM variables v WHERE v.env_id = e.id)
+                 FROM environments e",
+            )
+            .map_err(|e| storage(e, &self.path))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })
+            .map_err(|e| storage(e, &self.path))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, sealed, created_at, updated_at, count) =
+                row.map_err(|e| storage(e, &self.path))?;
+            let id = to_id(id)?;
+            let label = self.open_label(b"env-label", &[&id], &sealed, "environment name")?;
+            out.push(EnvironmentInfo {
+                name: label.name,
+                description: label.description,
+                variable_count: usize::try_from(count).unwrap_or(0),
+                created_at,
+                updated_at,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// One environment.
+    pub fn environment(&self, name: &EnvName) -> Result<EnvironmentInfo> {
+        let id = self.env_id(name)?;
+        let (sealed, created_at, updated_at, count): (Vec<u8>, i64, i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT sealed_label, created_at, updated_at,
+                        (SELECT count(*) FROM variables WHERE env_id = ?1)
+                 FROM environments WHERE id = ?1",
+                params![&id[..]],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .map_err(|e| storage(e, &self.path))?;
+        let label = self.open_label(b"env-label", &[&id], &sealed, "environment name")?;
+        Ok(EnvironmentInfo {
+            name: label.name,
+            description: label.description,
+            variable_count: usize::try_from(count).unwrap_or(0),
+            created_at,
+            updated_at,
+        })
+    }
+
+    // ----- variables ----------------------------------------------------
+
+    fn var_index(&self, env_id: &Id, name: &VarName) -> [u8; 32] {
+        crypto::keyed_hash(&self.index_key, &[b"var", env_id, name.as_str().as_bytes()])
+    }
+
+    fn what(env: &EnvName, var: &VarName, part: &str) -> String {
+        format!("{part} of {env}/{var}")
+    }
+
+    /// Sets (creating if needed) a variable's value. Returns whether it was
+    /// created.
+    pub fn set_variable(
+        &mut self,
+        env: &EnvName,
+        var: &VarName,
+        value: &[u8],
+        update: &VariableUpdate,
+    ) -> Result<bool> {
+        let env_id = self.env_id(env)?;
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| storage(e, &path))?;
+        let created = upsert_variable(
+            &tx,
+            &keys_of!(self),
+            &env_id,
+            env,
+            var,
+            Some(value),
+            update,
+        )?;
+        tx.commit().map_err(|e| storage(e, &path))?;
+        Ok(created)
+    }
+
+    /// Declares a variable with no value (a slot for the human to fill), or
+    /// updates its description/kind if it exists. Returns whether it was
+    /// created.
+    pub fn declare_variable(
+        &mut self,
+        env: &EnvName,
+        var: &VarName,
+        update: &VariableUpdate,
+    ) -> Result<bool> {
+        let env_id = self.env_id(env)?;
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| storage(e, &path))?;
+        let created = upsert_variable(&tx, &keys_of!(self), &env_id, env, var, None, update)?;
+        tx.commit().map_err(|e| storage(e, &path))?;
+        Ok(created)
+    }
+
+    /// Imports `(name, value)` pairs into `env`, committing every
+    /// `batch_size` variables so an interrupted import leaves a vault that
+    /// opens and holds a prefix of the input. `progress(done)` is called after
+    /// each committed batch.
+    pub fn import<'a, I>(
+        &mut self,
+        env: &EnvName,
+        entries: I,
+        batch_size: usize,
+        mut progress: impl FnMut(usize),
+    ) -> Result<ImportReport>
+    where
+        I: IntoIterator<Item = (&'a VarName, &'a [u8])>,
+    {
+        let env_id = self.env_id(env)?;
+        let keys = keys_of!(self);
+        let path = self.path.clone();
+        let mut report = ImportReport::default();
+        let mut entries = entries.into_iter().peekable();
+        let update = VariableUpdate::default();
+        while entries.peek().is_some() {
+            let tx = self.conn.transaction().map_err(|e| storage(e, &path))?;
+            for (var, value) in entries.by_ref().take(batch_size.max(1)) {
+                if upsert_variable(&tx, &keys, &env_id, env, var, Some(value), &update)? {
+                    report.created += 1;
+                } else {
+                    report.updated += 1;
+                }
+            }
+            tx.commit().map_err(|e| storage(e, &path))?;
+            progress(report.created + report.updated);
+        }
+        Ok(report)
+    }
+
+    /// Removes a variable.
+    pub fn unset_variable(&mut self, env: &EnvName, var: &VarName) -> Result<()> {
+        let env_id = self.env_id(env)?;
+        let n = self
+            .conn
+            .execute(
+                "DELETE FROM variables WHERE env_id = ?1 AND name_index = ?2",
+                params![&env_id[..], &self.var_index(&env_id, var)[..]],
+            )
+            .map_err(|e| storage(e, &self.path))?;
+        if n == 0 {
+            return Err(VaultError::NoSuchVariable {
+                env: env.to_string(),
+                var: var.to_string(),
+            });
+        }
+        self.touch_env(&env_id)
+    }
+
+    fn touch_env(&self, env_id: &Id) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE environments SET updated_at = ?2 WHERE id = ?1",
+                params![&env_id[..], now()],
+            )
+            .map_err(|e| storage(e, &self.path))?;
+        Ok(())
+    }
+
+    /// The variables of an environment, sorted by name. Never values.
+    pub fn variables(&self, env: &EnvName) -> Result<Vec<VariableInfo>> {
+        let env_id = self.env_id(env)?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, sealed_label, length(sealed_value), version, created_at, updated_at
+                 FROM variables WHERE env_id = ?1",
+            )
+            .map_err(|e| storage(e, &self.path))?;
+        let rows = stmt
+            .query_map(params![&env_id[..]], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            })
+            .map_err(|e| storage(e, &self.path))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, sealed, sealed_len, version, created_at, updated_at) =
+                row.map_err(|e| storage(e, &self.path))?;
+            let id = to_id(id)?;
+            let what = format!("variable name in {env}");
+            let label = self.open_label(b"var-label", &[&env_id, &id], &sealed, &what)?;
+            // The ciphertext length gives the value length without decrypting.
+            let value_len = sealed_len
+                .and_then(|n| usize::try_from(n).ok())
+                .map(|n| n.saturating_sub(SEALED_OVERHEAD));
+            out.push(VariableInfo {
+                name: label.name,
+                description: label.description,
+                kind: label.kind,
+                is_set: value_len.is_some(),
+                too_short_to_mask: value_len.is_some_and(|n| n < crate::mask::MIN_MASKABLE_LEN),
+                version: u64::try_from(version).unwrap_or(0),
+                created_at,
+                updated_at,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Decrypts one value. Only the broker (and, until it exists, the CLI
+    /// path that opens the vault directly) calls this.
+    pub fn reveal(&self, env: &EnvName, var: &VarName) -> Result<(VarKind, SecretValue)> {
+        let env_id = self.env_id(env)?;
+        let row: Option<(Vec<u8>, Vec<u8>, Option<Vec<u8>>, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT id, sealed_label, sealed_value, version FROM variables
+                 WHERE env_id = ?1 AND name_index = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(
+                    params![&env_id[..], &self.var_index(&env_id, var)[..]],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()
+            })
+            .map_err(|e| storage(e, &self.path))?;
+        let Some((id, label, sealed, version)) = row else {
+            return Err(VaultError::NoSuchVariable {
+                env: env.to_string(),
+                var: var.to_string(),
+            });
+        };
+        let id = to_id(id)?;
+        let label = self.open_label(
+            b"var-label",
+            &[&env_id, &id],
+            &label,
+            &Self::what(env, var, "name"),
+        )?;
+        let Some(sealed) = sealed else {
+            return Err(VaultError::NotSet {
+                env: env.to_string(),
+                var: var.to_string(),
+            });
+        };
+        let plain = crypto::open(
+            &self.seal_key,
+            &aad(
+                b"value",
+                &[&self.vault_id, &env_id, &id, &version.to_be_bytes()],
+            ),
+            &sealed,
+        )
+        .map_err(|_| VaultError::Tampered {
+            what: Self::what(env, var, "value"),
+        })?;
+        Ok((label.kind, secret_from(plain)))
+    }
+}
+
+fn upsert_variable(
+    tx: &rusqlite::Transaction<'_>,
+    keys: &Keys<'_>,
+    env_id: &Id,
+    env: &EnvName,
+    var: &VarName,
+    value: Option<&[u8]>,
+    update: &VariableUpdate,
+) -> Result<bool> {
+    if let Some(v) = value
+        && v.len() > MAX_VALUE_LEN
+    {
+        return Err(VaultError::ValueTooLarge {
+            len: v.len(),
+            max: MAX_VALUE_LEN,
+        });
+    }
+    if let Some(d) = &update.description {
+        check_description(d)?;
+    }
+    let index = crypto::keyed_hash(keys.index, &[b"var", env_id, var.as_str().as_bytes()]);
+    let existing: Option<(Vec<u8>, Vec<u8>, i64)> = tx
+        .prepare_cached(
+            "SELECT id, sealed_label, version FROM variables WHERE env_id = ?1 AND name_index = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![&env_id[..], &index[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()
+        })
+        .map_err(|e| VaultError::Storage(e.to_string()))?;
+    let t = now();
+    let seal_label = |id: &Id, label: &Label| -> Result<Vec<u8>> {
+        let json = Zeroizing::new(
+            serde_json::to_vec(label).map_err(|e| VaultError::Storage(e.to_string()))?,
+        );
+        Ok(crypto::seal(
+            keys.seal,
+            &aad(b"var-label", &[keys.vault_id, env_id, id]),
+            &json,
+        )?)
+    };
+    let seal_value = |id: &Id, version: i64, v: &[u8]| -> Result<Vec<u8>> {
+        Ok(crypto::seal(
+            keys.seal,
+            &aad(b"value", &[keys.vault_id, env_id, id, &version.to_be_bytes()]),
+            v,
+        )?)
+    };
+    let created = match existing {
+        None => {
+            let id: Id = crypto::random_array()?;
+            let label = Label {
+                name: var.to_string(),
+                description: update.description.clone().unwrap_or_default(),
+                kind: update.kind.unwrap_or_default(),
+            };
+            let version = i64::from(value.is_some());
+            let sealed_value = value.map(|v| seal_value(&id, version, v)).transpose()?;
+            let sealed_label = seal_label(&id, &label)?;
+            tx.prepare_cached(
+                "INSERT INTO variables
+                   (id, env_id, name_index, sealed_label, sealed_value, version, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    &id[..],
+                    &env_id[..],
+                    &index[..],
+                    sealed_label,
+                    sealed_value,
+                    version,
+                    t
+                ])
+            })
+            .map_err(|e| VaultError::Storage(e.to_string()))?;
+            true
+        }
+        Some((id, sealed_label, version)) => {
+            let id = to_id(id)?;
+            let what = format!("name of {env}/{var}");
+            let json = crypto::open(
+                keys.seal,
+                &aad(b"var-label", &[keys.vault_id, env_id, &id]),
+                &sealed_label,
+            )
+            .map_err(|_| VaultError::Tampered { what: what.clone() })?;
+            let mut label: Label =
+                serde_json::from_slice(&json).map_err(|_| VaultError::Tampered { what })?;
+            if let Some(d) = &update.description {
+                label.description.clone_from(d);
+            }
+            if let Some(k) = update.kind {
+                label.kind = k;
+            }
+            let new_label = seal_label(&id, &label)?;
+            match value {
+                Some(v) => {
+                    let version = version.saturating_add(1);
+                    tx.execute(
+                        "UPDATE variables SET sealed_label = ?2, sealed_value = ?3, version = ?4,
+                                updated_at = ?5 WHERE id = ?1",
+                        params![&id[..], new_label, seal_value(&id, version, v)?, version, t],
+                    )
+                }
+                None => tx.execute(
+                    "UPDATE variables SET sealed_label = ?2, updated_at = ?3 WHERE id = ?1",
+                    params![&id[..], new_label, t],
+                ),
+            }
+            .map_err(|e| VaultError::Storage(e.to_string()))?;
+            false
+        }
+    };
+    tx.execute(
+        "UPDATE environments SET updated_at = ?2 WHERE id = ?1",
+        params![&env_id[..], t],
+    )
+    .map_err(|e| VaultError::Storage(e.to_string()))?;
+    Ok(created)
+}
+
+/// Moves decrypted bytes into a secret box of exactly their length, so no
+/// spare capacity with a copy is left behind; the source is zeroized.
+fn secret_from(plain: Zeroizing<Vec<u8>>) -> SecretValue {
+    let boxed: Box<[u8]> = plain.as_slice().into();
+    SecretSlice::from(boxed)
+}
+
+fn check_description(d: &str) -> Result<()> {
+    if d.len() > MAX_DESCRIPTION_LEN {
+        return Err(VaultError::DescriptionTooLarge {
+            len: d.len(),
+            max: MAX_DESCRIPTION_LEN,
+        });
+    }
+    Ok(())
+}
+
+fn key_check(vault_key: &Key, vault_id: &Id) -> [u8; 32] {
+    let k = crypto::derive_subkey(vault_key, vault_id, Subkey::KeyCheck);
+    crypto::keyed_hash(&k, &[b"key-check"])
+}
+
+fn wrap_vault_key(
+    vault_key: &Key,
+    vault_id: &Id,
+    passphrase: &[u8],
+    params: &KdfParams,
+) -> Result<([u8; SALT_LEN], Vec<u8>)> {
+    let salt: [u8; SALT_LEN] = crypto::random_array()?;
+    let kek = crypto::derive_kek(passphrase, &salt, params)?;
+    let wrapped = crypto::seal(&kek, &aad(b"vault-key", &[vault_id]), vault_key.expose())?;
+    Ok((salt, wrapped))
+}
+
+fn unwrap_vault_key(kek: &Key, vault_id: &Id, wrapped: &[u8]) -> Result<Key> {
+    let plain = crypto::open(kek, &aad(b"vault-key", &[vault_id]), wrapped).map_err(|e| match e {
+        crypto::CryptoError::Authentication => VaultError::WrongPassphrase,
+        other => VaultError::Crypto(other),
+    })?;
+    let bytes: Zeroizing<[u8; 32]> = Zeroizing::new(
+        plain
+            .as_slice()
+            .try_into()
+            .map_err(|_| VaultError::Storage("wrapped key has the wrong length".into()))?,
+    );
+    Ok(Key::from_bytes(*bytes))
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| VaultError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+    }
+    // Tighten a directory that already existed (e.g. made by hand).
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
+        VaultError::Io {
+            path: dir.to_owned(),
+            source,
+        }
+    })
+}
+
+/// Opens an existing vault file without ever creating or rewriting it, and
+/// checks it is one of ours at a format this build reads.
+fn open_existing(path: &Path) -> Result<Connection> {
+    match fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(VaultError::NotFound {
+                path: path.to_owned(),
+            });
+        }
+        Err(source) => {
+            return Err(VaultError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+        Ok(m) if m.len() == 0 => return Err(corrupt(path, "the file is empty")),
+        Ok(_) => {}
+    }
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| storage(e, path))?;
+    let app_id: i64 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(|e| storage(e, path))?;
+    if app_id != schema::APPLICATION_ID {
+        return Err(corrupt(path, "not a custody vault file"));
+    }
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| storage(e, path))?;
+    if version > schema::CURRENT_VERSION {
+        return Err(VaultError::NewerFormat {
+            path: path.to_owned(),
+            found: version,
+            supported: schema::CURRENT_VERSION,
+        });
+    }
+    if version < 1 {
+        return Err(corrupt(path, "no schema"));
+    }
+    schema::migrate(&mut conn, version).map_err(|e| storage(e, path))?;
+    Ok(conn)
+}
+
+fn meta(conn: &Connection, path: &Path, key: &str) -> Result<Vec<u8>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+        r.get(0)
+    })
+    .optional()
+    .map_err(|e| storage(e, path))?
+    .ok_or_else(|| corrupt(path, "vault metadata missing"))
+}
+
+fn corrupt(path: &Path, detail: &str) -> VaultError {
+    VaultError::Corrupt {
+        path: path.to_owned(),
+        detail: detail.to_owned(),
+    }
+}
+
+/// Maps SQLite errors: damage becomes [`VaultError::Corrupt`], the rest
+/// [`VaultError::Storage`]. Our SQL binds every value as a parameter, so
+/// SQLite's messages carry no secrets.
+fn storage(e: rusqlite::Error, path: &Path) -> VaultError {
+    use rusqlite::ErrorCode;
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => corrupt(path, "not an SQLite database"),
+        Some(ErrorCode::DatabaseCorrupt) => corrupt(path, "SQLite reports the file is damaged"),
+        _ => VaultError::Storage(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,346 @@
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use secrecy::ExposeSecret;
+
+use super::*;
+
+const PASS: &[u8] = b"correct horse battery staple";
+const PIN: &[u8] = b"246810";
+
+fn new_vault(dir: &tempfile::TempDir) -> Vault {
+    Vault::create(&dir.path().join("v/vault.db"), PASS, PIN, KdfParams::INSECURE_FAST).unwrap()
+}
+
+fn env(n: &str) -> EnvName {
+    EnvName::new(n).unwrap()
+}
+
+fn var(n: &str) -> VarName {
+    VarName::new(n).unwrap()
+}
+
+fn value_of(v: &Vault, e: &str, n: &str) -> Vec<u8> {
+    v.reveal(&env(e), &var(n)).unwrap().1.expose_secret().to_vec()
+}
+
+#[test]
+fn create_then_unlock_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = new_vault(&dir);
+    v.create_environment(&env("shop-dev"), "the shop, dev stage")
+        .unwrap();
+    let upd = VariableUpdate {
+        description: Some("primary db".into()),
+        kind: None,
+    };
+    assert!(
+        v.set_variable(&env("shop-dev"), &var("DB_PASSWORD"), b"hunter2hunter2", &upd)
+            .unwrap()
+    );
+    let path = v.path().to_owned();
+    drop(v);
+    let v = Vault::unlock(&path, PASS).unwrap();
+    assert_eq!(value_of(&v, "shop-dev", "DB_PASSWORD"), b"hunter2hunter2");
+    let vars = v.variables(&env("shop-dev")).unwrap();
+    assert_eq!(vars.len(), 1);
+    assert_eq!(vars[0].description, "primary db");
+    assert!(vars[0].is_set && !vars[0].too_short_to_mask);
+    assert_eq!(vars[0].version, 1);
+}
+
+#[test]
+fn file_and_dir_permissions() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = new_vault(&dir);
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(v.path()), 0o600);
+    assert_eq!(mode(v.path().parent().unwrap()), 0o700);
+}
+
+#[test]
+fn wrong_passphrase_and_missing_vault() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = new_vault(&dir).path().to_owned();
+    assert!(matches!(
+        Vault::unlock(&path, b"nope"),
+        Err(VaultError::WrongPassphrase)
+    ));
+    assert!(matches!(
+        Vault::unlock(&dir.path().join("missing.db"), PASS),
+        Err(VaultError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn create_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = new_vault(&dir).path().to_owned();
+    assert!(matches!(
+        Vault::create(&path, b"other", PIN, KdfParams::INSECURE_FAST),
+        Err(VaultError::AlreadyExists { .. })
+    ));
+    assert!(Vault::unlock(&path, PASS).is_ok());
+}
+
+#[test]
+fn short_pin_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Vault::create(&dir.path().join("v.db"), PASS, b"12345", KdfParams::INSECURE_FAST);
+    assert!(matches!(r, Err(VaultError::PinTooShort { min: 6 })));
+    assert!(!dir.path().join("v.db").exists());
+}
+
+#[test]
+fn pin_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = new_vault(&dir);
+    assert!(v.verify_pin(PIN).unwrap());
+    assert!(!v.verify_pin(b"000000").unwrap());
+    v.change_pin(b"13579111").unwrap();
+    assert!(v.verify_pin(b"13579111").unwrap());
+    assert!(!v.verify_pin(PIN).unwrap());
+}
+
+#[test]
+fn passphrase_change_rewraps_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = new_vault(&dir);
+    v.create_environment(&env("e"), "").unwrap();
+    v.set_variable(&env("e"), &var("K"), b"value-value", &VariableUpdate::default())
+        .unwrap();
+    v.change_passphrase(b"new passphrase", KdfParams::INSECURE_FAST)
+        .unwrap();
+    let path = v.path().to_owned();
+    drop(v);
+    assert!(matches!(
+        Vault::unlock(&path, PASS),
+        Err(VaultError::WrongPassphrase)
+    ));
+    let v = Vault::unlock(&path, b"new passphrase").unwrap();
+    assert_eq!(value_of(&v, "e", "K"), b"value-value");
+}
+
+#[test]
+fn open_with_key_checks_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = new_vault(&dir);
+    let path = v.path().to_owned();
+    let key = v.vault_key().duplicate();
+    drop(v);
+    assert!(Vault::open_with_key(&path, key).is_ok());
+    assert!(matches!(
+        Vault::open_with_key(&path, Key::from_bytes([0; 32])),
+        Err(VaultError::WrongPassphrase)
+    ));
+}
+
+#[test]
+fn environments_and_variables_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = new_vault(&dir);
+    v.create_environment(&env("b-env"), "second").unwrap();
+    v.create_environment(&env("a-env"), "first").unwrap();
+    assert!(matches!(
+        v.create_environment(&env("a-env"), ""),
+        Err(VaultError::EnvironmentExists(_))
+    ));
+    let names: Vec<_> = v.environments().unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["a-env", "b-env"]);
+    v.describe_environment(&env("a-env"), "changed").unwrap();
+    assert_eq!(v.environment(&env("a-env")).unwrap().description, "changed");
+
+    let none = VariableUpdate::default();
+    assert!(v.declare_variable(&env("a-env"), &var("SLOT"), &none).unwrap());
+    assert!(matches!(
+        v.reveal(&env("a-env"), &var("SLOT")),
+        Err(VaultError::NotSet { .. })
+    ));
+    v.set_variable(&env("a-env"), &var("SHORT"), b"abc", &none).unwrap();
+    let file = VariableUpdate {
+        description: None,
+        kind: Some(VarKind::File),
+    };
+    assert!(!v.set_variable(&env("a-env"), &var("SLOT"), b"now-it-is-set", &file).unwrap());
+    let vars = v.variables(&env("a-env")).unwrap();
+    assert_eq!(vars[0].name, "SHORT");
+    assert!(vars[0].too_short_to_mask);
+    assert_eq!(vars[1].kind, VarKind::File);
+    assert_eq!(vars[1].version, 1, "versions count values; the empty slot was 0");
+    assert_eq!(v.environment(&env("a-env")).unwrap().variable_count, 2);
+
+    v.unset_variable(&env("a-env"), &var("SHORT")).unwrap();
+    assert!(matches!(
+        v.unset_variable(&env("a-env"), &var("SHORT")),
+        Err(VaultError::NoSuchVariable { .. })
+    ));
+    assert_eq!(v.remove_environment(&env("a-env")).unwrap(), 1);
+    assert!(matches!(
+        v.variables(&env("a-env")),
+        Err(VaultError::NoSuchEnvironment(_))
+    ));
+}
+
+#[test]
+fn same_variable_name_in_two_environments_is_two_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = new_vault(&dir);
+    let none = VariableUpdate::default();
+    for e in ["dev", "prod"] {
+        v.create_environment(&env(e), "").unwrap();
+        v.set_variable(&env(e), &var("TOKEN"), format!("token-for-{e}").as_bytes(), &none)
+            .unwrap();
+    }
+    assert_eq!(value_of(&v, "dev", "TOKEN"), b"token-for-dev");
+    assert_eq!(value_of(&v, "prod", "TOKEN"), b"token-for-prod");
+}
+
+/// G2/G4 at rest: a ciphertext moved to another row must not open there.
+#[test]
+fn value_swapped_between_rows_fails_to_decrypt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = new_vault(&dir);
+    let none = VariableUpdate::default();
+    v.create_environment(&env("e"), "").unwrap();
+    v.set_variable(&env("e"), &var("A"), b"value-of-a-123", &none).unwrap();
+    v.set_variable(&env("e"), &var("B"), b"value-of-b-456", &none).unwrap();
+    v.conn
+        .execute_batch(
+            "CREATE TEMP TABLE s AS SELECT id, sealed_value FROM variables;
+             UPDATE variables SET sealed_value =
+               (SELECT s.sealed_value FROM s WHERE s.id <> variables.id);",
+        )
+        .unwrap();
+    let err = v.reveal(&env("e"), &var("A")).unwrap_err();
+    assert!(matches!(err, VaultError::Tampered { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("value of e/A") && msg.contains("modified outside custody"));
+    assert!(!msg.contains("value-of"));
+}
+
+#[test]
+fn version_rollback_fails_to_decrypt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = new_vault(&dir);
+    let none = VariableUpdate::default();
+    v.create_environment(&env("e"), "").unwrap();
+    v.set_variable(&env("e"), &var("A"), b"first-value-1", &none).unwrap();
+    let old: Vec<u8> = v
+        .conn
+        .query_row("SELECT sealed_value FROM variables", [], |r| r.get(0))
+        .unwrap();
+    v.set_variable(&env("e"), &var("A"), b"second-value-2", &none).unwrap();
+    v.conn
+        .execute("UPDATE variables SET sealed_value = ?1", params![old])
+        .unwrap();
+    assert!(matches!(
+        v.reveal(&env("e"), &var("A")),
+        Err(VaultError::Tampered { .. })
+    ));
+}
+
+#[test]
+fn newer_format_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = new_vault(&dir);
+    let path = v.path().to_owned();
+    v.conn.execute_batch("PRAGMA user_version = 99;").unwrap();
+    drop(v);
+    let before = fs::read(&path).unwrap();
+    let err = Vault::unlock(&path, PASS).unwrap_err();
+    assert!(matches!(err, VaultError::NewerFormat { found: 99, .. }), "{err}");
+    assert!(err.to_string().contains("upgrade custody"));
+    assert_eq!(fs::read(&path).unwrap(), before);
+}
+
+#[test]
+fn garbage_empty_and_foreign_files_are_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.db");
+    fs::write(&garbage, vec![0x5a; 8192]).unwrap();
+    let empty = dir.path().join("empty.db");
+    fs::write(&empty, b"").unwrap();
+    let foreign = dir.path().join("foreign.db");
+    Connection::open(&foreign)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x);")
+        .unwrap();
+    for p in [&garbage, &empty, &foreign] {
+        let before = fs::read(p).unwrap();
+        let err = Vault::unlock(p, PASS).unwrap_err();
+        assert!(matches!(err, VaultError::Corrupt { .. }), "{}: {err}", p.display());
+        assert_eq!(fs::read(p).unwrap(), before, "{} was modified", p.display());
+    }
+}
+
+#[test]
+fn truncated_vault_is_corrupt_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = new_vault(&dir);
+    let none = VariableUpdate::default();
+    v.create_environment(&env("e"), "").unwrap();
+    for i in 0..200 {
+        v.set_variable(&env("e"), &var(&format!("V{i}")), &[b'x'; 2000], &none)
+            .unwrap();
+    }
+    let path = v.path().to_owned();
+    drop(v); // checkpoints the WAL into the main file
+    let full = fs::read(&path).unwrap();
+    fs::write(&path, &full[..full.len() / 3]).unwrap();
+    let res = Vault::unlock(&path, PASS).and_then(|v| v.variables(&env("e")).map(|_| ()));
+    assert!(matches!(res, Err(VaultError::Corrupt { .. })), "{res:?}");
+}
+
+#[test]
+fn import_commits_in_batches_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = new_vault(&dir);
+    v.create_environment(&env("e"), "").unwrap();
+    v.set_variable(&env("e"), &var("K0"), b"old-value-0", &VariableUpdate::default())
+        .unwrap();
+    let names: Vec<VarName> = (0..25).map(|i| var(&format!("K{i}"))).collect();
+    let values: Vec<Vec<u8>> = (0..25).map(|i| format!("value-{i:04}").into_bytes()).collect();
+    let mut seen = Vec::new();
+    let report = v
+        .import(
+            &env("e"),
+            names.iter().zip(values.iter().map(Vec::as_slice)),
+            10,
+            |n| seen.push(n),
+        )
+        .unwrap();
+    assert_eq!(report, ImportReport { created: 24, updated: 1 });
+    assert_eq!(seen, [10, 20, 25]);
+    assert_eq!(value_of(&v, "e", "K0"), b"value-0000");
+}
+
+#[test]
+fn oversized_input_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = new_vault(&dir);
+    v.create_environment(&env("e"), "").unwrap();
+    let big = vec![0u8; MAX_VALUE_LEN + 1];
+    assert!(matches!(
+        v.set_variable(&env("e"), &var("K"), &big, &VariableUpdate::default()),
+        Err(VaultError::ValueTooLarge { .. })
+    ));
+    assert!(matches!(
+        v.create_environment(&env("f"), &"d".repeat(MAX_DESCRIPTION_LEN + 1)),
+        Err(VaultError::DescriptionTooLarge { .. })
+    ));
+}
+
+#[test]
+fn debug_shows_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = new_vault(&dir);
+    v.create_environment(&env("e"), "").unwrap();
+    v.set_variable(&env("e"), &var("K"), b"SUPERSECRETVALUE", &VariableUpdate::default())
+        .unwrap();
+    let (_, secret) = v.reveal(&env("e"), &var("K")).unwrap();
+    let key_hex = hex::encode(v.vault_key().expose());
+    for shown in [format!("{v:?}"), format!("{secret:?}"), format!("{:?}", v.vault_key())] {
+        assert!(!shown.contains("SUPERSECRETVALUE"), "{shown}");
+        assert!(!shown.contains(&key_hex), "{shown}");
+        assert!(!shown.contains("83, 85, 80"), "{shown}"); // "SUP" as a byte list
+    }
+}
