@@ -1,1 +1,4 @@
-//! placeholder
+//! placeholder (masking engine in progress)
+
+/// Values shorter than this are not masked.
+pub const MIN_MASKABLE_LEN: usize = 8;
