@@ -361,7 +361,10 @@ mod tests {
     fn wrong_key_aad_or_bytes_fail() {
         let k = key(7);
         let rec = seal(&k, b"aad", b"hello value").unwrap();
-        assert_eq!(open(&key(8), b"aad", &rec), Err(CryptoError::Authentication));
+        assert_eq!(
+            open(&key(8), b"aad", &rec),
+            Err(CryptoError::Authentication)
+        );
         assert_eq!(open(&k, b"aae", &rec), Err(CryptoError::Authentication));
         let mut flipped = rec.clone();
         let last = flipped.len() - 1;
@@ -398,7 +401,10 @@ mod tests {
     #[test]
     fn keyed_hash_frames_parts() {
         let k = key(3);
-        assert_ne!(keyed_hash(&k, &[b"ab", b"c"]), keyed_hash(&k, &[b"a", b"bc"]));
+        assert_ne!(
+            keyed_hash(&k, &[b"ab", b"c"]),
+            keyed_hash(&k, &[b"a", b"bc"])
+        );
         assert_eq!(keyed_hash(&k, &[b"ab"]), keyed_hash(&k, &[b"ab"]));
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(b"Jefe").unwrap();
         mac.update(b"what do ya want for nothing?");
@@ -419,9 +425,8 @@ mod tests {
             .output_len(32)
             .build()
             .unwrap();
-        let argon =
-            Argon2::new_with_secret(&[3u8; 8], Algorithm::Argon2id, Version::V0x13, params)
-                .unwrap();
+        let argon = Argon2::new_with_secret(&[3u8; 8], Algorithm::Argon2id, Version::V0x13, params)
+            .unwrap();
         let mut out = [0u8; 32];
         argon
             .hash_password_into(&[1u8; 32], &[2u8; 16], &mut out)
@@ -436,9 +441,18 @@ mod tests {
     fn kek_depends_on_everything() {
         let p = KdfParams::INSECURE_FAST;
         let a = derive_kek(b"pass", &[1; 16], &p).unwrap();
-        assert_eq!(a.expose(), derive_kek(b"pass", &[1; 16], &p).unwrap().expose());
-        assert_ne!(a.expose(), derive_kek(b"pasS", &[1; 16], &p).unwrap().expose());
-        assert_ne!(a.expose(), derive_kek(b"pass", &[2; 16], &p).unwrap().expose());
+        assert_eq!(
+            a.expose(),
+            derive_kek(b"pass", &[1; 16], &p).unwrap().expose()
+        );
+        assert_ne!(
+            a.expose(),
+            derive_kek(b"pasS", &[1; 16], &p).unwrap().expose()
+        );
+        assert_ne!(
+            a.expose(),
+            derive_kek(b"pass", &[2; 16], &p).unwrap().expose()
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 pub mod crypto;
 pub mod dotenv;
+pub mod generate;
 pub mod mask;
 pub mod names;
 pub mod paths;

@@ -147,6 +147,11 @@ mod tests {
             .to_string();
         assert!(!err.contains('\x1b'));
         assert!(err.len() < 200);
-        assert!(EnvName::new("").unwrap_err().to_string().contains("(empty)"));
+        assert!(
+            EnvName::new("")
+                .unwrap_err()
+                .to_string()
+                .contains("(empty)")
+        );
     }
 }

@@ -1,1 +1,37 @@
-fn main() {}
+//! `custody`: the command-line front end. Libraries do the work; this binary
+//! parses arguments, asks for secrets on a hidden prompt or stdin, and prints
+//! names, never values.
+#![forbid(unsafe_code)]
+
+mod access;
+mod cmd;
+mod input;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit code for a wrong passphrase or PIN.
+const EXIT_AUTH: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = cmd::Cli::parse();
+    match cmd::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            // `{:#}` prints the context chain on one line; every message in
+            // it is built from names and paths, never values.
+            eprintln!("custody: error: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+fn exit_code(err: &anyhow::Error) -> u8 {
+    use custody_core::vault::VaultError;
+    match err.downcast_ref::<VaultError>() {
+        Some(VaultError::WrongPassphrase) => EXIT_AUTH,
+        _ => 1,
+    }
+}

@@ -43,7 +43,9 @@ pub enum VaultError {
         supported: i64,
     },
     /// A stored record failed authentication: moved, swapped or edited bytes.
-    #[error("the stored {what} failed authentication: the vault file was modified outside custody; restore it from a backup")]
+    #[error(
+        "the stored {what} failed authentication: the vault file was modified outside custody; restore it from a backup"
+    )]
     Tampered {
         /// Which record, by name (e.g. `value of shop-dev/DB_PASSWORD`).
         what: String,
@@ -63,7 +65,9 @@ pub enum VaultError {
         var: String,
     },
     /// The variable is declared but has no value yet.
-    #[error("variable '{var}' in environment '{env}' has no value yet: set it with `custody set {env} {var}`")]
+    #[error(
+        "variable '{var}' in environment '{env}' has no value yet: set it with `custody set {env} {var}`"
+    )]
     NotSet {
         /// The environment.
         env: String,

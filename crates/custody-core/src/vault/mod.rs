@@ -594,15 +594,8 @@ impl Vault {
         let env_id = self.env_id(env)?;
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| storage(e, &path))?;
-        let created = upsert_variable(
-            &tx,
-            &keys_of!(self),
-            &env_id,
-            env,
-            var,
-            Some(value),
-            update,
-        )?;
+        let created =
+            upsert_variable(&tx, &keys_of!(self), &env_id, env, var, Some(value), update)?;
         tx.commit().map_err(|e| storage(e, &path))?;
         Ok(created)
     }
@@ -834,7 +827,10 @@ fn upsert_variable(
     let seal_value = |id: &Id, version: i64, v: &[u8]| -> Result<Vec<u8>> {
         Ok(crypto::seal(
             keys.seal,
-            &aad(b"value", &[keys.vault_id, env_id, id, &version.to_be_bytes()]),
+            &aad(
+                b"value",
+                &[keys.vault_id, env_id, id, &version.to_be_bytes()],
+            ),
             v,
         )?)
     };
@@ -947,10 +943,11 @@ fn wrap_vault_key(
 }
 
 fn unwrap_vault_key(kek: &Key, vault_id: &Id, wrapped: &[u8]) -> Result<Key> {
-    let plain = crypto::open(kek, &aad(b"vault-key", &[vault_id]), wrapped).map_err(|e| match e {
-        crypto::CryptoError::Authentication => VaultError::WrongPassphrase,
-        other => VaultError::Crypto(other),
-    })?;
+    let plain =
+        crypto::open(kek, &aad(b"vault-key", &[vault_id]), wrapped).map_err(|e| match e {
+            crypto::CryptoError::Authentication => VaultError::WrongPassphrase,
+            other => VaultError::Crypto(other),
+        })?;
     let bytes: Zeroizing<[u8; 32]> = Zeroizing::new(
         plain
             .as_slice()
@@ -972,11 +969,9 @@ fn create_private_dir(dir: &Path) -> Result<()> {
             })?;
     }
     // Tighten a directory that already existed (e.g. made by hand).
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
-        VaultError::Io {
-            path: dir.to_owned(),
-            source,
-        }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|source| VaultError::Io {
+        path: dir.to_owned(),
+        source,
     })
 }
 

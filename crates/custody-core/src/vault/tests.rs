@@ -8,7 +8,13 @@ const PASS: &[u8] = b"correct horse battery staple";
 const PIN: &[u8] = b"246810";
 
 fn new_vault(dir: &tempfile::TempDir) -> Vault {
-    Vault::create(&dir.path().join("v/vault.db"), PASS, PIN, KdfParams::INSECURE_FAST).unwrap()
+    Vault::create(
+        &dir.path().join("v/vault.db"),
+        PASS,
+        PIN,
+        KdfParams::INSECURE_FAST,
+    )
+    .unwrap()
 }
 
 fn env(n: &str) -> EnvName {
@@ -20,7 +26,11 @@ fn var(n: &str) -> VarName {
 }
 
 fn value_of(v: &Vault, e: &str, n: &str) -> Vec<u8> {
-    v.reveal(&env(e), &var(n)).unwrap().1.expose_secret().to_vec()
+    v.reveal(&env(e), &var(n))
+        .unwrap()
+        .1
+        .expose_secret()
+        .to_vec()
 }
 
 #[test]
@@ -34,8 +44,13 @@ fn create_then_unlock_round_trip() {
         kind: None,
     };
     assert!(
-        v.set_variable(&env("shop-dev"), &var("DB_PASSWORD"), b"hunter2hunter2", &upd)
-            .unwrap()
+        v.set_variable(
+            &env("shop-dev"),
+            &var("DB_PASSWORD"),
+            b"hunter2hunter2",
+            &upd
+        )
+        .unwrap()
     );
     let path = v.path().to_owned();
     drop(v);
@@ -85,7 +100,12 @@ fn create_never_overwrites() {
 #[test]
 fn short_pin_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let r = Vault::create(&dir.path().join("v.db"), PASS, b"12345", KdfParams::INSECURE_FAST);
+    let r = Vault::create(
+        &dir.path().join("v.db"),
+        PASS,
+        b"12345",
+        KdfParams::INSECURE_FAST,
+    );
     assert!(matches!(r, Err(VaultError::PinTooShort { min: 6 })));
     assert!(!dir.path().join("v.db").exists());
 }
@@ -106,8 +126,13 @@ fn passphrase_change_rewraps_only() {
     let dir = tempfile::tempdir().unwrap();
     let mut v = new_vault(&dir);
     v.create_environment(&env("e"), "").unwrap();
-    v.set_variable(&env("e"), &var("K"), b"value-value", &VariableUpdate::default())
-        .unwrap();
+    v.set_variable(
+        &env("e"),
+        &var("K"),
+        b"value-value",
+        &VariableUpdate::default(),
+    )
+    .unwrap();
     v.change_passphrase(b"new passphrase", KdfParams::INSECURE_FAST)
         .unwrap();
     let path = v.path().to_owned();
@@ -144,28 +169,43 @@ fn environments_and_variables_lifecycle() {
         v.create_environment(&env("a-env"), ""),
         Err(VaultError::EnvironmentExists(_))
     ));
-    let names: Vec<_> = v.environments().unwrap().into_iter().map(|e| e.name).collect();
+    let names: Vec<_> = v
+        .environments()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     assert_eq!(names, ["a-env", "b-env"]);
     v.describe_environment(&env("a-env"), "changed").unwrap();
     assert_eq!(v.environment(&env("a-env")).unwrap().description, "changed");
 
     let none = VariableUpdate::default();
-    assert!(v.declare_variable(&env("a-env"), &var("SLOT"), &none).unwrap());
+    assert!(
+        v.declare_variable(&env("a-env"), &var("SLOT"), &none)
+            .unwrap()
+    );
     assert!(matches!(
         v.reveal(&env("a-env"), &var("SLOT")),
         Err(VaultError::NotSet { .. })
     ));
-    v.set_variable(&env("a-env"), &var("SHORT"), b"abc", &none).unwrap();
+    v.set_variable(&env("a-env"), &var("SHORT"), b"abc", &none)
+        .unwrap();
     let file = VariableUpdate {
         description: None,
         kind: Some(VarKind::File),
     };
-    assert!(!v.set_variable(&env("a-env"), &var("SLOT"), b"now-it-is-set", &file).unwrap());
+    assert!(
+        !v.set_variable(&env("a-env"), &var("SLOT"), b"now-it-is-set", &file)
+            .unwrap()
+    );
     let vars = v.variables(&env("a-env")).unwrap();
     assert_eq!(vars[0].name, "SHORT");
     assert!(vars[0].too_short_to_mask);
     assert_eq!(vars[1].kind, VarKind::File);
-    assert_eq!(vars[1].version, 1, "versions count values; the empty slot was 0");
+    assert_eq!(
+        vars[1].version, 1,
+        "versions count values; the empty slot was 0"
+    );
     assert_eq!(v.environment(&env("a-env")).unwrap().variable_count, 2);
 
     v.unset_variable(&env("a-env"), &var("SHORT")).unwrap();
@@ -187,8 +227,13 @@ fn same_variable_name_in_two_environments_is_two_variables() {
     let none = VariableUpdate::default();
     for e in ["dev", "prod"] {
         v.create_environment(&env(e), "").unwrap();
-        v.set_variable(&env(e), &var("TOKEN"), format!("token-for-{e}").as_bytes(), &none)
-            .unwrap();
+        v.set_variable(
+            &env(e),
+            &var("TOKEN"),
+            format!("token-for-{e}").as_bytes(),
+            &none,
+        )
+        .unwrap();
     }
     assert_eq!(value_of(&v, "dev", "TOKEN"), b"token-for-dev");
     assert_eq!(value_of(&v, "prod", "TOKEN"), b"token-for-prod");
@@ -201,8 +246,10 @@ fn value_swapped_between_rows_fails_to_decrypt() {
     let mut v = new_vault(&dir);
     let none = VariableUpdate::default();
     v.create_environment(&env("e"), "").unwrap();
-    v.set_variable(&env("e"), &var("A"), b"value-of-a-123", &none).unwrap();
-    v.set_variable(&env("e"), &var("B"), b"value-of-b-456", &none).unwrap();
+    v.set_variable(&env("e"), &var("A"), b"value-of-a-123", &none)
+        .unwrap();
+    v.set_variable(&env("e"), &var("B"), b"value-of-b-456", &none)
+        .unwrap();
     v.conn
         .execute_batch(
             "CREATE TEMP TABLE s AS SELECT id, sealed_value FROM variables;
@@ -223,12 +270,14 @@ fn version_rollback_fails_to_decrypt() {
     let mut v = new_vault(&dir);
     let none = VariableUpdate::default();
     v.create_environment(&env("e"), "").unwrap();
-    v.set_variable(&env("e"), &var("A"), b"first-value-1", &none).unwrap();
+    v.set_variable(&env("e"), &var("A"), b"first-value-1", &none)
+        .unwrap();
     let old: Vec<u8> = v
         .conn
         .query_row("SELECT sealed_value FROM variables", [], |r| r.get(0))
         .unwrap();
-    v.set_variable(&env("e"), &var("A"), b"second-value-2", &none).unwrap();
+    v.set_variable(&env("e"), &var("A"), b"second-value-2", &none)
+        .unwrap();
     v.conn
         .execute("UPDATE variables SET sealed_value = ?1", params![old])
         .unwrap();
@@ -247,7 +296,10 @@ fn newer_format_is_refused_untouched() {
     drop(v);
     let before = fs::read(&path).unwrap();
     let err = Vault::unlock(&path, PASS).unwrap_err();
-    assert!(matches!(err, VaultError::NewerFormat { found: 99, .. }), "{err}");
+    assert!(
+        matches!(err, VaultError::NewerFormat { found: 99, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("upgrade custody"));
     assert_eq!(fs::read(&path).unwrap(), before);
 }
@@ -267,7 +319,11 @@ fn garbage_empty_and_foreign_files_are_corrupt() {
     for p in [&garbage, &empty, &foreign] {
         let before = fs::read(p).unwrap();
         let err = Vault::unlock(p, PASS).unwrap_err();
-        assert!(matches!(err, VaultError::Corrupt { .. }), "{}: {err}", p.display());
+        assert!(
+            matches!(err, VaultError::Corrupt { .. }),
+            "{}: {err}",
+            p.display()
+        );
         assert_eq!(fs::read(p).unwrap(), before, "{} was modified", p.display());
     }
 }
@@ -295,10 +351,17 @@ fn import_commits_in_batches_and_counts() {
     let dir = tempfile::tempdir().unwrap();
     let mut v = new_vault(&dir);
     v.create_environment(&env("e"), "").unwrap();
-    v.set_variable(&env("e"), &var("K0"), b"old-value-0", &VariableUpdate::default())
-        .unwrap();
+    v.set_variable(
+        &env("e"),
+        &var("K0"),
+        b"old-value-0",
+        &VariableUpdate::default(),
+    )
+    .unwrap();
     let names: Vec<VarName> = (0..25).map(|i| var(&format!("K{i}"))).collect();
-    let values: Vec<Vec<u8>> = (0..25).map(|i| format!("value-{i:04}").into_bytes()).collect();
+    let values: Vec<Vec<u8>> = (0..25)
+        .map(|i| format!("value-{i:04}").into_bytes())
+        .collect();
     let mut seen = Vec::new();
     let report = v
         .import(
@@ -308,7 +371,13 @@ fn import_commits_in_batches_and_counts() {
             |n| seen.push(n),
         )
         .unwrap();
-    assert_eq!(report, ImportReport { created: 24, updated: 1 });
+    assert_eq!(
+        report,
+        ImportReport {
+            created: 24,
+            updated: 1
+        }
+    );
     assert_eq!(seen, [10, 20, 25]);
     assert_eq!(value_of(&v, "e", "K0"), b"value-0000");
 }
@@ -334,11 +403,20 @@ fn debug_shows_no_secret() {
     let dir = tempfile::tempdir().unwrap();
     let mut v = new_vault(&dir);
     v.create_environment(&env("e"), "").unwrap();
-    v.set_variable(&env("e"), &var("K"), b"SUPERSECRETVALUE", &VariableUpdate::default())
-        .unwrap();
+    v.set_variable(
+        &env("e"),
+        &var("K"),
+        b"SUPERSECRETVALUE",
+        &VariableUpdate::default(),
+    )
+    .unwrap();
     let (_, secret) = v.reveal(&env("e"), &var("K")).unwrap();
     let key_hex = hex::encode(v.vault_key().expose());
-    for shown in [format!("{v:?}"), format!("{secret:?}"), format!("{:?}", v.vault_key())] {
+    for shown in [
+        format!("{v:?}"),
+        format!("{secret:?}"),
+        format!("{:?}", v.vault_key()),
+    ] {
         assert!(!shown.contains("SUPERSECRETVALUE"), "{shown}");
         assert!(!shown.contains(&key_hex), "{shown}");
         assert!(!shown.contains("83, 85, 80"), "{shown}"); // "SUP" as a byte list

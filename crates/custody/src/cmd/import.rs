@@ -1,0 +1,155 @@
+//! `custody import ENV FILE`: move a dotenv file's secrets into the vault.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use custody_core::dotenv;
+use secrecy::ExposeSecret;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::{Global, env_name};
+use crate::access;
+use crate::input::SecretInput;
+use crate::output;
+
+/// Variables per transaction: an interrupted import keeps a prefix of the
+/// file, and each commit's fsync is shared by this many variables.
+const BATCH: usize = 100;
+
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// The environment (created if it does not exist).
+    env: String,
+    /// The dotenv file.
+    file: PathBuf,
+    /// After a complete import, overwrite the file with random bytes and
+    /// remove it. Refused when any line was skipped.
+    #[arg(long)]
+    shred: bool,
+}
+
+pub fn run(g: &Global, secrets: &mut SecretInput, a: ImportArgs) -> anyhow::Result<ExitCode> {
+    let env = env_name(&a.env)?;
+    let text = read_bounded(&a.file)?;
+    let parsed = dotenv::parse(&text);
+
+    let mut vault = access::open_vault(g, secrets)?;
+    let created_env = match vault.environment(&env) {
+        Ok(_) => false,
+        Err(custody_core::vault::VaultError::NoSuchEnvironment(_)) => {
+            vault.create_environment(&env, "")?;
+            true
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let total = parsed.entries.len();
+    let tty = std::io::stderr().is_terminal();
+    let report = vault.import(
+        &env,
+        parsed
+            .entries
+            .iter()
+            .map(|e| (&e.name, e.value.expose_secret())),
+        BATCH,
+        |done| {
+            if tty {
+                eprint!("\rimporting into {env}: {done}/{total}");
+            }
+        },
+    )?;
+    if tty && total > 0 {
+        eprintln!();
+    }
+
+    let skipped: Vec<_> = parsed
+        .skipped
+        .iter()
+        .map(|s| json!({ "line": s.line, "reason": s.reason.to_string() }))
+        .collect();
+    let mut shredded = false;
+    if a.shred {
+        if parsed.skipped.is_empty() {
+            shred(&a.file)?;
+            shredded = true;
+        } else {
+            eprintln!(
+                "warning: not shredding {}: {} line(s) were skipped and may hold secrets; fix them and import again, or remove the file yourself",
+                a.file.display(),
+                parsed.skipped.len()
+            );
+        }
+    }
+    if g.json {
+        output::json(&json!({
+            "environment": env.as_str(),
+            "environment_created": created_env,
+            "imported": report.created + report.updated,
+            "created": report.created,
+            "updated": report.updated,
+            "skipped": skipped,
+            "shredded": shredded,
+        }))?;
+    } else {
+        if created_env {
+            println!("Created environment {env}");
+        }
+        println!(
+            "Imported {} variable(s) into {env} ({} new, {} updated); skipped {} line(s)",
+            report.created + report.updated,
+            report.created,
+            report.updated,
+            parsed.skipped.len()
+        );
+        for s in &parsed.skipped {
+            println!("  skipped line {}: {}", s.line, s.reason);
+        }
+        if shredded {
+            println!("Shredded and removed {}", a.file.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_bounded(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let max = dotenv::MAX_INPUT_LEN;
+    let mut text = Zeroizing::new(Vec::new());
+    file.take(max as u64 + 1)
+        .read_to_end(&mut text)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if text.len() > max {
+        bail!(
+            "{} is larger than {max} bytes; is it really a dotenv file?",
+            path.display()
+        );
+    }
+    Ok(text)
+}
+
+/// Overwrites the file in place with random bytes, syncs, then removes it.
+/// On copy-on-write or journaling file systems and SSDs old blocks may
+/// survive; this still removes the plaintext from the ordinary file system.
+fn shred(path: &Path) -> anyhow::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {} to shred it", path.display()))?;
+    let len = f.metadata()?.len();
+    let mut block = [0u8; 64 * 1024];
+    f.seek(SeekFrom::Start(0))?;
+    let mut left = len;
+    while left > 0 {
+        let n = usize::try_from(left.min(block.len() as u64)).unwrap_or(block.len());
+        custody_core::crypto::fill_random(&mut block[..n])?;
+        f.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()?;
+    drop(f);
+    fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! `custody init`: create the vault.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use custody_core::crypto::KdfParams;
+use custody_core::vault::{MIN_PIN_LEN, Vault};
+use serde_json::json;
+
+use super::Global;
+use crate::access;
+use crate::input::{self, SecretInput};
+
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// Read the approval PIN from the next line of stdin.
+    #[arg(long)]
+    pin_stdin: bool,
+    /// Use deliberately weak key derivation (tests and throwaway demo vaults
+    /// only: a copied vault file becomes cheap to brute-force).
+    #[arg(long)]
+    insecure_fast_kdf: bool,
+}
+
+pub fn run(g: &Global, secrets: &mut SecretInput, a: InitArgs) -> anyhow::Result<ExitCode> {
+    let path = access::vault_path()?;
+    if path.exists() {
+        return Err(custody_core::vault::VaultError::AlreadyExists { path }.into());
+    }
+    let passphrase = if g.passphrase_stdin {
+        secrets.line("passphrase")?
+    } else {
+        input::prompt_new(
+            "New vault passphrase: ",
+            "Repeat the passphrase: ",
+            "--passphrase-stdin",
+        )?
+    };
+    input::check_new_passphrase(&passphrase)?;
+    let pin = if a.pin_stdin {
+        secrets.line("approval PIN")?
+    } else {
+        input::prompt_new(
+            &format!(
+                "Approval PIN (at least {MIN_PIN_LEN} characters, asked for every approval): "
+            ),
+            "Repeat the PIN: ",
+            "--pin-stdin",
+        )?
+    };
+    let params = if a.insecure_fast_kdf {
+        KdfParams::INSECURE_FAST
+    } else {
+        KdfParams::DEFAULT
+    };
+    let vault = Vault::create(&path, &passphrase, &pin, params)
+        .with_context(|| format!("creating the vault at {}", path.display()))?;
+    if g.json {
+        crate::output::json(&json!({
+            "vault": vault.path(),
+            "vault_id": vault.id_hex(),
+            "kdf": params,
+        }))?;
+    } else {
+        println!("Created vault {}", vault.path().display());
+        println!("Next: `custody env create NAME` then `custody set NAME VAR`.");
+    }
+    Ok(ExitCode::SUCCESS)
+}

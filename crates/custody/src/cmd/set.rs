@@ -1,0 +1,99 @@
+//! `custody set ENV VAR`: store a value from a hidden prompt or stdin.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use custody_core::vault::VariableUpdate;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::{Global, KindArg, env_name, var_name};
+use crate::access;
+use crate::input::{self, SecretInput};
+use crate::output;
+
+#[derive(Debug, clap::Args)]
+pub struct SetArgs {
+    /// The environment.
+    env: String,
+    /// The variable (e.g. DATABASE_URL).
+    var: String,
+    /// What the variable is for (agents can read it).
+    #[arg(long, short = 'd')]
+    description: Option<String>,
+    /// How the value reaches a process.
+    #[arg(long, value_enum)]
+    kind: Option<KindArg>,
+    /// Keep a trailing newline read from stdin (by default one is stripped).
+    #[arg(long)]
+    keep_newline: bool,
+}
+
+pub fn run(g: &Global, secrets: &mut SecretInput, a: SetArgs) -> anyhow::Result<ExitCode> {
+    let env = env_name(&a.env)?;
+    let var = var_name(&a.var)?;
+    let mut vault = access::open_vault(g, secrets)?;
+    // Fail on a missing environment before asking for the value.
+    vault.environment(&env)?;
+    let value = read_value(
+        g,
+        secrets,
+        &format!("Value for {env}/{var} (hidden): "),
+        a.keep_newline,
+    )?;
+    if value.is_empty() {
+        bail!(
+            "empty value: nothing was stored (use `custody unset {env} {var}` to remove a variable)"
+        );
+    }
+    let update = VariableUpdate {
+        description: a.description,
+        kind: a.kind.map(Into::into),
+    };
+    let created = vault.set_variable(&env, &var, &value, &update)?;
+    let short = value.len() < custody_core::mask::MIN_MASKABLE_LEN;
+    if g.json {
+        output::json(&json!({
+            "environment": env.as_str(),
+            "variable": var.as_str(),
+            "created": created,
+            "too_short_to_mask": short,
+        }))?;
+    } else {
+        println!("{} {env}/{var}", if created { "Stored" } else { "Updated" });
+    }
+    if short {
+        eprintln!(
+            "warning: {env}/{var} is shorter than {} bytes: too short to mask reliably in command output",
+            custody_core::mask::MIN_MASKABLE_LEN
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The value: the rest of stdin after the passphrase line, a hidden prompt
+/// on a terminal, or all of stdin. One trailing newline is stripped from
+/// stdin unless `keep_newline`.
+fn read_value(
+    g: &Global,
+    secrets: &mut SecretInput,
+    prompt: &str,
+    keep_newline: bool,
+) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let mut value = if !g.passphrase_stdin && input::stdin_is_tty() {
+        return input::prompt_hidden(prompt, "a value on stdin");
+    } else {
+        secrets.rest()?
+    };
+    if !keep_newline {
+        let strip = if value.ends_with(b"\r\n") {
+            2
+        } else {
+            usize::from(value.ends_with(b"\n"))
+        };
+        // Truncated bytes stay in spare capacity, which Zeroizing clears on drop.
+        let keep = value.len() - strip;
+        value.truncate(keep);
+    }
+    Ok(value)
+}

@@ -1,0 +1,135 @@
+//! Reading secrets: a hidden prompt on the terminal, or stdin for scripts.
+//! Never argv, which every process on the machine can read.
+//!
+//! With `--passphrase-stdin` the first line of stdin is the passphrase; the
+//! lines after it are handed out in order (`--pin-stdin`, `passwd`'s new
+//! passphrase), and what is left is a value (`custody set`).
+
+use std::fs::OpenOptions;
+use std::io::{IsTerminal, Read};
+
+use anyhow::{Context, bail};
+use zeroize::Zeroizing;
+
+/// Most bytes read from stdin: the largest value plus room for two lines.
+const MAX_STDIN: usize = custody_core::vault::MAX_VALUE_LEN + 64 * 1024;
+
+/// Secret input for one command: stdin, read once, consumed line by line.
+pub struct SecretInput {
+    buf: Option<Zeroizing<Vec<u8>>>,
+    pos: usize,
+}
+
+impl SecretInput {
+    pub fn new() -> Self {
+        SecretInput { buf: None, pos: 0 }
+    }
+
+    fn buffer(&mut self) -> anyhow::Result<&[u8]> {
+        if self.buf.is_none() {
+            let mut data = Zeroizing::new(Vec::with_capacity(4096));
+            std::io::stdin()
+                .lock()
+                .take(MAX_STDIN as u64 + 1)
+                .read_to_end(&mut data)
+                .context("reading stdin")?;
+            if data.len() > MAX_STDIN {
+                bail!("stdin is larger than {MAX_STDIN} bytes");
+            }
+            self.buf = Some(data);
+        }
+        Ok(self.buf.as_deref().map(Vec::as_slice).unwrap_or_default())
+    }
+
+    /// The next line of stdin (without its line ending). `what` names it in
+    /// the error when stdin has run out.
+    pub fn line(&mut self, what: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+        let pos = self.pos;
+        let buf = self.buffer()?;
+        let rest = buf.get(pos..).unwrap_or_default();
+        if rest.is_empty() {
+            bail!("expected the {what} on a line of stdin, but stdin ended");
+        }
+        let (line, used) = match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => (&rest[..i], i + 1),
+            None => (rest, rest.len()),
+        };
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let out = Zeroizing::new(line.to_vec());
+        self.pos += used;
+        Ok(out)
+    }
+
+    /// Everything of stdin not yet consumed.
+    pub fn rest(&mut self) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+        let pos = self.pos;
+        let buf = self.buffer()?;
+        let out = Zeroizing::new(buf.get(pos..).unwrap_or_default().to_vec());
+        self.pos = buf.len();
+        Ok(out)
+    }
+}
+
+/// Whether a person can be asked on the controlling terminal.
+pub fn has_tty() -> bool {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .is_ok()
+}
+
+/// Whether stdin is a terminal (then values are asked for, not read).
+pub fn stdin_is_tty() -> bool {
+    std::io::stdin().is_terminal()
+}
+
+/// Asks on the terminal without echo. `flag` names the non-interactive
+/// alternative for the error when there is no terminal.
+pub fn prompt_hidden(prompt: &str, flag: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    if !has_tty() {
+        bail!("no terminal to ask for input: pass {flag}");
+    }
+    let s =
+        Zeroizing::new(rpassword::prompt_password(prompt).context("reading from the terminal")?);
+    Ok(Zeroizing::new(s.as_bytes().to_vec()))
+}
+
+/// Asks twice on the terminal and insists both answers match.
+pub fn prompt_new(prompt: &str, again: &str, flag: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let first = prompt_hidden(prompt, flag)?;
+    let second = prompt_hidden(again, flag)?;
+    if !custody_core::crypto::ct_eq(&first, &second) {
+        bail!("the two entries did not match; nothing was changed");
+    }
+    Ok(first)
+}
+
+/// Asks a yes/no question on the terminal; `false` unless the answer is y/yes.
+pub fn confirm(question: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut tty = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .context("opening the terminal")?;
+    write!(tty, "{question} [y/N] ")?;
+    tty.flush()?;
+    let mut answer = String::new();
+    BufReader::new(tty).read_line(&mut answer)?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
+/// The minimum passphrase length `init` and `passwd` accept.
+pub const MIN_PASSPHRASE_LEN: usize = 8;
+
+/// Rejects a new passphrase that is too short.
+pub fn check_new_passphrase(p: &[u8]) -> anyhow::Result<()> {
+    if p.len() < MIN_PASSPHRASE_LEN {
+        bail!("the passphrase must be at least {MIN_PASSPHRASE_LEN} characters");
+    }
+    Ok(())
+}

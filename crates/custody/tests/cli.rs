@@ -1,0 +1,782 @@
+//! CLI scenario tests: each starts from an empty temporary `CUSTODY_HOME`
+//! and drives the real `custody` binary, the way a user's script would.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use custody_core::names::{EnvName, VarName};
+use custody_core::vault::Vault;
+use predicates::prelude::*;
+use predicates::str::contains;
+use secrecy::ExposeSecret;
+
+const PASS: &str = "test passphrase 1";
+const PIN: &str = "135790";
+
+struct Home {
+    dir: tempfile::TempDir,
+}
+
+impl Home {
+    /// A fresh home with an initialised vault.
+    fn new() -> Home {
+        let h = Home::empty();
+        h.init().success();
+        h
+    }
+
+    fn empty() -> Home {
+        Home {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    fn vault_path(&self) -> PathBuf {
+        self.home().join("vault.db")
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("custody").unwrap();
+        c.env("CUSTODY_HOME", self.home())
+            .env_remove("XDG_DATA_HOME")
+            .timeout(std::time::Duration::from_secs(60));
+        c
+    }
+
+    fn init(&self) -> assert_cmd::assert::Assert {
+        self.cmd()
+            .args([
+                "init",
+                "--passphrase-stdin",
+                "--pin-stdin",
+                "--insecure-fast-kdf",
+            ])
+            .write_stdin(format!("{PASS}\n{PIN}\n"))
+            .assert()
+    }
+
+    /// Runs a vault command with the passphrase on stdin, then `extra` stdin.
+    fn run(&self, args: &[&str], extra: &str) -> assert_cmd::assert::Assert {
+        self.cmd()
+            .arg("--passphrase-stdin")
+            .args(args)
+            .write_stdin(format!("{PASS}\n{extra}"))
+            .assert()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.run(&[&["--json"], args].concat(), "").success();
+        serde_json::from_slice(&out.get_output().stdout).unwrap()
+    }
+
+    fn vault(&self) -> Vault {
+        Vault::unlock(&self.vault_path(), PASS.as_bytes()).unwrap()
+    }
+
+    fn value(&self, env: &str, var: &str) -> Vec<u8> {
+        let (_, v) = self
+            .vault()
+            .reveal(&EnvName::new(env).unwrap(), &VarName::new(var).unwrap())
+            .unwrap();
+        v.expose_secret().to_vec()
+    }
+
+    /// Every file of the vault (main file, WAL, shared memory) concatenated.
+    fn vault_bytes(&self) -> Vec<u8> {
+        let mut all = Vec::new();
+        for entry in fs::read_dir(self.home()).unwrap() {
+            all.extend(fs::read(entry.unwrap().path()).unwrap());
+        }
+        all
+    }
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+// ----- init -------------------------------------------------------------
+
+#[test]
+fn init_creates_private_vault() {
+    let h = Home::new();
+    assert_eq!(mode(&h.home()), 0o700);
+    assert_eq!(mode(&h.vault_path()), 0o600);
+    let v = h.vault();
+    assert!(v.verify_pin(PIN.as_bytes()).unwrap());
+}
+
+#[test]
+fn init_json_reports_vault() {
+    let h = Home::empty();
+    let out = h
+        .cmd()
+        .args([
+            "init",
+            "--json",
+            "--passphrase-stdin",
+            "--pin-stdin",
+            "--insecure-fast-kdf",
+        ])
+        .write_stdin(format!("{PASS}\n{PIN}\n"))
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(v["vault_id"].as_str().unwrap().len(), 32);
+    assert_eq!(v["kdf"]["memory_kib"], 256);
+}
+
+#[test]
+fn init_refuses_to_overwrite() {
+    let h = Home::new();
+    let before = fs::read(h.vault_path()).unwrap();
+    h.init().failure().stderr(contains("already exists"));
+    assert_eq!(fs::read(h.vault_path()).unwrap(), before);
+}
+
+#[test]
+fn init_rejects_short_pin_and_passphrase() {
+    let h = Home::empty();
+    h.cmd()
+        .args([
+            "init",
+            "--passphrase-stdin",
+            "--pin-stdin",
+            "--insecure-fast-kdf",
+        ])
+        .write_stdin(format!("{PASS}\n12345\n"))
+        .assert()
+        .failure()
+        .stderr(contains("PIN must be at least 6"));
+    h.cmd()
+        .args([
+            "init",
+            "--passphrase-stdin",
+            "--pin-stdin",
+            "--insecure-fast-kdf",
+        ])
+        .write_stdin(format!("short\n{PIN}\n"))
+        .assert()
+        .failure()
+        .stderr(contains("at least 8"));
+    assert!(!h.vault_path().exists());
+}
+
+#[test]
+fn init_without_terminal_names_the_flags() {
+    let h = Home::empty();
+    h.cmd()
+        .args(["init"])
+        .assert()
+        .failure()
+        .stderr(contains("--passphrase-stdin"));
+    h.cmd()
+        .args(["init", "--passphrase-stdin"])
+        .write_stdin(format!("{PASS}\n"))
+        .assert()
+        .failure()
+        .stderr(contains("--pin-stdin"));
+    h.cmd()
+        .args(["init", "--passphrase-stdin", "--pin-stdin"])
+        .write_stdin(format!("{PASS}\n"))
+        .assert()
+        .failure()
+        .stderr(contains("approval PIN"));
+}
+
+// ----- opening errors ---------------------------------------------------
+
+#[test]
+fn missing_vault_says_run_init() {
+    let h = Home::empty();
+    h.run(&["env", "ls"], "")
+        .failure()
+        .code(1)
+        .stderr(contains("run `custody init`"));
+}
+
+#[test]
+fn wrong_passphrase_exits_2_and_changes_nothing() {
+    let h = Home::new();
+    h.run(&["env", "create", "shop-dev"], "").success();
+    let before = h.vault_bytes();
+    h.cmd()
+        .args(["--passphrase-stdin", "env", "create", "other"])
+        .write_stdin("not the passphrase\n")
+        .assert()
+        .code(2)
+        .stderr(contains("wrong passphrase").and(contains("not changed")));
+    assert_eq!(h.vault_bytes(), before);
+    assert_eq!(h.vault().environments().unwrap().len(), 1);
+}
+
+#[test]
+fn no_passphrase_on_stdin_is_a_clear_error() {
+    let h = Home::new();
+    h.cmd()
+        .args(["--passphrase-stdin", "env", "ls"])
+        .write_stdin("")
+        .assert()
+        .failure()
+        .stderr(contains("expected the passphrase"));
+}
+
+#[test]
+fn garbage_vault_is_reported_not_overwritten() {
+    let h = Home::new();
+    let junk: Vec<u8> = (0..16384u32).map(|i| (i * 7 + 3) as u8).collect();
+    fs::write(h.vault_path(), &junk).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let _ = fs::remove_file(format!("{}{suffix}", h.vault_path().display()));
+    }
+    h.run(&["env", "ls"], "")
+        .failure()
+        .stderr(contains("not a readable custody vault").and(contains("backup")))
+        .stderr(contains("panicked").not());
+    assert_eq!(fs::read(h.vault_path()).unwrap(), junk);
+}
+
+#[test]
+fn truncated_vault_is_reported() {
+    let h = Home::new();
+    h.run(&["env", "create", "e"], "").success();
+    let dotenv: String = (0..300)
+        .map(|i| format!("K{i}={}\n", "v".repeat(900)))
+        .collect();
+    fs::write(h.dir.path().join("big.env"), dotenv).unwrap();
+    h.run(
+        &[
+            "import",
+            "e",
+            h.dir.path().join("big.env").to_str().unwrap(),
+        ],
+        "",
+    )
+    .success();
+    let full = fs::read(h.vault_path()).unwrap();
+    fs::write(h.vault_path(), &full[..full.len() / 2]).unwrap();
+    h.run(&["ls", "e"], "")
+        .failure()
+        .stderr(contains("not a readable custody vault"))
+        .stderr(contains("panicked").not());
+}
+
+#[test]
+fn vault_from_a_newer_version_is_refused() {
+    let h = Home::new();
+    rusqlite::Connection::open(h.vault_path())
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 7;")
+        .unwrap();
+    let before = fs::read(h.vault_path()).unwrap();
+    h.run(&["env", "ls"], "")
+        .failure()
+        .stderr(contains("newer custody").and(contains("upgrade")));
+    assert_eq!(fs::read(h.vault_path()).unwrap(), before);
+}
+
+#[test]
+fn invalid_names_show_the_rule() {
+    let h = Home::new();
+    h.run(&["env", "create", "Shop Prod"], "")
+        .failure()
+        .stderr(contains("invalid environment name").and(contains("[a-z0-9][a-z0-9._-]*")));
+    h.run(&["env", "create", &"a".repeat(129)], "")
+        .failure()
+        .stderr(contains("1-128 characters"));
+    h.run(&["env", "create", ""], "")
+        .failure()
+        .stderr(contains("(empty)"));
+    h.run(&["env", "create", "shop"], "").success();
+    h.run(&["set", "shop", "1BAD"], "value-value")
+        .failure()
+        .stderr(contains("invalid variable name").and(contains("[A-Za-z_][A-Za-z0-9_]*")));
+    h.run(&["set", "shop", "BAD-NAME"], "value-value")
+        .failure()
+        .stderr(contains("invalid variable name"));
+}
+
+// ----- env --------------------------------------------------------------
+
+#[test]
+fn env_create_ls_describe_rm() {
+    let h = Home::new();
+    h.run(
+        &[
+            "env",
+            "create",
+            "shop-dev",
+            "--description",
+            "the shop, dev",
+        ],
+        "",
+    )
+    .success()
+    .stdout(contains("Created environment shop-dev"));
+    h.run(&["env", "create", "shop-dev"], "")
+        .failure()
+        .stderr(contains("already exists"));
+    h.run(&["env", "create", "shop-prod"], "").success();
+    h.run(&["env", "ls"], "").success().stdout(
+        contains("shop-dev")
+            .and(contains("the shop, dev"))
+            .and(contains("shop-prod")),
+    );
+    let list = h.json(&["env", "ls"]);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list[0]["name"], "shop-dev");
+    assert_eq!(list[0]["variable_count"], 0);
+
+    h.run(
+        &["set", "shop-dev", "API_TOKEN", "-d", "the api"],
+        "tok-tok-tok-tok",
+    )
+    .success();
+    h.run(&["env", "describe", "shop-dev"], "")
+        .success()
+        .stdout(
+            contains("API_TOKEN")
+                .and(contains("the api"))
+                .and(contains("tok-tok").not()),
+        );
+    h.run(
+        &["env", "describe", "shop-dev", "--description", "new words"],
+        "",
+    )
+    .success();
+    let d = h.json(&["env", "describe", "shop-dev"]);
+    assert_eq!(d["environment"]["description"], "new words");
+    assert_eq!(d["variables"][0]["name"], "API_TOKEN");
+
+    h.run(&["env", "rm", "shop-dev"], "")
+        .failure()
+        .stderr(contains("--yes"));
+    h.run(&["env", "rm", "shop-dev", "--yes"], "")
+        .success()
+        .stdout(contains("1 variable"));
+    h.run(&["env", "rm", "shop-dev", "--yes"], "")
+        .failure()
+        .stderr(contains("does not exist").and(contains("custody env ls")));
+    assert_eq!(h.json(&["env", "ls"]).as_array().unwrap().len(), 1);
+}
+
+// ----- set / generate / unset / ls -------------------------------------
+
+#[test]
+fn set_reads_stdin_and_strips_one_newline() {
+    let h = Home::new();
+    h.run(&["env", "create", "e"], "").success();
+    h.run(&["set", "e", "A"], "value-one\n")
+        .success()
+        .stdout(contains("Stored e/A"));
+    assert_eq!(h.value("e", "A"), b"value-one");
+    h.run(&["set", "e", "A"], "value-two\r\n")
+        .success()
+        .stdout(contains("Updated e/A"));
+    assert_eq!(h.value("e", "A"), b"value-two");
+    h.run(&["set", "e", "B", "--keep-newline"], "line1\nline2\n\n")
+        .success();
+    assert_eq!(h.value("e", "B"), b"line1\nline2\n\n");
+    h.run(
+        &["set", "e", "C", "--kind", "file", "-d", "tls key"],
+        "-----BEGIN KEY-----\nabc\n",
+    )
+    .success();
+    let ls = h.json(&["ls", "e"]);
+    assert_eq!(ls[2]["kind"], "file");
+    assert_eq!(ls[2]["description"], "tls key");
+}
+
+/// A plain `custody set` without --passphrase-stdin reads the whole of a
+/// piped stdin as the value (the passphrase then needs a terminal).
+#[test]
+fn set_without_terminal_explains() {
+    let h = Home::new();
+    h.run(&["env", "create", "e"], "").success();
+    h.cmd()
+        .args(["set", "e", "A"])
+        .write_stdin("value-value")
+        .assert()
+        .failure()
+        .stderr(contains("--passphrase-stdin"));
+}
+
+#[test]
+fn values_are_never_accepted_in_argv() {
+    let h = Home::new();
+    h.run(&["env", "create", "e"], "").success();
+    h.run(&["set", "e", "A", "supersecretvalue"], "")
+        .failure()
+        .stderr(contains("unexpected argument"));
+    h.run(&["set", "e", "A", "--value", "supersecretvalue"], "")
+        .failure();
+}
+
+#[test]
+fn set_errors() {
+    let h = Home::new();
+    h.run(&["set", "nope", "A"], "value-value")
+        .failure()
+        .stderr(contains("environment 'nope' does not exist"));
+    h.run(&["env", "create", "e"], "").success();
+    h.run(&["set", "e", "A"], "")
+        .failure()
+        .stderr(contains("empty value"));
+    h.run(&["set", "e", "A"], "\n")
+        .failure()
+        .stderr(contains("empty value"));
+    let big = "x".repeat(custody_core::vault::MAX_VALUE_LEN + 1);
+    h.run(&["set", "e", "A"], &big)
+        .failure()
+        .stderr(contains("limit"));
+}
+
+#[test]
+fn short_values_warn() {
+    let h = Home::new();
+    h.run(&["env", "create", "e"], "").success();
+    h.run(&["set", "e", "PIN"], "1234")
+        .success()
+        .stderr(contains("too short to mask"));
+    h.run(&["ls"], "")
+        .success()
+        .stderr(contains("e/PIN is shorter than 8 bytes"));
+    assert_eq!(h.json(&["ls"])[0]["too_short_to_mask"], true);
+}
+
+#[test]
+fn generate_stores_unseen_random_values() {
+    let h = Home::new();
+    h.run(&["env", "create", "e"], "").success();
+    let out = h.run(&["generate", "e", "SESSION_KEY"], "").success();
+    let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    let v = h.value("e", "SESSION_KEY");
+    assert_eq!(v.len(), 32);
+    assert!(v.iter().all(u8::is_ascii_alphanumeric));
+    assert!(!stdout.contains(std::str::from_utf8(&v).unwrap()));
+
+    h.run(
+        &[
+            "generate",
+            "e",
+            "HEXKEY",
+            "--length",
+            "64",
+            "--alphabet",
+            "hex",
+        ],
+        "",
+    )
+    .success();
+    let v = h.value("e", "HEXKEY");
+    assert_eq!(v.len(), 64);
+    assert!(
+        v.iter()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    );
+
+    h.run(
+        &[
+            "generate",
+            "e",
+            "U",
+            "--alphabet",
+            "base64url",
+            "--length",
+            "40",
+        ],
+        "",
+    )
+    .success();
+    assert!(
+        h.value("e", "U")
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    );
+    h.run(&["generate", "e", "S", "--alphabet", "symbols"], "")
+        .success();
+
+    h.run(&["generate", "e", "TINY", "--length", "4"], "")
+        .failure()
+        .stderr(contains("between 8 and 4096"));
+    h.run(&["generate", "e", "X", "--alphabet", "emoji"], "")
+        .failure()
+        .stderr(contains("invalid value"));
+}
+
+#[test]
+fn unset_removes() {
+    let h = Home::new();
+    h.run(&["env", "create", "e"], "").success();
+    h.run(&["set", "e", "A"], "value-value").success();
+    h.run(&["unset", "e", "A"], "")
+        .success()
+        .stdout(contains("Removed e/A"));
+    h.run(&["unset", "e", "A"], "")
+        .failure()
+        .stderr(contains("variable 'A' does not exist").and(contains("custody ls e")));
+    assert!(h.json(&["ls", "e"]).as_array().unwrap().is_empty());
+}
+
+#[test]
+fn ls_shows_names_never_values() {
+    let h = Home::new();
+    for e in ["a-env", "b-env"] {
+        h.run(&["env", "create", e], "").success();
+        h.run(
+            &["set", e, "DB_PASSWORD", "-d", "db"],
+            "p4ssw0rd-very-secret",
+        )
+        .success();
+    }
+    let out = h.run(&["ls"], "").success();
+    let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(text.contains("a-env/DB_PASSWORD") && text.contains("b-env/DB_PASSWORD"));
+    assert!(!text.contains("p4ssw0rd"));
+    let json = h.json(&["ls", "b-env"]);
+    assert_eq!(json.as_array().unwrap().len(), 1);
+    assert_eq!(json[0]["environment"], "b-env");
+    assert_eq!(json[0]["is_set"], true);
+    assert!(!json.to_string().contains("p4ssw0rd"));
+}
+
+// ----- import -----------------------------------------------------------
+
+#[test]
+fn import_reads_dotenv_syntax() {
+    let h = Home::new();
+    let file = h.dir.path().join(".env");
+    fs::write(
+        &file,
+        "# comment\n\
+         export API_TOKEN=tok_123456789\n\
+         QUOTED=\"with \\\"quotes\\\" and\\nnewline\"\n\
+         SINGLE='literal \\n here'\n\
+         PEM=\"-----BEGIN KEY-----\nAAAABBBBCCCC\n-----END KEY-----\"\n\
+         INLINE=value-here # a comment\n\
+         bad-name=oops\n\
+         \n",
+    )
+    .unwrap();
+    let out = h.json(&["import", "shop", file.to_str().unwrap()]);
+    assert_eq!(out["environment_created"], true);
+    assert_eq!(out["imported"], 5);
+    assert_eq!(out["skipped"].as_array().unwrap().len(), 1);
+    assert_eq!(out["skipped"][0]["line"], 9);
+    assert_eq!(h.value("shop", "API_TOKEN"), b"tok_123456789");
+    assert_eq!(h.value("shop", "QUOTED"), b"with \"quotes\" and\nnewline");
+    assert_eq!(h.value("shop", "SINGLE"), b"literal \\n here");
+    assert_eq!(
+        h.value("shop", "PEM"),
+        b"-----BEGIN KEY-----\nAAAABBBBCCCC\n-----END KEY-----"
+    );
+    assert_eq!(h.value("shop", "INLINE"), b"value-here");
+    assert!(file.exists(), "no --shred, the file stays");
+    assert!(
+        !out.to_string().contains("oops"),
+        "skip reasons carry no values"
+    );
+
+    // A second import updates rather than duplicates.
+    h.run(&["import", "shop", file.to_str().unwrap()], "")
+        .success()
+        .stdout(contains("0 new, 5 updated"));
+}
+
+#[test]
+fn import_shred_removes_the_file() {
+    let h = Home::new();
+    let file = h.dir.path().join("secrets.env");
+    fs::write(&file, "A=value-aaaa\nB=value-bbbb\n").unwrap();
+    h.run(&["import", "e", file.to_str().unwrap(), "--shred"], "")
+        .success()
+        .stdout(contains("Shredded"));
+    assert!(!file.exists());
+    assert_eq!(h.value("e", "B"), b"value-bbbb");
+}
+
+#[test]
+fn import_shred_refused_when_lines_were_skipped() {
+    let h = Home::new();
+    let file = h.dir.path().join("secrets.env");
+    fs::write(&file, "A=value-aaaa\n9BAD=value-bbbb\n").unwrap();
+    h.run(&["import", "e", file.to_str().unwrap(), "--shred"], "")
+        .success()
+        .stderr(contains("not shredding"));
+    assert!(file.exists());
+}
+
+#[test]
+fn import_missing_file_is_clear() {
+    let h = Home::new();
+    h.run(&["import", "e", "/nonexistent/.env"], "")
+        .failure()
+        .stderr(contains("opening /nonexistent/.env"));
+}
+
+// ----- passwd -----------------------------------------------------------
+
+#[test]
+fn passwd_rewraps() {
+    let h = Home::new();
+    h.run(&["env", "create", "e"], "").success();
+    h.run(&["set", "e", "A"], "value-value").success();
+    h.run(&["passwd"], "a brand new passphrase\n").success();
+    h.run(&["env", "ls"], "").code(2);
+    h.cmd()
+        .args(["--passphrase-stdin", "ls", "e"])
+        .write_stdin("a brand new passphrase\n")
+        .assert()
+        .success()
+        .stdout(contains("e/A"));
+    let v = Vault::unlock(&h.vault_path(), b"a brand new passphrase").unwrap();
+    let (_, value) = v
+        .reveal(&EnvName::new("e").unwrap(), &VarName::new("A").unwrap())
+        .unwrap();
+    assert_eq!(value.expose_secret(), b"value-value");
+    h.cmd()
+        .args(["--passphrase-stdin", "passwd"])
+        .write_stdin("a brand new passphrase\nshort\n")
+        .assert()
+        .failure()
+        .stderr(contains("at least 8"));
+}
+
+// ----- at rest ----------------------------------------------------------
+
+/// G2: `strings` over every vault file finds no name and no value.
+#[test]
+fn vault_files_hold_no_name_and_no_value() {
+    let h = Home::new();
+    let names = [
+        "zebra-payments-prod",
+        "STRIPE_LIVE_SECRET_KEY",
+        "GITHUB_DEPLOY_TOKEN",
+    ];
+    let values = ["sk_live_51HxQ9fLr8y7VqK", "ghp_R4nd0mT0k3nV4lu3xyz"];
+    h.run(&["env", "create", names[0], "-d", "describes-zebra"], "")
+        .success();
+    h.run(&["set", names[0], names[1]], values[0]).success();
+    h.run(&["set", names[0], names[2]], values[1]).success();
+    h.run(&["generate", names[0], "GENERATED_THING"], "")
+        .success();
+    let generated = h.value(names[0], "GENERATED_THING");
+
+    // Check both while the WAL still holds the writes and after checkpoint.
+    let bytes = h.vault_bytes();
+    let mut needles: Vec<Vec<u8>> = names
+        .iter()
+        .chain(&values)
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+    needles.push(b"describes-zebra".to_vec());
+    needles.push(b"GENERATED_THING".to_vec());
+    needles.push(generated);
+    for needle in &needles {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == &needle[..]),
+            "found {:?} in the vault files",
+            String::from_utf8_lossy(needle)
+        );
+        // Also as UTF-16LE, which `strings -el` would find.
+        let wide: Vec<u8> = needle.iter().flat_map(|&b| [b, 0]).collect();
+        assert!(!bytes.windows(wide.len()).any(|w| w == &wide[..]));
+    }
+    // The `strings` view: printable runs of ≥ 8 chars mention none of them.
+    let runs = printable_runs(&bytes, 8);
+    for needle in &needles {
+        let n = String::from_utf8_lossy(needle);
+        assert!(!runs.iter().any(|r| r.contains(&*n)));
+    }
+}
+
+fn printable_runs(bytes: &[u8], min: usize) -> Vec<String> {
+    bytes
+        .split(|b| !(b.is_ascii_graphic() || *b == b' '))
+        .filter(|r| r.len() >= min)
+        .map(|r| String::from_utf8_lossy(r).into_owned())
+        .collect()
+}
+
+/// An import killed with SIGKILL leaves a vault that opens and holds a
+/// prefix of the file.
+#[test]
+fn kill_during_import_leaves_a_prefix() {
+    let h = Home::new();
+    h.run(&["env", "create", "big"], "").success();
+    let file = h.dir.path().join("big.env");
+    let dotenv: String = (0..10_000)
+        .map(|i| format!("VAR_{i:05}=value-{i:05}-padding\n"))
+        .collect();
+    fs::write(&file, dotenv).unwrap();
+
+    let bin = assert_cmd::cargo::cargo_bin("custody");
+    let mut child = std::process::Command::new(bin)
+        .env("CUSTODY_HOME", h.home())
+        .args([
+            "--passphrase-stdin",
+            "import",
+            "big",
+            file.to_str().unwrap(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{PASS}").unwrap();
+    }
+    // Watch the vault from outside (WAL readers do not block the writer) and
+    // kill as soon as the first batches are committed.
+    let watcher = rusqlite::Connection::open_with_flags(
+        h.vault_path(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen = 0i64;
+    while std::time::Instant::now() < deadline {
+        seen = watcher
+            .query_row("SELECT count(*) FROM variables", [], |r| r.get(0))
+            .unwrap_or(0);
+        if seen > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    drop(watcher);
+    assert!(seen > 0, "the import never committed a batch");
+
+    let v = h.vault();
+    let vars = v.variables(&EnvName::new("big").unwrap()).unwrap();
+    let k = vars.len();
+    assert!(k > 0, "nothing survived");
+    assert!(
+        k < 10_000,
+        "the kill came after the import finished; the test proved nothing"
+    );
+    // Exactly the first k variables of the file, each with its own value.
+    for (i, info) in vars.iter().enumerate() {
+        assert_eq!(info.name, format!("VAR_{i:05}"));
+    }
+    let last = format!("VAR_{:05}", k - 1);
+    let (_, value) = v
+        .reveal(&EnvName::new("big").unwrap(), &VarName::new(&last).unwrap())
+        .unwrap();
+    assert_eq!(
+        value.expose_secret(),
+        format!("value-{:05}-padding", k - 1).as_bytes()
+    );
+}
