@@ -339,6 +339,18 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
+// ---- Plain hashing (audit chain links) -------------------------------------
+// Added for the audit chain: each record's `prev` is the SHA-256 of the
+// previous complete line, so anyone can recompute a link with `sha256sum`.
+// Not keyed and not framed: use `keyed_hash` wherever a secret or several
+// parts are involved.
+
+/// Plain SHA-256 of `bytes` (not keyed, not framed).
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    Sha256::digest(bytes).into()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)] // tests: a panic is the failure report

@@ -876,6 +876,29 @@ mod tests {
         );
     }
 
+    /// Inputs that would make a naive "scan to the closing quote, resync on
+    /// failure" parser quadratic. Each is 256 KiB; quadratic would not finish.
+    #[test]
+    fn pathological_inputs_stay_linear() {
+        let n = 1 << 18;
+        let repeat = |unit: &[u8]| unit.repeat(n / unit.len());
+        let mut one_long_scan = b"A=\"x\n".to_vec();
+        one_long_scan.extend(repeat(b"B=\\\"\n"));
+        for input in [
+            repeat(b"A='\n"),
+            repeat(b"A=\"\\\n"),
+            repeat(b"A='\nB=\"\nC=`\n"),
+            repeat(b"A=\"x\" y\n"),
+            repeat(b"X Y=\"\n"),
+            repeat(b"="),
+            repeat(b" #"),
+            one_long_scan,
+        ] {
+            let p = parse(&input);
+            assert!(p.entries.len() + p.skipped.len() <= input.len());
+        }
+    }
+
     #[test]
     fn never_panics_on_awkward_inputs() {
         for input in [

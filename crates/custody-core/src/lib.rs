@@ -8,13 +8,17 @@
 //! Secret values only ever live in [`secrecy`] types that are zeroized on drop
 //! and print as `[REDACTED]`; errors are built from names and ids only.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod crypto;
+pub mod audit;
 pub mod dotenv;
+pub mod duration;
 pub mod generate;
 pub mod mask;
 pub mod names;
 pub mod paths;
+pub mod policy;
 pub mod vault;
 
 pub use secrecy;

@@ -8,6 +8,7 @@
 //! sealed, and found through an HMAC index.
 
 mod error;
+mod label;
 mod schema;
 
 use std::fmt;
@@ -25,6 +26,7 @@ use crate::crypto::{self, KdfParams, Key, SALT_LEN, SEALED_OVERHEAD, Subkey};
 use crate::names::{EnvName, VarName};
 
 pub use error::VaultError;
+pub use label::{Label, LabelError};
 pub use schema::CURRENT_VERSION as FORMAT_VERSION;
 
 /// Shorthand for vault results.
@@ -42,6 +44,9 @@ pub const MAX_VALUE_LEN: usize = 512 * 1024;
 pub const MAX_DESCRIPTION_LEN: usize = 4096;
 /// Shortest approval PIN accepted.
 pub const MIN_PIN_LEN: usize = 6;
+
+/// Listings at least this long open their labels on several threads.
+const PARALLEL_LIST_MIN: usize = 512;
 
 const ID_LEN: usize = 16;
 type Id = [u8; ID_LEN];
@@ -69,7 +74,7 @@ impl VarKind {
 }
 
 /// An environment as listed: names and metadata only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvironmentInfo {
     /// Its name.
     pub name: EnvNameSer,
@@ -87,7 +92,7 @@ pub struct EnvironmentInfo {
 pub type EnvNameSer = String;
 
 /// A variable as listed: never its value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VariableInfo {
     /// Its name.
     pub name: String,
@@ -118,7 +123,7 @@ pub struct VariableUpdate {
 }
 
 /// What an import did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ImportReport {
     /// Variables created.
     pub created: usize,
@@ -126,14 +131,40 @@ pub struct ImportReport {
     pub updated: usize,
 }
 
-/// The sealed label of an environment or variable.
-#[derive(Serialize, Deserialize)]
-struct Label {
-    name: String,
-    #[serde(default)]
-    description: String,
-    #[serde(default)]
-    kind: VarKind,
+/// Checks approval PINs against a copy of the stored Argon2id hash.
+pub struct PinChecker(String);
+
+impl PinChecker {
+    /// Whether `pin` is the approval PIN (constant-time compare inside).
+    pub fn verify(&self, pin: &[u8]) -> bool {
+        crypto::verify_pin(pin, &self.0).unwrap_or(false)
+    }
+}
+
+impl fmt::Debug for PinChecker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PinChecker")
+    }
+}
+
+/// A `variables` row as read by [`Vault::reveal`], before anything in it is
+/// opened.
+struct SealedRow {
+    id: Vec<u8>,
+    sealed_label: Vec<u8>,
+    /// `None` while the variable is declared but not set.
+    sealed_value: Option<Vec<u8>>,
+    version: i64,
+}
+
+/// A `variables` row as read, before its label is opened.
+struct Row {
+    id: Vec<u8>,
+    sealed_label: Vec<u8>,
+    sealed_len: Option<i64>,
+    version: i64,
+    created_at: i64,
+    updated_at: i64,
 }
 
 /// An open, unlocked vault.
@@ -391,6 +422,14 @@ impl Vault {
         Ok(crypto::verify_pin(pin, phc)?)
     }
 
+    /// A copy of the PIN hash that can be checked on another thread while the
+    /// vault stays usable (the check takes as long as the KDF).
+    pub fn pin_checker(&self) -> Result<PinChecker> {
+        let phc = meta(&self.conn, &self.path, "pin_hash")?;
+        let phc = String::from_utf8(phc).map_err(|_| corrupt(&self.path, "PIN hash"))?;
+        Ok(PinChecker(phc))
+    }
+
     /// Replaces the approval PIN.
     pub fn change_pin(&mut self, new_pin: &[u8]) -> Result<()> {
         if new_pin.len() < MIN_PIN_LEN {
@@ -403,6 +442,66 @@ impl Vault {
                 params![phc.as_bytes()],
             )
             .map_err(|e| storage(e, &self.path))?;
+        Ok(())
+    }
+
+    // ----- audit head -------------------------------------------------
+
+    /// The audit chain's head as last stored (`None` before the first record).
+    /// Sealed, so editing the vault file cannot move it to hide a truncation.
+    pub fn audit_head(&self) -> Result<Option<crate::audit::AuditHead>> {
+        let sealed: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'audit_head'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| storage(e, &self.path))?;
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        let tampered = || VaultError::Tampered {
+            what: "audit head".into(),
+        };
+        let plain = crypto::open(
+            &self.seal_key,
+            &aad(b"audit-head", &[&self.vault_id]),
+            &sealed,
+        )
+        .map_err(|_| tampered())?;
+        let (seq, hash) = plain.split_at_checked(8).ok_or_else(tampered)?;
+        Ok(Some(crate::audit::AuditHead {
+            seq: u64::from_be_bytes(seq.try_into().map_err(|_| tampered())?),
+            hash: hash.try_into().map_err(|_| tampered())?,
+        }))
+    }
+
+    /// Stores the audit chain's head. Called after every append, so this one
+    /// write uses `synchronous = NORMAL` (durable across a process crash; the
+    /// log itself is fsynced per record, and a head that lags the log is
+    /// accepted by verification while one ahead of it is not).
+    pub fn set_audit_head(&self, head: &crate::audit::AuditHead) -> Result<()> {
+        let mut plain = Vec::with_capacity(40);
+        plain.extend_from_slice(&head.seq.to_be_bytes());
+        plain.extend_from_slice(&head.hash);
+        let sealed = crypto::seal(
+            &self.seal_key,
+            &aad(b"audit-head", &[&self.vault_id]),
+            &plain,
+        )?;
+        let path = &self.path;
+        self.conn
+            .execute_batch("PRAGMA synchronous = NORMAL;")
+            .map_err(|e| storage(e, path))?;
+        let res = self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('audit_head', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![sealed],
+        );
+        self.conn
+            .execute_batch("PRAGMA synchronous = FULL;")
+            .map_err(|e| storage(e, path))?;
+        res.map_err(|e| storage(e, path))?;
         Ok(())
     }
 
@@ -428,23 +527,24 @@ impl Vault {
     }
 
     fn seal_label(&self, kind: &[u8], ids: &[&[u8]], label: &Label) -> Result<Vec<u8>> {
-        let json = Zeroizing::new(
-            serde_json::to_vec(label).map_err(|e| VaultError::Storage(e.to_string()))?,
-        );
         let mut parts: Vec<&[u8]> = vec![&self.vault_id];
         parts.extend_from_slice(ids);
-        Ok(crypto::seal(&self.seal_key, &aad(kind, &parts), &json)?)
+        Ok(crypto::seal(
+            &self.seal_key,
+            &aad(kind, &parts),
+            &label.encode(),
+        )?)
     }
 
     fn open_label(&self, kind: &[u8], ids: &[&[u8]], sealed: &[u8], what: &str) -> Result<Label> {
         let mut parts: Vec<&[u8]> = vec![&self.vault_id];
         parts.extend_from_slice(ids);
-        let json = crypto::open(&self.seal_key, &aad(kind, &parts), sealed).map_err(|_| {
+        let plain = crypto::open(&self.seal_key, &aad(kind, &parts), sealed).map_err(|_| {
             VaultError::Tampered {
                 what: what.to_owned(),
             }
         })?;
-        serde_json::from_slice(&json).map_err(|_| VaultError::Tampered {
+        Label::decode(&plain).map_err(|_| VaultError::Tampered {
             what: what.to_owned(),
         })
     }
@@ -693,39 +793,57 @@ impl Vault {
             .map_err(|e| storage(e, &self.path))?;
         let rows = stmt
             .query_map(params![&env_id[..]], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, Option<i64>>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, i64>(5)?,
-                ))
+                Ok(Row {
+                    id: r.get(0)?,
+                    sealed_label: r.get(1)?,
+                    sealed_len: r.get(2)?,
+                    version: r.get(3)?,
+                    created_at: r.get(4)?,
+                    updated_at: r.get(5)?,
+                })
             })
+            .map_err(|e| storage(e, &self.path))?
+            .collect::<rusqlite::Result<Vec<Row>>>()
             .map_err(|e| storage(e, &self.path))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, sealed, sealed_len, version, created_at, updated_at) =
-                row.map_err(|e| storage(e, &self.path))?;
-            let id = to_id(id)?;
-            let what = format!("variable name in {env}");
-            let label = self.open_label(b"var-label", &[&env_id, &id], &sealed, &what)?;
-            // The ciphertext length gives the value length without decrypting.
-            let value_len = sealed_len
-                .and_then(|n| usize::try_from(n).ok())
-                .map(|n| n.saturating_sub(SEALED_OVERHEAD));
-            out.push(VariableInfo {
-                name: label.name,
-                description: label.description,
-                kind: label.kind,
-                is_set: value_len.is_some(),
-                too_short_to_mask: value_len.is_some_and(|n| n < crate::mask::MIN_MASKABLE_LEN),
-                version: u64::try_from(version).unwrap_or(0),
-                created_at,
-                updated_at,
+
+        // Opening labels is the cost of a large listing: spread it over the
+        // cores for big environments (scoped threads, nothing outlives this).
+        // Only the key and ids cross into the threads, not the connection.
+        let (seal_key, vault_id) = (&self.seal_key, &self.vault_id);
+        let decode = |chunk: &[Row]| -> Result<Vec<VariableInfo>> {
+            chunk
+                .iter()
+                .map(|row| variable_info(seal_key, vault_id, env, &env_id, row))
+                .collect()
+        };
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8);
+        let mut out = if rows.len() >= PARALLEL_LIST_MIN && workers > 1 {
+            let size = rows.len().div_ceil(workers);
+            let parts: Vec<Result<Vec<VariableInfo>>> = std::thread::scope(|s| {
+                let handles: Vec<_> = rows
+                    .chunks(size)
+                    .map(|chunk| s.spawn(move || decode(chunk)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(VaultError::Storage("label decoding thread failed".into()))
+                        })
+                    })
+                    .collect()
             });
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+            let mut all = Vec::with_capacity(rows.len());
+            for part in parts {
+                all.extend(part?);
+            }
+            all
+        } else {
+            decode(&rows)?
+        };
+        out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
@@ -733,7 +851,7 @@ impl Vault {
     /// path that opens the vault directly) calls this.
     pub fn reveal(&self, env: &EnvName, var: &VarName) -> Result<(VarKind, SecretValue)> {
         let env_id = self.env_id(env)?;
-        let row: Option<(Vec<u8>, Vec<u8>, Option<Vec<u8>>, i64)> = self
+        let row: Option<SealedRow> = self
             .conn
             .prepare_cached(
                 "SELECT id, sealed_label, sealed_value, version FROM variables
@@ -742,12 +860,25 @@ impl Vault {
             .and_then(|mut s| {
                 s.query_row(
                     params![&env_id[..], &self.var_index(&env_id, var)[..]],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    |r| {
+                        Ok(SealedRow {
+                            id: r.get(0)?,
+                            sealed_label: r.get(1)?,
+                            sealed_value: r.get(2)?,
+                            version: r.get(3)?,
+                        })
+                    },
                 )
                 .optional()
             })
             .map_err(|e| storage(e, &self.path))?;
-        let Some((id, label, sealed, version)) = row else {
+        let Some(SealedRow {
+            id,
+            sealed_label: label,
+            sealed_value: sealed,
+            version,
+        }) = row
+        else {
             return Err(VaultError::NoSuchVariable {
                 env: env.to_string(),
                 var: var.to_string(),
@@ -815,13 +946,10 @@ fn upsert_variable(
         .map_err(|e| VaultError::Storage(e.to_string()))?;
     let t = now();
     let seal_label = |id: &Id, label: &Label| -> Result<Vec<u8>> {
-        let json = Zeroizing::new(
-            serde_json::to_vec(label).map_err(|e| VaultError::Storage(e.to_string()))?,
-        );
         Ok(crypto::seal(
             keys.seal,
             &aad(b"var-label", &[keys.vault_id, env_id, id]),
-            &json,
+            &label.encode(),
         )?)
     };
     let seal_value = |id: &Id, version: i64, v: &[u8]| -> Result<Vec<u8>> {
@@ -867,14 +995,13 @@ fn upsert_variable(
         Some((id, sealed_label, version)) => {
             let id = to_id(id)?;
             let what = format!("name of {env}/{var}");
-            let json = crypto::open(
+            let plain = crypto::open(
                 keys.seal,
                 &aad(b"var-label", &[keys.vault_id, env_id, &id]),
                 &sealed_label,
             )
             .map_err(|_| VaultError::Tampered { what: what.clone() })?;
-            let mut label: Label =
-                serde_json::from_slice(&json).map_err(|_| VaultError::Tampered { what })?;
+            let mut label = Label::decode(&plain).map_err(|_| VaultError::Tampered { what })?;
             if let Some(d) = &update.description {
                 label.description.clone_from(d);
             }
@@ -906,6 +1033,43 @@ fn upsert_variable(
     )
     .map_err(|e| VaultError::Storage(e.to_string()))?;
     Ok(created)
+}
+
+fn variable_info(
+    seal_key: &Key,
+    vault_id: &Id,
+    env: &EnvName,
+    env_id: &Id,
+    row: &Row,
+) -> Result<VariableInfo> {
+    let id = Id::try_from(row.id.as_slice())
+        .map_err(|_| VaultError::Storage("malformed row id".into()))?;
+    let plain = crypto::open(
+        seal_key,
+        &aad(b"var-label", &[vault_id, env_id, &id]),
+        &row.sealed_label,
+    );
+    let label = plain
+        .ok()
+        .and_then(|p| Label::decode(&p).ok())
+        .ok_or_else(|| VaultError::Tampered {
+            what: format!("variable name in {env}"),
+        })?;
+    // The ciphertext length gives the value length without decrypting.
+    let value_len = row
+        .sealed_len
+        .and_then(|n| usize::try_from(n).ok())
+        .map(|n| n.saturating_sub(SEALED_OVERHEAD));
+    Ok(VariableInfo {
+        name: label.name,
+        description: label.description,
+        kind: label.kind,
+        is_set: value_len.is_some(),
+        too_short_to_mask: value_len.is_some_and(|n| n < crate::mask::MIN_MASKABLE_LEN),
+        version: u64::try_from(row.version).unwrap_or(0),
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
 }
 
 /// Moves decrypted bytes into a secret box of exactly their length, so no

@@ -31,17 +31,19 @@ const MIGRATIONS: &[&str] = &[
         updated_at   INTEGER NOT NULL
     ) STRICT;
 
+    -- Clustered by (environment, name index): listing an environment is one
+    -- contiguous range scan, not a lookup per variable.
     CREATE TABLE variables (
-        id           BLOB PRIMARY KEY,
         env_id       BLOB NOT NULL REFERENCES environments(id) ON DELETE CASCADE,
         name_index   BLOB NOT NULL,
+        id           BLOB NOT NULL UNIQUE,
         sealed_label BLOB NOT NULL,
         sealed_value BLOB,
         version      INTEGER NOT NULL,
         created_at   INTEGER NOT NULL,
         updated_at   INTEGER NOT NULL,
-        UNIQUE (env_id, name_index)
-    ) STRICT;
+        PRIMARY KEY (env_id, name_index)
+    ) STRICT, WITHOUT ROWID;
     ",
 ];
 

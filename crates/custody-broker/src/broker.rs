@@ -1,0 +1,1112 @@
+//! The broker's state and every operation on it.
+//!
+//! One `std::sync::Mutex` guards the state; it is never held across an
+//! `.await`. Slow work (the passphrase KDF, PIN checks, processes) runs
+//! outside it. Every operation that changes something is audited first and
+//! refused if the audit record cannot be written (fail closed, G6).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use custody_core::audit::{self, AuditChain, AuditEvent, AuditHead};
+use custody_core::crypto::Subkey;
+use custody_core::names::EnvName;
+use custody_core::policy::Policy;
+use custody_core::vault::{Vault, VaultError};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, oneshot, watch};
+use zeroize::Zeroizing;
+
+use crate::grants::{Grant, Requester, Scope, new_id};
+use crate::lease::EndReason;
+use crate::protocol::{ClientInfo, Event, RunSpec, WireError};
+use crate::{procs, reaper};
+
+/// Broker settings.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// `$CUSTODY_HOME`: vault, policy, audit log, lease records.
+    pub home: PathBuf,
+    /// Socket and ephemeral files.
+    pub runtime_dir: PathBuf,
+    /// Lock after this long without a request.
+    pub idle_lock: Duration,
+    /// Most simultaneous connections.
+    pub max_connections: usize,
+    /// Time between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+    /// Output kept for a run's result, per stream (tail).
+    pub output_cap: usize,
+    /// Wrong PINs in a row that lock the vault.
+    pub max_pin_failures: u32,
+    /// How long a request waits for a human before it expires.
+    pub pending_lifetime: Duration,
+}
+
+impl BrokerConfig {
+    /// Defaults for a home and runtime directory.
+    pub fn new(home: PathBuf, runtime_dir: PathBuf) -> Self {
+        BrokerConfig {
+            home,
+            runtime_dir,
+            idle_lock: Duration::from_secs(8 * 3600),
+            max_connections: 256,
+            kill_grace: Duration::from_secs(5),
+            output_cap: 1 << 20,
+            max_pin_failures: 5,
+            pending_lifetime: Duration::from_secs(15 * 60),
+        }
+    }
+
+    fn vault_path(&self) -> PathBuf {
+        self.home.join(custody_core::paths::VAULT_FILE)
+    }
+
+    fn audit_path(&self) -> PathBuf {
+        self.home.join(audit::AUDIT_FILE)
+    }
+}
+
+/// A connection's identity: what the kernel says (uid, pid) and what the
+/// client says (kind, name).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Peer uid (already checked equal to ours).
+    pub uid: u32,
+    /// Peer pid, from SO_PEERCRED.
+    pub pid: Option<u32>,
+    /// From `hello`.
+    pub client: ClientInfo,
+    /// Set once the connection registered an agent session.
+    pub session: Option<String>,
+}
+
+/// A registered agent session (one `custody mcp` process).
+#[derive(Debug, Clone)]
+struct Session {
+    client_name: String,
+    client_version: String,
+    mcp_pid: u32,
+    agent_pid: u32,
+    started: SystemTime,
+}
+
+/// What became of a pending request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Approved; run under this grant.
+    Approved(String),
+    /// A human (or policy) said no.
+    Denied(&'static str),
+    /// The requester cancelled.
+    Cancelled,
+    /// Nobody decided in time.
+    Expired,
+    /// The vault was locked.
+    Locked,
+}
+
+impl Decision {
+    fn status(&self) -> &'static str {
+        match self {
+            Decision::Approved(_) => "approved",
+            Decision::Denied(_) => "denied",
+            Decision::Cancelled => "cancelled",
+            Decision::Expired => "expired",
+            Decision::Locked => "locked",
+        }
+    }
+}
+
+/// A request waiting for a human.
+struct Pending {
+    requester: Requester,
+    spec: RunSpec,
+    scope: Scope,
+    always_approve: bool,
+    created: Instant,
+    created_at: SystemTime,
+    notify: Option<oneshot::Sender<Decision>>,
+}
+
+/// A running lease, as the state knows it.
+pub(crate) struct LeaseEntry {
+    grant_id: String,
+    requester: Requester,
+    pid: u32,
+    argv: Vec<String>,
+    started_at: SystemTime,
+    deadline_at: SystemTime,
+    pub(crate) stop: watch::Sender<Option<EndReason>>,
+}
+
+pub(crate) struct State {
+    pub(crate) vault: Option<Vault>,
+    audit: Option<AuditChain>,
+    pin_failures: u32,
+    sessions: BTreeMap<String, Session>,
+    /// Agent processes ever seen (pid → start ticks), kept after their
+    /// session ends: a process descending from one never approves (G3).
+    agents: HashMap<u32, u64>,
+    pending: BTreeMap<String, Pending>,
+    decided: BTreeMap<String, (Decision, Instant)>,
+    pub(crate) grants: BTreeMap<String, Grant>,
+    pub(crate) leases: BTreeMap<String, LeaseEntry>,
+    deferred: Vec<AuditEvent>,
+    last_activity: Instant,
+}
+
+/// The broker.
+pub struct Broker {
+    pub(crate) cfg: BrokerConfig,
+    state: Mutex<State>,
+    events: broadcast::Sender<(u64, Event)>,
+}
+
+/// Converts a vault error into what the client sees: names only, with the
+/// next step.
+pub fn vault_error(e: VaultError) -> WireError {
+    let code = match &e {
+        VaultError::NotFound { .. } => "no_vault",
+        VaultError::WrongPassphrase => "wrong_passphrase",
+        VaultError::NoSuchEnvironment(_) | VaultError::NoSuchVariable { .. } => "not_found",
+        VaultError::EnvironmentExists(_) => "exists",
+        VaultError::NotSet { .. } => "not_set",
+        VaultError::Name(_)
+        | VaultError::ValueTooLarge { .. }
+        | VaultError::DescriptionTooLarge { .. }
+        | VaultError::PinTooShort { .. } => "bad_request",
+        VaultError::Tampered { .. } | VaultError::Corrupt { .. } => "vault_damaged",
+        _ => "vault_error",
+    };
+    WireError::new(code, e.to_string())
+}
+
+fn locked() -> WireError {
+    WireError::new(
+        "locked",
+        "the vault is locked: ask the user to run `custody unlock`",
+    )
+}
+
+fn bad(msg: impl Into<String>) -> WireError {
+    WireError::new("bad_request", msg)
+}
+
+fn env_name(raw: &str) -> Result<EnvName, WireError> {
+    EnvName::new(raw).map_err(|e| bad(e.to_string()))
+}
+
+
+fn rfc3339(t: SystemTime) -> String {
+    audit::format_rfc3339(t)
+}
+
+impl State {
+    fn vault(&mut self) -> Result<&mut Vault, WireError> {
+        self.vault.as_mut().ok_or_else(locked)
+    }
+
+    /// Appends an audit record and stores the new head in the vault. An error
+    /// here means the caller must not go on (fail closed).
+    fn audit(&mut self, event: AuditEvent) -> Result<(), WireError> {
+        let chain = self.audit.as_mut().ok_or_else(locked)?;
+        let head = chain.append(&event).map_err(|e| {
+            WireError::new(
+                "audit_failed",
+                format!("the audit log cannot be written ({e}); nothing was done"),
+            )
+        })?;
+        if let Some(v) = self.vault.as_ref() {
+            v.set_audit_head(&head).map_err(vault_error)?;
+        }
+        Ok(())
+    }
+
+    fn is_agent_process(&self, pid: u32) -> Option<u32> {
+        procs::ancestry(pid).into_iter().find(|p| {
+            self.agents
+                .get(p)
+                .is_some_and(|&start| procs::same_process(*p, start))
+        })
+    }
+
+    fn session_for_agent(&self, agent_pid: u32) -> Option<&Session> {
+        self.sessions
+            .values()
+            .find(|s| s.agent_pid == agent_pid || s.mcp_pid == agent_pid)
+    }
+}
+
+impl Broker {
+    /// Makes a broker: reaps what a previous broker left running (G5) and
+    /// keeps the reaper's audit records for the next unlock.
+    pub fn new(cfg: BrokerConfig) -> Arc<Broker> {
+        let reaped = reaper::reap(&cfg.home);
+        let deferred = reaped
+            .into_iter()
+            .map(|r| AuditEvent::Reaped {
+                lease_id: r.record.id,
+                pgid: r.killed.then_some(r.record.pid),
+                files_removed: 1,
+                credentials_revoked: 0,
+            })
+            .collect();
+        let (events, _) = broadcast::channel(256);
+        Arc::new(Broker {
+            cfg,
+            state: Mutex::new(State {
+                vault: None,
+                audit: None,
+                pin_failures: 0,
+                sessions: BTreeMap::new(),
+                agents: HashMap::new(),
+                pending: BTreeMap::new(),
+                decided: BTreeMap::new(),
+                grants: BTreeMap::new(),
+                leases: BTreeMap::new(),
+                deferred,
+                last_activity: Instant::now(),
+            }),
+            events,
+        })
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock must not wedge the broker forever;
+        // the state is still consistent at every await-free step.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Subscribes to pushed events.
+    pub fn subscribe(&self) -> broadcast::Receiver<(u64, Event)> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn publish(&self, event: Event) {
+        let _ = self.events.send((0, event));
+    }
+
+    /// Notes activity (for the idle lock).
+    pub fn touch(&self) {
+        self.state().last_activity = Instant::now();
+    }
+
+    /// Periodic housekeeping: idle lock, expired requests and grants.
+    pub async fn tick(self: &Arc<Self>) {
+        let idle = {
+            let st = self.state();
+            st.vault.is_some() && st.last_activity.elapsed() >= self.cfg.idle_lock
+        };
+        if idle {
+            self.lock(audit::LockReason::Idle).await;
+        }
+        let mut st = self.state();
+        let now = Instant::now();
+        let expired: Vec<String> = st
+            .pending
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.created) >= self.cfg.pending_lifetime)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            let _ = st.audit(AuditEvent::RequestExpired {
+                request_id: id.clone(),
+            });
+            if let Some(mut p) = st.pending.remove(&id)
+                && let Some(n) = p.notify.take()
+            {
+                let _ = n.send(Decision::Expired);
+            }
+            st.decided.insert(id, (Decision::Expired, now));
+        }
+        let gone: Vec<String> = st
+            .grants
+            .iter()
+            .filter(|(_, g)| now >= g.expires)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            st.grants.remove(&id);
+            let _ = st.audit(AuditEvent::GrantExpired { grant_id: id });
+        }
+        // Keep the decided-request memory bounded.
+        while st.decided.len() > 1024 {
+            let oldest = st
+                .decided
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => st.decided.remove(&k),
+                None => break,
+            };
+        }
+    }
+
+    // ----- lock state ---------------------------------------------------
+
+    /// Broker state for `custody status`.
+    pub fn status(&self) -> Value {
+        let st = self.state();
+        let leases: Vec<Value> = st
+            .leases
+            .iter()
+            .map(|(id, l)| {
+                json!({"lease_id": id, "grant_id": l.grant_id, "pid": l.pid, "argv": l.argv,
+                       "requester": l.requester.describe(), "started_at": rfc3339(l.started_at),
+                       "deadline": rfc3339(l.deadline_at)})
+            })
+            .collect();
+        json!({
+            "locked": st.vault.is_none(),
+            "vault": self.cfg.vault_path(),
+            "sessions": st.sessions.iter().map(|(id, s)| json!({
+                "session_id": id, "client_name": s.client_name, "client_version": s.client_version,
+                "pid": s.mcp_pid, "agent_pid": s.agent_pid, "started_at": rfc3339(s.started)})).collect::<Vec<_>>(),
+            "pending": st.pending.len(),
+            "grants": st.grants.len(),
+            "leases": leases,
+            "pin_failures": st.pin_failures,
+            "idle_lock_secs": self.cfg.idle_lock.as_secs(),
+        })
+    }
+
+    /// Unlocks with the passphrase (KDF on a blocking thread), opens the audit
+    /// chain, and writes what the reaper found since the last unlock.
+    pub async fn unlock(self: &Arc<Self>, passphrase: Zeroizing<Vec<u8>>) -> Result<Value, WireError> {
+        if self.state().vault.is_some() {
+            return Ok(json!({"unlocked": true, "already": true}));
+        }
+        let path = self.cfg.vault_path();
+        let vault = tokio::task::spawn_blocking(move || Vault::unlock(&path, &passphrase))
+            .await
+            .map_err(|_| WireError::new("internal", "unlock task failed"))?
+            .map_err(vault_error)?;
+        let head = vault.audit_head().map_err(vault_error)?;
+        let key = vault.subkey(Subkey::Audit);
+        let (chain, _report) = AuditChain::open(&self.cfg.audit_path(), &key, head.as_ref())
+            .map_err(|e| {
+                WireError::new(
+                    "audit_damaged",
+                    format!(
+                        "the audit log does not verify ({e}); the vault stays locked: inspect it with `custody audit verify`"
+                    ),
+                )
+            })?;
+        if head != Some(chain.head()) {
+            vault.set_audit_head(&chain.head()).map_err(vault_error)?;
+        }
+        crate::sys::lock_in_memory(vault.vault_key().expose());
+        let mut st = self.state();
+        if st.vault.is_some() {
+            return Ok(json!({"unlocked": true, "already": true}));
+        }
+        st.vault = Some(vault);
+        st.audit = Some(chain);
+        st.pin_failures = 0;
+        st.last_activity = Instant::now();
+        let deferred = std::mem::take(&mut st.deferred);
+        let mut result = st.audit(AuditEvent::Unlock {});
+        for ev in deferred {
+            if result.is_ok() {
+                result = st.audit(ev);
+            }
+        }
+        if let Err(e) = result {
+            st.vault = None;
+            st.audit = None;
+            return Err(e);
+        }
+        Ok(json!({"unlocked": true}))
+    }
+
+    /// Locks: stops every lease (waits for them to end, so their ends are
+    /// audited), cancels pending requests, drops grants, then zeroizes the key.
+    pub async fn lock(self: &Arc<Self>, reason: audit::LockReason) -> Value {
+        let lease_reason = if reason == audit::LockReason::Shutdown {
+            EndReason::Shutdown
+        } else {
+            EndReason::Locked
+        };
+        let killed = {
+            let mut st = self.state();
+            if st.vault.is_none() && st.leases.is_empty() {
+                return json!({"locked": true, "already": true});
+            }
+            for (_, mut p) in std::mem::take(&mut st.pending) {
+                if let Some(n) = p.notify.take() {
+                    let _ = n.send(Decision::Locked);
+                }
+            }
+            st.grants.clear();
+            for l in st.leases.values() {
+                let _ = l.stop.send(Some(lease_reason));
+            }
+            st.leases.len()
+        };
+        // Leases end within the kill grace; wait a little beyond it.
+        let until = Instant::now() + self.cfg.kill_grace + Duration::from_secs(2);
+        while Instant::now() < until && !self.state().leases.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut st = self.state();
+        let _ = st.audit(AuditEvent::Lock { reason });
+        st.vault = None; // Vault's keys zeroize on drop.
+        st.audit = None;
+        drop(st);
+        self.publish(Event::Locked);
+        json!({"locked": true, "leases_killed": killed})
+    }
+
+    // ----- vault operations ---------------------------------------------
+
+    /// Runs a vault read under the lock.
+    pub fn with_vault<T>(
+        &self,
+        f: impl FnOnce(&mut Vault) -> Result<T, VaultError>,
+    ) -> Result<T, WireError> {
+        let mut st = self.state();
+        f(st.vault()?).map_err(vault_error)
+    }
+
+    /// Runs a vault change under the lock, audited first (fail closed).
+    pub fn change_vault<T>(
+        &self,
+        event: AuditEvent,
+        f: impl FnOnce(&mut Vault) -> Result<T, VaultError>,
+    ) -> Result<T, WireError> {
+        let mut st = self.state();
+        st.vault()?;
+        st.audit(event)?;
+        f(st.vault()?).map_err(vault_error)
+    }
+
+    // ----- sessions -----------------------------------------------------
+
+    /// Registers an agent session for the connection of `peer`. The agent is
+    /// the peer's real parent (from /proc), whatever the client claims.
+    pub fn register_session(
+        &self,
+        peer: &mut Peer,
+        client_name: &str,
+        client_version: &str,
+        claimed_parent: u32,
+    ) -> Result<Value, WireError> {
+        let pid = peer
+            .pid
+            .ok_or_else(|| WireError::new("forbidden", "peer pid unknown"))?;
+        let (ppid, _) = procs::stat(pid).ok_or_else(|| bad("cannot read the session's process"))?;
+        if claimed_parent != ppid {
+            return Err(bad(format!(
+                "parent_pid {claimed_parent} is not the session's parent ({ppid})"
+            )));
+        }
+        let id = new_id("s");
+        let mut st = self.state();
+        for p in [pid, ppid] {
+            if let Some((_, start)) = procs::stat(p) {
+                st.agents.insert(p, start);
+            }
+        }
+        if st.audit.is_some() {
+            st.audit(AuditEvent::SessionStart {
+                session_id: id.clone(),
+                client_name: client_name.to_owned(),
+                client_version: client_version.to_owned(),
+                pid,
+                parent_pid: Some(ppid),
+            })?;
+        }
+        st.sessions.insert(
+            id.clone(),
+            Session {
+                client_name: client_name.to_owned(),
+                client_version: client_version.to_owned(),
+                mcp_pid: pid,
+                agent_pid: ppid,
+                started: SystemTime::now(),
+            },
+        );
+        peer.session = Some(id.clone());
+        Ok(json!({"session_id": id, "agent_pid": ppid}))
+    }
+
+    /// Ends a session when its connection closes.
+    pub fn end_session(&self, id: &str) {
+        let mut st = self.state();
+        if st.sessions.remove(id).is_some() && st.audit.is_some() {
+            let _ = st.audit(AuditEvent::SessionEnd {
+                session_id: id.to_owned(),
+            });
+        }
+    }
+
+    /// Who a connection is, for grants and policy.
+    pub fn requester(&self, peer: &Peer) -> Requester {
+        let st = self.state();
+        if let Some(s) = peer.session.as_ref().and_then(|id| st.sessions.get(id)) {
+            return Requester::Agent {
+                client: s.client_name.clone(),
+                agent_pid: s.agent_pid,
+            };
+        }
+        let pid = peer.pid.unwrap_or(0);
+        if let Some(agent) = st.is_agent_process(pid) {
+            let client = st
+                .session_for_agent(agent)
+                .map_or_else(|| "agent".to_owned(), |s| s.client_name.clone());
+            return Requester::Agent {
+                client,
+                agent_pid: agent,
+            };
+        }
+        Requester::Terminal {
+            session: procs::session_id(pid).unwrap_or(pid),
+        }
+    }
+
+    // ----- requests and approvals ------------------------------------------
+
+    /// Resolves a run's variable set and decides: run under a grant now, or
+    /// wait for a human. Returns `Ok(Ok(grant_id))` or `Ok(Err((request_id,
+    /// receiver)))`.
+    #[allow(clippy::type_complexity)] // the two outcomes are spelled out above
+    pub fn admit(
+        &self,
+        requester: &Requester,
+        spec: &RunSpec,
+    ) -> Result<Result<String, (String, oneshot::Receiver<Decision>)>, WireError> {
+        let policy = Policy::load(&self.cfg.home.join(custody_core::policy::POLICY_FILE))
+            .map_err(|e| WireError::new("policy_error", e.to_string()))?;
+        let client = requester.client_name().to_owned();
+        let max_ttl = policy.max_ttl(&client);
+        let ttl = Duration::from_secs(spec.timeout_secs);
+        if ttl > max_ttl {
+            return Err(bad(format!(
+                "timeout {} is longer than the policy allows for {client} ({})",
+                custody_core::duration::format(ttl),
+                custody_core::duration::format(max_ttl)
+            )));
+        }
+        let mut st = self.state();
+        let vault = st.vault()?;
+        let mut variables = BTreeSet::new();
+        let mut available = BTreeSet::new();
+        for e in &spec.environments {
+            if !policy.visible(&client, e) {
+                return Err(WireError::new(
+                    "forbidden",
+                    format!("environment '{e}' is not available to {client} by policy"),
+                ));
+            }
+            let env = env_name(e)?;
+            for v in vault.variables(&env).map_err(vault_error)? {
+                if v.is_set {
+                    available.insert((e.clone(), v.name));
+                }
+            }
+        }
+        match &spec.only {
+            None => variables.extend(available.iter().map(|(e, v)| format!("{e}/{v}"))),
+            Some(only) => {
+                for want in only {
+                    let hits: Vec<_> = available
+                        .iter()
+                        .filter(|(e, v)| v == want || format!("{e}/{v}") == *want)
+                        .collect();
+                    if hits.is_empty() {
+                        return Err(WireError::new(
+                            "not_found",
+                            format!("no variable '{want}' with a value in the requested environments"),
+                        ));
+                    }
+                    variables.extend(hits.iter().map(|(e, v)| format!("{e}/{v}")));
+                }
+            }
+        }
+        let scope = Scope::of(spec, variables);
+        let always = spec
+            .environments
+            .iter()
+            .any(|e| policy.always_approve(&client, e));
+        let now = Instant::now();
+        if !always {
+            let hit = st
+                .grants
+                .iter()
+                .find(|(_, g)| g.covers(requester, &scope, ttl, now))
+                .map(|(id, _)| id.clone());
+            if let Some(id) = hit {
+                return Ok(Ok(id));
+            }
+            if let Some(pre) = policy.preapproved(
+                &client,
+                &spec.argv,
+                &spec.cwd,
+                &scope.environments,
+                SystemTime::now(),
+            ) {
+                let id = new_id("g");
+                let left = pre
+                    .expires
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                st.audit(AuditEvent::Grant {
+                    grant_id: id.clone(),
+                    request_id: "policy".into(),
+                    expires_at: rfc3339(pre.expires),
+                    max_uses: None,
+                })?;
+                st.grants.insert(
+                    id.clone(),
+                    Grant {
+                        id: id.clone(),
+                        request_id: "policy".into(),
+                        requester: requester.clone(),
+                        scope,
+                        max_ttl,
+                        expires: now + left,
+                        expires_at: pre.expires,
+                        uses_left: None,
+                    },
+                );
+                return Ok(Ok(id));
+            }
+        }
+        let request_id = new_id("r");
+        st.audit(AuditEvent::Request {
+            request_id: request_id.clone(),
+            requester: requester.describe(),
+            argv: spec.argv.clone(),
+            cwd: spec.cwd.clone(),
+            environments: spec.environments.clone(),
+            variables: scope.variables.iter().cloned().collect(),
+            ttl_secs: spec.timeout_secs,
+        })?;
+        let (tx, rx) = oneshot::channel();
+        st.pending.insert(
+            request_id.clone(),
+            Pending {
+                requester: requester.clone(),
+                spec: spec.clone(),
+                scope,
+                always_approve: always,
+                created: now,
+                created_at: SystemTime::now(),
+                notify: Some(tx),
+            },
+        );
+        drop(st);
+        self.publish(Event::Pending {
+            request_id: request_id.clone(),
+            approve_hint: format!("custody approve {request_id}"),
+        });
+        Ok(Err((request_id, rx)))
+    }
+
+    /// Takes one use of a grant for a starting lease. Errors if it is gone.
+    pub fn use_grant(&self, grant_id: &str) -> Result<Grant, WireError> {
+        let mut st = self.state();
+        let g = st.grants.get_mut(grant_id).ok_or_else(|| {
+            WireError::new("denied", "the grant was revoked or expired before the run started")
+        })?;
+        let spent = g.take_use();
+        let copy = g.clone();
+        if spent {
+            st.grants.remove(grant_id);
+        }
+        Ok(copy)
+    }
+
+    /// Pending requests, for `custody approve --list`.
+    pub fn pending(&self) -> Value {
+        let st = self.state();
+        Value::Array(
+            st.pending
+                .iter()
+                .map(|(id, p)| {
+                    json!({
+                        "id": id,
+                        "requester": p.requester.describe(),
+                        "client": p.requester.client_name(),
+                        "argv": p.spec.argv,
+                        "cwd": p.spec.cwd,
+                        "environments": p.spec.environments,
+                        "variables": p.scope.variables,
+                        "timeout_secs": p.spec.timeout_secs,
+                        "always_approve": p.always_approve,
+                        "created_at": rfc3339(p.created_at),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// A request's state: pending, or how it was decided.
+    pub fn request_status(&self, request_id: &str) -> Result<Value, WireError> {
+        let st = self.state();
+        if st.pending.contains_key(request_id) {
+            return Ok(json!({"request_id": request_id, "status": "pending",
+                             "approve_hint": format!("custody approve {request_id}")}));
+        }
+        match st.decided.get(request_id) {
+            Some((d, _)) => {
+                let mut v = json!({"request_id": request_id, "status": d.status()});
+                if let Decision::Approved(g) = d {
+                    v["grant_id"] = json!(g);
+                }
+                if let Decision::Denied(why) = d {
+                    v["reason"] = json!(why);
+                }
+                Ok(v)
+            }
+            None => Err(WireError::new("not_found", format!("no request '{request_id}'"))),
+        }
+    }
+
+    fn decide(st: &mut State, request_id: &str, decision: Decision) {
+        if let Some(mut p) = st.pending.remove(request_id)
+            && let Some(n) = p.notify.take()
+        {
+            let _ = n.send(decision.clone());
+        }
+        st.decided
+            .insert(request_id.to_owned(), (decision, Instant::now()));
+    }
+
+    /// The requester gave up (closed its connection, or cancelled).
+    pub fn cancel(&self, request_id: &str, by: &Requester) -> Result<Value, WireError> {
+        let mut st = self.state();
+        match st.pending.get(request_id) {
+            Some(p) if &p.requester == by => {}
+            Some(_) => return Err(WireError::new("forbidden", "not your request")),
+            None => return Err(WireError::new("not_found", format!("no pending request '{request_id}'"))),
+        }
+        let _ = st.audit(AuditEvent::Revoke {
+            target: request_id.to_owned(),
+            by: by.describe(),
+        });
+        Self::decide(&mut st, request_id, Decision::Cancelled);
+        Ok(json!({"cancelled": request_id}))
+    }
+
+    /// Approves a pending request: refused for processes descending from an
+    /// agent (G3), then the PIN (Argon2id, off the async threads), with
+    /// lockout after repeated failures.
+    pub async fn approve(
+        self: &Arc<Self>,
+        peer: &Peer,
+        request_id: &str,
+        scope: crate::protocol::ApprovalScope,
+        pin: Zeroizing<Vec<u8>>,
+    ) -> Result<Value, WireError> {
+        use crate::protocol::ApprovalScope as S;
+        let approver = peer
+            .pid
+            .ok_or_else(|| WireError::new("forbidden", "cannot identify the approving process"))?;
+        let phc_check = {
+            let mut st = self.state();
+            st.vault()?;
+            if !st.pending.contains_key(request_id) {
+                return Err(WireError::new(
+                    "not_found",
+                    format!("no pending request '{request_id}' (see `custody approve --list`)"),
+                ));
+            }
+            if peer.session.is_some() || st.is_agent_process(approver).is_some() {
+                st.audit(AuditEvent::Denial {
+                    request_id: request_id.to_owned(),
+                    approver_pid: Some(approver),
+                    reason: audit::DenialReason::ApproverIsAgent,
+                })?;
+                Self::decide(&mut st, request_id, Decision::Denied("approver_is_agent"));
+                return Err(WireError::new(
+                    "forbidden",
+                    "approvals cannot come from an agent's process tree; the request was denied. The human must approve from their own terminal",
+                ));
+            }
+            if let (S::For { .. }, Some(p)) = (scope, st.pending.get(request_id))
+                && p.always_approve
+            {
+                return Err(bad(
+                    "policy requires a fresh approval for every run in this environment: approve with --once",
+                ));
+            }
+            st.vault
+                .as_ref()
+                .ok_or_else(locked)?
+                .pin_checker()
+                .map_err(vault_error)?
+        };
+        let ok = tokio::task::spawn_blocking(move || phc_check.verify(&pin))
+            .await
+            .map_err(|_| WireError::new("internal", "PIN check failed"))?;
+        if !ok {
+            let failures = {
+                let mut st = self.state();
+                st.pin_failures += 1;
+                st.pin_failures
+            };
+            let out = failures >= self.cfg.max_pin_failures;
+            {
+                let mut st = self.state();
+                let _ = st.audit(AuditEvent::PinFailure {
+                    attempt: failures,
+                    locked_out: out,
+                });
+            }
+            if out {
+                self.lock(audit::LockReason::PinLockout).await;
+                return Err(WireError::new(
+                    "locked",
+                    format!("wrong PIN {failures} times in a row: the vault is now locked; run `custody unlock`"),
+                ));
+            }
+            return Err(WireError::new(
+                "wrong_pin",
+                format!(
+                    "wrong PIN ({failures} of {} attempts before the vault locks)",
+                    self.cfg.max_pin_failures
+                ),
+            ));
+        }
+        let mut st = self.state();
+        st.pin_failures = 0;
+        let Some(p) = st.pending.get(request_id) else {
+            return Err(WireError::new(
+                "not_found",
+                "the request was decided or cancelled meanwhile",
+            ));
+        };
+        let requester = p.requester.clone();
+        let req_scope = p.scope.clone();
+        let client = requester.client_name().to_owned();
+        let max_ttl = Policy::load(&self.cfg.home.join(custody_core::policy::POLICY_FILE))
+            .map(|pol| pol.max_ttl(&client))
+            .unwrap_or(custody_core::policy::DEFAULT_MAX_TTL);
+        let (lifetime, uses, audit_scope) = match scope {
+            // A once-grant waits for its requester to come back (an agent
+            // whose tool call timed out polls and re-runs).
+            S::Once => (self.cfg.pending_lifetime, Some(1), audit::ApprovalScope::Once),
+            S::For { secs } => (
+                Duration::from_secs(secs.clamp(1, 24 * 3600)),
+                None,
+                audit::ApprovalScope::ForSecs(secs),
+            ),
+        };
+        let grant_id = new_id("g");
+        let expires_at = SystemTime::now() + lifetime;
+        st.audit(AuditEvent::Approval {
+            request_id: request_id.to_owned(),
+            scope: audit_scope,
+            approver_pid: approver,
+        })?;
+        st.audit(AuditEvent::Grant {
+            grant_id: grant_id.clone(),
+            request_id: request_id.to_owned(),
+            expires_at: rfc3339(expires_at),
+            max_uses: uses,
+        })?;
+        st.grants.insert(
+            grant_id.clone(),
+            Grant {
+                id: grant_id.clone(),
+                request_id: request_id.to_owned(),
+                requester,
+                scope: req_scope,
+                max_ttl,
+                expires: Instant::now() + lifetime,
+                expires_at,
+                uses_left: uses,
+            },
+        );
+        Self::decide(&mut st, request_id, Decision::Approved(grant_id.clone()));
+        Ok(json!({"approved": request_id, "grant_id": grant_id, "expires_at": rfc3339(expires_at)}))
+    }
+
+    /// Denies a pending request.
+    pub fn deny(&self, peer: &Peer, request_id: &str) -> Result<Value, WireError> {
+        let mut st = self.state();
+        if !st.pending.contains_key(request_id) {
+            return Err(WireError::new(
+                "not_found",
+                format!("no pending request '{request_id}'"),
+            ));
+        }
+        if st.audit.is_some() {
+            st.audit(AuditEvent::Denial {
+                request_id: request_id.to_owned(),
+                approver_pid: peer.pid,
+                reason: audit::DenialReason::Human,
+            })?;
+        }
+        Self::decide(&mut st, request_id, Decision::Denied("human"));
+        Ok(json!({"denied": request_id}))
+    }
+
+    // ----- grants and leases ----------------------------------------------
+
+    /// Active grants (an agent sees only its own).
+    pub fn grants(&self, only: Option<&Requester>) -> Value {
+        let st = self.state();
+        Value::Array(
+            st.grants
+                .values()
+                .filter(|g| only.is_none_or(|r| &g.requester == r))
+                .map(|g| {
+                    json!({
+                        "grant_id": g.id, "request_id": g.request_id,
+                        "requester": g.requester.describe(), "argv": g.scope.argv,
+                        "cwd": g.scope.cwd, "environments": g.scope.environments,
+                        "variables": g.scope.variables, "expires_at": rfc3339(g.expires_at),
+                        "uses_left": g.uses_left,
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// Revokes grants and/or leases. `only`: an agent may revoke only its own.
+    pub fn revoke(
+        &self,
+        target: &crate::protocol::RevokeTarget,
+        by: &str,
+        only: Option<&Requester>,
+    ) -> Result<Value, WireError> {
+        use crate::protocol::RevokeTarget as T;
+        let mut st = self.state();
+        let mine = |r: &Requester| only.is_none_or(|o| o == r);
+        let (grants, leases): (Vec<String>, Vec<String>) = match target {
+            T::All => (
+                st.grants.values().filter(|g| mine(&g.requester)).map(|g| g.id.clone()).collect(),
+                st.leases
+                    .iter()
+                    .filter(|(_, l)| mine(&l.requester))
+                    .map(|(id, _)| id.clone())
+                    .collect(),
+            ),
+            T::Grant(id) => match st.grants.get(id) {
+                Some(g) if mine(&g.requester) => (
+                    vec![id.clone()],
+                    st.leases
+                        .iter()
+                        .filter(|(_, l)| &l.grant_id == id)
+                        .map(|(lid, _)| lid.clone())
+                        .collect(),
+                ),
+                _ => return Err(WireError::new("not_found", format!("no grant '{id}' of yours"))),
+            },
+            T::Lease(id) => match st.leases.get(id) {
+                Some(l) if mine(&l.requester) => (vec![], vec![id.clone()]),
+                _ => return Err(WireError::new("not_found", format!("no running lease '{id}' of yours"))),
+            },
+        };
+        if st.audit.is_some() {
+            for t in grants.iter().chain(&leases) {
+                st.audit(AuditEvent::Revoke {
+                    target: t.clone(),
+                    by: by.to_owned(),
+                })?;
+            }
+        }
+        for g in &grants {
+            st.grants.remove(g);
+        }
+        for l in &leases {
+            if let Some(entry) = st.leases.get(l) {
+                let _ = entry.stop.send(Some(EndReason::Revoked));
+            }
+        }
+        Ok(json!({"revoked_grants": grants, "revoked_leases": leases}))
+    }
+
+    /// Running leases.
+    pub fn leases(&self) -> Value {
+        self.status()["leases"].clone()
+    }
+
+    // ----- lease bookkeeping (used by run) ---------------------------------
+
+    pub(crate) fn lease_started(
+        &self,
+        lease_id: &str,
+        grant: &Grant,
+        started: crate::lease::Started,
+        ttl: Duration,
+        dir: PathBuf,
+        stop: watch::Sender<Option<EndReason>>,
+    ) -> Result<(), WireError> {
+        let record = reaper::LeaseRecord {
+            id: lease_id.to_owned(),
+            pid: started.pid,
+            start_ticks: started.start_ticks,
+            dir,
+            program: grant.scope.argv.first().cloned().unwrap_or_default(),
+        };
+        reaper::persist(&self.cfg.home, &record).map_err(|e| {
+            WireError::new("internal", format!("cannot record the lease ({e}); not running"))
+        })?;
+        let mut st = self.state();
+        let deadline_at = SystemTime::now() + ttl;
+        st.audit(AuditEvent::LeaseStart {
+            lease_id: lease_id.to_owned(),
+            grant_id: grant.id.clone(),
+            pid: started.pid,
+            pgid: started.pid,
+            deadline: rfc3339(deadline_at),
+        })?;
+        st.leases.insert(
+            lease_id.to_owned(),
+            LeaseEntry {
+                grant_id: grant.id.clone(),
+                requester: grant.requester.clone(),
+                pid: started.pid,
+                argv: grant.scope.argv.clone(),
+                started_at: SystemTime::now(),
+                deadline_at,
+                stop,
+            },
+        );
+        Ok(())
+    }
+
+    pub(crate) fn lease_ended(&self, outcome: &crate::lease::LeaseOutcome) {
+        let mut st = self.state();
+        st.leases.remove(&outcome.lease_id);
+        reaper::forget(&self.cfg.home, &outcome.lease_id);
+        let reason = match outcome.reason {
+            EndReason::Exited => audit::LeaseEndReason::Exited,
+            EndReason::Deadline => audit::LeaseEndReason::Deadline,
+            EndReason::Revoked | EndReason::Cancelled => audit::LeaseEndReason::Revoked,
+            EndReason::Locked => audit::LeaseEndReason::Locked,
+            EndReason::Shutdown => audit::LeaseEndReason::BrokerShutdown,
+        };
+        let _ = st.audit(AuditEvent::LeaseEnd {
+            lease_id: outcome.lease_id.clone(),
+            exit_code: outcome.exit_code,
+            signal: outcome.signal,
+            mask_counts: outcome.mask_counts.clone(),
+            reason,
+        });
+        drop(st);
+        self.publish(Event::LeaseEnded {
+            lease_id: outcome.lease_id.clone(),
+            reason: outcome.reason.as_str().to_owned(),
+        });
+    }
+
+    /// Verifies the audit chain against the head the vault holds.
+    pub fn audit_verify(&self) -> Result<Value, WireError> {
+        let st = self.state();
+        let vault = st.vault.as_ref().ok_or_else(locked)?;
+        let head: Option<AuditHead> = vault.audit_head().map_err(vault_error)?;
+        let key = vault.subkey(Subkey::Audit);
+        match audit::verify(&self.cfg.audit_path(), &key, head.as_ref()) {
+            Ok(r) => Ok(json!({"intact": true, "records": r.records, "head_seq": r.head.seq})),
+            Err(e) => Ok(json!({"intact": false, "first_bad_seq": e.first_bad_seq(), "problem": e.to_string()})),
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! A blocking client for the broker, as the CLI uses it.
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::protocol::{
+    self, ClientFrame, ClientInfo, Event, FrameError, PROTOCOL_VERSION, Request, ServerFrame,
+    WireError,
+};
+
+/// Client errors: the broker is not there, or said no.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Nothing listens on the socket.
+    #[error("the custody broker is not running (no socket at {0}): run `custody unlock` to start it")]
+    NotRunning(String),
+    /// The connection broke.
+    #[error("broker connection failed: {0}")]
+    Frame(#[from] FrameError),
+    /// The broker answered with an error.
+    #[error("{0}")]
+    Broker(WireError),
+    /// The broker sent something unexpected.
+    #[error("unexpected answer from the broker")]
+    Protocol,
+}
+
+impl ClientError {
+    /// The broker's error code, if it answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Broker(e) => Some(&e.code),
+            _ => None,
+        }
+    }
+}
+
+/// A connection to the broker.
+pub struct Client {
+    stream: UnixStream,
+    next_id: u64,
+}
+
+impl Client {
+    /// Connects and says hello.
+    pub fn connect(socket: &Path, client: ClientInfo) -> Result<Client, ClientError> {
+        let stream = UnixStream::connect(socket)
+            .map_err(|_| ClientError::NotRunning(socket.display().to_string()))?;
+        let mut c = Client { stream, next_id: 1 };
+        c.call(Request::Hello {
+            protocol: PROTOCOL_VERSION,
+            client,
+        })?;
+        Ok(c)
+    }
+
+    /// Whether a broker answers on `socket`.
+    pub fn is_running(socket: &Path) -> bool {
+        UnixStream::connect(socket).is_ok()
+    }
+
+    /// Sets a read timeout (for polling loops).
+    pub fn set_timeout(&self, t: Option<Duration>) {
+        let _ = self.stream.set_read_timeout(t);
+    }
+
+    fn send(&mut self, request: Request, secret: Option<&[u8]>) -> Result<u64, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = ClientFrame {
+            id,
+            secret_len: secret.map(|s| s.len() as u32),
+            request,
+        };
+        let bytes = serde_json::to_vec(&frame).map_err(|_| ClientError::Protocol)?;
+        protocol::write_frame(&mut self.stream, &bytes)?;
+        if let Some(s) = secret {
+            protocol::write_frame(&mut self.stream, s)?;
+        }
+        Ok(id)
+    }
+
+    /// Reads the next frame from the broker.
+    pub fn read(&mut self) -> Result<ServerFrame, ClientError> {
+        let f = protocol::read_frame(&mut self.stream)?;
+        serde_json::from_slice(&f).map_err(|_| ClientError::Protocol)
+    }
+
+    /// A request and its answer.
+    pub fn call(&mut self, request: Request) -> Result<Value, ClientError> {
+        self.call_inner(request, None, &mut |_| {})
+    }
+
+    /// A request carrying a secret frame (passphrase, PIN, value).
+    pub fn call_with_secret(&mut self, request: Request, secret: &[u8]) -> Result<Value, ClientError> {
+        self.call_inner(request, Some(secret), &mut |_| {})
+    }
+
+    /// A request whose events (pending, output) go to `on_event` until the
+    /// answer arrives.
+    pub fn call_streaming(
+        &mut self,
+        request: Request,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Value, ClientError> {
+        self.call_inner(request, None, on_event)
+    }
+
+    fn call_inner(
+        &mut self,
+        request: Request,
+        secret: Option<&[u8]>,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Value, ClientError> {
+        let id = self.send(request, secret)?;
+        loop {
+            match self.read()? {
+                ServerFrame::Ok { id: got, ok } if got == id => return Ok(ok),
+                ServerFrame::Err { id: got, error } if got == id || got == 0 => {
+                    return Err(ClientError::Broker(error));
+                }
+                ServerFrame::Event { id: got, event } if got == id || got == 0 => on_event(event),
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! Leases: one running process that holds secrets.
+//!
+//! The broker spawns the child itself (no shell unless argv names one) in its
+//! own process group, with a clean environment: the requester's PATH, HOME,
+//! USER, LANG, TERM and TMPDIR plus the injected variables. File-kind
+//! variables become paths of 0600 files in a 0700 per-lease directory. stdout
+//! and stderr go through the masking engine before anything leaves (G1). At
+//! the deadline, on revocation or on lock the whole group gets SIGTERM, then
+//! SIGKILL after a grace period (G5); when the child exits, whatever it left
+//! behind in its group is ended the same way.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use custody_core::mask::{MaskCounts, MaskingEngine};
+use rustix::process::{Pid, Signal};
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
+use zeroize::Zeroizing;
+
+use crate::protocol::{self, Event};
+
+/// Environment variables handed through from the requester. Nothing else of
+/// the requester's (or the broker's) environment reaches the child.
+pub const PASSTHROUGH: &[&str] = &["PATH", "HOME", "USER", "LANG", "TERM", "TMPDIR"];
+
+/// Why a lease ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The process exited by itself.
+    Exited,
+    /// Its deadline passed.
+    Deadline,
+    /// Someone revoked it.
+    Revoked,
+    /// The vault was locked.
+    Locked,
+    /// The requester went away (cancelled).
+    Cancelled,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+impl EndReason {
+    /// The reason as text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Exited => "exited",
+            EndReason::Deadline => "deadline",
+            EndReason::Revoked => "revoked",
+            EndReason::Locked => "locked",
+            EndReason::Cancelled => "cancelled",
+            EndReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// One secret for the child: how it is delivered and its bytes.
+pub struct Injected {
+    /// Variable name.
+    pub name: String,
+    /// `true`: write to a file and pass its path.
+    pub as_file: bool,
+    /// The value (zeroized on drop; no Debug).
+    pub value: Zeroizing<Vec<u8>>,
+}
+
+/// Everything needed to start a lease.
+pub struct LeasePlan {
+    /// Lease id.
+    pub id: String,
+    /// Exact argv.
+    pub argv: Vec<String>,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// Non-secret environment from the requester (filtered to [`PASSTHROUGH`]).
+    pub passthrough: BTreeMap<String, String>,
+    /// The secrets.
+    pub injected: Vec<Injected>,
+    /// Hard deadline from start.
+    pub ttl: Duration,
+    /// Time between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    /// How many bytes of each stream to keep for the final result (tail).
+    pub capture_limit: usize,
+    /// Masks the output.
+    pub engine: Arc<MaskingEngine>,
+    /// Parent of the per-lease directory (the runtime dir).
+    pub runtime_dir: PathBuf,
+}
+
+/// What the process did.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaseOutcome {
+    /// Lease id.
+    pub lease_id: String,
+    /// Exit code, if it exited.
+    pub exit_code: Option<i32>,
+    /// Terminating signal, if killed.
+    pub signal: Option<i32>,
+    /// Why it ended.
+    pub reason: EndReason,
+    /// Masks applied, per variable.
+    pub mask_counts: MaskCounts,
+    /// Total masks applied.
+    pub masked_count: u64,
+    /// Last `capture_limit` bytes of masked stdout (lossy UTF-8).
+    pub stdout: String,
+    /// Last `capture_limit` bytes of masked stderr (lossy UTF-8).
+    pub stderr: String,
+    /// Whether either capture was cut.
+    pub truncated: bool,
+    /// Wall time.
+    pub duration_ms: u64,
+}
+
+/// Facts about a started process, for persistence and the reaper.
+#[derive(Debug, Clone, Copy)]
+pub struct Started {
+    /// The child's pid (also its process group id).
+    pub pid: u32,
+    /// Its start time in clock ticks since boot (guards against pid reuse).
+    pub start_ticks: u64,
+}
+
+/// Errors starting a lease; names only.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The program could not be started.
+    #[error("could not start '{program}': {source}")]
+    Spawn {
+        /// argv\[0\].
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The per-lease directory or a secret file could not be made.
+    #[error("could not prepare the lease directory: {0}")]
+    Files(std::io::Error),
+}
+
+/// Sends `sig` to the whole process group `pgid`; a group that is already
+/// gone is fine.
+pub fn signal_group(pgid: u32, sig: Signal) {
+    if let Some(pid) = Pid::from_raw(pgid as i32) {
+        let _ = rustix::process::kill_process_group(pid, sig);
+    }
+}
+
+/// Whether any process is left in group `pgid`.
+pub fn group_alive(pgid: u32) -> bool {
+    match Pid::from_raw(pgid as i32) {
+        // Signal 0 checks existence without sending anything.
+        Some(pid) => rustix::process::test_kill_process_group(pid).is_ok(),
+        None => false,
+    }
+}
+
+/// The per-lease directory of lease `id`.
+pub fn lease_dir(runtime_dir: &Path, id: &str) -> PathBuf {
+    runtime_dir.join("leases").join(id)
+}
+
+fn write_secret_files(dir: &Path, injected: &[Injected]) -> std::io::Result<Vec<(String, PathBuf)>> {
+    crate::paths::ensure_private_dir(dir.parent().unwrap_or(dir))?;
+    crate::paths::ensure_private_dir(dir)?;
+    let mut out = Vec::new();
+    for inj in injected.iter().filter(|i| i.as_file) {
+        let path = dir.join(&inj.name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.write_all(&inj.value)?;
+        out.push((inj.name.clone(), path));
+    }
+    Ok(out)
+}
+
+/// Keeps the last `limit` bytes written to it.
+struct Tail {
+    buf: Vec<u8>,
+    limit: usize,
+    cut: bool,
+}
+
+impl Tail {
+    fn push(&mut self, bytes: &[u8]) {
+        if self.limit == 0 {
+            self.cut |= !bytes.is_empty();
+            return;
+        }
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() > self.limit {
+            let excess = self.buf.len() - self.limit;
+            self.buf.drain(..excess);
+            self.cut = true;
+        }
+    }
+}
+
+/// Starts the process. Returns the started facts and a future-like handle
+/// (`supervise`) to await its end.
+pub fn spawn(plan: &LeasePlan) -> Result<(tokio::process::Child, Started, PathBuf), LeaseError> {
+    let dir = lease_dir(&plan.runtime_dir, &plan.id);
+    let files = write_secret_files(&dir, &plan.injected).map_err(LeaseError::Files)?;
+    let program = plan.argv.first().cloned().unwrap_or_default();
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(plan.argv.iter().skip(1))
+        .current_dir(&plan.cwd)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    for (k, v) in &plan.passthrough {
+        if PASSTHROUGH.contains(&k.as_str()) {
+            cmd.env(k, v);
+        }
+    }
+    // std's Command keeps its own copy of each value until it is dropped
+    // (right after spawn); that copy is not zeroized, a documented residual.
+    for inj in plan.injected.iter().filter(|i| !i.as_file) {
+        cmd.env(&inj.name, std::ffi::OsStr::from_encoded_bytes_checked(&inj.value));
+    }
+    for (name, path) in &files {
+        cmd.env(name, path);
+    }
+    let child = cmd.spawn().map_err(|source| {
+        let _ = std::fs::remove_dir_all(&dir);
+        LeaseError::Spawn {
+            program: program.clone(),
+            source,
+        }
+    })?;
+    drop(cmd);
+    let pid = child.id().unwrap_or(0);
+    let start_ticks = crate::procs::stat(pid).map(|(_, s)| s).unwrap_or(0);
+    Ok((child, Started { pid, start_ticks }, dir))
+}
+
+/// Byte-safe `OsStr` from bytes (Unix: any bytes except NUL are valid).
+trait FromBytes {
+    fn from_encoded_bytes_checked(bytes: &[u8]) -> &std::ffi::OsStr;
+}
+
+impl FromBytes for std::ffi::OsStr {
+    fn from_encoded_bytes_checked(bytes: &[u8]) -> &std::ffi::OsStr {
+        use std::os::unix::ffi::OsStrExt;
+        std::ffi::OsStr::from_bytes(bytes)
+    }
+}
+
+/// Pumps one output stream through a masker until EOF.
+async fn pump(
+    mut reader: impl tokio::io::AsyncRead + Unpin,
+    name: &'static str,
+    engine: Arc<MaskingEngine>,
+    events: mpsc::Sender<Event>,
+    capture_limit: usize,
+) -> (MaskCounts, Tail) {
+    let mut masker = engine.masker();
+    let mut tail = Tail {
+        buf: Vec::new(),
+        limit: capture_limit,
+        cut: false,
+    };
+    let mut buf = Zeroizing::new(vec![0u8; 16 * 1024]);
+    let mut out = Vec::with_capacity(16 * 1024);
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        out.clear();
+        masker.push(&buf[..n], &mut out);
+        emit(&events, name, &out, &mut tail).await;
+    }
+    out.clear();
+    masker.finish(&mut out);
+    emit(&events, name, &out, &mut tail).await;
+    (masker.counts(), tail)
+}
+
+async fn emit(events: &mpsc::Sender<Event>, stream: &str, bytes: &[u8], tail: &mut Tail) {
+    if bytes.is_empty() {
+        return;
+    }
+    tail.push(bytes);
+    // A requester that stopped listening does not stop the lease; its output
+    // is simply dropped (the capture is still kept for the result).
+    let _ = events
+        .send(Event::Output {
+            stream: stream.to_owned(),
+            data: protocol::b64(bytes),
+        })
+        .await;
+}
+
+/// Runs a spawned child to its end: output masked and forwarded, deadline and
+/// stop signal enforced, the group cleaned up, the lease directory removed.
+pub async fn supervise(
+    plan: LeasePlan,
+    mut child: tokio::process::Child,
+    started: Started,
+    dir: PathBuf,
+    events: mpsc::Sender<Event>,
+    mut stop: watch::Receiver<Option<EndReason>>,
+) -> LeaseOutcome {
+    let t0 = Instant::now();
+    let pgid = started.pid;
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let out_task = stdout.map(|s| {
+        tokio::spawn(pump(s, "stdout", plan.engine.clone(), events.clone(), plan.capture_limit))
+    });
+    let err_task = stderr.map(|s| {
+        tokio::spawn(pump(s, "stderr", plan.engine.clone(), events.clone(), plan.capture_limit))
+    });
+    // Secrets are in the child now; drop our copies.
+    drop(plan.injected);
+
+    let deadline = tokio::time::sleep(plan.ttl);
+    tokio::pin!(deadline);
+    let mut reason = EndReason::Exited;
+    let status = tokio::select! {
+        s = child.wait() => s.ok(),
+        _ = &mut deadline => { reason = EndReason::Deadline; None }
+        r = wait_stop(&mut stop) => { reason = r; None }
+    };
+    let status = match status {
+        Some(s) => Some(s),
+        None => {
+            signal_group(pgid, Signal::TERM);
+            match tokio::time::timeout(plan.grace, child.wait()).await {
+                Ok(s) => s.ok(),
+                Err(_) => {
+                    signal_group(pgid, Signal::KILL);
+                    child.wait().await.ok()
+                }
+            }
+        }
+    };
+    // Whatever the child left in its group (background jobs, grandchildren)
+    // holds the same secrets: end it too. Grandchildren also keep the pipes
+    // open, so this is what lets the output pumps see EOF.
+    if group_alive(pgid) {
+        signal_group(pgid, Signal::TERM);
+        let until = Instant::now() + plan.grace;
+        while group_alive(pgid) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if group_alive(pgid) {
+            signal_group(pgid, Signal::KILL);
+        }
+    }
+    let mut counts = MaskCounts::new();
+    let mut truncated = false;
+    let mut captured = [String::new(), String::new()];
+    for (i, task) in [out_task, err_task].into_iter().enumerate() {
+        if let Some(task) = task
+            && let Ok((c, tail)) = task.await
+        {
+            for (k, v) in c {
+                *counts.entry(k).or_insert(0) += v;
+            }
+            truncated |= tail.cut;
+            captured[i] = String::from_utf8_lossy(&tail.buf).into_owned();
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    use std::os::unix::process::ExitStatusExt;
+    let [stdout, stderr] = captured;
+    LeaseOutcome {
+        lease_id: plan.id,
+        exit_code: status.and_then(|s| s.code()),
+        signal: status.and_then(|s| s.signal()),
+        reason,
+        masked_count: counts.values().sum(),
+        mask_counts: counts,
+        stdout,
+        stderr,
+        truncated,
+        duration_ms: u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+async fn wait_stop(stop: &mut watch::Receiver<Option<EndReason>>) -> EndReason {
+    loop {
+        if let Some(r) = *stop.borrow_and_update() {
+            return r;
+        }
+        if stop.changed().await.is_err() {
+            // The broker dropped the sender: treat as shutdown.
+            return EndReason::Shutdown;
+        }
+    }
+}

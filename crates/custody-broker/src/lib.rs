@@ -1,0 +1,28 @@
+//! custody-broker: the daemon that holds the unlocked vault.
+//!
+//! Like ssh-agent, everything else is a thin client over a Unix socket
+//! ([`protocol`], [`client`]). The broker checks who connects ([`server`]),
+//! decides with policy, grants and human approvals ([`broker`], [`grants`]),
+//! spawns and supervises the processes that receive secrets ([`lease`]),
+//! masks their output, kills them on time, reaps what a crash left
+//! ([`reaper`]) and audits everything.
+#![deny(missing_docs)]
+// `unsafe` is denied everywhere but `sys`, the one audited module.
+#![deny(unsafe_code)]
+
+pub mod broker;
+pub mod client;
+pub mod daemon;
+pub mod grants;
+pub mod lease;
+mod ops;
+pub mod paths;
+pub mod procs;
+pub mod protocol;
+pub mod reaper;
+mod run;
+pub mod server;
+mod sys;
+
+pub use broker::{Broker, BrokerConfig};
+pub use client::{Client, ClientError};

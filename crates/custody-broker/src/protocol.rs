@@ -1,0 +1,483 @@
+//! The broker's wire protocol.
+//!
+//! Every frame is a big-endian `u32` length followed by that many bytes, at
+//! most [`MAX_FRAME`]. A frame is a JSON object, except a *secret frame*: a
+//! request whose `secret_len` is set is followed by one raw frame of exactly
+//! that many bytes (a passphrase, a PIN, a value). Secret bytes never pass
+//! through serde, so no serializable type ever holds one; they are read
+//! straight into a zeroizing buffer.
+//!
+//! The first frame on a connection is `hello` with [`PROTOCOL_VERSION`].
+//! Requests carry an `id`; the broker answers each with one response frame
+//! (`{"id", "ok": ...}` or `{"id", "error": {"code", "message"}}`) and may
+//! send event frames before it (`{"id", "event": ...}`: output chunks of a
+//! run, a pending approval) or at any time to a watcher (`id` 0).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use zeroize::Zeroizing;
+
+/// Version spoken by this build; `hello` with another version is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest frame, in bytes. A longer announced length gets an error frame and
+/// the connection is closed before anything is allocated.
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// Errors reading or writing frames.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The peer announced a frame over [`MAX_FRAME`].
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    /// The connection closed (cleanly, between frames).
+    #[error("connection closed")]
+    Closed,
+    /// An I/O error (including a close in the middle of a frame).
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A frame that is not the JSON expected here.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+fn check_len(len: u32) -> Result<usize, FrameError> {
+    let len = usize::try_from(len).map_err(|_| FrameError::TooLarge(usize::MAX))?;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+/// Reads one frame (blocking). The buffer is zeroizing: it may be a secret.
+pub fn read_frame(r: &mut impl Read) -> Result<Zeroizing<Vec<u8>>, FrameError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let len = check_len(u32::from_be_bytes(len))?;
+    let mut buf = Zeroizing::new(vec![0u8; len]);
+    r.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// Writes one frame (blocking).
+pub fn write_frame(w: &mut impl Write, bytes: &[u8]) -> Result<(), FrameError> {
+    let len = u32::try_from(bytes.len()).map_err(|_| FrameError::TooLarge(bytes.len()))?;
+    check_len(len)?;
+    w.write_all(&len.to_be_bytes())?;
+    w.write_all(bytes)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads one frame (async).
+pub async fn read_frame_async(
+    r: &mut (impl AsyncRead + Unpin),
+) -> Result<Zeroizing<Vec<u8>>, FrameError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let len = check_len(u32::from_be_bytes(len))?;
+    let mut buf = Zeroizing::new(vec![0u8; len]);
+    r.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+/// Writes one frame (async).
+pub async fn write_frame_async(
+    w: &mut (impl AsyncWrite + Unpin),
+    bytes: &[u8],
+) -> Result<(), FrameError> {
+    let len = u32::try_from(bytes.len()).map_err(|_| FrameError::TooLarge(bytes.len()))?;
+    check_len(len)?;
+    let mut out = Vec::with_capacity(4 + bytes.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+    w.write_all(&out).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Who is on the other end, as the client says (the broker adds what the
+/// kernel says: uid and pid).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// `cli`, `mcp`, or another front end.
+    pub kind: String,
+    /// Client program name (for MCP: the agent client's name, e.g. `codex`).
+    pub name: String,
+    /// Client program version.
+    #[serde(default)]
+    pub version: String,
+}
+
+/// A client's frame: an id and a request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientFrame {
+    /// Chosen by the client, echoed in the response and events. Not 0.
+    pub id: u64,
+    /// Length of the secret frame that follows this one, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_len: Option<u32>,
+    /// What is asked.
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// How long an approval holds.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "scope")]
+pub enum ApprovalScope {
+    /// This one run.
+    Once,
+    /// This exact command, for the given number of seconds.
+    For {
+        /// Seconds the grant lasts.
+        secs: u64,
+    },
+}
+
+/// What `revoke` targets.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "target", content = "id")]
+pub enum RevokeTarget {
+    /// A grant (and its running leases).
+    Grant(String),
+    /// A running lease.
+    Lease(String),
+    /// Every grant and lease (of the caller's session, for an agent).
+    All,
+}
+
+/// A run request: what to execute and with which secrets.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunSpec {
+    /// The exact argv; no shell unless argv names one.
+    pub argv: Vec<String>,
+    /// Working directory (absolute).
+    pub cwd: String,
+    /// Environments whose variables are injected.
+    pub environments: Vec<String>,
+    /// Only these variables (default: all of the environments').
+    #[serde(default)]
+    pub only: Option<Vec<String>>,
+    /// Hard deadline for the process, in seconds.
+    pub timeout_secs: u64,
+    /// Non-secret environment handed through from the requester (PATH,
+    /// HOME, USER, LANG, TERM, TMPDIR).
+    #[serde(default)]
+    pub passthrough: BTreeMap<String, String>,
+    /// Keep up to this many bytes (tail) of each masked stream in the final
+    /// result (the MCP server wants it; the CLI streams and leaves it unset).
+    #[serde(default)]
+    pub capture_limit: Option<usize>,
+    /// Answer `{status: "pending", request_id}` after this many seconds of
+    /// waiting for approval, leaving the request pending (MCP clients time out
+    /// tool calls). Unset: wait until decided.
+    #[serde(default)]
+    pub wait_secs: Option<u64>,
+}
+
+/// Everything a client can ask.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Request {
+    /// First frame: protocol version and client identity.
+    Hello {
+        /// Must equal [`PROTOCOL_VERSION`].
+        protocol: u32,
+        /// The client.
+        client: ClientInfo,
+    },
+    /// Broker state: locked/unlocked, counts.
+    Status,
+    /// Unlock with the passphrase in the secret frame.
+    Unlock,
+    /// Zeroize the key, kill every lease, cancel pending requests.
+    Lock,
+    /// Create an environment.
+    EnvCreate {
+        /// Its name.
+        name: String,
+        /// Its description.
+        #[serde(default)]
+        description: String,
+    },
+    /// List environments.
+    EnvList,
+    /// Show (and optionally re-describe) an environment.
+    EnvDescribe {
+        /// Its name.
+        name: String,
+        /// New description.
+        #[serde(default)]
+        description: Option<String>,
+    },
+    /// Remove an environment.
+    EnvRemove {
+        /// Its name.
+        name: String,
+    },
+    /// Set a value (the secret frame).
+    Set {
+        /// Environment.
+        env: String,
+        /// Variable.
+        var: String,
+        /// New description.
+        #[serde(default)]
+        description: Option<String>,
+        /// New kind (`env`/`file`).
+        #[serde(default)]
+        kind: Option<custody_core::vault::VarKind>,
+    },
+    /// Declare an empty slot.
+    Declare {
+        /// Environment.
+        env: String,
+        /// Variable.
+        var: String,
+        /// Description.
+        #[serde(default)]
+        description: Option<String>,
+        /// Kind.
+        #[serde(default)]
+        kind: Option<custody_core::vault::VarKind>,
+    },
+    /// Generate a random value nobody sees.
+    Generate {
+        /// Environment.
+        env: String,
+        /// Variable.
+        var: String,
+        /// Length.
+        length: usize,
+        /// Alphabet.
+        alphabet: custody_core::generate::Alphabet,
+        /// Description.
+        #[serde(default)]
+        description: Option<String>,
+        /// Kind.
+        #[serde(default)]
+        kind: Option<custody_core::vault::VarKind>,
+    },
+    /// Remove a variable.
+    Unset {
+        /// Environment.
+        env: String,
+        /// Variable.
+        var: String,
+    },
+    /// List variables (of one environment, or all).
+    List {
+        /// Environment filter.
+        #[serde(default)]
+        env: Option<String>,
+    },
+    /// Import a dotenv file (the secret frame holds the file's bytes).
+    Import {
+        /// Environment (created if missing).
+        env: String,
+    },
+    /// Register an agent session (the MCP server does this at start).
+    RegisterSession {
+        /// Agent client name (from the MCP handshake).
+        client_name: String,
+        /// Agent client version.
+        #[serde(default)]
+        client_version: String,
+        /// The agent client's pid (the MCP server's parent).
+        parent_pid: u32,
+        /// Working directory of the session.
+        #[serde(default)]
+        cwd: String,
+    },
+    /// Run a command with secrets injected.
+    Run(RunSpec),
+    /// Approve a pending request (PIN in the secret frame).
+    Approve {
+        /// The request.
+        request_id: String,
+        /// For how long.
+        #[serde(flatten)]
+        scope: ApprovalScope,
+    },
+    /// Deny a pending request.
+    Deny {
+        /// The request.
+        request_id: String,
+    },
+    /// Pending requests.
+    Pending,
+    /// Follow a request: its state, or its result once finished.
+    RequestStatus {
+        /// The request.
+        request_id: String,
+    },
+    /// Cancel one of the caller's own pending requests.
+    Cancel {
+        /// The request.
+        request_id: String,
+    },
+    /// Active grants.
+    Grants,
+    /// Running leases.
+    Leases,
+    /// Revoke a grant, a lease or everything.
+    Revoke(RevokeTarget),
+    /// Receive pushed events (pending requests, lease ends) until closed.
+    Watch,
+    /// Verify the audit chain.
+    AuditVerify,
+}
+
+/// An error as sent on the wire: a stable code and a message built from
+/// names and ids only.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct WireError {
+    /// Stable machine-readable code (`locked`, `denied`, `bad_request`, ...).
+    pub code: String,
+    /// One line for a human, saying what to do.
+    pub message: String,
+}
+
+impl WireError {
+    /// Builds an error.
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        WireError {
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A frame from the broker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ServerFrame {
+    /// The answer to request `id`.
+    Ok {
+        /// The request id.
+        id: u64,
+        /// The result.
+        ok: serde_json::Value,
+    },
+    /// The failure of request `id` (id 0: the connection itself).
+    Err {
+        /// The request id.
+        id: u64,
+        /// What went wrong.
+        error: WireError,
+    },
+    /// Something that happened while request `id` runs (0: pushed to a watcher).
+    Event {
+        /// The request id.
+        id: u64,
+        /// The event.
+        event: Event,
+    },
+}
+
+/// Pushed events.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// A run waits for approval.
+    Pending {
+        /// The pending request's id.
+        request_id: String,
+        /// Hint for the human.
+        approve_hint: String,
+    },
+    /// The request was approved and the process started.
+    Started {
+        /// The lease.
+        lease_id: String,
+    },
+    /// A chunk of masked output.
+    Output {
+        /// `stdout` or `stderr`.
+        stream: String,
+        /// The masked bytes, base64 (output may be binary).
+        data: String,
+    },
+    /// A lease ended.
+    LeaseEnded {
+        /// The lease.
+        lease_id: String,
+        /// Why (`exited`, `deadline`, `revoked`, `locked`).
+        reason: String,
+    },
+    /// The vault was locked.
+    Locked,
+}
+
+/// Encodes bytes for an [`Event::Output`].
+pub fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Decodes an [`Event::Output`]'s data.
+pub fn unb64(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_cap() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, b"{\"a\":1}").unwrap();
+        let mut r = &buf[..];
+        assert_eq!(&read_frame(&mut r).unwrap()[..], b"{\"a\":1}");
+        assert!(matches!(read_frame(&mut r), Err(FrameError::Closed)));
+
+        let mut big = ((MAX_FRAME + 1) as u32).to_be_bytes().to_vec();
+        big.extend_from_slice(b"xx");
+        assert!(matches!(
+            read_frame(&mut &big[..]),
+            Err(FrameError::TooLarge(_))
+        ));
+        let torn = [0, 0, 0, 9, b'x'];
+        assert!(matches!(read_frame(&mut &torn[..]), Err(FrameError::Io(_))));
+    }
+
+    #[test]
+    fn requests_serialize_as_documented() {
+        let f = ClientFrame {
+            id: 3,
+            secret_len: Some(6),
+            request: Request::Approve {
+                request_id: "r1".into(),
+                scope: ApprovalScope::For { secs: 900 },
+            },
+        };
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"id":3,"secret_len":6,"op":"approve","request_id":"r1","scope":"for","secs":900})
+        );
+        let back: ClientFrame = serde_json::from_value(json).unwrap();
+        assert!(matches!(back.request, Request::Approve { .. }));
+        let bad: Result<ClientFrame, _> = serde_json::from_str(r#"{"id":1,"op":"nope"}"#);
+        assert!(bad.is_err());
+    }
+}

@@ -1,0 +1,193 @@
+//! One `run` request from admission to result: grant or wait for approval,
+//! reveal the values (only here, only into the child), mask, supervise.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use custody_core::mask::MaskingEngine;
+use custody_core::names::{EnvName, VarName};
+use custody_core::vault::VarKind;
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use zeroize::Zeroizing;
+
+use crate::broker::{Broker, Decision, Peer, vault_error};
+use crate::grants::new_id;
+use crate::lease::{self, EndReason, Injected, LeasePlan};
+use crate::protocol::{Event, RunSpec, WireError};
+
+/// Longest lease anyone can ask for, whatever the policy says.
+const MAX_TIMEOUT_SECS: u64 = 24 * 3600;
+/// Most argv entries.
+const MAX_ARGS: usize = 4096;
+
+fn validate(spec: &RunSpec) -> Result<(), WireError> {
+    let bad = |m: &str| Err(WireError::new("bad_request", m));
+    if spec.argv.is_empty() || spec.argv[0].is_empty() {
+        return bad("command is empty: give argv, e.g. [\"cargo\", \"test\"]");
+    }
+    if spec.argv.len() > MAX_ARGS {
+        return bad("too many arguments");
+    }
+    if spec.argv.iter().any(|a| a.contains('\0')) {
+        return bad("arguments cannot contain NUL bytes");
+    }
+    if !Path::new(&spec.cwd).is_absolute() || !Path::new(&spec.cwd).is_dir() {
+        return Err(WireError::new(
+            "bad_request",
+            format!("cwd '{}' is not an existing absolute directory", spec.cwd),
+        ));
+    }
+    if spec.environments.is_empty() {
+        return bad("name at least one environment (see list_environments / `custody env ls`)");
+    }
+    if spec.timeout_secs == 0 || spec.timeout_secs > MAX_TIMEOUT_SECS {
+        return bad("timeout must be between 1 second and 24 hours");
+    }
+    Ok(())
+}
+
+/// Runs `spec` for `peer`. Events (pending, started, output) go to `events`;
+/// `cancelled` turns true when the requester goes away. Returns the result
+/// object, or `{status: "pending"}` when `spec.wait_secs` passed first.
+pub async fn run(
+    broker: &Arc<Broker>,
+    peer: &Peer,
+    spec: RunSpec,
+    events: mpsc::Sender<Event>,
+    mut cancelled: watch::Receiver<bool>,
+) -> Result<Value, WireError> {
+    validate(&spec)?;
+    let requester = broker.requester(peer);
+    let grant_id = match broker.admit(&requester, &spec)? {
+        Ok(g) => g,
+        Err((request_id, decision)) => {
+            let _ = events
+                .send(Event::Pending {
+                    request_id: request_id.clone(),
+                    approve_hint: format!("custody approve {request_id}"),
+                })
+                .await;
+            let wait = spec.wait_secs.map(Duration::from_secs);
+            let timer = async {
+                match wait {
+                    Some(w) => tokio::time::sleep(w).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                d = decision => match d {
+                    Ok(Decision::Approved(g)) => g,
+                    Ok(Decision::Denied(why)) => return Err(WireError::new(
+                        "denied", format!("request {request_id} was denied ({why}); do not retry the same command without asking the user"))),
+                    Ok(Decision::Expired) => return Err(WireError::new(
+                        "expired", format!("nobody approved request {request_id} in time"))),
+                    Ok(Decision::Cancelled) => return Err(WireError::new("cancelled", "request cancelled")),
+                    Ok(Decision::Locked) | Err(_) => return Err(WireError::new(
+                        "locked", "the vault was locked while the request waited: ask the user to run `custody unlock`")),
+                },
+                _ = timer => {
+                    return Ok(json!({
+                        "status": "pending",
+                        "request_id": request_id,
+                        "approve_hint": format!("custody approve {request_id}"),
+                    }));
+                }
+                _ = wait_true(&mut cancelled) => {
+                    let _ = broker.cancel(&request_id, &requester);
+                    return Err(WireError::new("cancelled", "request cancelled"));
+                }
+            }
+        }
+    };
+    let grant = broker.use_grant(&grant_id)?;
+
+    // Reveal the values: the only place they leave the vault, straight into
+    // the plan that goes to the child.
+    let mut injected = Vec::new();
+    {
+        let mut st = broker.state();
+        let vault = st.vault.as_mut().ok_or_else(|| {
+            WireError::new("locked", "the vault is locked: ask the user to run `custody unlock`")
+        })?;
+        for full in &grant.scope.variables {
+            let Some((e, v)) = full.split_once('/') else {
+                continue;
+            };
+            let env = EnvName::new(e).map_err(|x| WireError::new("bad_request", x.to_string()))?;
+            let var = VarName::new(v).map_err(|x| WireError::new("bad_request", x.to_string()))?;
+            let (kind, value) = vault.reveal(&env, &var).map_err(vault_error)?;
+            injected.push(Injected {
+                name: v.to_owned(),
+                as_file: kind == VarKind::File,
+                value: Zeroizing::new(value.expose_secret().to_vec()),
+            });
+        }
+    }
+    let engine = Arc::new(MaskingEngine::new(
+        injected.iter().map(|i| (i.name.as_str(), i.value.as_slice())),
+    ));
+    let lease_id = new_id("l");
+    let ttl = Duration::from_secs(spec.timeout_secs);
+    let plan = LeasePlan {
+        id: lease_id.clone(),
+        argv: spec.argv.clone(),
+        cwd: spec.cwd.clone().into(),
+        passthrough: spec.passthrough.clone(),
+        injected,
+        ttl,
+        grace: broker.cfg.kill_grace,
+        capture_limit: spec.capture_limit.unwrap_or(0).min(broker.cfg.output_cap),
+        engine,
+        runtime_dir: broker.cfg.runtime_dir.clone(),
+    };
+    let (child, started, dir) = lease::spawn(&plan).map_err(|e| WireError::new("spawn_failed", e.to_string()))?;
+    let (stop_tx, stop_rx) = watch::channel(None);
+    if let Err(e) = broker.lease_started(&lease_id, &grant, started, ttl, dir.clone(), stop_tx) {
+        // Fail closed: no record, no audit → the process must not run.
+        lease::signal_group(started.pid, rustix::process::Signal::KILL);
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e);
+    }
+    let _ = events
+        .send(Event::Started {
+            lease_id: lease_id.clone(),
+        })
+        .await;
+    let mut task = tokio::spawn(lease::supervise(plan, child, started, dir, events, stop_rx));
+    let outcome = tokio::select! {
+        o = &mut task => o,
+        _ = wait_true(&mut cancelled) => {
+            if let Some(l) = broker.state().leases.get(&lease_id) {
+                let _ = l.stop.send(Some(EndReason::Cancelled));
+            }
+            task.await
+        }
+    }
+    .map_err(|_| WireError::new("internal", "the lease supervisor failed"))?;
+    broker.lease_ended(&outcome);
+    let mut v = serde_json::to_value(&outcome).unwrap_or_else(|_| json!({}));
+    v["status"] = json!("finished");
+    if spec.capture_limit.is_none() {
+        // Streamed already; do not send it twice.
+        if let Some(o) = v.as_object_mut() {
+            o.remove("stdout");
+            o.remove("stderr");
+        }
+    }
+    Ok(v)
+}
+
+async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            // Sender gone: the connection handler ended; never fire.
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The socket server: accept, check the peer, speak the protocol.
+//!
+//! Every connection's peer uid must equal the broker's (SO_PEERCRED; G7) and
+//! its pid is recorded. A semaphore caps connections. Malformed frames get an
+//! error frame; an oversized frame gets an error frame and the connection is
+//! closed (its framing can no longer be trusted). Nothing a client sends can
+//! panic the broker (G8).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::io::AsyncWrite;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use zeroize::Zeroizing;
+
+use crate::broker::{Broker, Peer};
+use crate::protocol::{
+    self, ClientFrame, Event, FrameError, PROTOCOL_VERSION, Request, ServerFrame, WireError,
+};
+
+async fn send(w: &mut (impl AsyncWrite + Unpin), frame: &ServerFrame) -> Result<(), FrameError> {
+    let bytes = serde_json::to_vec(frame).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    protocol::write_frame_async(w, &bytes).await
+}
+
+async fn send_result(
+    w: &mut OwnedWriteHalf,
+    id: u64,
+    result: Result<Value, WireError>,
+) -> Result<(), FrameError> {
+    let frame = match result {
+        Ok(ok) => ServerFrame::Ok { id, ok },
+        Err(error) => ServerFrame::Err { id, error },
+    };
+    send(w, &frame).await
+}
+
+/// Serves `listener` until `shutdown` completes, then locks the broker (which
+/// ends every lease).
+pub async fn serve(
+    listener: UnixListener,
+    broker: Arc<Broker>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let permits = Arc::new(Semaphore::new(broker.cfg.max_connections));
+    let own_uid = rustix::process::getuid().as_raw();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let Ok((mut stream, _)) = accepted else { continue };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    let _ = send(&mut stream, &ServerFrame::Err {
+                        id: 0,
+                        error: WireError::new("busy", "too many connections to the broker; try again"),
+                    }).await;
+                    continue;
+                };
+                let b = broker.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    handle(b, stream, own_uid).await;
+                });
+            }
+        }
+    }
+    broker.lock(custody_core::audit::LockReason::Shutdown).await;
+    Ok(())
+}
+
+async fn handle(broker: Arc<Broker>, mut stream: UnixStream, own_uid: u32) {
+    let cred = match stream.peer_cred() {
+        Ok(c) => c,
+        Err(_) => return,
+    };
+    if cred.uid() != own_uid {
+        let _ = send(
+            &mut stream,
+            &ServerFrame::Err {
+                id: 0,
+                error: WireError::new("forbidden", "connections from other users are refused"),
+            },
+        )
+        .await;
+        return;
+    }
+    let pid = cred.pid().and_then(|p| u32::try_from(p).ok());
+    let (mut rd, mut wr) = stream.into_split();
+
+    // hello
+    let client = match protocol::read_frame_async(&mut rd).await {
+        Ok(f) => match serde_json::from_slice::<ClientFrame>(&f) {
+            Ok(ClientFrame {
+                id,
+                request: Request::Hello { protocol: v, client },
+                ..
+            }) if v == PROTOCOL_VERSION => {
+                let ok = json!({"protocol": PROTOCOL_VERSION, "broker": env!("CARGO_PKG_VERSION")});
+                if send(&mut wr, &ServerFrame::Ok { id, ok }).await.is_err() {
+                    return;
+                }
+                client
+            }
+            Ok(ClientFrame { id, request: Request::Hello { protocol: v, .. }, .. }) => {
+                let msg = format!("protocol {v} is not supported (this broker speaks {PROTOCOL_VERSION}): use matching custody versions");
+                let _ = send(&mut wr, &ServerFrame::Err { id, error: WireError::new("version", msg) }).await;
+                return;
+            }
+            _ => {
+                let _ = send(&mut wr, &ServerFrame::Err {
+                    id: 0,
+                    error: WireError::new("bad_request", "the first frame must be hello"),
+                })
+                .await;
+                return;
+            }
+        },
+        Err(FrameError::TooLarge(n)) => {
+            let _ = send(&mut wr, &ServerFrame::Err {
+                id: 0,
+                error: WireError::new("too_large", format!("frame of {n} bytes exceeds the limit")),
+            })
+            .await;
+            return;
+        }
+        Err(_) => return,
+    };
+    let mut peer = Peer {
+        uid: cred.uid(),
+        pid,
+        client,
+        session: None,
+    };
+
+    loop {
+        let frame = match protocol::read_frame_async(&mut rd).await {
+            Ok(f) => f,
+            Err(FrameError::TooLarge(n)) => {
+                let _ = send(&mut wr, &ServerFrame::Err {
+                    id: 0,
+                    error: WireError::new("too_large", format!("frame of {n} bytes exceeds the {}-byte limit; closing", protocol::MAX_FRAME)),
+                })
+                .await;
+                break;
+            }
+            Err(_) => break,
+        };
+        let msg: ClientFrame = match serde_json::from_slice(&frame) {
+            Ok(m) => m,
+            Err(e) => {
+                // The frame boundary is intact, so the connection can go on.
+                let err = WireError::new("bad_request", format!("malformed request: {}", e.classify_name()));
+                if send(&mut wr, &ServerFrame::Err { id: 0, error: err }).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
+        drop(frame);
+        let secret = match msg.secret_len {
+            None => None,
+            Some(n) => match protocol::read_frame_async(&mut rd).await {
+                Ok(s) if s.len() == n as usize => Some(s),
+                Ok(_) => {
+                    let err = WireError::new("bad_request", "secret frame length does not match secret_len");
+                    if send(&mut wr, &ServerFrame::Err { id: msg.id, error: err }).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                Err(_) => break,
+            },
+        };
+        broker.touch();
+        let id = msg.id;
+        let outcome = match msg.request {
+            Request::Run(spec) => run_streaming(&broker, &peer, id, spec, &mut rd, &mut wr).await,
+            Request::Watch => {
+                watch_events(&broker, &mut rd, &mut wr).await;
+                break;
+            }
+            other => {
+                let res = dispatch(&broker, &mut peer, other, secret).await;
+                send_result(&mut wr, id, res).await
+            }
+        };
+        if outcome.is_err() {
+            break;
+        }
+    }
+    if let Some(s) = &peer.session {
+        broker.end_session(s);
+    }
+}
+
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    /// Parser errors can quote the input; report only their class so a value
+    /// pasted into the wrong field is never echoed back.
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "I/O",
+            serde_json::error::Category::Syntax => "not valid JSON",
+            serde_json::error::Category::Data => "unknown op or wrong fields",
+            serde_json::error::Category::Eof => "truncated JSON",
+        }
+    }
+}
+
+fn secret_required(secret: Option<Zeroizing<Vec<u8>>>, what: &str) -> Result<Zeroizing<Vec<u8>>, WireError> {
+    secret.ok_or_else(|| WireError::new("bad_request", format!("{what} must be sent in a secret frame")))
+}
+
+async fn dispatch(
+    broker: &Arc<Broker>,
+    peer: &mut Peer,
+    req: Request,
+    secret: Option<Zeroizing<Vec<u8>>>,
+) -> Result<Value, WireError> {
+    use crate::ops;
+    match req {
+        Request::Hello { .. } => Err(WireError::new("bad_request", "hello was already sent")),
+        Request::Status => Ok(broker.status()),
+        Request::Unlock => broker.unlock(secret_required(secret, "the passphrase")?).await,
+        Request::Lock => Ok(broker.lock(custody_core::audit::LockReason::Manual).await),
+        Request::RegisterSession {
+            client_name,
+            client_version,
+            parent_pid,
+            ..
+        } => broker.register_session(peer, &client_name, &client_version, parent_pid),
+        Request::Approve { request_id, scope } => {
+            broker
+                .approve(peer, &request_id, scope, secret_required(secret, "the PIN")?)
+                .await
+        }
+        Request::Deny { request_id } => broker.deny(peer, &request_id),
+        Request::Pending => Ok(broker.pending()),
+        Request::RequestStatus { request_id } => broker.request_status(&request_id),
+        Request::Cancel { request_id } => broker.cancel(&request_id, &broker.requester(peer)),
+        Request::Grants => {
+            let me = broker.requester(peer);
+            let only = matches!(me, crate::grants::Requester::Agent { .. }).then_some(&me);
+            Ok(broker.grants(only))
+        }
+        Request::Leases => Ok(broker.leases()),
+        Request::Revoke(target) => {
+            let me = broker.requester(peer);
+            let only = matches!(me, crate::grants::Requester::Agent { .. }).then_some(&me);
+            broker.revoke(&target, &me.describe(), only)
+        }
+        Request::AuditVerify => broker.audit_verify(),
+        Request::Run(_) | Request::Watch => Err(WireError::new("internal", "handled by the connection")),
+        other => ops::vault_request(broker, peer, other, secret),
+    }
+}
+
+/// Runs a command, forwarding events as they come, watching the connection
+/// for the requester going away (cancel).
+async fn run_streaming(
+    broker: &Arc<Broker>,
+    peer: &Peer,
+    id: u64,
+    spec: protocol::RunSpec,
+    rd: &mut tokio::net::unix::OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+) -> Result<(), FrameError> {
+    let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(64);
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let b = broker.clone();
+    let p = peer.clone();
+    let mut task = tokio::spawn(async move { crate::run::run(&b, &p, spec, ev_tx, cancel_rx).await });
+    let mut reader_open = true;
+    let result = loop {
+        tokio::select! {
+            Some(event) = ev_rx.recv() => {
+                // A requester that cannot be written to is gone: cancel.
+                if send(wr, &ServerFrame::Event { id, event }).await.is_err() {
+                    let _ = cancel_tx.send(true);
+                }
+            }
+            r = &mut task => {
+                break r.unwrap_or_else(|_| Err(WireError::new("internal", "run failed")));
+            }
+            f = protocol::read_frame_async(rd), if reader_open => {
+                // The client sends nothing during a run; EOF or anything
+                // else means it went away or changed its mind: cancel.
+                let _ = f;
+                reader_open = false;
+                let _ = cancel_tx.send(true);
+            }
+        }
+    };
+    while let Ok(event) = ev_rx.try_recv() {
+        send(wr, &ServerFrame::Event { id, event }).await?;
+    }
+    send_result(wr, id, result).await
+}
+
+async fn watch_events(
+    broker: &Arc<Broker>,
+    rd: &mut tokio::net::unix::OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+) {
+    let mut rx = broker.subscribe();
+    if send(wr, &ServerFrame::Ok { id: 0, ok: json!({"watching": true}) }).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Ok((id, event)) => {
+                    if send(wr, &ServerFrame::Event { id, event }).await.is_err() { return; }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            },
+            _ = protocol::read_frame_async(rd) => return,
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! What the broker records: one [`AuditEvent`] per line.
+//!
+//! Events carry names, ids, process ids, argv, working directories, counts
+//! and times only. There is no value type here on purpose: nothing in this
+//! module can hold a secret, so nothing can write one to the log (G1, G2).
+//! Reasons are closed enums rather than free text, so an error message that
+//! happens to quote a value cannot slip in through a `reason` field.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One audited event. Serialized internally tagged: `{"type":"lease_end",...}`.
+///
+/// `argv` and `cwd` are recorded because they are exactly what the human
+/// approved; they are not secret (custody injects values through the
+/// environment or ephemeral files, never through argv).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum AuditEvent {
+    /// The broker started and opened this chain.
+    BrokerStart {
+        /// The broker's process id.
+        pid: u32,
+        /// custody's version string.
+        version: String,
+    },
+    /// The broker is shutting down cleanly.
+    BrokerStop {
+        /// The broker's process id.
+        pid: u32,
+    },
+    /// An agent client connected and identified itself.
+    SessionStart {
+        /// Session id assigned by the broker.
+        session_id: String,
+        /// Client name as reported (e.g. `codex`), untrusted.
+        client_name: String,
+        /// Client version as reported, untrusted.
+        client_version: String,
+        /// Peer process id from the socket's credentials.
+        pid: u32,
+        /// Parent of the peer process, when known.
+        parent_pid: Option<u32>,
+    },
+    /// A session ended.
+    SessionEnd {
+        /// Session id.
+        session_id: String,
+    },
+    /// An agent asked to run a command with some variables.
+    Request {
+        /// Request id.
+        request_id: String,
+        /// Who asked: session id or client name.
+        requester: String,
+        /// The exact command line that would run.
+        argv: Vec<String>,
+        /// The working directory it would run in.
+        cwd: String,
+        /// Environment names involved.
+        environments: Vec<String>,
+        /// Variable names requested (names only).
+        variables: Vec<String>,
+        /// Requested lifetime of the grant, in seconds.
+        ttl_secs: u64,
+    },
+    /// A human approved a request.
+    Approval {
+        /// The request approved.
+        request_id: String,
+        /// What the approval covers.
+        scope: ApprovalScope,
+        /// Process id of the approving client (checked not to descend from an agent).
+        approver_pid: u32,
+    },
+    /// A request was denied (by the human, by policy or by timeout).
+    Denial {
+        /// The request denied.
+        request_id: String,
+        /// Process id of the denying client, when a human denied it.
+        approver_pid: Option<u32>,
+        /// Why.
+        reason: DenialReason,
+    },
+    /// A pending request expired before anyone decided.
+    RequestExpired {
+        /// The request.
+        request_id: String,
+    },
+    /// A grant was created from an approval.
+    Grant {
+        /// Grant id.
+        grant_id: String,
+        /// The approved request.
+        request_id: String,
+        /// When the grant expires, RFC 3339 UTC.
+        expires_at: String,
+        /// How many leases it allows; `None` for unlimited within its lifetime.
+        max_uses: Option<u32>,
+    },
+    /// A grant reached its expiry or use count.
+    GrantExpired {
+        /// Grant id.
+        grant_id: String,
+    },
+    /// A child process started under a grant.
+    LeaseStart {
+        /// Lease id.
+        lease_id: String,
+        /// The grant used.
+        grant_id: String,
+        /// Child process id.
+        pid: u32,
+        /// Child process group id.
+        pgid: u32,
+        /// Hard deadline, RFC 3339 UTC.
+        deadline: String,
+    },
+    /// A child process ended.
+    LeaseEnd {
+        /// Lease id.
+        lease_id: String,
+        /// Exit code, if it exited.
+        exit_code: Option<i32>,
+        /// Signal number, if it was killed by a signal.
+        signal: Option<i32>,
+        /// How many times each variable's value was masked in the output,
+        /// keyed by variable name. Names and counts only.
+        mask_counts: BTreeMap<String, u64>,
+        /// Why it ended.
+        reason: LeaseEndReason,
+    },
+    /// A restarted broker cleaned up what a crash left behind.
+    Reaped {
+        /// Lease id from the persisted lease table.
+        lease_id: String,
+        /// Process group killed, if one was still alive.
+        pgid: Option<u32>,
+        /// Ephemeral files removed.
+        files_removed: u64,
+        /// Dynamic credentials revoked at their source.
+        credentials_revoked: u64,
+    },
+    /// A grant, lease or session was revoked.
+    Revoke {
+        /// What was revoked: a grant, lease or session id, or `all`.
+        target: String,
+        /// Who revoked it: `cli`, `mcp`, `broker`, or a session id.
+        by: String,
+    },
+    /// The vault was locked (the broker dropped the key).
+    Lock {
+        /// Why.
+        reason: LockReason,
+    },
+    /// The vault was unlocked. (A struct variant so that, like every other
+    /// variant, it refuses unknown fields.)
+    Unlock {},
+    /// An environment or variable was created, changed or removed.
+    VaultChange {
+        /// What happened.
+        action: VaultAction,
+        /// Environment name.
+        environment: String,
+        /// Variable name, for variable-level changes.
+        variable: Option<String>,
+    },
+    /// A wrong approval PIN was entered.
+    PinFailure {
+        /// Consecutive failures so far.
+        attempt: u32,
+        /// Whether this failure triggered a lockout.
+        locked_out: bool,
+    },
+    /// The first record of a new chain that replaces a damaged or archived
+    /// one (see `AuditChain::start_over`).
+    ChainStart {
+        /// Head of the previous chain as stored in the vault, if any.
+        previous_seq: Option<u64>,
+        /// Hash of the previous chain's last record (hex), if any.
+        previous_hash: Option<String>,
+        /// Why the chain was restarted.
+        reason: ChainStartReason,
+    },
+    /// Written on open after a crash left a torn last line: attests the exact
+    /// bytes that were left in place between the last good record and this
+    /// one, so verification can skip them while the evidence stays in the file.
+    TornTail {
+        /// Length of the skipped bytes, including the newline custody added.
+        fragment_bytes: u64,
+        /// SHA-256 (hex) of those bytes.
+        fragment_sha256: String,
+    },
+}
+
+impl AuditEvent {
+    /// The event's `type` tag as written in the log, e.g. `lease_end`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AuditEvent::BrokerStart { .. } => "broker_start",
+            AuditEvent::BrokerStop { .. } => "broker_stop",
+            AuditEvent::SessionStart { .. } => "session_start",
+            AuditEvent::SessionEnd { .. } => "session_end",
+            AuditEvent::Request { .. } => "request",
+            AuditEvent::Approval { .. } => "approval",
+            AuditEvent::Denial { .. } => "denial",
+            AuditEvent::RequestExpired { .. } => "request_expired",
+            AuditEvent::Grant { .. } => "grant",
+            AuditEvent::GrantExpired { .. } => "grant_expired",
+            AuditEvent::LeaseStart { .. } => "lease_start",
+            AuditEvent::LeaseEnd { .. } => "lease_end",
+            AuditEvent::Reaped { .. } => "reaped",
+            AuditEvent::Revoke { .. } => "revoke",
+            AuditEvent::Lock { .. } => "lock",
+            AuditEvent::Unlock {} => "unlock",
+            AuditEvent::VaultChange { .. } => "vault_change",
+            AuditEvent::PinFailure { .. } => "pin_failure",
+            AuditEvent::ChainStart { .. } => "chain_start",
+            AuditEvent::TornTail { .. } => "torn_tail",
+        }
+    }
+}
+
+/// What an approval covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ApprovalScope {
+    /// A single run.
+    Once,
+    /// Any number of identical runs for this many seconds.
+    ForSecs(u64),
+}
+
+/// Why a request was denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DenialReason {
+    /// The human said no.
+    Human,
+    /// Policy forbids it.
+    Policy,
+    /// Nobody decided in time.
+    Timeout,
+    /// The approver descends from an agent client (G3).
+    ApproverIsAgent,
+    /// PIN attempts are locked out.
+    PinLockout,
+    /// The vault is locked.
+    Locked,
+}
+
+/// Why a lease ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LeaseEndReason {
+    /// The child exited on its own.
+    Exited,
+    /// The hard deadline passed and the process group was killed.
+    Deadline,
+    /// Revoked by `custody revoke`.
+    Revoked,
+    /// The vault was locked.
+    Locked,
+    /// The broker shut down.
+    BrokerShutdown,
+    /// The child could not be started.
+    SpawnFailed,
+}
+
+/// Why the vault was locked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LockReason {
+    /// `custody lock`.
+    Manual,
+    /// Idle timeout.
+    Idle,
+    /// Too many wrong PINs.
+    PinLockout,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+/// A change to the vault's contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum VaultAction {
+    /// An environment was created.
+    CreateEnvironment,
+    /// An environment was removed.
+    RemoveEnvironment,
+    /// A variable was set (created or given a new version).
+    SetVariable,
+    /// A variable was removed.
+    RemoveVariable,
+    /// Variables were imported from a dotenv file.
+    Import,
+    /// The passphrase was changed.
+    ChangePassphrase,
+    /// The approval PIN was changed.
+    ChangePin,
+}
+
+/// Why a new chain was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ChainStartReason {
+    /// A brand-new vault.
+    NewVault,
+    /// The human archived the old log (for example after verify failed).
+    Archived,
+}
