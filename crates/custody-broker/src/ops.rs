@@ -8,7 +8,7 @@ use std::sync::Arc;
 use custody_core::audit::{AuditEvent, VaultAction};
 use custody_core::names::{EnvName, VarName};
 use custody_core::policy::Policy;
-use custody_core::vault::{VariableUpdate, VaultError};
+use custody_core::vault::VariableUpdate;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
@@ -161,42 +161,13 @@ pub fn vault_request(
             humans_only(&requester, "import files")?;
             let text = secret.ok_or_else(|| bad("the file must be sent in a secret frame"))?;
             let e = EnvName::new(&env).map_err(bad)?;
-            let parsed = custody_core::dotenv::parse(&text);
-            drop(text);
-            let too_big: Vec<usize> = parsed
-                .entries
-                .iter()
-                .filter(|x| secrecy::ExposeSecret::expose_secret(&x.value).len() > custody_core::vault::MAX_VALUE_LEN)
-                .map(|x| x.line)
-                .collect();
-            let created_env = broker.change_vault(change(VaultAction::Import, &env, None), |v| {
-                match v.environment(&e) {
-                    Ok(_) => Ok(false),
-                    Err(VaultError::NoSuchEnvironment(_)) => v.create_environment(&e, "").map(|()| true),
-                    Err(x) => Err(x),
-                }
+            let outcome = broker.change_vault(change(VaultAction::Import, &env, None), |v| {
+                custody_core::import::import_dotenv(v, &e, &text, &mut |_, _| {})
             })?;
-            let report = broker.with_vault(|v| {
-                v.import(
-                    &e,
-                    parsed
-                        .entries
-                        .iter()
-                        .filter(|x| !too_big.contains(&x.line))
-                        .map(|x| (&x.name, secrecy::ExposeSecret::expose_secret(&x.value))),
-                    100,
-                    |_| {},
-                )
-            })?;
-            let mut skipped: Vec<Value> = parsed
-                .skipped
-                .iter()
-                .map(|s| json!({"line": s.line, "reason": s.reason.to_string()}))
-                .collect();
-            skipped.extend(too_big.iter().map(|l| json!({"line": l, "reason": format!("value larger than {} bytes", custody_core::vault::MAX_VALUE_LEN)})));
-            Ok(json!({"environment": env, "environment_created": created_env,
-                      "imported": report.created + report.updated, "created": report.created,
-                      "updated": report.updated, "skipped": skipped}))
+            let mut v = serde_json::to_value(&outcome).unwrap_or_default();
+            v["environment"] = json!(env);
+            v["imported"] = json!(outcome.report.created + outcome.report.updated);
+            Ok(v)
         }
         _ => Err(WireError::new("bad_request", "unsupported request")),
     }

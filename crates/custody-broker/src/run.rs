@@ -177,7 +177,69 @@ pub async fn run(
             o.remove("stderr");
         }
     }
+    fit_in_frame(&mut v);
     Ok(v)
+}
+
+/// Room left in a response frame for its envelope (`{"id":…,"ok":…}`).
+const FRAME_ENVELOPE: usize = 1024;
+
+/// Trims the captured tails, oldest bytes first, so the result fits in one
+/// frame. A capture of up to `output_cap` bytes per stream can encode to more
+/// than [`MAX_FRAME`](crate::protocol::MAX_FRAME) (two streams, JSON escapes
+/// of up to 6 bytes per byte), and a result that cannot be sent is lost with
+/// its connection. Each stream keeps at least half of the room (or all it
+/// needs, if less).
+fn fit_in_frame(v: &mut Value) {
+    let budget = crate::protocol::MAX_FRAME - FRAME_ENVELOPE;
+    let Ok(len) = serde_json::to_vec(&*v).map(|b| b.len()) else {
+        return;
+    };
+    if len <= budget {
+        return;
+    }
+    let encoded = |k: &str| {
+        v[k].as_str()
+            .map_or(0, |s| s.chars().map(json_len).sum::<usize>())
+    };
+    let (out, err) = (encoded("stdout"), encoded("stderr"));
+    let room = budget.saturating_sub(len.saturating_sub(out + err));
+    let half = room / 2;
+    let (keep_out, keep_err) = if out <= half {
+        (out, room - out)
+    } else if err <= half {
+        (room - err, err)
+    } else {
+        (half, room - half)
+    };
+    for (key, keep) in [("stdout", keep_out), ("stderr", keep_err)] {
+        if let Some(s) = v[key].as_str() {
+            let kept = tail_within(s, keep).to_owned();
+            v[key] = json!(kept);
+        }
+    }
+    v["truncated"] = json!(true);
+}
+
+/// The longest tail of `s` whose JSON encoding is at most `room` bytes.
+fn tail_within(s: &str, room: usize) -> &str {
+    let mut used = 0;
+    for (i, c) in s.char_indices().rev() {
+        used += json_len(c);
+        if used > room {
+            return &s[i + c.len_utf8()..];
+        }
+    }
+    s
+}
+
+/// Length of `c` inside a JSON string as serde_json writes it.
+fn json_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if u32::from(c) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
 }
 
 async fn wait_true(rx: &mut watch::Receiver<bool>) {

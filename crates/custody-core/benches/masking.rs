@@ -37,7 +37,9 @@ impl Rng {
         items[self.below(items.len())]
     }
     fn string(&mut self, alphabet: &[u8], len: usize) -> String {
-        (0..len).map(|_| alphabet[self.below(alphabet.len())] as char).collect()
+        (0..len)
+            .map(|_| alphabet[self.below(alphabet.len())] as char)
+            .collect()
     }
 }
 
@@ -52,14 +54,23 @@ pub fn values(n: usize) -> Vec<(String, String)> {
         .map(|i| {
             let value = match i % 8 {
                 0 => format!("ghp_{}", rng.string(ALNUM, 36)),
-                1 => format!("AKIA{}", rng.string(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16)),
+                1 => format!(
+                    "AKIA{}",
+                    rng.string(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16)
+                ),
                 2 => format!("sk_live_{}", rng.string(ALNUM, 24)),
                 3 => rng.string(HEX, 64),
                 4 => format!("{}!@#{}", rng.string(ALNUM, 12), rng.string(ALNUM, 6)),
-                5 => format!("postgres://app:{}@db.internal:5432/app", rng.string(ALNUM, 20)),
+                5 => format!(
+                    "postgres://app:{}@db.internal:5432/app",
+                    rng.string(ALNUM, 20)
+                ),
                 6 if i % 48 == 6 => {
                     let body: Vec<String> = (0..25).map(|_| rng.string(B64, 64)).collect();
-                    format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", body.join("\n"))
+                    format!(
+                        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+                        body.join("\n")
+                    )
                 }
                 _ => rng.string(B64, 40),
             };
@@ -72,13 +83,27 @@ pub fn values(n: usize) -> Vec<(String, String)> {
 /// of a secret (in some form) every ~5,000 lines.
 pub fn build_log(size: usize, secrets: &[(String, String)]) -> Vec<u8> {
     let mut rng = Rng(42);
-    let crates = ["serde", "tokio", "aho-corasick", "regex-syntax", "clap_derive", "proc-macro2", "hyper", "rustls"];
+    let crates = [
+        "serde",
+        "tokio",
+        "aho-corasick",
+        "regex-syntax",
+        "clap_derive",
+        "proc-macro2",
+        "hyper",
+        "rustls",
+    ];
     let levels = ["INFO ", "DEBUG", "WARN ", "INFO ", "TRACE"];
     let mut out = String::with_capacity(size + 4096);
     let mut line = 0u64;
     while out.len() < size {
         line += 1;
-        let (h, m, s, ms) = (line / 3_600_000 % 24, line / 60_000 % 60, line / 1000 % 60, line % 1000);
+        let (h, m, s, ms) = (
+            line / 3_600_000 % 24,
+            line / 60_000 % 60,
+            line / 1000 % 60,
+            line % 1000,
+        );
         match rng.below(12) {
             0 | 1 => out.push_str(&format!(
                 "   Compiling {} v{}.{}.{} (/home/runner/.cargo/registry/src/index.crates.io-6f17d22bba15001f/{})\n",
@@ -148,7 +173,13 @@ fn naive_forms(secrets: &[(String, String)]) -> Vec<(String, String)> {
         let json = serde_json::to_string(value).unwrap();
         let percent: String = value
             .bytes()
-            .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
             .collect();
         for form in [
             value.clone(),
@@ -196,14 +227,34 @@ fn bench(c: &mut Criterion) {
     let all = values(1000);
     let log = build_log(LOG_SIZE, &all[..100]);
     let text = std::str::from_utf8(&log).unwrap();
+    {
+        // Sanity: the engine masks every occurrence the log holds.
+        let engine = MaskingEngine::new(all[..100].iter().map(|(k, v)| (k, v)));
+        let (masked, counts) = engine.mask_all(&log);
+        let masked = String::from_utf8(masked).unwrap();
+        for (_, value) in &all[..100] {
+            for form in [value.clone(), hex::encode(value), STANDARD.encode(value)] {
+                assert!(!masked.contains(&form));
+            }
+        }
+        eprintln!(
+            "100 values: {} masks in the 64 MiB log",
+            counts.values().sum::<u64>()
+        );
+    }
     let mut group = c.benchmark_group("mask");
-    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
     for n in [10, 100, 1000] {
         let secrets = &all[..n];
         let engine = Arc::new(MaskingEngine::new(secrets.iter().map(|(k, v)| (k, v))));
         let mut out = Vec::with_capacity(2 * CHUNK);
         group.throughput(Throughput::Bytes(log.len() as u64));
-        group.bench_function(BenchmarkId::new("engine_64MiB", n), |b| b.iter(|| engine_mask(&engine, black_box(&log), &mut out)));
+        group.bench_function(BenchmarkId::new("engine_64MiB", n), |b| {
+            b.iter(|| engine_mask(&engine, black_box(&log), &mut out))
+        });
         // The naive loop makes one pass per form: on a shorter input, so the
         // whole bench stays within minutes (throughput is per byte either way).
         let forms = naive_forms(secrets);
@@ -215,24 +266,34 @@ fn bench(c: &mut Criterion) {
         let end = text[..size].rfind('\n').map_or(size, |i| i + 1);
         let part = &text[..end];
         group.throughput(Throughput::Bytes(part.len() as u64));
-        group.bench_function(BenchmarkId::new(format!("naive_replace_{}MiB", size / MIB), n), |b| {
-            b.iter(|| naive_mask(black_box(part), &forms).len())
-        });
+        group.bench_function(
+            BenchmarkId::new(format!("naive_replace_{}MiB", size / MIB), n),
+            |b| b.iter(|| naive_mask(black_box(part), &forms).len()),
+        );
     }
     group.finish();
 
     let mut group = c.benchmark_group("build");
-    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
     for n in [100, 1000] {
         let secrets = &all[..n];
         group.bench_function(BenchmarkId::new("engine", n), |b| {
-            b.iter(|| MaskingEngine::new(black_box(secrets).iter().map(|(k, v)| (k, v))).pattern_count())
+            b.iter(|| {
+                MaskingEngine::new(black_box(secrets).iter().map(|(k, v)| (k, v))).pattern_count()
+            })
         });
     }
     group.finish();
     for n in [10, 100, 1000] {
         let engine = MaskingEngine::new(all[..n].iter().map(|(k, v)| (k, v)));
-        eprintln!("{n} values: {} patterns, longest {} bytes", engine.pattern_count(), engine.longest_pattern_len());
+        eprintln!(
+            "{n} values: {} patterns, longest {} bytes",
+            engine.pattern_count(),
+            engine.longest_pattern_len()
+        );
     }
 }
 

@@ -24,7 +24,10 @@ fn peak_rss_kib() -> u64 {
 }
 
 fn main() {
-    let mib: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(64);
+    let mib: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(64);
     // 100 values shaped like real tokens (with one PEM key).
     let mut state = 7u64;
     let mut next = move || {
@@ -34,10 +37,22 @@ fn main() {
         state
     };
     let alnum = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut token = |len: usize| -> String { (0..len).map(|_| alnum[(next() % 62) as usize] as char).collect() };
-    let mut values: Vec<(String, String)> = (0..99).map(|i| (format!("SECRET_{i}"), format!("tok_{}", token(36)))).collect();
+    let mut token = |len: usize| -> String {
+        (0..len)
+            .map(|_| alnum[(next() % 62) as usize] as char)
+            .collect()
+    };
+    let mut values: Vec<(String, String)> = (0..99)
+        .map(|i| (format!("SECRET_{i}"), format!("tok_{}", token(36))))
+        .collect();
     let pem: Vec<String> = (0..25).map(|_| token(64)).collect();
-    values.push(("KEY".into(), format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", pem.join("\n"))));
+    values.push((
+        "KEY".into(),
+        format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            pem.join("\n")
+        ),
+    ));
     let engine = Arc::new(MaskingEngine::new(values.iter().map(|(k, v)| (k, v))));
 
     // One 64 KiB block of log lines, with a different secret in each block.
@@ -57,7 +72,11 @@ fn main() {
             block.push_str(base);
         }
         let value = &values[i % values.len()].1;
-        let shown = if value.contains('\n') { value.lines().nth(1 + i % 25).unwrap_or("") } else { value };
+        let shown = if value.contains('\n') {
+            value.lines().nth(1 + i % 25).unwrap_or("")
+        } else {
+            value
+        };
         block.push_str(&format!("token={shown}\n"));
         i += 1;
         out.clear();

@@ -10,11 +10,12 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-pub mod crypto;
 pub mod audit;
+pub mod crypto;
 pub mod dotenv;
 pub mod duration;
 pub mod generate;
+pub mod import;
 pub mod mask;
 pub mod names;
 pub mod paths;

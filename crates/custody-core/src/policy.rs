@@ -144,7 +144,12 @@ impl Policy {
         let file = match std::fs::File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Policy::default()),
-            Err(source) => return Err(PolicyError::Io { path: shown, source }),
+            Err(source) => {
+                return Err(PolicyError::Io {
+                    path: shown,
+                    source,
+                });
+            }
         };
         let mut text = String::new();
         file.take(MAX_POLICY_LEN)
@@ -238,7 +243,10 @@ fn rules(raw: RawRules, at: &str) -> Result<Rules, String> {
             return Err(format!("{at}.preapproved[{i}]: argv is empty"));
         }
         let expires = crate::audit::parse_rfc3339(&p.expires).ok_or_else(|| {
-            format!("{at}.preapproved[{i}].expires: '{}' is not a UTC time like 2026-12-31T00:00:00Z", p.expires)
+            format!(
+                "{at}.preapproved[{i}].expires: '{}' is not a UTC time like 2026-12-31T00:00:00Z",
+                p.expires
+            )
         })?;
         pre.push(Preapproved {
             argv: p.argv,
@@ -292,7 +300,10 @@ expires = "2099-12-31T00:00:00Z"
         let p = Policy::parse(EXAMPLE).unwrap();
         assert!(p.visible("codex", "shop-dev"));
         assert!(!p.visible("codex", "billing-dev"));
-        assert!(p.visible("claude", "billing-dev"), "other clients: all visible");
+        assert!(
+            p.visible("claude", "billing-dev"),
+            "other clients: all visible"
+        );
         assert!(p.always_approve("codex", "shop-prod"));
         assert!(p.always_approve("claude", "x-prod"));
         assert!(p.always_approve("codex", "shop-staging"));
@@ -302,13 +313,32 @@ expires = "2099-12-31T00:00:00Z"
 
         let argv = vec!["cargo".to_string(), "test".to_string()];
         let now = SystemTime::now();
-        assert!(p.preapproved("codex", &argv, "/home/me/shop", &set(&["shop-dev"]), now).is_some());
-        assert!(p.preapproved("codex", &argv, "/elsewhere", &set(&["shop-dev"]), now).is_none());
-        assert!(p.preapproved("codex", &argv[..1], "/home/me/shop", &set(&["shop-dev"]), now).is_none());
-        assert!(p.preapproved("claude", &argv, "/home/me/shop", &set(&["shop-dev"]), now).is_none());
+        assert!(
+            p.preapproved("codex", &argv, "/home/me/shop", &set(&["shop-dev"]), now)
+                .is_some()
+        );
+        assert!(
+            p.preapproved("codex", &argv, "/elsewhere", &set(&["shop-dev"]), now)
+                .is_none()
+        );
+        assert!(
+            p.preapproved(
+                "codex",
+                &argv[..1],
+                "/home/me/shop",
+                &set(&["shop-dev"]),
+                now
+            )
+            .is_none()
+        );
+        assert!(
+            p.preapproved("claude", &argv, "/home/me/shop", &set(&["shop-dev"]), now)
+                .is_none()
+        );
         let deploy = vec!["make".to_string(), "deploy".to_string()];
         assert!(
-            p.preapproved("codex", &deploy, "/", &set(&["shop-prod"]), now).is_none(),
+            p.preapproved("codex", &deploy, "/", &set(&["shop-prod"]), now)
+                .is_none(),
             "always-approve environments are never pre-approved"
         );
     }
@@ -319,9 +349,16 @@ expires = "2099-12-31T00:00:00Z"
             "[[clients.cli.preapproved]]\nargv=[\"true\"]\nenvironments=[\"e\"]\nexpires=\"2000-01-01T00:00:00Z\"\n",
         )
         .unwrap();
-        assert!(p
-            .preapproved("cli", &["true".to_string()], "/", &set(&["e"]), SystemTime::now())
-            .is_none());
+        assert!(
+            p.preapproved(
+                "cli",
+                &["true".to_string()],
+                "/",
+                &set(&["e"]),
+                SystemTime::now()
+            )
+            .is_none()
+        );
     }
 
     #[test]
@@ -329,8 +366,14 @@ expires = "2099-12-31T00:00:00Z"
         for (text, needle) in [
             ("[defaults]\nmax_ttl = \"soon\"", "defaults.max_ttl"),
             ("[defaults]\nmax_tll = \"1h\"", "unknown field"),
-            ("[[clients.x.preapproved]]\nargv=[]\nenvironments=[]\nexpires=\"2099-01-01T00:00:00Z\"", "argv is empty"),
-            ("[[clients.x.preapproved]]\nargv=[\"a\"]\nenvironments=[]\nexpires=\"tomorrow\"", "not a UTC time"),
+            (
+                "[[clients.x.preapproved]]\nargv=[]\nenvironments=[]\nexpires=\"2099-01-01T00:00:00Z\"",
+                "argv is empty",
+            ),
+            (
+                "[[clients.x.preapproved]]\nargv=[\"a\"]\nenvironments=[]\nexpires=\"tomorrow\"",
+                "not a UTC time",
+            ),
             ("not toml [", ""),
         ] {
             let err = Policy::parse(text).unwrap_err();

@@ -18,7 +18,13 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 fn percent(value: &[u8]) -> String {
     value
         .iter()
-        .map(|&b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|&b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -65,8 +71,14 @@ fn assert_unmasked_text_kept(input: &[u8], out: &[u8]) {
             Some(i) => (&rest[..i], Some(&rest[i..])),
             None => (rest, None),
         };
-        let found = input[pos..].windows(segment.len().max(1)).position(|w| segment.is_empty() || w == segment);
-        assert!(found.is_some() || segment.is_empty(), "segment not in input: {:?}", String::from_utf8_lossy(segment));
+        let found = input[pos..]
+            .windows(segment.len().max(1))
+            .position(|w| segment.is_empty() || w == segment);
+        assert!(
+            found.is_some() || segment.is_empty(),
+            "segment not in input: {:?}",
+            String::from_utf8_lossy(segment)
+        );
         pos += found.unwrap_or(0) + segment.len();
         let Some(tail) = tail else { break };
         let close = tail.iter().position(|&b| b == b']').unwrap();
@@ -103,7 +115,11 @@ fn realistic_values_in_every_form_are_masked() {
         let out = stream(&engine, &input, sizes);
         for (name, value) in &values {
             for form in forms(value) {
-                assert!(!contains(&out, &form), "{name}: form {:?} leaked", String::from_utf8_lossy(&form));
+                assert!(
+                    !contains(&out, &form),
+                    "{name}: form {:?} leaked",
+                    String::from_utf8_lossy(&form)
+                );
             }
         }
         assert_unmasked_text_kept(&input, &out);
@@ -113,7 +129,10 @@ fn realistic_values_in_every_form_are_masked() {
 
 #[test]
 fn masking_is_idempotent_on_masked_output() {
-    let engine = Arc::new(MaskingEngine::new([("T", b"tok_abcdefghijklmnop".as_slice())]));
+    let engine = Arc::new(MaskingEngine::new([(
+        "T",
+        b"tok_abcdefghijklmnop".as_slice(),
+    )]));
     let (once, _) = engine.mask_all(b"a tok_abcdefghijklmnop b");
     let (twice, counts) = engine.mask_all(&once);
     assert_eq!(once, twice);

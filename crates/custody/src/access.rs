@@ -1,12 +1,20 @@
-//! How a command reaches the vault. Until the broker daemon exists, commands
-//! open the vault file directly with the passphrase; this is the one place
-//! that does it, so the broker can take it over.
+//! How a command reaches the vault: through the broker when it runs (it
+//! holds the unlocked key; no passphrase needed), otherwise by opening the
+//! vault file directly with the passphrase. This is the one place that
+//! decides; the subcommands only see [`Backend`].
 
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{Context, anyhow};
+use custody_broker::protocol::{ClientInfo, Request};
+use custody_broker::{Client, ClientError};
+use custody_core::names::{EnvName, VarName};
 use custody_core::paths;
-use custody_core::vault::Vault;
+use custody_core::import::ImportOutcome;
+use custody_core::vault::{EnvironmentInfo, VariableInfo, VariableUpdate, Vault, VaultError};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use zeroize::Zeroizing;
 
 use crate::cmd::Global;
 use crate::input::{self, SecretInput};
@@ -18,13 +26,86 @@ pub fn vault_path() -> anyhow::Result<PathBuf> {
         .context("cannot tell where the vault lives: set CUSTODY_HOME (or HOME)")
 }
 
-/// Opens and unlocks the vault, asking for the passphrase on the terminal or
-/// reading it from the first line of stdin (`--passphrase-stdin`).
-pub fn open_vault(global: &Global, secrets: &mut SecretInput) -> anyhow::Result<Vault> {
+/// The broker's socket.
+pub fn socket_path() -> PathBuf {
+    custody_broker::paths::socket_path()
+}
+
+/// Our identity in `hello`.
+pub fn client_info() -> ClientInfo {
+    ClientInfo {
+        kind: "cli".into(),
+        name: "custody".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    }
+}
+
+/// Connects to the running broker, if any.
+pub fn broker() -> anyhow::Result<Option<Client>> {
+    let sock = socket_path();
+    if !Client::is_running(&sock) {
+        return Ok(None);
+    }
+    Ok(Some(Client::connect(&sock, client_info()).map_err(broker_err)?))
+}
+
+/// Connects to the broker, or says how to start it.
+pub fn require_broker() -> anyhow::Result<Client> {
+    broker()?.ok_or_else(|| {
+        anyhow!(
+            "the custody broker is not running: start it with `custody unlock` (socket {})",
+            socket_path().display()
+        )
+    })
+}
+
+/// Wraps a broker error so `main` can pick the exit code.
+pub fn broker_err(e: ClientError) -> anyhow::Error {
+    anyhow::Error::new(BrokerFailure(e))
+}
+
+/// A broker error, kept typed for the exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BrokerFailure(pub ClientError);
+
+/// Where vault operations go.
+pub enum Backend {
+    /// The vault file, opened with the passphrase.
+    Direct(Box<Vault>),
+    /// The running broker.
+    Broker(Client),
+}
+
+/// Opens the backend for a vault command. With `--passphrase-stdin` the
+/// first stdin line is the passphrase either way (so a script's stdin layout
+/// does not depend on whether the broker runs).
+pub fn open(global: &Global, secrets: &mut SecretInput) -> anyhow::Result<Backend> {
+    let passphrase = if global.passphrase_stdin {
+        Some(secrets.line("passphrase")?)
+    } else {
+        None
+    };
+    if let Some(client) = broker()? {
+        return Ok(Backend::Broker(client));
+    }
     let path = vault_path()?;
     if !path.exists() {
         // Say so before asking for a passphrase that cannot help.
-        return Err(custody_core::vault::VaultError::NotFound { path }.into());
+        return Err(VaultError::NotFound { path }.into());
+    }
+    let passphrase = match passphrase {
+        Some(p) => p,
+        None => input::prompt_hidden("Vault passphrase: ", "--passphrase-stdin")?,
+    };
+    Ok(Backend::Direct(Box::new(Vault::unlock(&path, &passphrase)?)))
+}
+
+/// Opens the vault file itself (commands that must: `passwd`).
+pub fn open_vault(global: &Global, secrets: &mut SecretInput) -> anyhow::Result<Vault> {
+    let path = vault_path()?;
+    if !path.exists() {
+        return Err(VaultError::NotFound { path }.into());
     }
     let passphrase = read_passphrase(global, secrets)?;
     Ok(Vault::unlock(&path, &passphrase)?)
@@ -34,10 +115,179 @@ pub fn open_vault(global: &Global, secrets: &mut SecretInput) -> anyhow::Result<
 pub fn read_passphrase(
     global: &Global,
     secrets: &mut SecretInput,
-) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
+) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     if global.passphrase_stdin {
         secrets.line("passphrase")
     } else {
         input::prompt_hidden("Vault passphrase: ", "--passphrase-stdin")
+    }
+}
+
+fn parse<T: DeserializeOwned>(v: Value) -> anyhow::Result<T> {
+    serde_json::from_value(v).context("unexpected answer from the broker")
+}
+
+impl Backend {
+    fn call(&mut self, req: Request) -> anyhow::Result<Value> {
+        match self {
+            Backend::Broker(c) => c.call(req).map_err(broker_err),
+            Backend::Direct(_) => Err(anyhow!("internal: broker call on a direct backend")),
+        }
+    }
+
+    pub fn create_environment(&mut self, env: &EnvName, description: &str) -> anyhow::Result<()> {
+        match self {
+            Backend::Direct(v) => Ok(v.create_environment(env, description)?),
+            Backend::Broker(_) => self
+                .call(Request::EnvCreate {
+                    name: env.to_string(),
+                    description: description.to_owned(),
+                })
+                .map(|_| ()),
+        }
+    }
+
+    pub fn environments(&mut self) -> anyhow::Result<Vec<EnvironmentInfo>> {
+        match self {
+            Backend::Direct(v) => Ok(v.environments()?),
+            Backend::Broker(_) => parse(self.call(Request::EnvList)?),
+        }
+    }
+
+    pub fn environment(&mut self, env: &EnvName) -> anyhow::Result<EnvironmentInfo> {
+        match self {
+            Backend::Direct(v) => Ok(v.environment(env)?),
+            Backend::Broker(_) => {
+                let mut v = self.call(Request::EnvDescribe {
+                    name: env.to_string(),
+                    description: None,
+                })?;
+                parse(v["environment"].take())
+            }
+        }
+    }
+
+    pub fn describe_environment(&mut self, env: &EnvName, description: &str) -> anyhow::Result<()> {
+        match self {
+            Backend::Direct(v) => Ok(v.describe_environment(env, description)?),
+            Backend::Broker(_) => self
+                .call(Request::EnvDescribe {
+                    name: env.to_string(),
+                    description: Some(description.to_owned()),
+                })
+                .map(|_| ()),
+        }
+    }
+
+    pub fn remove_environment(&mut self, env: &EnvName) -> anyhow::Result<usize> {
+        match self {
+            Backend::Direct(v) => Ok(v.remove_environment(env)?),
+            Backend::Broker(_) => {
+                let v = self.call(Request::EnvRemove {
+                    name: env.to_string(),
+                })?;
+                Ok(v["variables"].as_u64().unwrap_or(0) as usize)
+            }
+        }
+    }
+
+    pub fn variables(&mut self, env: &EnvName) -> anyhow::Result<Vec<VariableInfo>> {
+        match self {
+            Backend::Direct(v) => Ok(v.variables(env)?),
+            Backend::Broker(_) => {
+                let mut v = self.call(Request::EnvDescribe {
+                    name: env.to_string(),
+                    description: None,
+                })?;
+                parse(v["variables"].take())
+            }
+        }
+    }
+
+    pub fn set_variable(
+        &mut self,
+        env: &EnvName,
+        var: &VarName,
+        value: &[u8],
+        update: &VariableUpdate,
+    ) -> anyhow::Result<bool> {
+        match self {
+            Backend::Direct(v) => Ok(v.set_variable(env, var, value, update)?),
+            Backend::Broker(c) => {
+                let req = Request::Set {
+                    env: env.to_string(),
+                    var: var.to_string(),
+                    description: update.description.clone(),
+                    kind: update.kind,
+                };
+                let v = c.call_with_secret(req, value).map_err(broker_err)?;
+                Ok(v["created"].as_bool().unwrap_or(false))
+            }
+        }
+    }
+
+    /// Stores a random value; through the broker it is generated there and
+    /// never exists in this process.
+    pub fn generate(
+        &mut self,
+        env: &EnvName,
+        var: &VarName,
+        length: usize,
+        alphabet: custody_core::generate::Alphabet,
+        update: &VariableUpdate,
+    ) -> anyhow::Result<bool> {
+        match self {
+            Backend::Direct(v) => {
+                let value = custody_core::generate::random_value(length, alphabet)?;
+                Ok(v.set_variable(env, var, &value, update)?)
+            }
+            Backend::Broker(_) => {
+                let v = self.call(Request::Generate {
+                    env: env.to_string(),
+                    var: var.to_string(),
+                    length,
+                    alphabet,
+                    description: update.description.clone(),
+                    kind: update.kind,
+                })?;
+                Ok(v["created"].as_bool().unwrap_or(false))
+            }
+        }
+    }
+
+    pub fn unset_variable(&mut self, env: &EnvName, var: &VarName) -> anyhow::Result<()> {
+        match self {
+            Backend::Direct(v) => Ok(v.unset_variable(env, var)?),
+            Backend::Broker(_) => self
+                .call(Request::Unset {
+                    env: env.to_string(),
+                    var: var.to_string(),
+                })
+                .map(|_| ()),
+        }
+    }
+
+    /// Imports a dotenv file's bytes.
+    pub fn import(
+        &mut self,
+        env: &EnvName,
+        text: &[u8],
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> anyhow::Result<ImportOutcome> {
+        match self {
+            Backend::Direct(v) => Ok(custody_core::import::import_dotenv(v, env, text, progress)?),
+            Backend::Broker(c) => {
+                if text.len() > custody_broker::protocol::MAX_FRAME {
+                    return Err(anyhow!(
+                        "the file is larger than {} bytes, the most the broker takes in one import: split it, or stop the broker (`custody lock` keeps it running; stop the daemon) and import directly",
+                        custody_broker::protocol::MAX_FRAME
+                    ));
+                }
+                let v = c
+                    .call_with_secret(Request::Import { env: env.to_string() }, text)
+                    .map_err(broker_err)?;
+                parse(v)
+            }
+        }
     }
 }

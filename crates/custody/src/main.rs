@@ -30,8 +30,14 @@ fn main() -> ExitCode {
 
 fn exit_code(err: &anyhow::Error) -> u8 {
     use custody_core::vault::VaultError;
-    match err.downcast_ref::<VaultError>() {
-        Some(VaultError::WrongPassphrase) => EXIT_AUTH,
+    if let Some(VaultError::WrongPassphrase) = err.downcast_ref::<VaultError>() {
+        return EXIT_AUTH;
+    }
+    match err
+        .downcast_ref::<access::BrokerFailure>()
+        .and_then(|b| b.0.code())
+    {
+        Some("wrong_passphrase" | "wrong_pin") => EXIT_AUTH,
         _ => 1,
     }
 }

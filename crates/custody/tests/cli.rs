@@ -614,6 +614,75 @@ fn import_shred_refused_when_lines_were_skipped() {
 }
 
 #[test]
+fn import_skips_oversized_values() {
+    let h = Home::new();
+    let file = h.dir.path().join("big.env");
+    let max = custody_core::vault::MAX_VALUE_LEN;
+    let big = "s3cr3t".repeat(max / 6 + 1);
+    assert!(big.len() > max);
+    let at_limit = "x".repeat(max);
+    fs::write(
+        &file,
+        format!(
+            "A=value-aaaa\n\
+             BIG={big}\n\
+             LIMIT={at_limit}\n\
+             D=value-dddd\n\
+             D=\"{big}\"\n\
+             C=value-cccc\n"
+        ),
+    )
+    .unwrap();
+
+    // JSON: every oversized value is a skipped line; nothing else fails.
+    let out = h.run(
+        &["--json", "import", "e", file.to_str().unwrap(), "--shred"],
+        "",
+    );
+    let out = out.success().stderr(contains("not shredding"));
+    let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(!stdout.contains("s3cr3t") && !stderr.contains("s3cr3t"));
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["imported"], 3, "{json}");
+    assert_eq!(json["shredded"], false);
+    let reason = format!("value larger than {max} bytes");
+    assert_eq!(
+        json["skipped"],
+        serde_json::json!([
+            { "line": 2, "reason": reason },
+            { "line": 4, "reason": "D is set again on line 5, which was skipped" },
+            { "line": 5, "reason": reason },
+        ])
+    );
+    assert!(file.exists(), "--shred refused: lines were skipped");
+    assert_eq!(h.value("e", "A"), b"value-aaaa");
+    assert_eq!(h.value("e", "C"), b"value-cccc");
+    assert_eq!(h.value("e", "LIMIT").len(), max);
+    let vault = h.vault();
+    let env = EnvName::new("e").unwrap();
+    for var in ["BIG", "D"] {
+        assert!(
+            vault.reveal(&env, &VarName::new(var).unwrap()).is_err(),
+            "{var} was not imported"
+        );
+    }
+    drop(vault);
+
+    // Human output says the same.
+    h.run(&["import", "e", file.to_str().unwrap()], "")
+        .success()
+        .stdout(contains("skipped 3 line(s)"))
+        .stdout(contains(format!(
+            "skipped line 2: value larger than {max} bytes"
+        )))
+        .stdout(contains(format!(
+            "skipped line 5: value larger than {max} bytes"
+        )))
+        .stdout(contains("s3cr3t").not());
+}
+
+#[test]
 fn import_missing_file_is_clear() {
     let h = Home::new();
     h.run(&["import", "e", "/nonexistent/.env"], "")

@@ -102,7 +102,10 @@ fn base64_forms(value: &[u8], out: &mut Vec<Form>, padded: &GeneralPurpose, bare
         let enc = encode(bare, &shifted, false);
         let drop_back = usize::from(shifted.len() % 3 != 0);
         if enc.len() >= drop_front + drop_back + MIN_MASKABLE_LEN {
-            push(out, Zeroizing::new(enc[drop_front..enc.len() - drop_back].to_vec()));
+            push(
+                out,
+                Zeroizing::new(enc[drop_front..enc.len() - drop_back].to_vec()),
+            );
         }
     }
 }
@@ -122,7 +125,11 @@ fn percent(value: &[u8], keep: fn(u8) -> bool, plus: bool, digits: &[u8; 16]) ->
         } else if plus && b == b' ' {
             buf.push(b'+');
         } else {
-            buf.extend_from_slice(&[b'%', digits[usize::from(b >> 4)], digits[usize::from(b & 0x0f)]]);
+            buf.extend_from_slice(&[
+                b'%',
+                digits[usize::from(b >> 4)],
+                digits[usize::from(b & 0x0f)],
+            ]);
         }
     }
     buf
@@ -144,10 +151,21 @@ fn percent_forms(value: &[u8], out: &mut Vec<Form>) {
         push(out, percent(value, unreserved, true, UPPER));
     }
     if value.iter().any(|b| b"!'()*".contains(b)) {
-        push(out, percent(value, |b| unreserved(b) || b"!'()*".contains(&b), false, UPPER));
+        push(
+            out,
+            percent(
+                value,
+                |b| unreserved(b) || b"!'()*".contains(&b),
+                false,
+                UPPER,
+            ),
+        );
     }
     if value.contains(&b'/') {
-        push(out, percent(value, |b| unreserved(b) || b == b'/', false, UPPER));
+        push(
+            out,
+            percent(value, |b| unreserved(b) || b == b'/', false, UPPER),
+        );
     }
 }
 
@@ -171,13 +189,31 @@ fn json_forms(value: &[u8], out: &mut Vec<Form>) {
     if value.iter().all(plain) {
         return; // every escaping is the value itself
     }
-    let base = JsonStyle { slash: false, ascii: false, html: false, upper: false };
+    let base = JsonStyle {
+        slash: false,
+        ascii: false,
+        html: false,
+        upper: false,
+    };
     for style in [
         base,
-        JsonStyle { upper: true, ..base },
-        JsonStyle { slash: true, ..base },
-        JsonStyle { ascii: true, ..base },
-        JsonStyle { ascii: true, upper: true, ..base },
+        JsonStyle {
+            upper: true,
+            ..base
+        },
+        JsonStyle {
+            slash: true,
+            ..base
+        },
+        JsonStyle {
+            ascii: true,
+            ..base
+        },
+        JsonStyle {
+            ascii: true,
+            upper: true,
+            ..base
+        },
         JsonStyle { html: true, ..base },
     ] {
         if let Some(form) = json_escape(value, style) {
@@ -191,7 +227,11 @@ fn json_forms(value: &[u8], out: &mut Vec<Form>) {
 fn json_escape(value: &[u8], style: JsonStyle) -> Option<Form> {
     // Worst case: `\u00XX` (6 bytes) for one byte, `\uXXXX\uXXXX` for four.
     let mut buf = Zeroizing::new(Vec::with_capacity(value.len() * 6));
-    let digits: &[u8; 16] = if style.upper { b"0123456789ABCDEF" } else { b"0123456789abcdef" };
+    let digits: &[u8; 16] = if style.upper {
+        b"0123456789ABCDEF"
+    } else {
+        b"0123456789abcdef"
+    };
     let mut unit = |buf: &mut Vec<u8>, u: u16| {
         buf.extend_from_slice(b"\\u");
         for shift in [12u16, 8, 4, 0] {

@@ -20,17 +20,23 @@
 //!
 //! # How
 //! Every pattern is at least 8 bytes long, so a sampling q-gram prefilter
-//! (see `prefilter.rs`) finds the rare positions where one may start, and an
-//! anchored leftmost-longest Aho-Corasick automaton confirms the longest
-//! pattern starting there. The masked regions are the *union* of all
-//! occurrence intervals, so when two occurrences overlap, or one value is part
-//! of another, no piece of either is left on either side of a mask. A region
-//! made of several variables' occurrences is replaced by one label per
-//! variable (`[masked:A][masked:B]`). aho-corasick's own stream search only
-//! supports `MatchKind::Standard`, which leaks (values `abc…`, `abcdef…`: it
-//! stops at the first), so the masker drives the automaton itself over its
-//! held-back tail plus each new chunk. It holds back at most
-//! (longest pattern − 1) bytes, whatever the output size.
+//! (`prefilter.rs`: one 4-byte hash lookup every 5 bytes) finds the rare
+//! positions where one may start, and the pattern table (`patterns.rs`:
+//! patterns grouped by their first 8 bytes, longest first) confirms the
+//! longest pattern starting there by exact comparison. The masked regions are
+//! the *union* of all occurrence intervals, so when two occurrences overlap,
+//! or one value is part of another, no piece of either is left on either side
+//! of a mask. A region made of several variables' occurrences is replaced by
+//! one label per variable (`[masked:A][masked:B]`), and counts once for each.
+//!
+//! This is why the engine does not use aho-corasick's stream search: it
+//! supports only `MatchKind::Standard`, which leaks (values `abc…` and
+//! `abcdef…`: it reports the first and lets the rest through). The masker
+//! drives its own search over its held-back tail plus each new chunk, and
+//! holds back at most (longest pattern − 1) bytes, whatever the output size.
+//! (An anchored leftmost-longest aho-corasick automaton was the first
+//! verifier; its build took ~300 ms for 1,000 realistic values, six times the
+//! budget, while the sorted table builds in a few milliseconds.)
 //!
 //! # Not covered (see THREAT-MODEL.md, residual risks)
 //! Arbitrary transformations (reversal, encryption, compression), base64 that
@@ -40,11 +46,14 @@
 //! value is itself part of a mask label (`[masked:NAME]`), the label shows it.
 //!
 //! # Secret hygiene
-//! Forms are built in [`zeroize::Zeroizing`] buffers and wiped once the
-//! automaton is built; the masker's held-back tail is wiped on drop. The
-//! aho-corasick automaton's internal tables hold the patterns and cannot be
-//! zeroized: they stay in freed heap memory after the engine is dropped. The
-//! prefilter tables hold only many-to-one hashes of 8-byte pattern prefixes.
+//! Forms are built in [`zeroize::Zeroizing`] buffers; the pattern table keeps
+//! them (and its 8-byte group keys) in zeroized buffers, and the intermediate
+//! copies are wiped once it is built; the masker's held-back tail is wiped on
+//! drop. Not wiped: the prefilter tables, which hold only many-to-one hashes
+//! of 8-byte pattern prefixes (a few bits each, not the bytes); the masked
+//! output, which the caller owns; and whatever copies of the values the caller
+//! passed in. Register-sized temporaries (a `u64` key on the stack) are not
+//! scrubbed either.
 //! `Debug` shows variable names and counts only; there is no `Display` or
 //! `Serialize`.
 
@@ -52,9 +61,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, Anchored, Input, MatchKind, StartKind};
-
 mod forms;
+mod patterns;
 mod prefilter;
 mod stream;
 #[cfg(test)]
@@ -62,7 +70,7 @@ mod tests;
 
 pub use stream::Masker;
 
-use forms::Form;
+use patterns::{PatternSet, PatternTable};
 use prefilter::Prefilter;
 use stream::StreamState;
 
@@ -87,54 +95,11 @@ pub struct MaskingEngine {
     labels: Vec<Box<[u8]>>,
     /// Names of variables whose value is shorter than [`MIN_MASKABLE_LEN`].
     short: Vec<String>,
-    /// For each pattern id, the variables that have it (first one labels it).
-    pattern_vars: Vec<Box<[u32]>>,
-    /// Anchored leftmost-longest automaton; `None` when there is no pattern.
-    automaton: Option<AhoCorasick>,
+    /// Every distinct pattern, with its variables.
+    table: PatternTable,
     prefilter: Prefilter,
-    /// Length of the longest pattern.
+    /// Length of the longest pattern (0 when there is none).
     max_len: usize,
-}
-
-/// The deduplicated patterns and, for each, the variables that have it.
-pub(crate) struct PatternSet {
-    pub(crate) names: Vec<String>,
-    pub(crate) short: Vec<String>,
-    /// Sorted by bytes, no duplicates.
-    pub(crate) patterns: Vec<(Form, Vec<u32>)>,
-}
-
-impl PatternSet {
-    pub(crate) fn new<N: AsRef<str>, V: AsRef<[u8]>>(values: impl IntoIterator<Item = (N, V)>) -> PatternSet {
-        let mut names = Vec::new();
-        let mut short = Vec::new();
-        let mut all: Vec<(Form, u32)> = Vec::new();
-        let mut forms = Vec::new();
-        for (name, value) in values {
-            let (name, value) = (name.as_ref(), value.as_ref());
-            let var = u32::try_from(names.len()).unwrap_or(u32::MAX);
-            names.push(name.to_owned());
-            if value.len() < MIN_MASKABLE_LEN {
-                short.push(name.to_owned());
-                continue;
-            }
-            forms::all_forms(value, &mut forms);
-            all.extend(forms.drain(..).map(|f| (f, var)));
-        }
-        all.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
-        let mut patterns: Vec<(Form, Vec<u32>)> = Vec::new();
-        for (form, var) in all {
-            match patterns.last_mut() {
-                Some((last, vars)) if *last == form => {
-                    if !vars.contains(&var) {
-                        vars.push(var);
-                    }
-                }
-                _ => patterns.push((form, vec![var])),
-            }
-        }
-        PatternSet { names, short, patterns }
-    }
 }
 
 impl MaskingEngine {
@@ -142,32 +107,27 @@ impl MaskingEngine {
     ///
     /// Values shorter than [`MIN_MASKABLE_LEN`] are not masked; their names
     /// are listed by [`MaskingEngine::unmasked_short`] so the caller can warn.
-    pub fn new<N: AsRef<str>, V: AsRef<[u8]>>(values: impl IntoIterator<Item = (N, V)>) -> MaskingEngine {
+    pub fn new<N: AsRef<str>, V: AsRef<[u8]>>(
+        values: impl IntoIterator<Item = (N, V)>,
+    ) -> MaskingEngine {
         let set = PatternSet::new(values);
-        let labels = set.names.iter().map(|n| format!("[masked:{n}]").into_bytes().into_boxed_slice()).collect();
-        let max_len = set.patterns.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
-        let prefilter = Prefilter::new(set.patterns.iter().map(|(p, _)| p.as_slice()));
-        let automaton = if set.patterns.is_empty() {
-            None
-        } else {
-            // Only anchored searches: the prefilter finds the start positions.
-            // Building cannot fail for patterns this short (the limits are
-            // on state ids, far beyond a lease's values); if it ever did,
-            // fall back to a slower kind rather than to no masking at all.
-            let build = |kind| {
-                AhoCorasick::builder()
-                    .match_kind(MatchKind::LeftmostLongest)
-                    .start_kind(StartKind::Anchored)
-                    .kind(kind)
-                    .build(set.patterns.iter().map(|(p, _)| p.as_slice()))
-            };
-            build(None)
-                .or_else(|_| build(Some(aho_corasick::AhoCorasickKind::NoncontiguousNFA)))
-                .ok()
-        };
-        let pattern_vars = set.patterns.iter().map(|(_, v)| v.clone().into_boxed_slice()).collect();
-        // `set.patterns` (the forms) are zeroized as `set` drops here.
-        MaskingEngine { names: set.names, labels, short: set.short, pattern_vars, automaton, prefilter, max_len }
+        let labels = set
+            .names
+            .iter()
+            .map(|n| format!("[masked:{n}]").into_bytes().into_boxed_slice())
+            .collect();
+        let table = PatternTable::new(&set);
+        let prefilter = Prefilter::new(table.iter());
+        let max_len = table.max_len();
+        // The forms in `set` are zeroized as it drops here.
+        MaskingEngine {
+            names: set.names,
+            labels,
+            short: set.short,
+            table,
+            prefilter,
+            max_len,
+        }
     }
 
     /// A new masker for one output stream.
@@ -183,7 +143,7 @@ impl MaskingEngine {
 
     /// Number of distinct patterns (all forms of all values).
     pub fn pattern_count(&self) -> usize {
-        self.pattern_vars.len()
+        self.table.len()
     }
 
     /// Length of the longest pattern; a masker holds back at most one byte
@@ -206,34 +166,23 @@ impl MaskingEngine {
     pub fn find_variables(&self, haystack: &[u8]) -> BTreeSet<String> {
         let mut seen = vec![false; self.names.len()];
         self.prefilter.candidates(haystack, 0, haystack.len(), |p| {
-            // Every pattern starting at `p`: the longest, then the longest
-            // that ends before it, and so on.
-            let mut end = haystack.len().min(p + self.max_len);
-            while let Some((len, pattern)) = self.longest_at(&haystack[..end], p) {
-                for &v in self.pattern_vars[pattern].iter() {
+            self.table.all_at(haystack, p, |pattern| {
+                for &v in self.table.vars(pattern) {
                     seen[v as usize] = true;
                 }
-                end = p + len - 1;
-            }
+            });
         });
-        self.names.iter().zip(seen).filter(|(_, s)| *s).map(|(n, _)| n.clone()).collect()
-    }
-
-    /// The longest pattern starting at `hay[p]` that ends within `hay` (which
-    /// need not extend more than `max_len` bytes past `p`): `(length, id)`.
-    #[inline]
-    fn longest_at(&self, hay: &[u8], p: usize) -> Option<(usize, usize)> {
-        let end = hay.len().min(p + self.max_len);
-        let input = Input::new(&hay[..end]).span(p..end).anchored(Anchored::Yes);
-        // The automaton is built for anchored searches, the only error kind
-        // `try_find` can report, so an error cannot happen here.
-        let m = self.automaton.as_ref()?.try_find(input).ok()??;
-        Some((m.len(), m.pattern().as_usize()))
+        self.names
+            .iter()
+            .zip(seen)
+            .filter(|(_, s)| *s)
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// The variable whose label a pattern gets.
     fn label_var(&self, pattern: usize) -> u32 {
-        self.pattern_vars[pattern].first().copied().unwrap_or(0)
+        self.table.vars(pattern).first().copied().unwrap_or(0)
     }
 }
 
@@ -242,7 +191,7 @@ impl fmt::Debug for MaskingEngine {
         f.debug_struct("MaskingEngine")
             .field("variables", &self.names)
             .field("unmasked_short", &self.short)
-            .field("patterns", &self.pattern_vars.len())
+            .field("patterns", &self.table.len())
             .field("longest_pattern_len", &self.max_len)
             .field("prefilter_bytes", &self.prefilter.heap_bytes())
             .finish_non_exhaustive()

@@ -1,5 +1,5 @@
 //! A sampling q-gram prefilter: finds the few positions where a pattern may
-//! start, so the automaton only runs (anchored) there.
+//! start, so the exact comparison only runs there.
 //!
 //! Every pattern is at least [`MIN_MASKABLE_LEN`] = 8 bytes long, so an
 //! occurrence starting at `p` covers `p..p + 8`, and that range contains the
@@ -8,7 +8,7 @@
 //! by a hash of the 4-gram holds a bit for each offset `j` (0–4) at which some
 //! pattern's first 8 bytes contain that 4-gram, and each set bit names the
 //! candidate start `w - j`. A candidate then passes a second filter, a bitset
-//! over a hash of its 8-byte prefix, before the automaton confirms it.
+//! over a hash of its 8-byte prefix, before the pattern table confirms it.
 //!
 //! Both tables hold hashes of pattern prefixes, never the bytes themselves;
 //! they are many-to-one, so a false positive only costs a verification.
@@ -68,14 +68,25 @@ impl Prefilter {
             let h = prefix_hash(u64::from_le_bytes(*head), prefix_shift);
             prefixes[h / 64] |= 1 << (h % 64);
         }
-        Prefilter { grams, gram_shift, prefixes, prefix_shift }
+        Prefilter {
+            grams,
+            gram_shift,
+            prefixes,
+            prefix_shift,
+        }
     }
 
     /// Calls `found(p)`, in increasing order, for every `p` in `from..to` with
     /// `p + 8 <= hay.len()` at which a pattern may start. Every `p` at which a
     /// pattern does start is reported.
     #[inline]
-    pub(crate) fn candidates(&self, hay: &[u8], from: usize, to: usize, mut found: impl FnMut(usize)) {
+    pub(crate) fn candidates(
+        &self,
+        hay: &[u8],
+        from: usize,
+        to: usize,
+        mut found: impl FnMut(usize),
+    ) {
         let to = to.min((hay.len() + 1).saturating_sub(MIN_MASKABLE_LEN));
         if from >= to {
             return;
@@ -109,7 +120,15 @@ impl Prefilter {
 
     /// The second-level check for the candidates named by window `w`.
     #[inline(never)]
-    fn expand(&self, hay: &[u8], w: usize, m: u8, from: usize, to: usize, found: &mut impl FnMut(usize)) {
+    fn expand(
+        &self,
+        hay: &[u8],
+        w: usize,
+        m: u8,
+        from: usize,
+        to: usize,
+        found: &mut impl FnMut(usize),
+    ) {
         for j in (0..STRIDE).rev() {
             if m & (1 << j) == 0 {
                 continue;
@@ -118,7 +137,10 @@ impl Prefilter {
             if p < from || p >= to {
                 continue;
             }
-            let Some(head) = hay.get(p..).and_then(|s| s.first_chunk::<MIN_MASKABLE_LEN>()) else {
+            let Some(head) = hay
+                .get(p..)
+                .and_then(|s| s.first_chunk::<MIN_MASKABLE_LEN>())
+            else {
                 continue;
             };
             let h = prefix_hash(u64::from_le_bytes(*head), self.prefix_shift);

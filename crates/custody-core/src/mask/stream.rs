@@ -118,7 +118,7 @@ impl StreamState {
     }
 
     pub(super) fn push(&mut self, engine: &MaskingEngine, chunk: &[u8], out: &mut Vec<u8>) {
-        if engine.automaton.is_none() {
+        if engine.max_len == 0 {
             out.extend_from_slice(chunk);
             return;
         }
@@ -166,9 +166,16 @@ impl StreamState {
     /// `base`, which is the first unevaluated start) and emits every byte
     /// before `base + to` that is decided. `buf` must extend `max_len − 1`
     /// bytes past `to`, or to the end of the stream.
-    fn pass(&mut self, engine: &MaskingEngine, buf: &[u8], base: u64, to: usize, out: &mut Vec<u8>) {
+    fn pass(
+        &mut self,
+        engine: &MaskingEngine,
+        buf: &[u8],
+        base: u64,
+        to: usize,
+        out: &mut Vec<u8>,
+    ) {
         engine.prefilter.candidates(buf, 0, to, |p| {
-            if let Some((len, pattern)) = engine.longest_at(buf, p) {
+            if let Some((len, pattern)) = engine.table.longest_at(buf, p) {
                 self.on_match(engine, buf, base, p, len, pattern, out);
             }
         });

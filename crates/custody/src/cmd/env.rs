@@ -44,7 +44,7 @@ pub fn run(g: &Global, secrets: &mut SecretInput, c: EnvCommand) -> anyhow::Resu
     match c {
         EnvCommand::Create { name, description } => {
             let name = env_name(&name)?;
-            let mut vault = access::open_vault(g, secrets)?;
+            let mut vault = access::open(g, secrets)?;
             vault.create_environment(&name, &description)?;
             if g.json {
                 output::json(&json!({ "created": name.as_str() }))?;
@@ -53,7 +53,7 @@ pub fn run(g: &Global, secrets: &mut SecretInput, c: EnvCommand) -> anyhow::Resu
             }
         }
         EnvCommand::Ls => {
-            let vault = access::open_vault(g, secrets)?;
+            let mut vault = access::open(g, secrets)?;
             let envs = vault.environments()?;
             if g.json {
                 output::json(&envs)?;
@@ -77,7 +77,7 @@ pub fn run(g: &Global, secrets: &mut SecretInput, c: EnvCommand) -> anyhow::Resu
         }
         EnvCommand::Rm { name, yes } => {
             let name = env_name(&name)?;
-            let mut vault = access::open_vault(g, secrets)?;
+            let mut vault = access::open(g, secrets)?;
             let info = vault.environment(&name)?;
             if !yes {
                 if !input::has_tty() {
@@ -102,7 +102,7 @@ pub fn run(g: &Global, secrets: &mut SecretInput, c: EnvCommand) -> anyhow::Resu
         }
         EnvCommand::Describe { name, description } => {
             let name = env_name(&name)?;
-            let mut vault = access::open_vault(g, secrets)?;
+            let mut vault = access::open(g, secrets)?;
             if let Some(d) = description {
                 vault.describe_environment(&name, &d)?;
                 if !g.json {

@@ -54,14 +54,16 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: GenerateArgs) -> anyhow::Re
     let env = env_name(&a.env)?;
     let var = var_name(&a.var)?;
     let alphabet = Alphabet::from(a.alphabet);
-    // Check the length before asking for the passphrase.
-    let value = generate::random_value(a.length, alphabet)?;
-    let mut vault = access::open_vault(g, secrets)?;
+    if !(generate::MIN_LENGTH..=generate::MAX_LENGTH).contains(&a.length) {
+        // Say so before asking for the passphrase.
+        return Err(generate::GenerateError::Length(a.length).into());
+    }
+    let mut vault = access::open(g, secrets)?;
     let update = VariableUpdate {
         description: a.description,
         kind: a.kind.map(Into::into),
     };
-    let created = vault.set_variable(&env, &var, &value, &update)?;
+    let created = vault.generate(&env, &var, a.length, alphabet, &update)?;
     if g.json {
         output::json(&json!({
             "environment": env.as_str(),

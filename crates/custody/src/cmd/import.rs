@@ -7,18 +7,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use custody_core::dotenv;
-use secrecy::ExposeSecret;
-use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::{Global, env_name};
 use crate::access;
 use crate::input::SecretInput;
 use crate::output;
-
-/// Variables per transaction: an interrupted import keeps a prefix of the
-/// file, and each commit's fsync is shared by this many variables.
-const BATCH: usize = 100;
 
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {
@@ -35,66 +29,39 @@ pub struct ImportArgs {
 pub fn run(g: &Global, secrets: &mut SecretInput, a: ImportArgs) -> anyhow::Result<ExitCode> {
     let env = env_name(&a.env)?;
     let text = read_bounded(&a.file)?;
-    let parsed = dotenv::parse(&text);
-
-    let mut vault = access::open_vault(g, secrets)?;
-    let created_env = match vault.environment(&env) {
-        Ok(_) => false,
-        Err(custody_core::vault::VaultError::NoSuchEnvironment(_)) => {
-            vault.create_environment(&env, "")?;
-            true
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let total = parsed.entries.len();
+    let mut backend = access::open(g, secrets)?;
     let tty = std::io::stderr().is_terminal();
-    let report = vault.import(
-        &env,
-        parsed
-            .entries
-            .iter()
-            .map(|e| (&e.name, e.value.expose_secret())),
-        BATCH,
-        |done| {
-            if tty {
-                eprint!("\rimporting into {env}: {done}/{total}");
-            }
-        },
-    )?;
-    if tty && total > 0 {
+    let outcome = backend.import(&env, &text, &mut |done, total| {
+        if tty {
+            eprint!("\rimporting into {env}: {done}/{total}");
+        }
+    })?;
+    drop(text);
+    if tty {
         eprintln!();
     }
-
-    let skipped: Vec<_> = parsed
-        .skipped
-        .iter()
-        .map(|s| json!({ "line": s.line, "reason": s.reason.to_string() }))
-        .collect();
+    let report = outcome.report;
     let mut shredded = false;
     if a.shred {
-        if parsed.skipped.is_empty() {
+        if outcome.skipped.is_empty() {
             shred(&a.file)?;
             shredded = true;
         } else {
             eprintln!(
                 "warning: not shredding {}: {} line(s) were skipped and may hold secrets; fix them and import again, or remove the file yourself",
                 a.file.display(),
-                parsed.skipped.len()
+                outcome.skipped.len()
             );
         }
     }
     if g.json {
-        output::json(&json!({
-            "environment": env.as_str(),
-            "environment_created": created_env,
-            "imported": report.created + report.updated,
-            "created": report.created,
-            "updated": report.updated,
-            "skipped": skipped,
-            "shredded": shredded,
-        }))?;
+        let mut v = serde_json::to_value(&outcome)?;
+        v["environment"] = env.as_str().into();
+        v["imported"] = (report.created + report.updated).into();
+        v["shredded"] = shredded.into();
+        output::json(&v)?;
     } else {
-        if created_env {
+        if outcome.environment_created {
             println!("Created environment {env}");
         }
         println!(
@@ -102,9 +69,9 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: ImportArgs) -> anyhow::Resu
             report.created + report.updated,
             report.created,
             report.updated,
-            parsed.skipped.len()
+            outcome.skipped.len()
         );
-        for s in &parsed.skipped {
+        for s in &outcome.skipped {
             println!("  skipped line {}: {}", s.line, s.reason);
         }
         if shredded {

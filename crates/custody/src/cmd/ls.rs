@@ -26,7 +26,7 @@ struct Row {
 
 pub fn run(g: &Global, secrets: &mut SecretInput, a: LsArgs) -> anyhow::Result<ExitCode> {
     let only = a.env.as_deref().map(env_name).transpose()?;
-    let vault = access::open_vault(g, secrets)?;
+    let mut vault = access::open(g, secrets)?;
     let envs = match only {
         Some(e) => vec![e],
         None => vault

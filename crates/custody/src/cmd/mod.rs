@@ -1,12 +1,18 @@
 //! The subcommands: one file each, dispatched from [`Command`].
 
+mod approve;
+mod audit;
+mod daemon;
 mod env;
 mod generate;
+mod grants;
 mod import;
 mod init;
 mod ls;
 mod passwd;
+mod run;
 mod set;
+mod unlock;
 mod unset;
 
 use std::process::ExitCode;
@@ -58,6 +64,28 @@ pub enum Command {
     Ls(ls::LsArgs),
     /// Import a dotenv file into an environment.
     Import(import::ImportArgs),
+    /// Run the broker in the foreground.
+    Daemon(daemon::DaemonArgs),
+    /// Unlock the vault in the broker (starting the broker if needed).
+    Unlock(unlock::UnlockArgs),
+    /// Lock: forget the key, kill every lease, cancel pending requests.
+    Lock(unlock::LockArgs),
+    /// Broker state: locked or not, sessions, requests, grants, leases.
+    Status(unlock::StatusArgs),
+    /// Run a command with an environment's secrets injected (after approval).
+    Run(run::RunArgs),
+    /// Approve pending requests (interactive queue, or one by id).
+    Approve(approve::ApproveArgs),
+    /// Deny a pending request.
+    Deny(approve::DenyArgs),
+    /// Grants in force.
+    Grants(grants::GrantsArgs),
+    /// Running leases.
+    Leases(grants::LeasesArgs),
+    /// Revoke a grant or lease (or --all): running processes are killed.
+    Revoke(grants::RevokeArgs),
+    /// Read or verify the audit log.
+    Audit(audit::AuditArgs),
 }
 
 /// Runs the parsed command line.
@@ -73,6 +101,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Unset(a) => unset::run(g, &mut secrets, a),
         Command::Ls(a) => ls::run(g, &mut secrets, a),
         Command::Import(a) => import::run(g, &mut secrets, a),
+        Command::Daemon(a) => daemon::run(g, &mut secrets, a),
+        Command::Unlock(a) => unlock::unlock(g, &mut secrets, a),
+        Command::Lock(a) => unlock::lock(g, &mut secrets, a),
+        Command::Status(a) => unlock::status(g, &mut secrets, a),
+        Command::Run(a) => run::run(g, &mut secrets, a),
+        Command::Approve(a) => approve::approve(g, &mut secrets, a),
+        Command::Deny(a) => approve::deny(g, &mut secrets, a),
+        Command::Grants(a) => grants::grants(g, &mut secrets, a),
+        Command::Leases(a) => grants::leases(g, &mut secrets, a),
+        Command::Revoke(a) => grants::revoke(g, &mut secrets, a),
+        Command::Audit(a) => audit::run(g, &mut secrets, a),
     }
 }
 
@@ -102,4 +141,23 @@ impl From<KindArg> for custody_core::vault::VarKind {
             KindArg::File => custody_core::vault::VarKind::File,
         }
     }
+}
+
+/// An argv as one shell-like line for display (quoted where needed).
+pub fn argv_line(argv: &serde_json::Value) -> String {
+    argv.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .map(|s| {
+                    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+                        s.to_owned()
+                    } else {
+                        format!("'{}'", s.replace('\'', "'\\''"))
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
 }

@@ -32,7 +32,7 @@ pub struct SetArgs {
 pub fn run(g: &Global, secrets: &mut SecretInput, a: SetArgs) -> anyhow::Result<ExitCode> {
     let env = env_name(&a.env)?;
     let var = var_name(&a.var)?;
-    let mut vault = access::open_vault(g, secrets)?;
+    let mut vault = access::open(g, secrets)?;
     // Fail on a missing environment before asking for the value.
     vault.environment(&env)?;
     let value = read_value(

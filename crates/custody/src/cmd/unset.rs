@@ -20,7 +20,7 @@ pub struct UnsetArgs {
 pub fn run(g: &Global, secrets: &mut SecretInput, a: UnsetArgs) -> anyhow::Result<ExitCode> {
     let env = env_name(&a.env)?;
     let var = var_name(&a.var)?;
-    let mut vault = access::open_vault(g, secrets)?;
+    let mut vault = access::open(g, secrets)?;
     vault.unset_variable(&env, &var)?;
     if g.json {
         output::json(&json!({ "environment": env.as_str(), "removed": var.as_str() }))?;

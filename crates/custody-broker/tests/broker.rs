@@ -1,0 +1,1046 @@
+//! Integration tests of the broker: a real broker on a temporary socket,
+//! driven through the blocking client. Each test tries to break one of the
+//! guarantees of THREAT-MODEL.md (G1–G8) or an acceptance point of the
+//! approval flow.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::*;
+use custody_broker::protocol::{
+    self, ApprovalScope, Event, FrameError, PROTOCOL_VERSION, Request, RevokeTarget, RunSpec,
+};
+use custody_core::audit::{self, AuditEvent, DenialReason, LeaseEndReason, LockReason};
+use serde_json::{Value, json};
+
+/// 32 bytes: long enough for every encoded form to be masked.
+const SECRET: &[u8] = b"s3cr3t-VALUE_0123456789abcdefXYZ";
+
+/// The forms of a value that must never leave the broker (G1).
+fn leak_forms(value: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let lower: String = value.iter().map(|b| format!("{b:02x}")).collect();
+    vec![
+        ("raw", value.to_vec()),
+        ("base64", STANDARD.encode(value).into_bytes()),
+        (
+            "base64 unpadded",
+            STANDARD_NO_PAD.encode(value).into_bytes(),
+        ),
+        ("base64url", URL_SAFE_NO_PAD.encode(value).into_bytes()),
+        ("hex", lower.clone().into_bytes()),
+        ("HEX", lower.to_uppercase().into_bytes()),
+    ]
+}
+
+fn assert_no_leak(what: &str, hay: &[u8], value: &[u8]) {
+    for (form, bytes) in leak_forms(value) {
+        assert!(
+            !contains(hay, &bytes),
+            "{what} contains the secret ({form} form): {}",
+            String::from_utf8_lossy(hay)
+        );
+    }
+}
+
+fn occurrences(hay: &[u8], needle: &[u8]) -> usize {
+    hay.windows(needle.len()).filter(|w| *w == needle).count()
+}
+
+/// An unlocked broker with environment `dev` holding `SECRET`.
+fn broker_with_secret() -> TestBroker {
+    let b = TestBroker::unlocked();
+    b.env_create("dev");
+    b.set("dev", "SECRET", SECRET);
+    b
+}
+
+fn finished(res: Result<Value, custody_broker::ClientError>) -> Value {
+    let v = res.unwrap_or_else(|e| panic!("run failed: {e}"));
+    assert_eq!(v["status"], "finished", "{v}");
+    v
+}
+
+fn has_pending_event(events: &[Event]) -> bool {
+    events.iter().any(|e| matches!(e, Event::Pending { .. }))
+}
+
+// ----- G1: masking -------------------------------------------------------
+
+#[test]
+fn g1_env_base64_and_hex_of_a_secret_are_masked_in_stream_and_result() {
+    let b = broker_with_secret();
+    let mut spec = b.spec(
+        &[
+            "sh",
+            "-c",
+            r#"env; printf %s "$SECRET" | base64; printf %s "$SECRET" | od -An -tx1 | tr -d " \n""#,
+        ],
+        &["dev"],
+    );
+    spec.capture_limit = Some(64 * 1024);
+    let (events, res) = b.run_approved(spec);
+    let v = finished(res);
+    assert_eq!(v["exit_code"], 0, "{v}");
+
+    let out = stream_output(&events, "stdout");
+    assert!(
+        contains(&out, b"SECRET=[masked:SECRET]"),
+        "env output not masked as expected: {}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(
+        occurrences(&out, b"[masked:SECRET]") >= 3,
+        "value, base64 and hex must each be masked: {}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_no_leak("streamed stdout", &out, SECRET);
+    assert_no_leak("streamed stderr", &stream_output(&events, "stderr"), SECRET);
+
+    let result = serde_json::to_vec(&v).unwrap();
+    assert_no_leak("final result", &result, SECRET);
+    let captured = v["stdout"].as_str().expect("captured stdout").as_bytes();
+    assert!(occurrences(captured, b"[masked:SECRET]") >= 3, "{v}");
+    assert!(v["mask_counts"]["SECRET"].as_u64().unwrap() >= 3, "{v}");
+}
+
+#[test]
+fn g1_value_split_across_two_writes_is_masked() {
+    let b = broker_with_secret();
+    assert_eq!(SECRET.len(), 32);
+    // First 16 bytes, a pause (so they arrive in separate reads), last 16.
+    let mut spec = b.spec(
+        &[
+            "sh",
+            "-c",
+            r#"printf "%s" "${SECRET%????????????????}"; sleep 0.1; printf "%s\n" "${SECRET#????????????????}""#,
+        ],
+        &["dev"],
+    );
+    spec.capture_limit = Some(4096);
+    let (events, res) = b.run_approved(spec);
+    let v = finished(res);
+    let out = stream_output(&events, "stdout");
+    assert_eq!(String::from_utf8_lossy(&out), "[masked:SECRET]\n");
+    assert_eq!(v["stdout"], "[masked:SECRET]\n", "{v}");
+    assert_no_leak("result", &serde_json::to_vec(&v).unwrap(), SECRET);
+}
+
+// ----- approvals -----------------------------------------------------------
+
+#[test]
+fn approval_needs_the_right_pin_and_once_means_once() {
+    let b = broker_with_secret();
+    let spec = b.spec(&["sh", "-c", "echo ran"], &["dev"]);
+    let h = b.start_run(spec.clone());
+    let id = h.wait_pending();
+
+    // No PIN (no secret frame): refused, still pending.
+    let r = b.client().call(Request::Approve {
+        request_id: id.clone(),
+        scope: ApprovalScope::Once,
+    });
+    assert_eq!(code(&r), "bad_request");
+    assert_eq!(b.request_status(&id)["status"], "pending");
+
+    // Wrong PIN: wrong_pin, still pending, counted.
+    let r = b.approve(&id, ApprovalScope::Once, WRONG_PIN);
+    assert_eq!(code(&r), "wrong_pin");
+    assert_eq!(b.request_status(&id)["status"], "pending");
+    assert_eq!(b.status()["pin_failures"], 1);
+    assert!(
+        h.try_join(Duration::from_millis(200)).is_none(),
+        "ran without approval"
+    );
+
+    // Right PIN, once: the run happens.
+    let ok = b.approve(&id, ApprovalScope::Once, PIN).expect("approve");
+    assert!(ok["grant_id"].as_str().is_some(), "{ok}");
+    let (events, res) = h.join();
+    let v = finished(res);
+    assert_eq!(v["exit_code"], 0, "{v}");
+    assert_eq!(stream_output(&events, "stdout"), b"ran\n");
+    assert_eq!(b.request_status(&id)["status"], "approved");
+    assert_eq!(
+        b.status()["pin_failures"],
+        0,
+        "a right PIN resets the count"
+    );
+
+    // Once means once: the grant is spent, the same command asks again.
+    let grants = b.client().call(Request::Grants).unwrap();
+    assert_eq!(grants, json!([]), "a once-grant must be spent");
+    let mut again = spec;
+    again.wait_secs = Some(1);
+    let (events, res) = b.run(again);
+    let v = res.unwrap();
+    assert_eq!(v["status"], "pending", "{v}");
+    assert_ne!(v["request_id"], json!(id));
+    assert!(has_pending_event(&events));
+}
+
+#[test]
+fn five_wrong_pins_lock_the_vault_and_are_audited() {
+    let b = broker_with_secret();
+    let h = b.start_run(b.spec(&["true"], &["dev"]));
+    let id = h.wait_pending();
+    for attempt in 1..=4 {
+        let r = b.approve(&id, ApprovalScope::Once, WRONG_PIN);
+        assert_eq!(code(&r), "wrong_pin", "attempt {attempt}");
+        assert_eq!(b.request_status(&id)["status"], "pending");
+    }
+    let r = b.approve(&id, ApprovalScope::Once, WRONG_PIN);
+    assert_eq!(code(&r), "locked", "the fifth wrong PIN locks");
+    assert_eq!(b.status()["locked"], true);
+    // The waiting run learns the vault was locked; it never ran.
+    let (events, res) = h.join();
+    assert_eq!(code(&res), "locked");
+    assert!(!events.iter().any(|e| matches!(e, Event::Started { .. })));
+    // Even the right PIN does nothing now.
+    assert_eq!(code(&b.approve(&id, ApprovalScope::Once, PIN)), "locked");
+
+    b.unlock();
+    let records = b.audit_records();
+    assert_eq!(
+        pin_failures(&records),
+        vec![(1, false), (2, false), (3, false), (4, false), (5, true)]
+    );
+    assert!(
+        records.iter().any(|r| r.event
+            == AuditEvent::Lock {
+                reason: LockReason::PinLockout
+            }),
+        "no pin_lockout lock record"
+    );
+    assert!(!records.iter().any(|r| r.event.kind() == "approval"));
+    assert_eq!(b.audit_verify()["intact"], true);
+}
+
+#[test]
+fn deny_fails_the_waiting_run_with_denied() {
+    let b = broker_with_secret();
+    let h = b.start_run(b.spec(&["true"], &["dev"]));
+    let id = h.wait_pending();
+    b.client()
+        .call(Request::Deny {
+            request_id: id.clone(),
+        })
+        .expect("deny");
+    let (events, res) = h.join();
+    assert_eq!(code(&res), "denied");
+    assert!(!events.iter().any(|e| matches!(e, Event::Started { .. })));
+    let st = b.request_status(&id);
+    assert_eq!(st["status"], "denied", "{st}");
+    assert_eq!(st["reason"], "human", "{st}");
+    // Decided is decided: a late approval finds nothing.
+    assert_eq!(code(&b.approve(&id, ApprovalScope::Once, PIN)), "not_found");
+}
+
+// ----- G3: the agent cannot approve its own request ----------------------------
+
+#[test]
+fn g3_approvals_from_an_agent_process_tree_are_refused_and_deny_the_request() {
+    let b = broker_with_secret();
+    let ppid = real_parent_pid();
+    let mut agent = b.client();
+
+    // The broker checks the claimed parent against /proc.
+    let r = agent.call(Request::RegisterSession {
+        client_name: "codex".into(),
+        client_version: "1".into(),
+        parent_pid: ppid + 1,
+        cwd: String::new(),
+    });
+    assert_eq!(code(&r), "bad_request");
+
+    let s = agent
+        .call(Request::RegisterSession {
+            client_name: "codex".into(),
+            client_version: "1".into(),
+            parent_pid: ppid,
+            cwd: String::new(),
+        })
+        .expect("register session");
+    assert_eq!(s["agent_pid"], ppid, "{s}");
+
+    let mut spec = b.spec(&["sh", "-c", "echo agent"], &["dev"]);
+    spec.wait_secs = Some(1);
+
+    // 1. The session's own connection approves, with the right PIN.
+    let v = agent.call(Request::Run(spec.clone())).expect("run");
+    assert_eq!(v["status"], "pending", "{v}");
+    let a = v["request_id"].as_str().unwrap().to_owned();
+    let r = agent.call_with_secret(
+        Request::Approve {
+            request_id: a.clone(),
+            scope: ApprovalScope::Once,
+        },
+        PIN,
+    );
+    assert_eq!(code(&r), "forbidden");
+    let st = b.request_status(&a);
+    assert_eq!(st["status"], "denied", "{st}");
+    assert_eq!(st["reason"], "approver_is_agent", "{st}");
+
+    // 2. Another connection of the same (agent) process approves.
+    let v = agent.call(Request::Run(spec.clone())).expect("run");
+    assert_eq!(v["status"], "pending", "{v}");
+    let c = v["request_id"].as_str().unwrap().to_owned();
+    assert_ne!(a, c);
+    let r = b.approve(&c, ApprovalScope::For { secs: 60 }, PIN);
+    assert_eq!(code(&r), "forbidden");
+    assert_eq!(b.request_status(&c)["status"], "denied");
+
+    // 3. A run waiting for its decision learns it was denied.
+    spec.wait_secs = None;
+    let h = b.start_run(spec);
+    let d = h.wait_pending();
+    assert_eq!(code(&b.approve(&d, ApprovalScope::Once, PIN)), "forbidden");
+    let (events, res) = h.join();
+    assert_eq!(code(&res), "denied");
+    assert!(!events.iter().any(|e| matches!(e, Event::Started { .. })));
+
+    // Nothing was granted; the audit log says why.
+    assert_eq!(b.client().call(Request::Grants).unwrap(), json!([]));
+    let records = b.audit_records();
+    let refused = records
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.event,
+                AuditEvent::Denial {
+                    reason: DenialReason::ApproverIsAgent,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(refused, 3);
+    assert!(!records.iter().any(|r| r.event.kind() == "approval"));
+    assert_eq!(
+        b.status()["pin_failures"],
+        0,
+        "the PIN was never even checked"
+    );
+}
+
+// ----- G4: grants cannot be widened -----------------------------------------------
+
+#[test]
+fn g4_timed_grant_covers_exactly_the_approved_argv_cwd_and_environments() {
+    let b = broker_with_secret();
+    b.set("dev", "OTHER", b"another-value-0123456789");
+    b.env_create("extra");
+    b.set("extra", "EXTRA", b"extra-value-0123456789ab");
+    let sub = format!("{}/sub", b.workdir());
+    std::fs::create_dir(&sub).unwrap();
+
+    let spec = b.spec(&["sh", "-c", "echo g4"], &["dev"]);
+    let h = b.start_run(spec.clone());
+    let id = h.wait_pending();
+    b.approve(&id, ApprovalScope::For { secs: 60 }, PIN)
+        .expect("approve for 60 s");
+    finished(h.join().1);
+
+    // The exact same request is covered, repeatedly, without asking.
+    let mut same = spec.clone();
+    same.wait_secs = Some(1);
+    for _ in 0..2 {
+        let (events, res) = b.run(same.clone());
+        let v = finished(res);
+        assert_eq!(v["exit_code"], 0, "{v}");
+        assert!(!has_pending_event(&events));
+    }
+
+    let mut variants: Vec<(&str, RunSpec)> = Vec::new();
+    let mut s = same.clone();
+    s.argv = vec!["sh".into(), "-c".into(), "echo g4; env".into()];
+    variants.push(("different argv", s));
+    let mut s = same.clone();
+    s.argv.push("extra-arg".into());
+    variants.push(("added argument", s));
+    let mut s = same.clone();
+    s.cwd = sub.clone();
+    variants.push(("different cwd", s));
+    let mut s = same.clone();
+    s.environments.push("extra".into());
+    variants.push(("added environment", s));
+    let mut s = same.clone();
+    s.only = Some(vec!["SECRET".into()]);
+    variants.push(("different variable set", s));
+
+    let mut ids = vec![id];
+    for (what, s) in variants {
+        let (events, res) = b.run(s);
+        let v = res.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(v["status"], "pending", "{what} must be a new request: {v}");
+        assert!(has_pending_event(&events), "{what}");
+        assert!(
+            !events.iter().any(|e| matches!(e, Event::Started { .. })),
+            "{what} ran under the old grant"
+        );
+        let rid = v["request_id"].as_str().unwrap().to_owned();
+        assert!(!ids.contains(&rid), "{what}: reused request id");
+        ids.push(rid);
+    }
+    let pending = b.client().call(Request::Pending).unwrap();
+    assert_eq!(pending.as_array().unwrap().len(), 5, "{pending}");
+    let grants = b.client().call(Request::Grants).unwrap();
+    let grants = grants.as_array().unwrap();
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    assert_eq!(grants[0]["argv"], json!(spec.argv));
+    assert_eq!(grants[0]["cwd"], json!(spec.cwd));
+}
+
+// ----- G5: access ends on time ---------------------------------------------------
+
+/// Starts `argv` (approved once) and returns the handle, its lease id, its
+/// process group and when it started.
+fn start_lease(
+    b: &TestBroker,
+    argv: &[&str],
+    timeout_secs: u64,
+) -> (RunHandle, String, u32, Instant) {
+    let mut spec = b.spec(argv, &["dev"]);
+    spec.timeout_secs = timeout_secs;
+    let h = b.start_run(spec);
+    let id = h.wait_pending();
+    b.approve(&id, ApprovalScope::Once, PIN).expect("approve");
+    let t0 = Instant::now();
+    let lease = h.wait_started();
+    let pgid = b.lease_pid(&lease);
+    assert!(pgid > 1);
+    (h, lease, pgid, t0)
+}
+
+/// Waits (bounded) until group `pgid` has at least `n` live members.
+fn wait_members(pgid: u32, n: usize) {
+    let until = Instant::now() + Duration::from_secs(5);
+    while live_group_members(pgid).len() < n {
+        assert!(
+            Instant::now() < until,
+            "group {pgid} never had {n} live processes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn g5_deadline_kills_the_process_and_its_grandchildren() {
+    let b = broker_with_secret();
+    for (argv, members, signal) in [
+        (&["sleep", "3600"][..], 1, 15),
+        (&["sh", "-c", "sleep 3600 & sleep 3600"][..], 3, 15),
+        // Ignores SIGTERM (and so do its children): SIGKILL after the grace.
+        (
+            &["sh", "-c", "trap '' TERM; sleep 3600 & sleep 3600"][..],
+            3,
+            9,
+        ),
+    ] {
+        let (h, lease, pgid, t0) = start_lease(&b, argv, 2);
+        wait_members(pgid, members);
+        let (_, res) = h.join();
+        let v = finished(res);
+        assert_eq!(v["reason"], "deadline", "{argv:?}: {v}");
+        assert_eq!(v["signal"], signal, "{argv:?}: {v}");
+        assert_eq!(v["lease_id"], json!(lease));
+        assert!(
+            t0.elapsed() >= Duration::from_millis(1900),
+            "{argv:?} ended before its deadline"
+        );
+        let left = wait_group_gone(pgid, t0 + Duration::from_secs(8));
+        assert!(
+            left.is_empty(),
+            "{argv:?}: processes {left:?} of group {pgid} survived"
+        );
+        assert_eq!(b.client().call(Request::Leases).unwrap(), json!([]));
+    }
+    let deadlines = b
+        .audit_records()
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.event,
+                AuditEvent::LeaseEnd {
+                    reason: LeaseEndReason::Deadline,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(deadlines, 3);
+}
+
+#[test]
+fn g5_revoke_all_kills_a_running_lease_at_once() {
+    let b = broker_with_secret();
+    let (h, lease, pgid, _) = start_lease(&b, &["sh", "-c", "sleep 3600 & sleep 3600"], 600);
+    wait_members(pgid, 3);
+    let t0 = Instant::now();
+    let v = b
+        .client()
+        .call(Request::Revoke(RevokeTarget::All))
+        .expect("revoke");
+    assert_eq!(v["revoked_leases"], json!([lease]), "{v}");
+    let (_, res) = h.join();
+    let v = finished(res);
+    assert_eq!(v["reason"], "revoked", "{v}");
+    let left = wait_group_gone(pgid, t0 + Duration::from_secs(8));
+    assert!(left.is_empty(), "processes {left:?} survived the revoke");
+    assert!(t0.elapsed() < Duration::from_secs(8));
+    assert_eq!(b.client().call(Request::Leases).unwrap(), json!([]));
+}
+
+#[test]
+fn g5_lock_kills_a_running_lease_at_once() {
+    let b = broker_with_secret();
+    lock_kills_and_audits(&b, &["sh", "-c", "sleep 3600 & sleep 3600"]);
+}
+
+/// A lease that ignores SIGTERM (and whose background child, once killed,
+/// may linger as a zombie in its group until an init reaps it) takes the
+/// longest to end: lock must still wait for it, so its end is audited.
+#[test]
+fn g5_lock_kills_a_lease_that_ignores_sigterm_and_audits_its_end() {
+    let b = TestBroker::start_with_grace(Duration::from_secs(3));
+    b.unlock();
+    b.env_create("dev");
+    b.set("dev", "SECRET", SECRET);
+    lock_kills_and_audits(&b, &["sh", "-c", "trap '' TERM; sleep 3600 & sleep 3600"]);
+}
+
+fn lock_kills_and_audits(b: &TestBroker, argv: &[&str]) {
+    let (h, _lease, pgid, _) = start_lease(b, argv, 600);
+    wait_members(pgid, 3);
+    let t0 = Instant::now();
+    let v = b.client().call(Request::Lock).expect("lock");
+    assert_eq!(v["leases_killed"], 1, "{v}");
+    let (_, res) = h.join();
+    let v = finished(res);
+    assert_eq!(v["reason"], "locked", "{v}");
+    let left = wait_group_gone(pgid, t0 + Duration::from_secs(10));
+    assert!(left.is_empty(), "processes {left:?} survived the lock");
+    assert_eq!(b.status()["locked"], true);
+    // The lease's end was audited before the key went away.
+    b.unlock();
+    let records = b.audit_records();
+    let end = records
+        .iter()
+        .position(|r| {
+            matches!(
+                r.event,
+                AuditEvent::LeaseEnd {
+                    reason: LeaseEndReason::Locked,
+                    ..
+                }
+            )
+        })
+        .expect("lease_end (locked) record");
+    let lock = records
+        .iter()
+        .position(|r| r.event.kind() == "lock")
+        .expect("lock record");
+    assert!(end < lock);
+}
+
+// ----- G6: tamper-evident history ------------------------------------------------
+
+/// The lines of a log, each with its newline.
+fn lines(log: &[u8]) -> Vec<Vec<u8>> {
+    log.split_inclusive(|&b| b == b'\n')
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+#[test]
+fn g6_audit_chain_verifies_and_names_the_first_bad_record() {
+    let mut b = broker_with_secret();
+    b.run_approved(b.spec(&["sh", "-c", "echo audited"], &["dev"]))
+        .1
+        .expect("run");
+    let h = b.start_run(b.spec(&["false"], &["dev"]));
+    let id = h.wait_pending();
+    b.client().call(Request::Deny { request_id: id }).unwrap();
+    assert_eq!(code(&h.join().1), "denied");
+    b.client().call(Request::Lock).unwrap();
+    b.unlock();
+    let v = b.audit_verify();
+    assert_eq!(v["intact"], true, "{v}");
+    b.stop();
+
+    let path = b.audit_path();
+    let (key, head) = audit_key_and_head(&b.vault_path());
+    let head = head.expect("the vault stores the audit head");
+    let report = audit::verify(&path, &key, Some(&head)).expect("intact after shutdown");
+    assert_eq!(report.records, head.seq);
+    let original = std::fs::read(&path).unwrap();
+    let lines = lines(&original);
+    let n = lines.len();
+    assert!(n >= 12, "only {n} records");
+    assert_eq!(n as u64, head.seq);
+    let k = n / 2; // seq k is lines[k - 1]
+    assert!(
+        String::from_utf8_lossy(&lines[k - 1]).starts_with(&format!("{{\"seq\":{k},")),
+        "line {k} is not seq {k}"
+    );
+
+    let check = |what: &str, bytes: Vec<u8>, want: u64| {
+        let p = b.home.join("tampered.log");
+        std::fs::write(&p, bytes).unwrap();
+        let err = audit::verify(&p, &key, Some(&head))
+            .err()
+            .unwrap_or_else(|| panic!("{what}: tampering not detected"));
+        assert_eq!(err.first_bad_seq(), Some(want), "{what}: {err}");
+    };
+
+    // One byte of record k changed (a digit of its time).
+    let mut edited = lines.clone();
+    let at = find(&edited[k - 1], b"\"time\":\"").expect("time field") + 8;
+    let byte = &mut edited[k - 1][at];
+    assert!(byte.is_ascii_digit());
+    *byte = if *byte == b'9' { b'0' } else { *byte + 1 };
+    let edited = edited.concat();
+    check("edited byte", edited.clone(), k as u64);
+
+    // Record k deleted.
+    let mut deleted = lines.clone();
+    deleted.remove(k - 1);
+    check("deleted line", deleted.concat(), k as u64);
+
+    // Truncated after record k - 1, at a line boundary and inside record k.
+    check("truncated", lines[..k - 1].concat(), k as u64);
+    let mut torn = lines[..k - 1].concat();
+    torn.extend_from_slice(&lines[k - 1][..lines[k - 1].len() / 2]);
+    check("truncated mid-record", torn, k as u64);
+
+    // Last record removed (the head in the vault catches it).
+    check("last record removed", lines[..n - 1].concat(), n as u64);
+
+    // The broker itself refuses to unlock over the edited log.
+    std::fs::write(&path, &edited).unwrap();
+    b.launch();
+    let r = b.client().call_with_secret(Request::Unlock, PASS);
+    assert_eq!(code(&r), "audit_damaged");
+    assert_eq!(b.status()["locked"], true);
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+// ----- G7 / G8: hostile input --------------------------------------------------
+
+fn raw(b: &TestBroker) -> UnixStream {
+    let s = UnixStream::connect(&b.socket).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+fn send_json(s: &mut UnixStream, v: &Value) {
+    protocol::write_frame(s, &serde_json::to_vec(v).unwrap()).expect("write frame");
+}
+
+fn recv(s: &mut UnixStream) -> Result<Value, FrameError> {
+    let f = protocol::read_frame(s)?;
+    Ok(serde_json::from_slice(&f).expect("the broker sends JSON"))
+}
+
+fn hello(s: &mut UnixStream) {
+    send_json(
+        s,
+        &json!({"id": 1, "op": "hello", "protocol": PROTOCOL_VERSION,
+                "client": {"kind": "cli", "name": "raw"}}),
+    );
+    let v = recv(s).expect("hello answer");
+    assert!(v.get("ok").is_some(), "{v}");
+}
+
+/// The connection was closed by the broker (EOF or reset), not left hanging.
+fn assert_closed(s: &mut UnixStream) {
+    match recv(s) {
+        Err(FrameError::Closed) | Err(FrameError::Io(_)) => {}
+        Err(e) => panic!("unexpected: {e}"),
+        Ok(v) => panic!("expected the connection to close, got {v}"),
+    }
+}
+
+fn still_serving(b: &TestBroker) {
+    let v = b.status();
+    assert!(v.get("locked").is_some(), "{v}");
+}
+
+#[test]
+fn g8_oversized_frame_gets_too_large_and_closes_but_the_broker_keeps_serving() {
+    let b = TestBroker::unlocked();
+    let two_mib = (2u32 << 20).to_be_bytes();
+
+    // As the first frame.
+    let mut s = raw(&b);
+    s.write_all(&two_mib).unwrap();
+    s.write_all(b"{\"id\":").unwrap();
+    let v = recv(&mut s).expect("error frame");
+    assert_eq!(v["error"]["code"], "too_large", "{v}");
+    assert_closed(&mut s);
+
+    // After hello.
+    let mut s = raw(&b);
+    hello(&mut s);
+    s.write_all(&two_mib).unwrap();
+    let v = recv(&mut s).expect("error frame");
+    assert_eq!(v["error"]["code"], "too_large", "{v}");
+    assert_eq!(v["id"], 0);
+    assert_closed(&mut s);
+
+    // Exactly one byte over the limit is too large too.
+    let mut s = raw(&b);
+    hello(&mut s);
+    s.write_all(&((protocol::MAX_FRAME + 1) as u32).to_be_bytes())
+        .unwrap();
+    assert_eq!(recv(&mut s).unwrap()["error"]["code"], "too_large");
+    assert_closed(&mut s);
+
+    still_serving(&b);
+    assert_eq!(b.audit_verify()["intact"], true);
+}
+
+#[test]
+fn g8_garbage_json_gets_bad_request_and_the_connection_goes_on() {
+    let b = TestBroker::unlocked();
+    let mut s = raw(&b);
+    hello(&mut s);
+    for garbage in [
+        &b"{not json"[..],
+        b"",
+        b"[]",
+        b"{\"id\":5,\"op\":\"no_such_op\"}",
+        b"{\"id\":\"x\",\"op\":\"status\"}",
+        b"\xff\xfe\x00garbage",
+    ] {
+        protocol::write_frame(&mut s, garbage).unwrap();
+        let v = recv(&mut s).expect("an error frame, not a closed connection");
+        assert_eq!(v["error"]["code"], "bad_request", "{v}");
+        // Never echoes the input back.
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(
+            !msg.contains("no_such_op") && !msg.contains("garbage"),
+            "{msg}"
+        );
+    }
+    // A secret frame whose length does not match.
+    send_json(
+        &mut s,
+        &json!({"id": 9, "op": "set", "env": "dev", "var": "X", "secret_len": 10}),
+    );
+    protocol::write_frame(&mut s, b"short").unwrap();
+    let v = recv(&mut s).unwrap();
+    assert_eq!(v["id"], 9);
+    assert_eq!(v["error"]["code"], "bad_request", "{v}");
+
+    // The same connection still works.
+    send_json(&mut s, &json!({"id": 6, "op": "status"}));
+    let v = recv(&mut s).unwrap();
+    assert_eq!(v["id"], 6);
+    assert_eq!(v["ok"]["locked"], false, "{v}");
+}
+
+#[test]
+fn g8_hundreds_of_random_frames_never_crash_the_broker() {
+    let b = TestBroker::unlocked();
+    b.env_create("dev");
+    let mut rng = Rng::new(0xC0FF_EE00_D15E_A5E5);
+    // Harmless requests to mutate (nothing that runs, locks or watches).
+    let seeds = [
+        r#"{"id":2,"op":"status"}"#,
+        r#"{"id":3,"op":"env_list"}"#,
+        r#"{"id":4,"op":"pending"}"#,
+        r#"{"id":5,"op":"grants"}"#,
+        r#"{"id":6,"op":"leases"}"#,
+        r#"{"id":7,"op":"request_status","request_id":"r-000000000000"}"#,
+        r#"{"id":8,"op":"deny","request_id":"r-000000000000"}"#,
+        r#"{"id":9,"op":"cancel","request_id":"r-000000000000"}"#,
+        r#"{"id":10,"op":"approve","request_id":"r-1","scope":"for","secs":18446744073709551615}"#,
+        r#"{"id":11,"op":"env_describe","name":"dev"}"#,
+        r#"{"id":12,"op":"list","env":"dev"}"#,
+        r#"{"id":13,"op":"revoke","target":"lease","id":"l-000000000000"}"#,
+        r#"{"id":14,"op":"hello","protocol":1,"client":{"kind":"x","name":"y"}}"#,
+    ];
+    let mut s = raw(&b);
+    hello(&mut s);
+    let mut answered = 0;
+    for i in 0..400 {
+        let body: Vec<u8> = match rng.below(3) {
+            0 => {
+                let n = rng.below(600) as usize;
+                rng.bytes(n)
+            }
+            1 => {
+                let mut v = seeds[rng.below(seeds.len() as u64) as usize]
+                    .as_bytes()
+                    .to_vec();
+                for _ in 0..=rng.below(4) {
+                    let at = rng.below(v.len() as u64) as usize;
+                    match rng.below(3) {
+                        0 => v[at] = rng.next() as u8,
+                        1 => v.insert(at, rng.next() as u8),
+                        _ => {
+                            v.remove(at);
+                        }
+                    }
+                }
+                v
+            }
+            _ => seeds[rng.below(seeds.len() as u64) as usize]
+                .as_bytes()
+                .to_vec(),
+        };
+        protocol::write_frame(&mut s, &body).unwrap();
+        match recv(&mut s) {
+            Ok(v) => {
+                assert!(
+                    v.get("ok").is_some() || v.get("error").is_some(),
+                    "frame {i}: {v}"
+                );
+                answered += 1;
+            }
+            Err(e) => panic!("frame {i}: the broker dropped the connection: {e}"),
+        }
+    }
+    assert_eq!(answered, 400);
+
+    // Unframed random bytes: every such connection is closed, never hangs.
+    for i in 0..60 {
+        let mut s = raw(&b);
+        if i % 2 == 0 {
+            hello(&mut s);
+        }
+        let n = 1 + rng.below(300) as usize;
+        let _ = s.write_all(&rng.bytes(n));
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut sink = Vec::new();
+        let t = Instant::now();
+        let _ = s.read_to_end(&mut sink);
+        assert!(t.elapsed() < Duration::from_secs(10), "connection {i} hung");
+    }
+
+    still_serving(&b);
+    assert_eq!(b.status()["locked"], false);
+    assert_eq!(b.audit_verify()["intact"], true);
+    assert_eq!(b.client().call(Request::Pending).unwrap(), json!([]));
+}
+
+#[test]
+fn hello_with_another_protocol_version_or_no_hello_is_refused() {
+    let b = TestBroker::start();
+    let mut s = raw(&b);
+    send_json(
+        &mut s,
+        &json!({"id": 1, "op": "hello", "protocol": PROTOCOL_VERSION + 1,
+                "client": {"kind": "cli", "name": "future"}}),
+    );
+    let v = recv(&mut s).expect("error frame");
+    assert_eq!(v["id"], 1);
+    assert_eq!(v["error"]["code"], "version", "{v}");
+    assert_closed(&mut s);
+
+    let mut s = raw(&b);
+    send_json(&mut s, &json!({"id": 1, "op": "status"}));
+    let v = recv(&mut s).expect("error frame");
+    assert_eq!(v["error"]["code"], "bad_request", "{v}");
+    assert_closed(&mut s);
+
+    // Hello twice on one connection.
+    let mut s = raw(&b);
+    hello(&mut s);
+    send_json(
+        &mut s,
+        &json!({"id": 2, "op": "hello", "protocol": PROTOCOL_VERSION,
+                "client": {"kind": "cli", "name": "again"}}),
+    );
+    assert_eq!(recv(&mut s).unwrap()["error"]["code"], "bad_request");
+    still_serving(&b);
+}
+
+#[test]
+fn g7_socket_is_private_and_other_users_are_refused() {
+    let b = TestBroker::unlocked();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&b.runtime), 0o700, "runtime dir");
+    assert_eq!(mode(&b.socket), 0o600, "socket");
+
+    if rustix::process::getuid().as_raw() != 0 {
+        eprintln!("not root: the peer-uid refusal is not exercised");
+        return;
+    }
+    // As root we can become another user on one thread (Linux credentials
+    // are per thread; the raw syscall does not sync them process-wide).
+    // Open the file modes so only the broker's own uid check stands.
+    std::fs::set_permissions(&b.runtime, std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&b.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let socket = b.socket.clone();
+    let answer = std::thread::spawn(move || {
+        rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(65534))
+            .expect("drop to uid 65534 on this thread");
+        let mut s = UnixStream::connect(&socket).expect("connect as another user");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let first = recv(&mut s);
+        let second = recv(&mut s).map(|_| ());
+        (first.expect("error frame"), second.is_err())
+    })
+    .join()
+    .unwrap();
+    let (first, closed) = answer;
+    assert_eq!(first["error"]["code"], "forbidden", "{first}");
+    assert!(closed);
+    std::fs::set_permissions(&b.runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
+    still_serving(&b);
+}
+
+// ----- load --------------------------------------------------------------------
+
+#[test]
+fn load_32_clients_x_50_preapproved_runs_are_all_audited() {
+    const CLIENTS: usize = 32;
+    const RUNS: usize = 50;
+    let b = TestBroker::unlocked();
+    b.env_create("load");
+    b.set("load", "TOKEN", b"load-token-0123456789abcdef");
+    b.write_policy(&format!(
+        r#"[[clients.cli.preapproved]]
+argv = ["true"]
+cwd = "{}"
+environments = ["load"]
+expires = "2099-12-31T00:00:00Z"
+"#,
+        b.workdir()
+    ));
+    let spec = b.spec(&["true"], &["load"]);
+
+    let t0 = Instant::now();
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let mut c = b.client();
+            let spec = spec.clone();
+            std::thread::spawn(move || {
+                for _ in 0..RUNS {
+                    let v = c
+                        .call(Request::Run(spec.clone()))
+                        .unwrap_or_else(|e| panic!("run failed under load: {e}"));
+                    assert_eq!(v["status"], "finished", "{v}");
+                    assert_eq!(v["exit_code"], 0, "{v}");
+                    assert_eq!(v["reason"], "exited", "{v}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    let elapsed = t0.elapsed();
+    let total = CLIENTS * RUNS;
+    eprintln!(
+        "load: {total} runs from {CLIENTS} clients in {:.2} s = {:.0} runs/s",
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64()
+    );
+
+    let records = b.audit_records();
+    let k = kinds(&records);
+    assert_eq!(k.get("lease_start"), Some(&total), "{k:?}");
+    assert_eq!(k.get("lease_end"), Some(&total), "{k:?}");
+    assert_eq!(k.get("request"), None, "pre-approved runs never ask: {k:?}");
+    let v = b.audit_verify();
+    assert_eq!(v["intact"], true, "{v}");
+    assert_eq!(v["records"], records.len(), "{v}");
+    assert_eq!(b.client().call(Request::Leases).unwrap(), json!([]));
+    assert!(
+        elapsed < Duration::from_secs(120),
+        "load test took {elapsed:?}"
+    );
+}
+
+// ----- output cap ------------------------------------------------------------------
+
+/// `out` is the end of `yes 0123456789abcdef | head -c …; printf END`.
+fn assert_tail_of_yes(out: &str) {
+    let body = out
+        .strip_suffix("END")
+        .unwrap_or_else(|| panic!("not the tail: …{}", &out[out.len().saturating_sub(40)..]));
+    let lines: Vec<&str> = body.split('\n').collect();
+    assert!(lines.len() > 2, "{} lines", lines.len());
+    assert!(
+        "0123456789abcdef".ends_with(lines[0]),
+        "first line {:?}",
+        lines[0]
+    );
+    assert!("0123456789abcdef".starts_with(lines[lines.len() - 1]));
+    for l in &lines[1..lines.len() - 1] {
+        assert_eq!(*l, "0123456789abcdef");
+    }
+}
+
+#[test]
+fn output_cap_keeps_the_last_mebibyte_and_says_truncated() {
+    let b = broker_with_secret();
+    let mut spec = b.spec(
+        &[
+            "sh",
+            "-c",
+            "yes 0123456789abcdef | head -c 3145728; printf END",
+        ],
+        &["dev"],
+    );
+    spec.capture_limit = Some(1 << 20);
+    let (events, res) = b.run_approved(spec);
+    let v = finished(res);
+    assert_eq!(v["exit_code"], 0);
+    assert_eq!(v["truncated"], true);
+    let out = v["stdout"].as_str().expect("captured stdout");
+    assert!(out.len() <= 1 << 20, "kept {} bytes", out.len());
+    assert!(out.len() >= 1 << 19, "kept only {} bytes", out.len());
+    assert_tail_of_yes(out);
+    // The stream itself was complete.
+    assert_eq!(stream_output(&events, "stdout").len(), 3 * (1 << 20) + 3);
+}
+
+#[test]
+fn output_cap_result_fits_one_frame_with_escaped_bytes_on_both_streams() {
+    let b = broker_with_secret();
+    // stdout: 3 MiB of text; stderr: 2 MiB of \x01, which JSON writes as
+    // \u0001 (6 bytes each): two full captures encode to ~7 MiB.
+    let mut spec = b.spec(
+        &[
+            "sh",
+            "-c",
+            "yes 0123456789abcdef | head -c 3145728; printf END; \
+             head -c 2097152 /dev/zero | tr '\\0' '\\1' >&2; printf ERR >&2",
+        ],
+        &["dev"],
+    );
+    spec.capture_limit = Some(1 << 20);
+    let (events, res) = b.run_approved(spec);
+    let v = finished(res);
+    assert_eq!(v["exit_code"], 0);
+    assert_eq!(v["truncated"], true);
+    assert!(serde_json::to_vec(&v).unwrap().len() <= protocol::MAX_FRAME);
+    let out = v["stdout"].as_str().unwrap();
+    let err = v["stderr"].as_str().unwrap();
+    assert!(out.len() <= 1 << 20 && err.len() <= 1 << 20);
+    assert_tail_of_yes(out);
+    assert!(err.ends_with("\u{1}ERR"), "stderr tail lost");
+    // Both tails kept, each with a fair share of the frame.
+    assert!(out.len() >= 1 << 18, "stdout kept only {} bytes", out.len());
+    assert!(
+        err.len() >= (1 << 18) / 6,
+        "stderr kept only {} bytes",
+        err.len()
+    );
+    assert_eq!(stream_output(&events, "stderr").len(), 2 * (1 << 20) + 3);
+}

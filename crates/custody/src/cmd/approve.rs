@@ -1,0 +1,222 @@
+//! `custody approve` and `custody deny`: the human's side of a request.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail};
+use custody_broker::protocol::{ApprovalScope, Event, Request, ServerFrame};
+use serde_json::{Value, json};
+
+use super::{Global, argv_line};
+use crate::access::{self, broker_err};
+use crate::input::{self, SecretInput};
+use crate::output;
+
+#[derive(Debug, clap::Args)]
+pub struct ApproveArgs {
+    /// The request (from `custody approve --list`); none: interactive queue.
+    id: Option<String>,
+    /// Allow this one run (the default).
+    #[arg(long, conflicts_with = "for_")]
+    once: bool,
+    /// Allow this exact command for a while, e.g. 15m.
+    #[arg(long = "for", value_name = "DURATION")]
+    for_: Option<String>,
+    /// Read the approval PIN from the first line of stdin.
+    #[arg(long)]
+    pin_stdin: bool,
+    /// List pending requests and exit.
+    #[arg(long)]
+    list: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DenyArgs {
+    /// The request.
+    id: String,
+}
+
+fn scope(a: &ApproveArgs) -> anyhow::Result<ApprovalScope> {
+    match &a.for_ {
+        None => Ok(ApprovalScope::Once),
+        Some(d) => {
+            let secs = custody_core::duration::parse(d)
+                .ok_or_else(|| anyhow!("--for '{d}' is not a duration like 15m or 1h"))?
+                .as_secs();
+            Ok(ApprovalScope::For { secs })
+        }
+    }
+}
+
+fn describe(p: &Value) -> String {
+    format!(
+        "request {}\n  from:         {}\n  command:      {}\n  in:           {}\n  environments: {}\n  variables:    {}\n  timeout:      {}s{}",
+        p["id"].as_str().unwrap_or_default(),
+        p["requester"].as_str().unwrap_or_default(),
+        argv_line(&p["argv"]),
+        p["cwd"].as_str().unwrap_or_default(),
+        list(&p["environments"]),
+        list(&p["variables"]),
+        p["timeout_secs"],
+        if p["always_approve"] == json!(true) {
+            "\n  policy:       this environment needs a fresh approval for every run"
+        } else {
+            ""
+        }
+    )
+}
+
+fn list(v: &Value) -> String {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default()
+}
+
+fn send_approval(id: &str, scope: ApprovalScope, pin: &[u8]) -> anyhow::Result<Value> {
+    let mut c = access::require_broker()?;
+    c.call_with_secret(
+        Request::Approve {
+            request_id: id.to_owned(),
+            scope,
+        },
+        pin,
+    )
+    .map_err(broker_err)
+}
+
+pub fn approve(g: &Global, secrets: &mut SecretInput, a: ApproveArgs) -> anyhow::Result<ExitCode> {
+    let mut client = access::require_broker()?;
+    if a.list {
+        let pending = client.call(Request::Pending).map_err(broker_err)?;
+        if g.json {
+            output::json(&pending)?;
+        } else if pending.as_array().is_none_or(Vec::is_empty) {
+            println!("No pending requests.");
+        } else {
+            for p in pending.as_array().into_iter().flatten() {
+                println!("{}\n", describe(p));
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(id) = a.id.clone() else {
+        drop(client);
+        return queue(g);
+    };
+    let scope = scope(&a)?;
+    let pin = if a.pin_stdin {
+        secrets.line("approval PIN")?
+    } else {
+        let pending = client.call(Request::Pending).map_err(broker_err)?;
+        if let Some(p) = pending.as_array().into_iter().flatten().find(|p| p["id"] == json!(id)) {
+            eprintln!("{}", describe(p));
+        }
+        input::prompt_hidden("Approval PIN: ", "--pin-stdin")?
+    };
+    let v = send_approval(&id, scope, &pin)?;
+    if g.json {
+        output::json(&v)?;
+    } else {
+        println!("Approved {id} (grant {})", v["grant_id"].as_str().unwrap_or_default());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn deny(g: &Global, _s: &mut SecretInput, a: DenyArgs) -> anyhow::Result<ExitCode> {
+    let mut client = access::require_broker()?;
+    let v = client
+        .call(Request::Deny { request_id: a.id.clone() })
+        .map_err(broker_err)?;
+    if g.json {
+        output::json(&v)?;
+    } else {
+        println!("Denied {}", a.id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks on the terminal about one request: once / for N / deny, then the PIN.
+fn decide_on_tty(id: &str, details: Option<&Value>) -> anyhow::Result<Option<String>> {
+    let mut tty = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty")?;
+    if let Some(p) = details {
+        writeln!(tty, "\n{}", describe(p))?;
+    } else {
+        writeln!(tty, "\nrequest {id}")?;
+    }
+    write!(tty, "Approve? [o]nce, [f]or a duration (e.g. f 15m), [d]eny, [s]kip: ")?;
+    tty.flush()?;
+    let mut answer = String::new();
+    BufReader::new(tty.try_clone()?).read_line(&mut answer)?;
+    let answer = answer.trim();
+    let scope = match answer.split_whitespace().next().unwrap_or("") {
+        "o" | "once" | "y" | "yes" => ApprovalScope::Once,
+        "f" | "for" => {
+            let d = answer.split_whitespace().nth(1).unwrap_or("15m");
+            let secs = custody_core::duration::parse(d)
+                .ok_or_else(|| anyhow!("'{d}' is not a duration like 15m"))?
+                .as_secs();
+            ApprovalScope::For { secs }
+        }
+        "d" | "deny" | "n" | "no" => {
+            let mut c = access::require_broker()?;
+            c.call(Request::Deny { request_id: id.to_owned() }).map_err(broker_err)?;
+            return Ok(Some(format!("denied {id}")));
+        }
+        _ => return Ok(None),
+    };
+    let pin = input::prompt_hidden("Approval PIN: ", "--pin-stdin")?;
+    let v = send_approval(id, scope, &pin)?;
+    Ok(Some(format!("approved {id} (grant {})", v["grant_id"].as_str().unwrap_or_default())))
+}
+
+/// Inline approval from `custody run` on a terminal.
+pub fn inline(_g: &Global, request_id: &str) -> anyhow::Result<()> {
+    let mut c = access::require_broker()?;
+    let pending = c.call(Request::Pending).map_err(broker_err)?;
+    let details = pending
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["id"] == json!(request_id))
+        .cloned();
+    match decide_on_tty(request_id, details.as_ref())? {
+        Some(msg) => eprintln!("custody: {msg}"),
+        None => eprintln!(
+            "custody: skipped; waiting for `custody approve {request_id}` from another terminal"
+        ),
+    }
+    Ok(())
+}
+
+/// The interactive queue: shows each pending request as it arrives.
+fn queue(_g: &Global) -> anyhow::Result<ExitCode> {
+    if !input::has_tty() {
+        bail!("no terminal for the interactive queue: pass a request id (see `custody approve --list --json`)");
+    }
+    let mut lister = access::require_broker()?;
+    let mut watcher = access::require_broker()?;
+    watcher.call(Request::Watch).map_err(broker_err)?;
+    eprintln!("Waiting for requests (Ctrl-C to stop)...");
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        let pending = lister.call(Request::Pending).map_err(broker_err)?;
+        for p in pending.as_array().into_iter().flatten() {
+            let id = p["id"].as_str().unwrap_or_default().to_owned();
+            if seen.insert(id.clone()) {
+                match decide_on_tty(&id, Some(p)) {
+                    Ok(Some(msg)) => eprintln!("{msg}"),
+                    Ok(None) => eprintln!("skipped {id}"),
+                    Err(e) => eprintln!("custody: {e:#}"),
+                }
+            }
+        }
+        // Block until the broker pushes something (a new request, a lease end).
+        match watcher.read().map_err(broker_err)? {
+            ServerFrame::Event { event: Event::Locked, .. } => {
+                eprintln!("The vault was locked.");
+                return Ok(ExitCode::SUCCESS);
+            }
+            _ => continue,
+        }
+    }
+}

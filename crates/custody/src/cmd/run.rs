@@ -1,0 +1,102 @@
+//! `custody run -e ENV -- cmd args`: run a command with an environment's
+//! secrets injected by the broker, output masked, exit code passed through.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{Context, anyhow};
+use custody_broker::protocol::{Event, Request, RunSpec, unb64};
+
+use super::Global;
+use crate::access::{self, broker_err};
+use crate::input::SecretInput;
+
+#[derive(Debug, clap::Args)]
+#[command(trailing_var_arg = true)]
+pub struct RunArgs {
+    /// Environment whose variables are injected (repeat for several).
+    #[arg(short = 'e', long = "env", required = true)]
+    environments: Vec<String>,
+    /// Only these variables (comma-separated; VAR or ENV/VAR).
+    #[arg(long, value_delimiter = ',')]
+    only: Option<Vec<String>>,
+    /// Hard deadline: the process group is killed after this long.
+    #[arg(long, default_value = "10m")]
+    timeout: String,
+    /// Never ask for approval here; wait for `custody approve` elsewhere.
+    #[arg(long)]
+    no_prompt: bool,
+    /// The command and its arguments (after `--`).
+    #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+pub fn run(g: &Global, _s: &mut SecretInput, a: RunArgs) -> anyhow::Result<ExitCode> {
+    let timeout = custody_core::duration::parse(&a.timeout)
+        .ok_or_else(|| anyhow!("--timeout '{}' is not a duration like 30s, 10m or 1h", a.timeout))?;
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let passthrough: BTreeMap<String, String> = custody_broker::lease::PASSTHROUGH
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
+        .collect();
+    let spec = RunSpec {
+        argv: a.command.clone(),
+        cwd: cwd.to_string_lossy().into_owned(),
+        environments: a.environments.clone(),
+        only: a.only.clone(),
+        timeout_secs: timeout.as_secs().max(1),
+        passthrough,
+        capture_limit: None,
+        wait_secs: None,
+    };
+    let mut client = access::require_broker()?;
+    let inline = !a.no_prompt && crate::input::has_tty();
+    let mut approve_error: Option<anyhow::Error> = None;
+    let result = client.call_streaming(Request::Run(spec), &mut |event| match event {
+        Event::Output { stream, data } => {
+            let bytes = unb64(&data).unwrap_or_default();
+            if stream == "stderr" {
+                let _ = std::io::stderr().write_all(&bytes);
+            } else {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&bytes);
+                let _ = out.flush();
+            }
+        }
+        Event::Pending { request_id, .. } => {
+            if inline {
+                if let Err(e) = super::approve::inline(g, &request_id) {
+                    approve_error = Some(e);
+                }
+            } else {
+                eprintln!(
+                    "custody: waiting for approval of request {request_id}: run `custody approve {request_id}` in another terminal"
+                );
+            }
+        }
+        _ => {}
+    });
+    let v = match result {
+        Ok(v) => v,
+        Err(e) => {
+            if let Some(a) = approve_error {
+                eprintln!("custody: approval failed: {a:#}");
+            }
+            return Err(broker_err(e));
+        }
+    };
+    if g.json {
+        crate::output::json(&v)?;
+    }
+    if v["reason"] == "deadline" {
+        eprintln!("custody: the command hit its {} deadline and was killed", a.timeout);
+    }
+    if let Some(c) = v["exit_code"].as_i64() {
+        return Ok(ExitCode::from(u8::try_from(c).unwrap_or(1)));
+    }
+    if let Some(sig) = v["signal"].as_i64() {
+        return Ok(ExitCode::from(u8::try_from(128 + sig).unwrap_or(1)));
+    }
+    Ok(ExitCode::from(1))
+}

@@ -1,0 +1,143 @@
+//! `custody unlock`, `custody lock`, `custody status`.
+
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use custody_broker::Client;
+use custody_broker::protocol::Request;
+use serde_json::{Value, json};
+
+use super::Global;
+use crate::access::{self, broker_err};
+use crate::input::SecretInput;
+use crate::output;
+
+#[derive(Debug, clap::Args)]
+pub struct UnlockArgs {}
+
+#[derive(Debug, clap::Args)]
+pub struct LockArgs {}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {}
+
+/// Starts `custody daemon` in the background (its own process group, no
+/// terminal) and waits for its socket.
+pub fn start_daemon() -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("finding the custody binary")?;
+    let runtime = custody_broker::paths::runtime_dir();
+    custody_broker::paths::ensure_private_dir(&runtime)
+        .with_context(|| format!("preparing {}", runtime.display()))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(runtime.join("daemon.log"))
+        .context("opening the daemon log")?;
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new(exe)
+        .arg("daemon")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting `custody daemon`")?;
+    let sock = access::socket_path();
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        if Client::is_running(&sock) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!(
+        "the broker did not start within 10 s; see {}",
+        runtime.join("daemon.log").display()
+    )
+}
+
+pub fn unlock(g: &Global, secrets: &mut SecretInput, _a: UnlockArgs) -> anyhow::Result<ExitCode> {
+    let vault = access::vault_path()?;
+    if !vault.exists() {
+        return Err(custody_core::vault::VaultError::NotFound { path: vault }.into());
+    }
+    let passphrase = access::read_passphrase(g, secrets)?;
+    let started = if access::broker()?.is_none() {
+        start_daemon()?;
+        true
+    } else {
+        false
+    };
+    let mut client = access::require_broker()?;
+    let v = client
+        .call_with_secret(Request::Unlock, &passphrase)
+        .map_err(broker_err)?;
+    if g.json {
+        output::json(&json!({"unlocked": true, "daemon_started": started, "already": v["already"]}))?;
+    } else if v["already"].as_bool() == Some(true) {
+        println!("Already unlocked.");
+    } else {
+        println!("Unlocked{}.", if started { " (broker started)" } else { "" });
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn lock(g: &Global, _s: &mut SecretInput, _a: LockArgs) -> anyhow::Result<ExitCode> {
+    let Some(mut client) = access::broker()? else {
+        if g.json {
+            output::json(&json!({"locked": true, "running": false}))?;
+        } else {
+            println!("The broker is not running: nothing is unlocked.");
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let v = client.call(Request::Lock).map_err(broker_err)?;
+    if g.json {
+        output::json(&v)?;
+    } else {
+        println!(
+            "Locked; {} running lease(s) killed.",
+            v["leases_killed"].as_u64().unwrap_or(0)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn status(g: &Global, _s: &mut SecretInput, _a: StatusArgs) -> anyhow::Result<ExitCode> {
+    let vault = access::vault_path()?;
+    let Some(mut client) = access::broker()? else {
+        if g.json {
+            output::json(&json!({"running": false, "locked": true, "vault": vault, "vault_exists": vault.exists()}))?;
+        } else {
+            println!("broker: not running (start it with `custody unlock`)");
+            println!("vault:  {}{}", vault.display(), if vault.exists() { "" } else { " (missing: run `custody init`)" });
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let mut v: Value = client.call(Request::Status).map_err(broker_err)?;
+    v["running"] = json!(true);
+    if g.json {
+        output::json(&v)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("broker: running, {}", if v["locked"] == json!(true) { "LOCKED" } else { "unlocked" });
+    println!("vault:  {}", v["vault"].as_str().unwrap_or_default());
+    println!("agent sessions: {}", v["sessions"].as_array().map_or(0, Vec::len));
+    for s in v["sessions"].as_array().into_iter().flatten() {
+        println!("  {} {} (pid {}, agent pid {})", s["session_id"].as_str().unwrap_or_default(),
+                 s["client_name"].as_str().unwrap_or_default(), s["pid"], s["agent_pid"]);
+    }
+    println!("pending requests: {}  (see `custody approve --list`)", v["pending"]);
+    println!("grants: {}", v["grants"]);
+    let leases = v["leases"].as_array().cloned().unwrap_or_default();
+    println!("running leases: {}", leases.len());
+    for l in leases {
+        println!("  {} pid {} until {}: {}", l["lease_id"].as_str().unwrap_or_default(), l["pid"],
+                 l["deadline"].as_str().unwrap_or_default(), super::argv_line(&l["argv"]));
+    }
+    if v["pin_failures"].as_u64().unwrap_or(0) > 0 {
+        println!("failed PIN attempts in a row: {}", v["pin_failures"]);
+    }
+    Ok(ExitCode::SUCCESS)
+}
