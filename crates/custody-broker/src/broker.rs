@@ -361,6 +361,7 @@ impl Broker {
             })
             .collect();
         json!({
+            "pid": std::process::id(),
             "locked": st.vault.is_none(),
             "vault": self.cfg.vault_path(),
             "sessions": st.sessions.iter().map(|(id, s)| json!({
@@ -447,8 +448,10 @@ impl Broker {
             }
             st.leases.len()
         };
-        // Leases end within the kill grace; wait a little beyond it.
-        let until = Instant::now() + self.cfg.kill_grace + Duration::from_secs(2);
+        // A lease ends within two graces (SIGTERM → grace → SIGKILL for the
+        // child, then the same for what it left in its group); wait a little
+        // beyond that so every lease's end is audited before the lock record.
+        let until = Instant::now() + 2 * self.cfg.kill_grace + Duration::from_secs(2);
         while Instant::now() < until && !self.state().leases.is_empty() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -68,7 +68,11 @@ pub async fn run(
             }
         })
     };
+    let sock = broker.cfg.runtime_dir.join(SOCKET_FILE);
     let res = crate::server::serve(listener, broker, shutdown).await;
     ticker.abort();
+    // Only remove the socket if it is still ours (a second broker may have
+    // replaced a socket it found dead).
+    let _ = std::fs::remove_file(&sock);
     res
 }

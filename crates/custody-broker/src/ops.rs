@@ -78,7 +78,7 @@ pub fn vault_request(
             visible(&name)?;
             if let Some(d) = description {
                 humans_only(&requester, "change descriptions")?;
-                broker.change_vault(change(VaultAction::CreateEnvironment, &name, None), |v| {
+                broker.change_vault(change(VaultAction::DescribeEnvironment, &name, None), |v| {
                     v.describe_environment(&env, &d)
                 })?;
             }
@@ -109,7 +109,7 @@ pub fn vault_request(
             visible(&env)?;
             let (e, v) = (EnvName::new(&env).map_err(bad)?, VarName::new(&var).map_err(bad)?);
             let update = VariableUpdate { description, kind };
-            let created = broker.change_vault(change(VaultAction::SetVariable, &env, Some(&var)), |vault| {
+            let created = broker.change_vault(change(VaultAction::DeclareVariable, &env, Some(&var)), |vault| {
                 vault.declare_variable(&e, &v, &update)
             })?;
             Ok(json!({"environment": env, "variable": var, "created": created}))
@@ -119,7 +119,7 @@ pub fn vault_request(
             let (e, v) = (EnvName::new(&env).map_err(bad)?, VarName::new(&var).map_err(bad)?);
             let value = custody_core::generate::random_value(length, alphabet).map_err(bad)?;
             let update = VariableUpdate { description, kind };
-            let created = broker.change_vault(change(VaultAction::SetVariable, &env, Some(&var)), |vault| {
+            let created = broker.change_vault(change(VaultAction::GenerateVariable, &env, Some(&var)), |vault| {
                 vault.set_variable(&e, &v, &value, &update)
             })?;
             Ok(json!({"environment": env, "variable": var, "created": created,

@@ -304,6 +304,12 @@ pub enum VaultAction {
     Import,
     /// The passphrase was changed.
     ChangePassphrase,
+    /// An environment's description changed.
+    DescribeEnvironment,
+    /// An empty variable slot was declared (or its description/kind changed).
+    DeclareVariable,
+    /// A variable was given a generated value nobody saw.
+    GenerateVariable,
     /// The approval PIN was changed.
     ChangePin,
 }

@@ -29,9 +29,11 @@ pub fn start_daemon() -> anyhow::Result<()> {
     let runtime = custody_broker::paths::runtime_dir();
     custody_broker::paths::ensure_private_dir(&runtime)
         .with_context(|| format!("preparing {}", runtime.display()))?;
+    use std::os::unix::fs::OpenOptionsExt;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(runtime.join("daemon.log"))
         .context("opening the daemon log")?;
     use std::os::unix::process::CommandExt;

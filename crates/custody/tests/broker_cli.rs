@@ -1,0 +1,466 @@
+//! Broker scenarios through the real `custody` binary: a real daemon in temp
+//! directories, started by `custody unlock`, driven like a user's script.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as StdCommand, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use predicates::str::contains;
+use serde_json::Value;
+
+const PASS: &str = "broker test passphrase";
+const PIN: &str = "246802";
+
+/// A home + runtime dir with an initialised vault; the daemon is stopped on drop.
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let e = Env {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        e.cmd()
+            .args(["init", "--passphrase-stdin", "--pin-stdin", "--insecure-fast-kdf"])
+            .write_stdin(format!("{PASS}\n{PIN}\n"))
+            .assert()
+            .success();
+        e
+    }
+
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    fn runtime(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    fn apply(&self, c: &mut StdCommand) {
+        c.env("CUSTODY_HOME", self.home())
+            .env("CUSTODY_RUNTIME_DIR", self.runtime())
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("XDG_RUNTIME_DIR");
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("custody").unwrap();
+        c.env("CUSTODY_HOME", self.home())
+            .env("CUSTODY_RUNTIME_DIR", self.runtime())
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("XDG_RUNTIME_DIR")
+            .timeout(Duration::from_secs(60));
+        c
+    }
+
+    fn std_cmd(&self) -> StdCommand {
+        let mut c = StdCommand::new(assert_cmd::cargo::cargo_bin("custody"));
+        self.apply(&mut c);
+        c
+    }
+
+    fn unlock(&self) {
+        self.cmd()
+            .args(["unlock", "--passphrase-stdin"])
+            .write_stdin(format!("{PASS}\n"))
+            .assert()
+            .success();
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.cmd().arg("--json").args(args).assert().success();
+        serde_json::from_slice(&out.get_output().stdout).unwrap()
+    }
+
+    fn daemon_pid(&self) -> Option<u32> {
+        let out = self.cmd().args(["status", "--json"]).output().ok()?;
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["pid"].as_u64().map(|p| p as u32)
+    }
+
+    fn policy(&self, text: &str) {
+        fs::write(self.home().join("policy.toml"), text).unwrap();
+    }
+
+    /// A policy pre-approving exactly `argv` in `env` from any cwd.
+    fn preapprove(&self, env: &str, argv: &[&str]) {
+        let argv: Vec<String> = argv.iter().map(|a| format!("{a:?}")).collect();
+        self.policy(&format!(
+            "[[clients.cli.preapproved]]\nargv = [{}]\nenvironments = [\"{env}\"]\nexpires = \"2099-01-01T00:00:00Z\"\n",
+            argv.join(", ")
+        ));
+    }
+
+    fn audit_types(&self) -> Vec<String> {
+        let out = self.cmd().args(["audit", "--json"]).assert().success();
+        String::from_utf8_lossy(&out.get_output().stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|r| r["event"]["type"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(pid) = self.daemon_pid() {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid as i32).unwrap(),
+                rustix::process::Signal::TERM,
+            );
+            wait_until(Duration::from_secs(15), || !Path::new(&format!("/proc/{pid}")).exists());
+        }
+    }
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie is dead for our purposes.
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .unwrap_or(false)
+}
+
+fn spawn_run(e: &Env, args: &[&str]) -> Child {
+    e.std_cmd()
+        .args(["run", "--no-prompt"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn unlock_starts_the_broker_and_lock_status_report_it() {
+    let e = Env::new();
+    assert_eq!(e.json(&["status"])["running"], false);
+    e.cmd()
+        .args(["unlock", "--passphrase-stdin"])
+        .write_stdin("wrong passphrase\n")
+        .assert()
+        .code(2)
+        .stderr(contains("wrong passphrase"));
+    e.unlock();
+    let s = e.json(&["status"]);
+    assert_eq!(s["running"], true);
+    assert_eq!(s["locked"], false);
+    // The socket is private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: PathBuf| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(e.runtime()), 0o700);
+    assert_eq!(mode(e.runtime().join("broker.sock")), 0o600);
+    // A second daemon on the same runtime dir refuses to start.
+    e.cmd()
+        .arg("daemon")
+        .assert()
+        .failure()
+        .stderr(contains("already running"));
+    e.cmd().arg("lock").assert().success().stdout(contains("Locked"));
+    assert_eq!(e.json(&["status"])["locked"], true);
+    e.cmd()
+        .args(["env", "ls"])
+        .assert()
+        .failure()
+        .stderr(contains("locked").and(contains("custody unlock")));
+}
+
+/// With the broker unlocked, vault commands need no passphrase: they go
+/// through the daemon, and each change is audited.
+#[test]
+fn vault_commands_go_through_the_broker() {
+    let e = Env::new();
+    e.unlock();
+    e.cmd().args(["env", "create", "shop-dev"]).assert().success();
+    e.cmd()
+        .args(["set", "shop-dev", "API_TOKEN"])
+        .write_stdin("tok-0123456789abcdef\n")
+        .assert()
+        .success();
+    e.cmd().args(["generate", "shop-dev", "SESSION"]).assert().success();
+    let ls = e.json(&["ls", "shop-dev"]);
+    assert_eq!(ls.as_array().unwrap().len(), 2);
+    assert!(!ls.to_string().contains("tok-0123"));
+    let types = e.audit_types();
+    assert!(types.iter().filter(|t| *t == "vault_change").count() >= 3, "{types:?}");
+    // A script's --passphrase-stdin layout still works with the broker up.
+    e.cmd()
+        .args(["--passphrase-stdin", "set", "shop-dev", "OTHER"])
+        .write_stdin(format!("{PASS}\nother-value-123\n"))
+        .assert()
+        .success();
+    e.cmd()
+        .args(["unset", "shop-dev", "OTHER"])
+        .assert()
+        .success();
+}
+
+#[test]
+fn run_masks_output_and_passes_the_exit_code_through() {
+    let e = Env::new();
+    e.unlock();
+    e.cmd().args(["env", "create", "e"]).assert().success();
+    e.cmd()
+        .args(["set", "e", "TOKEN"])
+        .write_stdin("s3cr3t-t0k3n-value-xyz")
+        .assert()
+        .success();
+    let script = "echo token=$TOKEN; echo err=$TOKEN >&2; printf %s \"$TOKEN\" | base64; exit 7";
+    e.preapprove("e", &["sh", "-c", script]);
+    let out = e
+        .cmd()
+        .args(["run", "-e", "e", "--", "sh", "-c", script])
+        .assert()
+        .code(7);
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(stdout.contains("token=[masked:TOKEN]"), "{stdout}");
+    assert!(stderr.contains("err=[masked:TOKEN]"), "{stderr}");
+    assert!(!stdout.contains("s3cr3t") && !stderr.contains("s3cr3t"));
+    assert!(!stdout.contains("czNjcjN0"), "base64 form leaked: {stdout}");
+    // Only the injected variables and the passthrough list reach the child.
+    e.preapprove("e", &["env"]);
+    let out = e.cmd().args(["run", "-e", "e", "--", "env"]).assert().success();
+    let env_out = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(env_out.contains("TOKEN=[masked:TOKEN]"));
+    assert!(!env_out.contains("CUSTODY_HOME"), "broker/requester env leaked: {env_out}");
+}
+
+#[test]
+fn approve_by_id_with_pin_on_stdin() {
+    let e = Env::new();
+    e.unlock();
+    e.cmd().args(["env", "create", "e"]).assert().success();
+    e.cmd()
+        .args(["set", "e", "K"])
+        .write_stdin("value-of-k-0001")
+        .assert()
+        .success();
+    let child = spawn_run(&e, &["-e", "e", "--", "sh", "-c", "echo got:$K; exit 3"]);
+    let mut id = String::new();
+    assert!(wait_until(Duration::from_secs(20), || {
+        let v = e.json(&["approve", "--list"]);
+        match v.as_array().and_then(|a| a.first()) {
+            Some(p) => {
+                id = p["id"].as_str().unwrap().to_owned();
+                true
+            }
+            None => false,
+        }
+    }));
+    let pending = e.json(&["approve", "--list"]);
+    assert_eq!(pending[0]["argv"][0], "sh");
+    assert_eq!(pending[0]["variables"][0], "e/K");
+    e.cmd()
+        .args(["approve", &id, "--pin-stdin"])
+        .write_stdin("000000\n")
+        .assert()
+        .code(2)
+        .stderr(contains("wrong PIN"));
+    e.cmd()
+        .args(["approve", &id, "--once", "--pin-stdin"])
+        .write_stdin(format!("{PIN}\n"))
+        .assert()
+        .success()
+        .stdout(contains("Approved"));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got:[masked:K]\n");
+    let types = e.audit_types();
+    for t in ["request", "pin_failure", "approval", "grant", "lease_start", "lease_end"] {
+        assert!(types.iter().any(|x| x == t), "no {t} in {types:?}");
+    }
+    e.cmd().args(["audit", "verify"]).assert().success().stdout(contains("intact"));
+}
+
+#[test]
+fn deny_makes_the_run_fail() {
+    let e = Env::new();
+    e.unlock();
+    e.cmd().args(["env", "create", "e"]).assert().success();
+    e.cmd()
+        .args(["set", "e", "K"])
+        .write_stdin("value-of-k-0001")
+        .assert()
+        .success();
+    let child = spawn_run(&e, &["-e", "e", "--", "true"]);
+    let mut id = String::new();
+    assert!(wait_until(Duration::from_secs(20), || {
+        e.json(&["approve", "--list"])
+            .as_array()
+            .and_then(|a| a.first())
+            .map(|p| id = p["id"].as_str().unwrap().to_owned())
+            .is_some()
+    }));
+    e.cmd().args(["deny", &id]).assert().success();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("denied"));
+}
+
+#[test]
+fn revoke_all_and_timeout_kill_running_commands() {
+    let e = Env::new();
+    e.unlock();
+    e.cmd().args(["env", "create", "e"]).assert().success();
+    e.cmd()
+        .args(["set", "e", "K"])
+        .write_stdin("value-of-k-0001")
+        .assert()
+        .success();
+    e.preapprove("e", &["sleep", "3600"]);
+    // Deadline: a 2 s timeout ends a `sleep 3600`.
+    let t0 = Instant::now();
+    e.cmd()
+        .args(["run", "-e", "e", "--timeout", "2s", "--", "sleep", "3600"])
+        .assert()
+        .code(128 + 15)
+        .stderr(contains("deadline"));
+    assert!(t0.elapsed() < Duration::from_secs(8));
+    // Revoke --all kills a running one.
+    let child = spawn_run(&e, &["-e", "e", "--", "sleep", "3600"]);
+    let mut pid = 0;
+    assert!(wait_until(Duration::from_secs(20), || {
+        let l = e.json(&["leases"]);
+        l.as_array()
+            .and_then(|a| a.first())
+            .map(|x| pid = x["pid"].as_u64().unwrap() as u32)
+            .is_some()
+    }));
+    assert!(alive(pid));
+    e.cmd().args(["revoke", "--all"]).assert().success().stdout(contains("killed 1 lease"));
+    assert!(wait_until(Duration::from_secs(8), || !alive(pid)));
+    let out = child.wait_with_output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    e.cmd()
+        .args(["revoke", "nonsense"])
+        .assert()
+        .failure()
+        .stderr(contains("neither a grant"));
+}
+
+/// G5 across a crash: kill -9 the daemon while a lease runs; the next broker
+/// kills the lease's processes (a grandchild included) and audits it.
+#[test]
+fn killed_daemon_leaves_nothing_running_after_restart() {
+    let e = Env::new();
+    e.unlock();
+    e.cmd().args(["env", "create", "e"]).assert().success();
+    e.cmd()
+        .args(["set", "e", "K"])
+        .write_stdin("value-of-k-0001")
+        .assert()
+        .success();
+    let script = "sleep 3600 & echo started; wait";
+    e.preapprove("e", &["sh", "-c", script]);
+    let mut child = spawn_run(&e, &["-e", "e", "--", "sh", "-c", script]);
+    let mut lease = Value::Null;
+    assert!(wait_until(Duration::from_secs(20), || {
+        lease = e.json(&["leases"]).as_array().and_then(|a| a.first()).cloned().unwrap_or(Value::Null);
+        !lease.is_null()
+    }));
+    let leader = lease["pid"].as_u64().unwrap() as u32;
+    let lease_id = lease["lease_id"].as_str().unwrap().to_owned();
+    // Find the grandchild (the `sleep`) in the lease's process group.
+    let mut members = Vec::new();
+    assert!(wait_until(Duration::from_secs(10), || {
+        members = group_members(leader);
+        members.len() >= 2
+    }));
+    let daemon = e.daemon_pid().unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(daemon as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !alive(daemon)));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(members.iter().all(|&p| alive(p)), "the lease should outlive a crashed broker");
+
+    // A new broker reaps at start, before it is even unlocked...
+    e.unlock();
+    assert!(
+        wait_until(Duration::from_secs(10), || members.iter().all(|&p| !alive(p))),
+        "lease processes survived the restart"
+    );
+    // ...and audits it once unlocked.
+    let out = e.cmd().args(["audit", "--json"]).assert().success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(
+        text.lines().any(|l| l.contains("\"reaped\"") && l.contains(&lease_id)),
+        "no reaped record for {lease_id}"
+    );
+    assert!(!e.home().join("leases").join(format!("{lease_id}.json")).exists());
+    e.cmd().args(["audit", "verify"]).assert().success();
+}
+
+fn group_members(pgid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
+            let rest = stat.rsplit(')').next().unwrap_or("");
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            if fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid) && fields[0] != "Z" {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn audit_verify_names_the_first_bad_record() {
+    let e = Env::new();
+    e.unlock();
+    for name in ["a", "b", "c"] {
+        e.cmd().args(["env", "create", name]).assert().success();
+    }
+    e.cmd().arg("lock").assert().success();
+    // Stop the daemon so the log is quiet, then tamper with record 3.
+    let pid = e.daemon_pid().unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(15), || !alive(pid)));
+    let log = e.home().join("audit.log");
+    let text = fs::read_to_string(&log).unwrap();
+    let tampered = text.replacen("\"environment\":\"b\"", "\"environment\":\"x\"", 1);
+    assert_ne!(text, tampered);
+    fs::write(&log, tampered).unwrap();
+    e.cmd()
+        .args(["--passphrase-stdin", "audit", "verify"])
+        .write_stdin(format!("{PASS}\n"))
+        .assert()
+        .code(1)
+        .stdout(contains("BROKEN at seq"));
+    // Truncation is caught too, thanks to the head kept in the vault.
+    let lines: Vec<&str> = text.lines().collect();
+    fs::write(&log, lines[..lines.len() - 1].join("\n") + "\n").unwrap();
+    e.cmd()
+        .args(["--passphrase-stdin", "--json", "audit", "verify"])
+        .write_stdin(format!("{PASS}\n"))
+        .assert()
+        .code(1)
+        .stdout(contains("\"intact\": false"));
+}
