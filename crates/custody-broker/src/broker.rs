@@ -199,7 +199,6 @@ fn env_name(raw: &str) -> Result<EnvName, WireError> {
     EnvName::new(raw).map_err(|e| bad(e.to_string()))
 }
 
-
 fn rfc3339(t: SystemTime) -> String {
     audit::format_rfc3339(t)
 }
@@ -377,7 +376,10 @@ impl Broker {
 
     /// Unlocks with the passphrase (KDF on a blocking thread), opens the audit
     /// chain, and writes what the reaper found since the last unlock.
-    pub async fn unlock(self: &Arc<Self>, passphrase: Zeroizing<Vec<u8>>) -> Result<Value, WireError> {
+    pub async fn unlock(
+        self: &Arc<Self>,
+        passphrase: Zeroizing<Vec<u8>>,
+    ) -> Result<Value, WireError> {
         if self.state().vault.is_some() {
             return Ok(json!({"unlocked": true, "already": true}));
         }
@@ -623,7 +625,9 @@ impl Broker {
                     if hits.is_empty() {
                         return Err(WireError::new(
                             "not_found",
-                            format!("no variable '{want}' with a value in the requested environments"),
+                            format!(
+                                "no variable '{want}' with a value in the requested environments"
+                            ),
                         ));
                     }
                     variables.extend(hits.iter().map(|(e, v)| format!("{e}/{v}")));
@@ -714,7 +718,10 @@ impl Broker {
     pub fn use_grant(&self, grant_id: &str) -> Result<Grant, WireError> {
         let mut st = self.state();
         let g = st.grants.get_mut(grant_id).ok_or_else(|| {
-            WireError::new("denied", "the grant was revoked or expired before the run started")
+            WireError::new(
+                "denied",
+                "the grant was revoked or expired before the run started",
+            )
         })?;
         let spent = g.take_use();
         let copy = g.clone();
@@ -766,7 +773,10 @@ impl Broker {
                 }
                 Ok(v)
             }
-            None => Err(WireError::new("not_found", format!("no request '{request_id}'"))),
+            None => Err(WireError::new(
+                "not_found",
+                format!("no request '{request_id}'"),
+            )),
         }
     }
 
@@ -786,7 +796,12 @@ impl Broker {
         match st.pending.get(request_id) {
             Some(p) if &p.requester == by => {}
             Some(_) => return Err(WireError::new("forbidden", "not your request")),
-            None => return Err(WireError::new("not_found", format!("no pending request '{request_id}'"))),
+            None => {
+                return Err(WireError::new(
+                    "not_found",
+                    format!("no pending request '{request_id}'"),
+                ));
+            }
         }
         let _ = st.audit(AuditEvent::Revoke {
             target: request_id.to_owned(),
@@ -865,7 +880,9 @@ impl Broker {
                 self.lock(audit::LockReason::PinLockout).await;
                 return Err(WireError::new(
                     "locked",
-                    format!("wrong PIN {failures} times in a row: the vault is now locked; run `custody unlock`"),
+                    format!(
+                        "wrong PIN {failures} times in a row: the vault is now locked; run `custody unlock`"
+                    ),
                 ));
             }
             return Err(WireError::new(
@@ -893,7 +910,11 @@ impl Broker {
         let (lifetime, uses, audit_scope) = match scope {
             // A once-grant waits for its requester to come back (an agent
             // whose tool call timed out polls and re-runs).
-            S::Once => (self.cfg.pending_lifetime, Some(1), audit::ApprovalScope::Once),
+            S::Once => (
+                self.cfg.pending_lifetime,
+                Some(1),
+                audit::ApprovalScope::Once,
+            ),
             S::For { secs } => (
                 Duration::from_secs(secs.clamp(1, 24 * 3600)),
                 None,
@@ -984,7 +1005,11 @@ impl Broker {
         let mine = |r: &Requester| only.is_none_or(|o| o == r);
         let (grants, leases): (Vec<String>, Vec<String>) = match target {
             T::All => (
-                st.grants.values().filter(|g| mine(&g.requester)).map(|g| g.id.clone()).collect(),
+                st.grants
+                    .values()
+                    .filter(|g| mine(&g.requester))
+                    .map(|g| g.id.clone())
+                    .collect(),
                 st.leases
                     .iter()
                     .filter(|(_, l)| mine(&l.requester))
@@ -1000,11 +1025,21 @@ impl Broker {
                         .map(|(lid, _)| lid.clone())
                         .collect(),
                 ),
-                _ => return Err(WireError::new("not_found", format!("no grant '{id}' of yours"))),
+                _ => {
+                    return Err(WireError::new(
+                        "not_found",
+                        format!("no grant '{id}' of yours"),
+                    ));
+                }
             },
             T::Lease(id) => match st.leases.get(id) {
                 Some(l) if mine(&l.requester) => (vec![], vec![id.clone()]),
-                _ => return Err(WireError::new("not_found", format!("no running lease '{id}' of yours"))),
+                _ => {
+                    return Err(WireError::new(
+                        "not_found",
+                        format!("no running lease '{id}' of yours"),
+                    ));
+                }
             },
         };
         if st.audit.is_some() {
@@ -1050,7 +1085,10 @@ impl Broker {
             program: grant.scope.argv.first().cloned().unwrap_or_default(),
         };
         reaper::persist(&self.cfg.home, &record).map_err(|e| {
-            WireError::new("internal", format!("cannot record the lease ({e}); not running"))
+            WireError::new(
+                "internal",
+                format!("cannot record the lease ({e}); not running"),
+            )
         })?;
         let mut st = self.state();
         let deadline_at = SystemTime::now() + ttl;
@@ -1109,7 +1147,9 @@ impl Broker {
         let key = vault.subkey(Subkey::Audit);
         match audit::verify(&self.cfg.audit_path(), &key, head.as_ref()) {
             Ok(r) => Ok(json!({"intact": true, "records": r.records, "head_seq": r.head.seq})),
-            Err(e) => Ok(json!({"intact": false, "first_bad_seq": e.first_bad_seq(), "problem": e.to_string()})),
+            Err(e) => Ok(
+                json!({"intact": false, "first_bad_seq": e.first_bad_seq(), "problem": e.to_string()}),
+            ),
         }
     }
 }

@@ -16,7 +16,9 @@ use crate::protocol::{
 #[non_exhaustive]
 pub enum ClientError {
     /// Nothing listens on the socket.
-    #[error("the custody broker is not running (no socket at {0}): run `custody unlock` to start it")]
+    #[error(
+        "the custody broker is not running (no socket at {0}): run `custody unlock` to start it"
+    )]
     NotRunning(String),
     /// The connection broke.
     #[error("broker connection failed: {0}")]
@@ -96,7 +98,11 @@ impl Client {
     }
 
     /// A request carrying a secret frame (passphrase, PIN, value).
-    pub fn call_with_secret(&mut self, request: Request, secret: &[u8]) -> Result<Value, ClientError> {
+    pub fn call_with_secret(
+        &mut self,
+        request: Request,
+        secret: &[u8],
+    ) -> Result<Value, ClientError> {
         self.call_inner(request, Some(secret), &mut |_| {})
     }
 

@@ -96,7 +96,13 @@ pub struct Grant {
 impl Grant {
     /// Whether this grant covers `scope` for `requester` now, with a lease
     /// of `ttl`.
-    pub fn covers(&self, requester: &Requester, scope: &Scope, ttl: Duration, now: Instant) -> bool {
+    pub fn covers(
+        &self,
+        requester: &Requester,
+        scope: &Scope,
+        ttl: Duration,
+        now: Instant,
+    ) -> bool {
         now < self.expires
             && self.uses_left != Some(0)
             && &self.requester == requester
@@ -175,16 +181,25 @@ mod tests {
         let ttl = Duration::from_secs(60);
         assert!(g.covers(&me, &scope, ttl, now));
 
-        let other_argv = Scope::of(&spec(&["cargo", "test", "--all"], "/src"), vars(&["dev/DB"]));
+        let other_argv = Scope::of(
+            &spec(&["cargo", "test", "--all"], "/src"),
+            vars(&["dev/DB"]),
+        );
         let other_cwd = Scope::of(&spec(&["cargo", "test"], "/src/.."), vars(&["dev/DB"]));
-        let more_vars = Scope::of(&spec(&["cargo", "test"], "/src"), vars(&["dev/DB", "dev/TOKEN"]));
+        let more_vars = Scope::of(
+            &spec(&["cargo", "test"], "/src"),
+            vars(&["dev/DB", "dev/TOKEN"]),
+        );
         let mut other_env = scope.clone();
         other_env.environments.insert("prod".into());
         for s in [other_argv, other_cwd, more_vars, other_env] {
             assert!(!g.covers(&me, &s, ttl, now), "{s:?}");
         }
         assert!(!g.covers(&Requester::Terminal { session: 8 }, &scope, ttl, now));
-        let agent = Requester::Agent { client: "codex".into(), agent_pid: 7 };
+        let agent = Requester::Agent {
+            client: "codex".into(),
+            agent_pid: 7,
+        };
         assert!(!g.covers(&agent, &scope, ttl, now));
         assert!(!g.covers(&me, &scope, Duration::from_secs(601), now));
         assert!(!g.covers(&me, &scope, ttl, now + Duration::from_secs(61)));

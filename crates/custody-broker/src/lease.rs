@@ -168,7 +168,10 @@ pub fn lease_dir(runtime_dir: &Path, id: &str) -> PathBuf {
     runtime_dir.join("leases").join(id)
 }
 
-fn write_secret_files(dir: &Path, injected: &[Injected]) -> std::io::Result<Vec<(String, PathBuf)>> {
+fn write_secret_files(
+    dir: &Path,
+    injected: &[Injected],
+) -> std::io::Result<Vec<(String, PathBuf)>> {
     crate::paths::ensure_private_dir(dir.parent().unwrap_or(dir))?;
     crate::paths::ensure_private_dir(dir)?;
     let mut out = Vec::new();
@@ -230,7 +233,10 @@ pub fn spawn(plan: &LeasePlan) -> Result<(tokio::process::Child, Started, PathBu
     // std's Command keeps its own copy of each value until it is dropped
     // (right after spawn); that copy is not zeroized, a documented residual.
     for inj in plan.injected.iter().filter(|i| !i.as_file) {
-        cmd.env(&inj.name, std::ffi::OsStr::from_encoded_bytes_checked(&inj.value));
+        cmd.env(
+            &inj.name,
+            std::ffi::OsStr::from_encoded_bytes_checked(&inj.value),
+        );
     }
     for (name, path) in &files {
         cmd.env(name, path);
@@ -321,10 +327,22 @@ pub async fn supervise(
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let out_task = stdout.map(|s| {
-        tokio::spawn(pump(s, "stdout", plan.engine.clone(), events.clone(), plan.capture_limit))
+        tokio::spawn(pump(
+            s,
+            "stdout",
+            plan.engine.clone(),
+            events.clone(),
+            plan.capture_limit,
+        ))
     });
     let err_task = stderr.map(|s| {
-        tokio::spawn(pump(s, "stderr", plan.engine.clone(), events.clone(), plan.capture_limit))
+        tokio::spawn(pump(
+            s,
+            "stderr",
+            plan.engine.clone(),
+            events.clone(),
+            plan.capture_limit,
+        ))
     });
     // Secrets are in the child now; drop our copies.
     drop(plan.injected);

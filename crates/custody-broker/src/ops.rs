@@ -70,7 +70,10 @@ pub fn vault_request(
         }
         Request::EnvList => {
             let envs = broker.with_vault(|v| v.environments())?;
-            let envs: Vec<_> = envs.into_iter().filter(|e| policy.visible(&client, &e.name)).collect();
+            let envs: Vec<_> = envs
+                .into_iter()
+                .filter(|e| policy.visible(&client, &e.name))
+                .collect();
             Ok(serde_json::to_value(envs).unwrap_or_default())
         }
         Request::EnvDescribe { name, description } => {
@@ -78,59 +81,99 @@ pub fn vault_request(
             visible(&name)?;
             if let Some(d) = description {
                 humans_only(&requester, "change descriptions")?;
-                broker.change_vault(change(VaultAction::DescribeEnvironment, &name, None), |v| {
-                    v.describe_environment(&env, &d)
-                })?;
+                broker
+                    .change_vault(change(VaultAction::DescribeEnvironment, &name, None), |v| {
+                        v.describe_environment(&env, &d)
+                    })?;
             }
-            let (info, vars) = broker.with_vault(|v| Ok((v.environment(&env)?, v.variables(&env)?)))?;
+            let (info, vars) =
+                broker.with_vault(|v| Ok((v.environment(&env)?, v.variables(&env)?)))?;
             Ok(json!({"environment": info, "variables": vars,
                       "always_approve": policy.always_approve(&client, &name)}))
         }
         Request::EnvRemove { name } => {
             humans_only(&requester, "remove environments")?;
             let env = EnvName::new(&name).map_err(bad)?;
-            let n = broker.change_vault(change(VaultAction::RemoveEnvironment, &name, None), |v| {
-                v.remove_environment(&env)
-            })?;
+            let n = broker
+                .change_vault(change(VaultAction::RemoveEnvironment, &name, None), |v| {
+                    v.remove_environment(&env)
+                })?;
             Ok(json!({"removed": name, "variables": n}))
         }
-        Request::Set { env, var, description, kind } => {
+        Request::Set {
+            env,
+            var,
+            description,
+            kind,
+        } => {
             humans_only(&requester, "set values")?;
             let value = secret.ok_or_else(|| bad("the value must be sent in a secret frame"))?;
-            let (e, v) = (EnvName::new(&env).map_err(bad)?, VarName::new(&var).map_err(bad)?);
+            let (e, v) = (
+                EnvName::new(&env).map_err(bad)?,
+                VarName::new(&var).map_err(bad)?,
+            );
             let update = VariableUpdate { description, kind };
-            let created = broker.change_vault(change(VaultAction::SetVariable, &env, Some(&var)), |vault| {
-                vault.set_variable(&e, &v, &value, &update)
-            })?;
-            Ok(json!({"environment": env, "variable": var, "created": created,
-                      "too_short_to_mask": value.len() < custody_core::mask::MIN_MASKABLE_LEN}))
+            let created = broker.change_vault(
+                change(VaultAction::SetVariable, &env, Some(&var)),
+                |vault| vault.set_variable(&e, &v, &value, &update),
+            )?;
+            Ok(
+                json!({"environment": env, "variable": var, "created": created,
+                      "too_short_to_mask": value.len() < custody_core::mask::MIN_MASKABLE_LEN}),
+            )
         }
-        Request::Declare { env, var, description, kind } => {
+        Request::Declare {
+            env,
+            var,
+            description,
+            kind,
+        } => {
             visible(&env)?;
-            let (e, v) = (EnvName::new(&env).map_err(bad)?, VarName::new(&var).map_err(bad)?);
+            let (e, v) = (
+                EnvName::new(&env).map_err(bad)?,
+                VarName::new(&var).map_err(bad)?,
+            );
             let update = VariableUpdate { description, kind };
-            let created = broker.change_vault(change(VaultAction::DeclareVariable, &env, Some(&var)), |vault| {
-                vault.declare_variable(&e, &v, &update)
-            })?;
+            let created = broker.change_vault(
+                change(VaultAction::DeclareVariable, &env, Some(&var)),
+                |vault| vault.declare_variable(&e, &v, &update),
+            )?;
             Ok(json!({"environment": env, "variable": var, "created": created}))
         }
-        Request::Generate { env, var, length, alphabet, description, kind } => {
+        Request::Generate {
+            env,
+            var,
+            length,
+            alphabet,
+            description,
+            kind,
+        } => {
             visible(&env)?;
-            let (e, v) = (EnvName::new(&env).map_err(bad)?, VarName::new(&var).map_err(bad)?);
+            let (e, v) = (
+                EnvName::new(&env).map_err(bad)?,
+                VarName::new(&var).map_err(bad)?,
+            );
             let value = custody_core::generate::random_value(length, alphabet).map_err(bad)?;
             let update = VariableUpdate { description, kind };
-            let created = broker.change_vault(change(VaultAction::GenerateVariable, &env, Some(&var)), |vault| {
-                vault.set_variable(&e, &v, &value, &update)
-            })?;
-            Ok(json!({"environment": env, "variable": var, "created": created,
-                      "length": length, "alphabet": alphabet}))
+            let created = broker.change_vault(
+                change(VaultAction::GenerateVariable, &env, Some(&var)),
+                |vault| vault.set_variable(&e, &v, &value, &update),
+            )?;
+            Ok(
+                json!({"environment": env, "variable": var, "created": created,
+                      "length": length, "alphabet": alphabet}),
+            )
         }
         Request::Unset { env, var } => {
             humans_only(&requester, "remove variables")?;
-            let (e, v) = (EnvName::new(&env).map_err(bad)?, VarName::new(&var).map_err(bad)?);
-            broker.change_vault(change(VaultAction::RemoveVariable, &env, Some(&var)), |vault| {
-                vault.unset_variable(&e, &v)
-            })?;
+            let (e, v) = (
+                EnvName::new(&env).map_err(bad)?,
+                VarName::new(&var).map_err(bad)?,
+            );
+            broker.change_vault(
+                change(VaultAction::RemoveVariable, &env, Some(&var)),
+                |vault| vault.unset_variable(&e, &v),
+            )?;
             Ok(json!({"environment": env, "removed": var}))
         }
         Request::List { env } => {

@@ -18,7 +18,10 @@ pub fn runtime_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
         return PathBuf::from(p).join("custody");
     }
-    PathBuf::from(format!("/tmp/custody-{}", rustix::process::getuid().as_raw()))
+    PathBuf::from(format!(
+        "/tmp/custody-{}",
+        rustix::process::getuid().as_raw()
+    ))
 }
 
 /// The broker socket's path.
@@ -30,7 +33,10 @@ pub fn socket_path() -> PathBuf {
 /// owned by someone else (e.g. planted in /tmp) is refused, never used.
 pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
     if !dir.exists() {
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
     }
     let meta = fs::symlink_metadata(dir)?;
     if !meta.is_dir() {

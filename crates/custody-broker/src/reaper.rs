@@ -103,7 +103,10 @@ pub fn reap(home: &Path) -> Vec<Reaped> {
             let _ = fs::remove_dir_all(&rec.dir);
         }
         let _ = fs::remove_file(&path);
-        out.push(Reaped { record: rec, killed });
+        out.push(Reaped {
+            record: rec,
+            killed,
+        });
     }
     out
 }

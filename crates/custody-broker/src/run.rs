@@ -110,7 +110,10 @@ pub async fn run(
     {
         let mut st = broker.state();
         let vault = st.vault.as_mut().ok_or_else(|| {
-            WireError::new("locked", "the vault is locked: ask the user to run `custody unlock`")
+            WireError::new(
+                "locked",
+                "the vault is locked: ask the user to run `custody unlock`",
+            )
         })?;
         for full in &grant.scope.variables {
             let Some((e, v)) = full.split_once('/') else {
@@ -127,7 +130,9 @@ pub async fn run(
         }
     }
     let engine = Arc::new(MaskingEngine::new(
-        injected.iter().map(|i| (i.name.as_str(), i.value.as_slice())),
+        injected
+            .iter()
+            .map(|i| (i.name.as_str(), i.value.as_slice())),
     ));
     let lease_id = new_id("l");
     let ttl = Duration::from_secs(spec.timeout_secs);
@@ -143,7 +148,8 @@ pub async fn run(
         engine,
         runtime_dir: broker.cfg.runtime_dir.clone(),
     };
-    let (child, started, dir) = lease::spawn(&plan).map_err(|e| WireError::new("spawn_failed", e.to_string()))?;
+    let (child, started, dir) =
+        lease::spawn(&plan).map_err(|e| WireError::new("spawn_failed", e.to_string()))?;
     let (stop_tx, stop_rx) = watch::channel(None);
     if let Err(e) = broker.lease_started(&lease_id, &grant, started, ttl, dir.clone(), stop_tx) {
         // Fail closed: no record, no audit → the process must not run.

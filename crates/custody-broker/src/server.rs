@@ -96,7 +96,11 @@ async fn handle(broker: Arc<Broker>, mut stream: UnixStream, own_uid: u32) {
         Ok(f) => match serde_json::from_slice::<ClientFrame>(&f) {
             Ok(ClientFrame {
                 id,
-                request: Request::Hello { protocol: v, client },
+                request:
+                    Request::Hello {
+                        protocol: v,
+                        client,
+                    },
                 ..
             }) if v == PROTOCOL_VERSION => {
                 let ok = json!({"protocol": PROTOCOL_VERSION, "broker": env!("CARGO_PKG_VERSION")});
@@ -105,25 +109,47 @@ async fn handle(broker: Arc<Broker>, mut stream: UnixStream, own_uid: u32) {
                 }
                 client
             }
-            Ok(ClientFrame { id, request: Request::Hello { protocol: v, .. }, .. }) => {
-                let msg = format!("protocol {v} is not supported (this broker speaks {PROTOCOL_VERSION}): use matching custody versions");
-                let _ = send(&mut wr, &ServerFrame::Err { id, error: WireError::new("version", msg) }).await;
+            Ok(ClientFrame {
+                id,
+                request: Request::Hello { protocol: v, .. },
+                ..
+            }) => {
+                let msg = format!(
+                    "protocol {v} is not supported (this broker speaks {PROTOCOL_VERSION}): use matching custody versions"
+                );
+                let _ = send(
+                    &mut wr,
+                    &ServerFrame::Err {
+                        id,
+                        error: WireError::new("version", msg),
+                    },
+                )
+                .await;
                 return;
             }
             _ => {
-                let _ = send(&mut wr, &ServerFrame::Err {
-                    id: 0,
-                    error: WireError::new("bad_request", "the first frame must be hello"),
-                })
+                let _ = send(
+                    &mut wr,
+                    &ServerFrame::Err {
+                        id: 0,
+                        error: WireError::new("bad_request", "the first frame must be hello"),
+                    },
+                )
                 .await;
                 return;
             }
         },
         Err(FrameError::TooLarge(n)) => {
-            let _ = send(&mut wr, &ServerFrame::Err {
-                id: 0,
-                error: WireError::new("too_large", format!("frame of {n} bytes exceeds the limit")),
-            })
+            let _ = send(
+                &mut wr,
+                &ServerFrame::Err {
+                    id: 0,
+                    error: WireError::new(
+                        "too_large",
+                        format!("frame of {n} bytes exceeds the limit"),
+                    ),
+                },
+            )
             .await;
             return;
         }
@@ -140,10 +166,19 @@ async fn handle(broker: Arc<Broker>, mut stream: UnixStream, own_uid: u32) {
         let frame = match protocol::read_frame_async(&mut rd).await {
             Ok(f) => f,
             Err(FrameError::TooLarge(n)) => {
-                let _ = send(&mut wr, &ServerFrame::Err {
-                    id: 0,
-                    error: WireError::new("too_large", format!("frame of {n} bytes exceeds the {}-byte limit; closing", protocol::MAX_FRAME)),
-                })
+                let _ = send(
+                    &mut wr,
+                    &ServerFrame::Err {
+                        id: 0,
+                        error: WireError::new(
+                            "too_large",
+                            format!(
+                                "frame of {n} bytes exceeds the {}-byte limit; closing",
+                                protocol::MAX_FRAME
+                            ),
+                        ),
+                    },
+                )
                 .await;
                 break;
             }
@@ -153,8 +188,14 @@ async fn handle(broker: Arc<Broker>, mut stream: UnixStream, own_uid: u32) {
             Ok(m) => m,
             Err(e) => {
                 // The frame boundary is intact, so the connection can go on.
-                let err = WireError::new("bad_request", format!("malformed request: {}", e.classify_name()));
-                if send(&mut wr, &ServerFrame::Err { id: 0, error: err }).await.is_err() {
+                let err = WireError::new(
+                    "bad_request",
+                    format!("malformed request: {}", e.classify_name()),
+                );
+                if send(&mut wr, &ServerFrame::Err { id: 0, error: err })
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 continue;
@@ -166,8 +207,20 @@ async fn handle(broker: Arc<Broker>, mut stream: UnixStream, own_uid: u32) {
             Some(n) => match protocol::read_frame_async(&mut rd).await {
                 Ok(s) if s.len() == n as usize => Some(s),
                 Ok(_) => {
-                    let err = WireError::new("bad_request", "secret frame length does not match secret_len");
-                    if send(&mut wr, &ServerFrame::Err { id: msg.id, error: err }).await.is_err() {
+                    let err = WireError::new(
+                        "bad_request",
+                        "secret frame length does not match secret_len",
+                    );
+                    if send(
+                        &mut wr,
+                        &ServerFrame::Err {
+                            id: msg.id,
+                            error: err,
+                        },
+                    )
+                    .await
+                    .is_err()
+                    {
                         break;
                     }
                     continue;
@@ -214,8 +267,16 @@ impl ClassifyName for serde_json::Error {
     }
 }
 
-fn secret_required(secret: Option<Zeroizing<Vec<u8>>>, what: &str) -> Result<Zeroizing<Vec<u8>>, WireError> {
-    secret.ok_or_else(|| WireError::new("bad_request", format!("{what} must be sent in a secret frame")))
+fn secret_required(
+    secret: Option<Zeroizing<Vec<u8>>>,
+    what: &str,
+) -> Result<Zeroizing<Vec<u8>>, WireError> {
+    secret.ok_or_else(|| {
+        WireError::new(
+            "bad_request",
+            format!("{what} must be sent in a secret frame"),
+        )
+    })
 }
 
 async fn dispatch(
@@ -228,7 +289,11 @@ async fn dispatch(
     match req {
         Request::Hello { .. } => Err(WireError::new("bad_request", "hello was already sent")),
         Request::Status => Ok(broker.status()),
-        Request::Unlock => broker.unlock(secret_required(secret, "the passphrase")?).await,
+        Request::Unlock => {
+            broker
+                .unlock(secret_required(secret, "the passphrase")?)
+                .await
+        }
         Request::Lock => Ok(broker.lock(custody_core::audit::LockReason::Manual).await),
         Request::RegisterSession {
             client_name,
@@ -238,7 +303,12 @@ async fn dispatch(
         } => broker.register_session(peer, &client_name, &client_version, parent_pid),
         Request::Approve { request_id, scope } => {
             broker
-                .approve(peer, &request_id, scope, secret_required(secret, "the PIN")?)
+                .approve(
+                    peer,
+                    &request_id,
+                    scope,
+                    secret_required(secret, "the PIN")?,
+                )
                 .await
         }
         Request::Deny { request_id } => broker.deny(peer, &request_id),
@@ -257,7 +327,9 @@ async fn dispatch(
             broker.revoke(&target, &me.describe(), only)
         }
         Request::AuditVerify => broker.audit_verify(),
-        Request::Run(_) | Request::Watch => Err(WireError::new("internal", "handled by the connection")),
+        Request::Run(_) | Request::Watch => {
+            Err(WireError::new("internal", "handled by the connection"))
+        }
         other => ops::vault_request(broker, peer, other, secret),
     }
 }
@@ -276,7 +348,8 @@ async fn run_streaming(
     let (cancel_tx, cancel_rx) = watch::channel(false);
     let b = broker.clone();
     let p = peer.clone();
-    let mut task = tokio::spawn(async move { crate::run::run(&b, &p, spec, ev_tx, cancel_rx).await });
+    let mut task =
+        tokio::spawn(async move { crate::run::run(&b, &p, spec, ev_tx, cancel_rx).await });
     let mut reader_open = true;
     let result = loop {
         tokio::select! {
@@ -310,7 +383,16 @@ async fn watch_events(
     wr: &mut OwnedWriteHalf,
 ) {
     let mut rx = broker.subscribe();
-    if send(wr, &ServerFrame::Ok { id: 0, ok: json!({"watching": true}) }).await.is_err() {
+    if send(
+        wr,
+        &ServerFrame::Ok {
+            id: 0,
+            ok: json!({"watching": true}),
+        },
+    )
+    .await
+    .is_err()
+    {
         return;
     }
     loop {

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use anyhow::{Context, anyhow};
 use custody_broker::protocol::{ClientInfo, Request};
 use custody_broker::{Client, ClientError};
+use custody_core::import::ImportOutcome;
 use custody_core::names::{EnvName, VarName};
 use custody_core::paths;
-use custody_core::import::ImportOutcome;
 use custody_core::vault::{EnvironmentInfo, VariableInfo, VariableUpdate, Vault, VaultError};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -46,7 +46,9 @@ pub fn broker() -> anyhow::Result<Option<Client>> {
     if !Client::is_running(&sock) {
         return Ok(None);
     }
-    Ok(Some(Client::connect(&sock, client_info()).map_err(broker_err)?))
+    Ok(Some(
+        Client::connect(&sock, client_info()).map_err(broker_err)?,
+    ))
 }
 
 /// Connects to the broker, or says how to start it.
@@ -98,7 +100,10 @@ pub fn open(global: &Global, secrets: &mut SecretInput) -> anyhow::Result<Backen
         Some(p) => p,
         None => input::prompt_hidden("Vault passphrase: ", "--passphrase-stdin")?,
     };
-    Ok(Backend::Direct(Box::new(Vault::unlock(&path, &passphrase)?)))
+    Ok(Backend::Direct(Box::new(Vault::unlock(
+        &path,
+        &passphrase,
+    )?)))
 }
 
 /// Opens the vault file itself (commands that must: `passwd`).
@@ -284,7 +289,12 @@ impl Backend {
                     ));
                 }
                 let v = c
-                    .call_with_secret(Request::Import { env: env.to_string() }, text)
+                    .call_with_secret(
+                        Request::Import {
+                            env: env.to_string(),
+                        },
+                        text,
+                    )
                     .map_err(broker_err)?;
                 parse(v)
             }

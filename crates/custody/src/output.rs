@@ -59,7 +59,7 @@ mod tests {
     fn timestamps() {
         assert_eq!(timestamp(0), "1970-01-01 00:00:00Z");
         assert_eq!(timestamp(951_782_400), "2000-02-29 00:00:00Z");
-        assert_eq!(timestamp(1_795_000_000), "2026-11-18 08:26:40Z");
+        assert_eq!(timestamp(1_795_000_000), "2026-11-18 11:06:40Z");
     }
 
     #[test]

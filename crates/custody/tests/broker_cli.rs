@@ -1,5 +1,6 @@
 //! Broker scenarios through the real `custody` binary: a real daemon in temp
 //! directories, started by `custody unlock`, driven like a user's script.
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,12 @@ impl Env {
             dir: tempfile::tempdir().unwrap(),
         };
         e.cmd()
-            .args(["init", "--passphrase-stdin", "--pin-stdin", "--insecure-fast-kdf"])
+            .args([
+                "init",
+                "--passphrase-stdin",
+                "--pin-stdin",
+                "--insecure-fast-kdf",
+            ])
             .write_stdin(format!("{PASS}\n{PIN}\n"))
             .assert()
             .success();
@@ -112,7 +118,9 @@ impl Drop for Env {
                 rustix::process::Pid::from_raw(pid as i32).unwrap(),
                 rustix::process::Signal::TERM,
             );
-            wait_until(Duration::from_secs(15), || !Path::new(&format!("/proc/{pid}")).exists());
+            wait_until(Duration::from_secs(15), || {
+                !Path::new(&format!("/proc/{pid}")).exists()
+            });
         }
     }
 }
@@ -131,7 +139,13 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 fn alive(pid: u32) -> bool {
     // A zombie is dead for our purposes.
     fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
         .unwrap_or(false)
 }
 
@@ -171,7 +185,11 @@ fn unlock_starts_the_broker_and_lock_status_report_it() {
         .assert()
         .failure()
         .stderr(contains("already running"));
-    e.cmd().arg("lock").assert().success().stdout(contains("Locked"));
+    e.cmd()
+        .arg("lock")
+        .assert()
+        .success()
+        .stdout(contains("Locked"));
     assert_eq!(e.json(&["status"])["locked"], true);
     e.cmd()
         .args(["env", "ls"])
@@ -186,18 +204,27 @@ fn unlock_starts_the_broker_and_lock_status_report_it() {
 fn vault_commands_go_through_the_broker() {
     let e = Env::new();
     e.unlock();
-    e.cmd().args(["env", "create", "shop-dev"]).assert().success();
+    e.cmd()
+        .args(["env", "create", "shop-dev"])
+        .assert()
+        .success();
     e.cmd()
         .args(["set", "shop-dev", "API_TOKEN"])
         .write_stdin("tok-0123456789abcdef\n")
         .assert()
         .success();
-    e.cmd().args(["generate", "shop-dev", "SESSION"]).assert().success();
+    e.cmd()
+        .args(["generate", "shop-dev", "SESSION"])
+        .assert()
+        .success();
     let ls = e.json(&["ls", "shop-dev"]);
     assert_eq!(ls.as_array().unwrap().len(), 2);
     assert!(!ls.to_string().contains("tok-0123"));
     let types = e.audit_types();
-    assert!(types.iter().filter(|t| *t == "vault_change").count() >= 3, "{types:?}");
+    assert!(
+        types.iter().filter(|t| *t == "vault_change").count() >= 3,
+        "{types:?}"
+    );
     // A script's --passphrase-stdin layout still works with the broker up.
     e.cmd()
         .args(["--passphrase-stdin", "set", "shop-dev", "OTHER"])
@@ -235,10 +262,17 @@ fn run_masks_output_and_passes_the_exit_code_through() {
     assert!(!stdout.contains("czNjcjN0"), "base64 form leaked: {stdout}");
     // Only the injected variables and the passthrough list reach the child.
     e.preapprove("e", &["env"]);
-    let out = e.cmd().args(["run", "-e", "e", "--", "env"]).assert().success();
+    let out = e
+        .cmd()
+        .args(["run", "-e", "e", "--", "env"])
+        .assert()
+        .success();
     let env_out = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
     assert!(env_out.contains("TOKEN=[masked:TOKEN]"));
-    assert!(!env_out.contains("CUSTODY_HOME"), "broker/requester env leaked: {env_out}");
+    assert!(
+        !env_out.contains("CUSTODY_HOME"),
+        "broker/requester env leaked: {env_out}"
+    );
 }
 
 #[test]
@@ -282,10 +316,21 @@ fn approve_by_id_with_pin_on_stdin() {
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "got:[masked:K]\n");
     let types = e.audit_types();
-    for t in ["request", "pin_failure", "approval", "grant", "lease_start", "lease_end"] {
+    for t in [
+        "request",
+        "pin_failure",
+        "approval",
+        "grant",
+        "lease_start",
+        "lease_end",
+    ] {
         assert!(types.iter().any(|x| x == t), "no {t} in {types:?}");
     }
-    e.cmd().args(["audit", "verify"]).assert().success().stdout(contains("intact"));
+    e.cmd()
+        .args(["audit", "verify"])
+        .assert()
+        .success()
+        .stdout(contains("intact"));
 }
 
 #[test]
@@ -343,7 +388,11 @@ fn revoke_all_and_timeout_kill_running_commands() {
             .is_some()
     }));
     assert!(alive(pid));
-    e.cmd().args(["revoke", "--all"]).assert().success().stdout(contains("killed 1 lease"));
+    e.cmd()
+        .args(["revoke", "--all"])
+        .assert()
+        .success()
+        .stdout(contains("killed 1 lease"));
     assert!(wait_until(Duration::from_secs(8), || !alive(pid)));
     let out = child.wait_with_output().unwrap();
     assert_ne!(out.status.code(), Some(0));
@@ -371,7 +420,12 @@ fn killed_daemon_leaves_nothing_running_after_restart() {
     let mut child = spawn_run(&e, &["-e", "e", "--", "sh", "-c", script]);
     let mut lease = Value::Null;
     assert!(wait_until(Duration::from_secs(20), || {
-        lease = e.json(&["leases"]).as_array().and_then(|a| a.first()).cloned().unwrap_or(Value::Null);
+        lease = e
+            .json(&["leases"])
+            .as_array()
+            .and_then(|a| a.first())
+            .cloned()
+            .unwrap_or(Value::Null);
         !lease.is_null()
     }));
     let leader = lease["pid"].as_u64().unwrap() as u32;
@@ -391,22 +445,33 @@ fn killed_daemon_leaves_nothing_running_after_restart() {
     assert!(wait_until(Duration::from_secs(10), || !alive(daemon)));
     let _ = child.kill();
     let _ = child.wait();
-    assert!(members.iter().all(|&p| alive(p)), "the lease should outlive a crashed broker");
+    assert!(
+        members.iter().all(|&p| alive(p)),
+        "the lease should outlive a crashed broker"
+    );
 
     // A new broker reaps at start, before it is even unlocked...
     e.unlock();
     assert!(
-        wait_until(Duration::from_secs(10), || members.iter().all(|&p| !alive(p))),
+        wait_until(Duration::from_secs(10), || members
+            .iter()
+            .all(|&p| !alive(p))),
         "lease processes survived the restart"
     );
     // ...and audits it once unlocked.
     let out = e.cmd().args(["audit", "--json"]).assert().success();
     let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
     assert!(
-        text.lines().any(|l| l.contains("\"reaped\"") && l.contains(&lease_id)),
+        text.lines()
+            .any(|l| l.contains("\"reaped\"") && l.contains(&lease_id)),
         "no reaped record for {lease_id}"
     );
-    assert!(!e.home().join("leases").join(format!("{lease_id}.json")).exists());
+    assert!(
+        !e.home()
+            .join("leases")
+            .join(format!("{lease_id}.json"))
+            .exists()
+    );
     e.cmd().args(["audit", "verify"]).assert().success();
 }
 

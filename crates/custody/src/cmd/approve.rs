@@ -68,7 +68,12 @@ fn describe(p: &Value) -> String {
 
 fn list(v: &Value) -> String {
     v.as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
         .unwrap_or_default()
 }
 
@@ -108,7 +113,12 @@ pub fn approve(g: &Global, secrets: &mut SecretInput, a: ApproveArgs) -> anyhow:
         secrets.line("approval PIN")?
     } else {
         let pending = client.call(Request::Pending).map_err(broker_err)?;
-        if let Some(p) = pending.as_array().into_iter().flatten().find(|p| p["id"] == json!(id)) {
+        if let Some(p) = pending
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["id"] == json!(id))
+        {
             eprintln!("{}", describe(p));
         }
         input::prompt_hidden("Approval PIN: ", "--pin-stdin")?
@@ -117,7 +127,10 @@ pub fn approve(g: &Global, secrets: &mut SecretInput, a: ApproveArgs) -> anyhow:
     if g.json {
         output::json(&v)?;
     } else {
-        println!("Approved {id} (grant {})", v["grant_id"].as_str().unwrap_or_default());
+        println!(
+            "Approved {id} (grant {})",
+            v["grant_id"].as_str().unwrap_or_default()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -125,7 +138,9 @@ pub fn approve(g: &Global, secrets: &mut SecretInput, a: ApproveArgs) -> anyhow:
 pub fn deny(g: &Global, _s: &mut SecretInput, a: DenyArgs) -> anyhow::Result<ExitCode> {
     let mut client = access::require_broker()?;
     let v = client
-        .call(Request::Deny { request_id: a.id.clone() })
+        .call(Request::Deny {
+            request_id: a.id.clone(),
+        })
         .map_err(broker_err)?;
     if g.json {
         output::json(&v)?;
@@ -137,13 +152,19 @@ pub fn deny(g: &Global, _s: &mut SecretInput, a: DenyArgs) -> anyhow::Result<Exi
 
 /// Asks on the terminal about one request: once / for N / deny, then the PIN.
 fn decide_on_tty(id: &str, details: Option<&Value>) -> anyhow::Result<Option<String>> {
-    let mut tty = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty")?;
+    let mut tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")?;
     if let Some(p) = details {
         writeln!(tty, "\n{}", describe(p))?;
     } else {
         writeln!(tty, "\nrequest {id}")?;
     }
-    write!(tty, "Approve? [o]nce, [f]or a duration (e.g. f 15m), [d]eny, [s]kip: ")?;
+    write!(
+        tty,
+        "Approve? [o]nce, [f]or a duration (e.g. f 15m), [d]eny, [s]kip: "
+    )?;
     tty.flush()?;
     let mut answer = String::new();
     BufReader::new(tty.try_clone()?).read_line(&mut answer)?;
@@ -159,14 +180,20 @@ fn decide_on_tty(id: &str, details: Option<&Value>) -> anyhow::Result<Option<Str
         }
         "d" | "deny" | "n" | "no" => {
             let mut c = access::require_broker()?;
-            c.call(Request::Deny { request_id: id.to_owned() }).map_err(broker_err)?;
+            c.call(Request::Deny {
+                request_id: id.to_owned(),
+            })
+            .map_err(broker_err)?;
             return Ok(Some(format!("denied {id}")));
         }
         _ => return Ok(None),
     };
     let pin = input::prompt_hidden("Approval PIN: ", "--pin-stdin")?;
     let v = send_approval(id, scope, &pin)?;
-    Ok(Some(format!("approved {id} (grant {})", v["grant_id"].as_str().unwrap_or_default())))
+    Ok(Some(format!(
+        "approved {id} (grant {})",
+        v["grant_id"].as_str().unwrap_or_default()
+    )))
 }
 
 /// Inline approval from `custody run` on a terminal.
@@ -191,7 +218,9 @@ pub fn inline(_g: &Global, request_id: &str) -> anyhow::Result<()> {
 /// The interactive queue: shows each pending request as it arrives.
 fn queue(_g: &Global) -> anyhow::Result<ExitCode> {
     if !input::has_tty() {
-        bail!("no terminal for the interactive queue: pass a request id (see `custody approve --list --json`)");
+        bail!(
+            "no terminal for the interactive queue: pass a request id (see `custody approve --list --json`)"
+        );
     }
     let mut lister = access::require_broker()?;
     let mut watcher = access::require_broker()?;
@@ -212,7 +241,10 @@ fn queue(_g: &Global) -> anyhow::Result<ExitCode> {
         }
         // Block until the broker pushes something (a new request, a lease end).
         match watcher.read().map_err(broker_err)? {
-            ServerFrame::Event { event: Event::Locked, .. } => {
+            ServerFrame::Event {
+                event: Event::Locked,
+                ..
+            } => {
                 eprintln!("The vault was locked.");
                 return Ok(ExitCode::SUCCESS);
             }

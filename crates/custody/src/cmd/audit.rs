@@ -120,7 +120,9 @@ fn verify(g: &Global, secrets: &mut SecretInput) -> anyhow::Result<ExitCode> {
             let key = vault.subkey(Subkey::Audit);
             match audit::verify(&log_path()?, &key, head.as_ref()) {
                 Ok(r) => json!({"intact": true, "records": r.records, "head_seq": r.head.seq}),
-                Err(e) => json!({"intact": false, "first_bad_seq": e.first_bad_seq(), "problem": e.to_string()}),
+                Err(e) => {
+                    json!({"intact": false, "first_bad_seq": e.first_bad_seq(), "problem": e.to_string()})
+                }
             }
         }
     };
@@ -136,5 +138,9 @@ fn verify(g: &Global, secrets: &mut SecretInput) -> anyhow::Result<ExitCode> {
             v["problem"].as_str().unwrap_or_default()
         );
     }
-    Ok(if intact { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if intact {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

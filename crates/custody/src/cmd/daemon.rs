@@ -23,8 +23,12 @@ pub fn run(_g: &Global, _s: &mut SecretInput, a: DaemonArgs) -> anyhow::Result<E
     let home = custody_core::paths::home_dir()
         .context("cannot tell where the vault lives: set CUSTODY_HOME (or HOME)")?;
     let mut cfg = BrokerConfig::new(home, custody_broker::paths::runtime_dir());
-    cfg.idle_lock = custody_core::duration::parse(&a.idle_lock)
-        .ok_or_else(|| anyhow!("--idle-lock '{}' is not a duration like 30m or 8h", a.idle_lock))?;
+    cfg.idle_lock = custody_core::duration::parse(&a.idle_lock).ok_or_else(|| {
+        anyhow!(
+            "--idle-lock '{}' is not a duration like 30m or 8h",
+            a.idle_lock
+        )
+    })?;
     cfg.kill_grace = custody_core::duration::parse(&a.kill_grace)
         .ok_or_else(|| anyhow!("--kill-grace '{}' is not a duration like 5s", a.kill_grace))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -36,12 +40,17 @@ pub fn run(_g: &Global, _s: &mut SecretInput, a: DaemonArgs) -> anyhow::Result<E
         let listener = custody_broker::daemon::bind(&cfg)?;
         eprintln!(
             "custody daemon: serving {} (pid {})",
-            cfg.runtime_dir.join(custody_broker::paths::SOCKET_FILE).display(),
+            cfg.runtime_dir
+                .join(custody_broker::paths::SOCKET_FILE)
+                .display(),
             std::process::id()
         );
         let shutdown = async {
             use tokio::signal::unix::{SignalKind, signal};
-            match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
                 (Ok(mut term), Ok(mut int)) => {
                     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
                 }

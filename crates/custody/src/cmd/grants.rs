@@ -26,7 +26,9 @@ pub struct RevokeArgs {
 }
 
 pub fn grants(g: &Global, _s: &mut SecretInput, _a: GrantsArgs) -> anyhow::Result<ExitCode> {
-    let v = access::require_broker()?.call(Request::Grants).map_err(broker_err)?;
+    let v = access::require_broker()?
+        .call(Request::Grants)
+        .map_err(broker_err)?;
     if g.json {
         output::json(&v)?;
     } else if v.as_array().is_none_or(Vec::is_empty) {
@@ -38,7 +40,9 @@ pub fn grants(g: &Global, _s: &mut SecretInput, _a: GrantsArgs) -> anyhow::Resul
                 gr["grant_id"].as_str().unwrap_or_default(),
                 gr["requester"].as_str().unwrap_or_default(),
                 gr["expires_at"].as_str().unwrap_or_default(),
-                gr["uses_left"].as_u64().map_or("∞".to_owned(), |n| n.to_string()),
+                gr["uses_left"]
+                    .as_u64()
+                    .map_or("∞".to_owned(), |n| n.to_string()),
                 argv_line(&gr["argv"]),
                 gr["cwd"].as_str().unwrap_or_default()
             );
@@ -48,7 +52,9 @@ pub fn grants(g: &Global, _s: &mut SecretInput, _a: GrantsArgs) -> anyhow::Resul
 }
 
 pub fn leases(g: &Global, _s: &mut SecretInput, _a: LeasesArgs) -> anyhow::Result<ExitCode> {
-    let v = access::require_broker()?.call(Request::Leases).map_err(broker_err)?;
+    let v = access::require_broker()?
+        .call(Request::Leases)
+        .map_err(broker_err)?;
     if g.json {
         output::json(&v)?;
     } else if v.as_array().is_none_or(Vec::is_empty) {
@@ -73,7 +79,9 @@ pub fn revoke(g: &Global, _s: &mut SecretInput, a: RevokeArgs) -> anyhow::Result
         (true, _) => RevokeTarget::All,
         (false, Some(id)) if id.starts_with("g-") => RevokeTarget::Grant(id),
         (false, Some(id)) if id.starts_with("l-") => RevokeTarget::Lease(id),
-        (false, Some(id)) => bail!("'{id}' is neither a grant (g-…) nor a lease (l-…): see `custody grants` and `custody leases`"),
+        (false, Some(id)) => bail!(
+            "'{id}' is neither a grant (g-…) nor a lease (l-…): see `custody grants` and `custody leases`"
+        ),
         (false, None) => bail!("name a grant or lease id, or pass --all"),
     };
     let v = access::require_broker()?
@@ -83,7 +91,11 @@ pub fn revoke(g: &Global, _s: &mut SecretInput, a: RevokeArgs) -> anyhow::Result
         output::json(&v)?;
     } else {
         let n = |k: &str| v[k].as_array().map_or(0, Vec::len);
-        println!("Revoked {} grant(s); killed {} lease(s).", n("revoked_grants"), n("revoked_leases"));
+        println!(
+            "Revoked {} grant(s); killed {} lease(s).",
+            n("revoked_grants"),
+            n("revoked_leases")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

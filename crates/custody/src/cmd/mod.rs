@@ -150,7 +150,10 @@ pub fn argv_line(argv: &serde_json::Value) -> String {
             a.iter()
                 .filter_map(|x| x.as_str())
                 .map(|s| {
-                    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+                    if !s.is_empty()
+                        && s.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+                    {
                         s.to_owned()
                     } else {
                         format!("'{}'", s.replace('\'', "'\\''"))

@@ -33,8 +33,12 @@ pub struct RunArgs {
 }
 
 pub fn run(g: &Global, _s: &mut SecretInput, a: RunArgs) -> anyhow::Result<ExitCode> {
-    let timeout = custody_core::duration::parse(&a.timeout)
-        .ok_or_else(|| anyhow!("--timeout '{}' is not a duration like 30s, 10m or 1h", a.timeout))?;
+    let timeout = custody_core::duration::parse(&a.timeout).ok_or_else(|| {
+        anyhow!(
+            "--timeout '{}' is not a duration like 30s, 10m or 1h",
+            a.timeout
+        )
+    })?;
     let cwd = std::env::current_dir().context("reading the current directory")?;
     let passthrough: BTreeMap<String, String> = custody_broker::lease::PASSTHROUGH
         .iter()
@@ -90,7 +94,10 @@ pub fn run(g: &Global, _s: &mut SecretInput, a: RunArgs) -> anyhow::Result<ExitC
         crate::output::json(&v)?;
     }
     if v["reason"] == "deadline" {
-        eprintln!("custody: the command hit its {} deadline and was killed", a.timeout);
+        eprintln!(
+            "custody: the command hit its {} deadline and was killed",
+            a.timeout
+        );
     }
     if let Some(c) = v["exit_code"].as_i64() {
         return Ok(ExitCode::from(u8::try_from(c).unwrap_or(1)));

@@ -76,11 +76,16 @@ pub fn unlock(g: &Global, secrets: &mut SecretInput, _a: UnlockArgs) -> anyhow::
         .call_with_secret(Request::Unlock, &passphrase)
         .map_err(broker_err)?;
     if g.json {
-        output::json(&json!({"unlocked": true, "daemon_started": started, "already": v["already"]}))?;
+        output::json(
+            &json!({"unlocked": true, "daemon_started": started, "already": v["already"]}),
+        )?;
     } else if v["already"].as_bool() == Some(true) {
         println!("Already unlocked.");
     } else {
-        println!("Unlocked{}.", if started { " (broker started)" } else { "" });
+        println!(
+            "Unlocked{}.",
+            if started { " (broker started)" } else { "" }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -110,10 +115,20 @@ pub fn status(g: &Global, _s: &mut SecretInput, _a: StatusArgs) -> anyhow::Resul
     let vault = access::vault_path()?;
     let Some(mut client) = access::broker()? else {
         if g.json {
-            output::json(&json!({"running": false, "locked": true, "vault": vault, "vault_exists": vault.exists()}))?;
+            output::json(
+                &json!({"running": false, "locked": true, "vault": vault, "vault_exists": vault.exists()}),
+            )?;
         } else {
             println!("broker: not running (start it with `custody unlock`)");
-            println!("vault:  {}{}", vault.display(), if vault.exists() { "" } else { " (missing: run `custody init`)" });
+            println!(
+                "vault:  {}{}",
+                vault.display(),
+                if vault.exists() {
+                    ""
+                } else {
+                    " (missing: run `custody init`)"
+                }
+            );
         }
         return Ok(ExitCode::SUCCESS);
     };
@@ -123,20 +138,43 @@ pub fn status(g: &Global, _s: &mut SecretInput, _a: StatusArgs) -> anyhow::Resul
         output::json(&v)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("broker: running, {}", if v["locked"] == json!(true) { "LOCKED" } else { "unlocked" });
+    println!(
+        "broker: running, {}",
+        if v["locked"] == json!(true) {
+            "LOCKED"
+        } else {
+            "unlocked"
+        }
+    );
     println!("vault:  {}", v["vault"].as_str().unwrap_or_default());
-    println!("agent sessions: {}", v["sessions"].as_array().map_or(0, Vec::len));
+    println!(
+        "agent sessions: {}",
+        v["sessions"].as_array().map_or(0, Vec::len)
+    );
     for s in v["sessions"].as_array().into_iter().flatten() {
-        println!("  {} {} (pid {}, agent pid {})", s["session_id"].as_str().unwrap_or_default(),
-                 s["client_name"].as_str().unwrap_or_default(), s["pid"], s["agent_pid"]);
+        println!(
+            "  {} {} (pid {}, agent pid {})",
+            s["session_id"].as_str().unwrap_or_default(),
+            s["client_name"].as_str().unwrap_or_default(),
+            s["pid"],
+            s["agent_pid"]
+        );
     }
-    println!("pending requests: {}  (see `custody approve --list`)", v["pending"]);
+    println!(
+        "pending requests: {}  (see `custody approve --list`)",
+        v["pending"]
+    );
     println!("grants: {}", v["grants"]);
     let leases = v["leases"].as_array().cloned().unwrap_or_default();
     println!("running leases: {}", leases.len());
     for l in leases {
-        println!("  {} pid {} until {}: {}", l["lease_id"].as_str().unwrap_or_default(), l["pid"],
-                 l["deadline"].as_str().unwrap_or_default(), super::argv_line(&l["argv"]));
+        println!(
+            "  {} pid {} until {}: {}",
+            l["lease_id"].as_str().unwrap_or_default(),
+            l["pid"],
+            l["deadline"].as_str().unwrap_or_default(),
+            super::argv_line(&l["argv"])
+        );
     }
     if v["pin_failures"].as_u64().unwrap_or(0) > 0 {
         println!("failed PIN attempts in a row: {}", v["pin_failures"]);
