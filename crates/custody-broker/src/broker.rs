@@ -225,6 +225,9 @@ impl State {
     }
 
     fn is_agent_process(&self, pid: u32) -> Option<u32> {
+        if self.agents.is_empty() {
+            return None;
+        }
         procs::ancestry(pid).into_iter().find(|p| {
             self.agents
                 .get(p)
@@ -559,14 +562,15 @@ impl Broker {
             };
         }
         let pid = peer.pid.unwrap_or(0);
-        if let Some(agent) = st.is_agent_process(pid) {
-            let client = st
-                .session_for_agent(agent)
-                .map_or_else(|| "agent".to_owned(), |s| s.client_name.clone());
-            return Requester::Agent {
-                client,
-                agent_pid: agent,
-            };
+        if let Some(hit) = st.is_agent_process(pid) {
+            // The hit may be the agent client or one of its `custody mcp`
+            // processes; either way the identity is the agent client's, so
+            // every connection of a session shares its grants.
+            let (client, agent_pid) = st.session_for_agent(hit).map_or_else(
+                || ("agent".to_owned(), hit),
+                |s| (s.client_name.clone(), s.agent_pid),
+            );
+            return Requester::Agent { client, agent_pid };
         }
         Requester::Terminal {
             session: procs::session_id(pid).unwrap_or(pid),

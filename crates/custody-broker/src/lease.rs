@@ -172,6 +172,9 @@ fn write_secret_files(
     dir: &Path,
     injected: &[Injected],
 ) -> std::io::Result<Vec<(String, PathBuf)>> {
+    if !injected.iter().any(|i| i.as_file) {
+        return Ok(Vec::new());
+    }
     crate::paths::ensure_private_dir(dir.parent().unwrap_or(dir))?;
     crate::paths::ensure_private_dir(dir)?;
     let mut out = Vec::new();

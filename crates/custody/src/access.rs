@@ -42,13 +42,12 @@ pub fn client_info() -> ClientInfo {
 
 /// Connects to the running broker, if any.
 pub fn broker() -> anyhow::Result<Option<Client>> {
-    let sock = socket_path();
-    if !Client::is_running(&sock) {
-        return Ok(None);
+    // One connection attempt: a refused or missing socket means no broker.
+    match Client::connect(&socket_path(), client_info()) {
+        Ok(c) => Ok(Some(c)),
+        Err(ClientError::NotRunning(_)) => Ok(None),
+        Err(e) => Err(broker_err(e)),
     }
-    Ok(Some(
-        Client::connect(&sock, client_info()).map_err(broker_err)?,
-    ))
 }
 
 /// Connects to the broker, or says how to start it.

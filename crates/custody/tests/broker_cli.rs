@@ -529,3 +529,43 @@ fn audit_verify_names_the_first_bad_record() {
         .code(1)
         .stdout(contains("\"intact\": false"));
 }
+
+/// File-kind variables arrive as the path of a 0600 file in a private
+/// per-lease directory, which is gone when the lease ends.
+#[test]
+fn file_kind_variables_are_ephemeral_private_files() {
+    let e = Env::new();
+    e.unlock();
+    e.cmd().args(["env", "create", "e"]).assert().success();
+    e.cmd()
+        .args(["set", "e", "TLS_KEY", "--kind", "file"])
+        .write_stdin("-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END KEY-----\n")
+        .assert()
+        .success();
+    let script = "echo path=$TLS_KEY; stat -c %a \"$TLS_KEY\"; stat -c %a \"$(dirname \"$TLS_KEY\")\"; cat \"$TLS_KEY\"";
+    e.preapprove("e", &["sh", "-c", script]);
+    let out = e
+        .cmd()
+        .args(["run", "-e", "e", "--", "sh", "-c", script])
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    let path = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("path="))
+        .unwrap()
+        .to_owned();
+    assert!(path.starts_with(e.runtime().to_str().unwrap()), "{path}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[1], "600");
+    assert_eq!(lines[2], "700");
+    assert!(
+        !stdout.contains("MIIEvQIBADANBgkqhkiG9w0BAQEFAASC"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[masked:TLS_KEY]"), "{stdout}");
+    assert!(
+        !Path::new(&path).exists(),
+        "the ephemeral file outlived its lease"
+    );
+}

@@ -816,10 +816,15 @@ impl Vault {
                 .map(|row| variable_info(seal_key, vault_id, env, &env_id, row))
                 .collect()
         };
-        let workers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(8);
-        let mut out = if rows.len() >= PARALLEL_LIST_MIN && workers > 1 {
+        // available_parallelism reads cgroup files: ask only for big lists.
+        let workers = if rows.len() >= PARALLEL_LIST_MIN {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(8)
+        } else {
+            1
+        };
+        let mut out = if workers > 1 {
             let size = rows.len().div_ceil(workers);
             let parts: Vec<Result<Vec<VariableInfo>>> = std::thread::scope(|s| {
                 let handles: Vec<_> = rows
