@@ -117,12 +117,12 @@ pub struct KdfParams {
 }
 
 impl KdfParams {
-    /// The default: 64 MiB and 6 passes, about 0.5 s on the project's
-    /// reference machine (2 cores; see docs/benchmarks.md), memory-hard so a
-    /// copied vault file is expensive to attack offline (G7).
+    /// The default: 64 MiB and 11 passes, about 0.5 s on the project's
+    /// reference machine (2 cores; measured in docs/benchmarks.md), memory-hard
+    /// so a copied vault file is expensive to attack offline (G7).
     pub const DEFAULT: KdfParams = KdfParams {
         memory_kib: 64 * 1024,
-        iterations: 6,
+        iterations: 11,
         parallelism: 1,
     };
 

@@ -384,6 +384,16 @@ expires = "2099-12-31T00:00:00Z"
         assert_eq!(missing.max_ttl("any"), DEFAULT_MAX_TTL);
     }
 
+    /// The documented example in docs/ must stay valid.
+    #[test]
+    fn documented_example_parses() {
+        let text = include_str!("../../../docs/policy.example.toml");
+        let p = Policy::parse(text).unwrap();
+        assert!(p.visible("codex", "shop-dev") && !p.visible("codex", "billing"));
+        assert!(p.always_approve("cli", "shop-prod"));
+        assert_eq!(p.max_ttl("cli"), Duration::from_secs(7200));
+    }
+
     #[test]
     fn globs() {
         assert!(glob("*", "x"));
