@@ -12,31 +12,17 @@ pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Formats seconds since the Unix epoch as `YYYY-MM-DD HH:MM:SSZ` (UTC).
+/// Formats seconds since the Unix epoch as `YYYY-MM-DD HH:MM:SSZ` (UTC), the
+/// audit log's calendar arithmetic in a table-friendly shape.
 pub fn timestamp(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    // format_rfc3339 gives `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+    let full = custody_core::audit::format_rfc3339(t);
+    match (full.get(..10), full.get(11..19)) {
+        (Some(date), Some(time)) => format!("{date} {time}Z"),
+        _ => full,
+    }
 }
 
 /// Shortens `text` to at most `max` characters for a table cell.
