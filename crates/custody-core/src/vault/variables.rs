@@ -1,0 +1,450 @@
+//! Variables: set, declare, import, unset, list and reveal. Values are
+//! sealed with AAD binding vault, environment, variable and version.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::*;
+
+/// A `variables` row as read by [`Vault::reveal`], before anything in it is
+/// opened.
+struct SealedRow {
+    id: Vec<u8>,
+    sealed_label: Vec<u8>,
+    /// `None` while the variable is declared but not set.
+    sealed_value: Option<Vec<u8>>,
+    version: i64,
+}
+
+/// A `variables` row as read, before its label is opened.
+struct Row {
+    id: Vec<u8>,
+    sealed_label: Vec<u8>,
+    sealed_len: Option<i64>,
+    version: i64,
+    created_at: i64,
+    updated_at: i64,
+}
+
+/// The keys and ids an upsert needs, borrowed apart from the connection so a
+/// transaction can be open at the same time.
+struct Keys<'a> {
+    vault_id: &'a Id,
+    seal: &'a Key,
+    index: &'a Key,
+}
+
+/// Borrows the keys of a vault field by field, so the borrow stays disjoint
+/// from `conn` (a method taking `&self` would borrow the whole vault).
+macro_rules! keys_of {
+    ($v:expr) => {
+        Keys {
+            vault_id: &$v.vault_id,
+            seal: &$v.seal_key,
+            index: &$v.index_key,
+        }
+    };
+}
+
+impl Vault {
+    pub(super) fn var_index(&self, env_id: &Id, name: &VarName) -> [u8; 32] {
+        crypto::keyed_hash(&self.index_key, &[b"var", env_id, name.as_str().as_bytes()])
+    }
+
+    pub(super) fn what(env: &EnvName, var: &VarName, part: &str) -> String {
+        format!("{part} of {env}/{var}")
+    }
+
+    /// Sets (creating if needed) a variable's value. Returns whether it was
+    /// created.
+    pub fn set_variable(
+        &mut self,
+        env: &EnvName,
+        var: &VarName,
+        value: &[u8],
+        update: &VariableUpdate,
+    ) -> Result<bool> {
+        let env_id = self.env_id(env)?;
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| storage(e, &path))?;
+        let created =
+            upsert_variable(&tx, &keys_of!(self), &env_id, env, var, Some(value), update)?;
+        tx.commit().map_err(|e| storage(e, &path))?;
+        Ok(created)
+    }
+
+    /// Declares a variable with no value (a slot for the human to fill), or
+    /// updates its description/kind if it exists. Returns whether it was
+    /// created.
+    pub fn declare_variable(
+        &mut self,
+        env: &EnvName,
+        var: &VarName,
+        update: &VariableUpdate,
+    ) -> Result<bool> {
+        let env_id = self.env_id(env)?;
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| storage(e, &path))?;
+        let created = upsert_variable(&tx, &keys_of!(self), &env_id, env, var, None, update)?;
+        tx.commit().map_err(|e| storage(e, &path))?;
+        Ok(created)
+    }
+
+    /// Imports `(name, value)` pairs into `env`, committing every
+    /// `batch_size` variables so an interrupted import leaves a vault that
+    /// opens and holds a prefix of the input. `progress(done)` is called after
+    /// each committed batch.
+    pub fn import<'a, I>(
+        &mut self,
+        env: &EnvName,
+        entries: I,
+        batch_size: usize,
+        mut progress: impl FnMut(usize),
+    ) -> Result<ImportReport>
+    where
+        I: IntoIterator<Item = (&'a VarName, &'a [u8])>,
+    {
+        let env_id = self.env_id(env)?;
+        let keys = keys_of!(self);
+        let path = self.path.clone();
+        let mut report = ImportReport::default();
+        let mut entries = entries.into_iter().peekable();
+        let update = VariableUpdate::default();
+        while entries.peek().is_some() {
+            let tx = self.conn.transaction().map_err(|e| storage(e, &path))?;
+            for (var, value) in entries.by_ref().take(batch_size.max(1)) {
+                if upsert_variable(&tx, &keys, &env_id, env, var, Some(value), &update)? {
+                    report.created += 1;
+                } else {
+                    report.updated += 1;
+                }
+            }
+            tx.commit().map_err(|e| storage(e, &path))?;
+            progress(report.created + report.updated);
+        }
+        Ok(report)
+    }
+
+    /// Removes a variable.
+    pub fn unset_variable(&mut self, env: &EnvName, var: &VarName) -> Result<()> {
+        let env_id = self.env_id(env)?;
+        let n = self
+            .conn
+            .execute(
+                "DELETE FROM variables WHERE env_id = ?1 AND name_index = ?2",
+                params![&env_id[..], &self.var_index(&env_id, var)[..]],
+            )
+            .map_err(|e| storage(e, &self.path))?;
+        if n == 0 {
+            return Err(VaultError::NoSuchVariable {
+                env: env.to_string(),
+                var: var.to_string(),
+            });
+        }
+        self.touch_env(&env_id)
+    }
+
+    pub(super) fn touch_env(&self, env_id: &Id) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE environments SET updated_at = ?2 WHERE id = ?1",
+                params![&env_id[..], now()],
+            )
+            .map_err(|e| storage(e, &self.path))?;
+        Ok(())
+    }
+
+    /// The variables of an environment, sorted by name. Never values.
+    pub fn variables(&self, env: &EnvName) -> Result<Vec<VariableInfo>> {
+        let env_id = self.env_id(env)?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, sealed_label, length(sealed_value), version, created_at, updated_at
+                 FROM variables WHERE env_id = ?1",
+            )
+            .map_err(|e| storage(e, &self.path))?;
+        let rows = stmt
+            .query_map(params![&env_id[..]], |r| {
+                Ok(Row {
+                    id: r.get(0)?,
+                    sealed_label: r.get(1)?,
+                    sealed_len: r.get(2)?,
+                    version: r.get(3)?,
+                    created_at: r.get(4)?,
+                    updated_at: r.get(5)?,
+                })
+            })
+            .map_err(|e| storage(e, &self.path))?
+            .collect::<rusqlite::Result<Vec<Row>>>()
+            .map_err(|e| storage(e, &self.path))?;
+
+        // Opening labels is the cost of a large listing: spread it over the
+        // cores for big environments (scoped threads, nothing outlives this).
+        // Only the key and ids cross into the threads, not the connection.
+        let (seal_key, vault_id) = (&self.seal_key, &self.vault_id);
+        let decode = |chunk: &[Row]| -> Result<Vec<VariableInfo>> {
+            chunk
+                .iter()
+                .map(|row| variable_info(seal_key, vault_id, env, &env_id, row))
+                .collect()
+        };
+        // available_parallelism reads cgroup files: ask only for big lists.
+        let workers = if rows.len() >= PARALLEL_LIST_MIN {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(8)
+        } else {
+            1
+        };
+        let mut out = if workers > 1 {
+            let size = rows.len().div_ceil(workers);
+            let parts: Vec<Result<Vec<VariableInfo>>> = std::thread::scope(|s| {
+                let handles: Vec<_> = rows
+                    .chunks(size)
+                    .map(|chunk| s.spawn(move || decode(chunk)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(VaultError::Storage("label decoding thread failed".into()))
+                        })
+                    })
+                    .collect()
+            });
+            let mut all = Vec::with_capacity(rows.len());
+            for part in parts {
+                all.extend(part?);
+            }
+            all
+        } else {
+            decode(&rows)?
+        };
+        out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Decrypts one value. Only the broker (and, until it exists, the CLI
+    /// path that opens the vault directly) calls this.
+    pub fn reveal(&self, env: &EnvName, var: &VarName) -> Result<(VarKind, SecretValue)> {
+        let env_id = self.env_id(env)?;
+        let row: Option<SealedRow> = self
+            .conn
+            .prepare_cached(
+                "SELECT id, sealed_label, sealed_value, version FROM variables
+                 WHERE env_id = ?1 AND name_index = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(
+                    params![&env_id[..], &self.var_index(&env_id, var)[..]],
+                    |r| {
+                        Ok(SealedRow {
+                            id: r.get(0)?,
+                            sealed_label: r.get(1)?,
+                            sealed_value: r.get(2)?,
+                            version: r.get(3)?,
+                        })
+                    },
+                )
+                .optional()
+            })
+            .map_err(|e| storage(e, &self.path))?;
+        let Some(SealedRow {
+            id,
+            sealed_label: label,
+            sealed_value: sealed,
+            version,
+        }) = row
+        else {
+            return Err(VaultError::NoSuchVariable {
+                env: env.to_string(),
+                var: var.to_string(),
+            });
+        };
+        let id = to_id(id)?;
+        let label = self.open_label(
+            b"var-label",
+            &[&env_id, &id],
+            &label,
+            &Self::what(env, var, "name"),
+        )?;
+        let Some(sealed) = sealed else {
+            return Err(VaultError::NotSet {
+                env: env.to_string(),
+                var: var.to_string(),
+            });
+        };
+        let plain = crypto::open(
+            &self.seal_key,
+            &aad(
+                b"value",
+                &[&self.vault_id, &env_id, &id, &version.to_be_bytes()],
+            ),
+            &sealed,
+        )
+        .map_err(|_| VaultError::Tampered {
+            what: Self::what(env, var, "value"),
+        })?;
+        Ok((label.kind, secret_from(plain)))
+    }
+}
+
+fn upsert_variable(
+    tx: &rusqlite::Transaction<'_>,
+    keys: &Keys<'_>,
+    env_id: &Id,
+    env: &EnvName,
+    var: &VarName,
+    value: Option<&[u8]>,
+    update: &VariableUpdate,
+) -> Result<bool> {
+    if let Some(v) = value
+        && v.len() > MAX_VALUE_LEN
+    {
+        return Err(VaultError::ValueTooLarge {
+            len: v.len(),
+            max: MAX_VALUE_LEN,
+        });
+    }
+    if let Some(d) = &update.description {
+        check_description(d)?;
+    }
+    let index = crypto::keyed_hash(keys.index, &[b"var", env_id, var.as_str().as_bytes()]);
+    let existing: Option<(Vec<u8>, Vec<u8>, i64)> = tx
+        .prepare_cached(
+            "SELECT id, sealed_label, version FROM variables WHERE env_id = ?1 AND name_index = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![&env_id[..], &index[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()
+        })
+        .map_err(|e| VaultError::Storage(e.to_string()))?;
+    let t = now();
+    let seal_label = |id: &Id, label: &Label| -> Result<Vec<u8>> {
+        Ok(crypto::seal(
+            keys.seal,
+            &aad(b"var-label", &[keys.vault_id, env_id, id]),
+            &label.encode(),
+        )?)
+    };
+    let seal_value = |id: &Id, version: i64, v: &[u8]| -> Result<Vec<u8>> {
+        Ok(crypto::seal(
+            keys.seal,
+            &aad(
+                b"value",
+                &[keys.vault_id, env_id, id, &version.to_be_bytes()],
+            ),
+            v,
+        )?)
+    };
+    let created = match existing {
+        None => {
+            let id: Id = crypto::random_array()?;
+            let label = Label {
+                name: var.to_string(),
+                description: update.description.clone().unwrap_or_default(),
+                kind: update.kind.unwrap_or_default(),
+            };
+            let version = i64::from(value.is_some());
+            let sealed_value = value.map(|v| seal_value(&id, version, v)).transpose()?;
+            let sealed_label = seal_label(&id, &label)?;
+            tx.prepare_cached(
+                "INSERT INTO variables
+                   (id, env_id, name_index, sealed_label, sealed_value, version, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    &id[..],
+                    &env_id[..],
+                    &index[..],
+                    sealed_label,
+                    sealed_value,
+                    version,
+                    t
+                ])
+            })
+            .map_err(|e| VaultError::Storage(e.to_string()))?;
+            true
+        }
+        Some((id, sealed_label, version)) => {
+            let id = to_id(id)?;
+            let what = format!("name of {env}/{var}");
+            let plain = crypto::open(
+                keys.seal,
+                &aad(b"var-label", &[keys.vault_id, env_id, &id]),
+                &sealed_label,
+            )
+            .map_err(|_| VaultError::Tampered { what: what.clone() })?;
+            let mut label = Label::decode(&plain).map_err(|_| VaultError::Tampered { what })?;
+            if let Some(d) = &update.description {
+                label.description.clone_from(d);
+            }
+            if let Some(k) = update.kind {
+                label.kind = k;
+            }
+            let new_label = seal_label(&id, &label)?;
+            match value {
+                Some(v) => {
+                    let version = version.saturating_add(1);
+                    tx.execute(
+                        "UPDATE variables SET sealed_label = ?2, sealed_value = ?3, version = ?4,
+                                updated_at = ?5 WHERE id = ?1",
+                        params![&id[..], new_label, seal_value(&id, version, v)?, version, t],
+                    )
+                }
+                None => tx.execute(
+                    "UPDATE variables SET sealed_label = ?2, updated_at = ?3 WHERE id = ?1",
+                    params![&id[..], new_label, t],
+                ),
+            }
+            .map_err(|e| VaultError::Storage(e.to_string()))?;
+            false
+        }
+    };
+    tx.execute(
+        "UPDATE environments SET updated_at = ?2 WHERE id = ?1",
+        params![&env_id[..], t],
+    )
+    .map_err(|e| VaultError::Storage(e.to_string()))?;
+    Ok(created)
+}
+
+fn variable_info(
+    seal_key: &Key,
+    vault_id: &Id,
+    env: &EnvName,
+    env_id: &Id,
+    row: &Row,
+) -> Result<VariableInfo> {
+    let id = Id::try_from(row.id.as_slice())
+        .map_err(|_| VaultError::Storage("malformed row id".into()))?;
+    let plain = crypto::open(
+        seal_key,
+        &aad(b"var-label", &[vault_id, env_id, &id]),
+        &row.sealed_label,
+    );
+    let label = plain
+        .ok()
+        .and_then(|p| Label::decode(&p).ok())
+        .ok_or_else(|| VaultError::Tampered {
+            what: format!("variable name in {env}"),
+        })?;
+    // The ciphertext length gives the value length without decrypting.
+    let value_len = row
+        .sealed_len
+        .and_then(|n| usize::try_from(n).ok())
+        .map(|n| n.saturating_sub(SEALED_OVERHEAD));
+    Ok(VariableInfo {
+        name: label.name,
+        description: label.description,
+        kind: label.kind,
+        is_set: value_len.is_some(),
+        too_short_to_mask: value_len.is_some_and(|n| n < crate::mask::MIN_MASKABLE_LEN),
+        version: u64::try_from(row.version).unwrap_or(0),
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
+}
