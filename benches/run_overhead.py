@@ -23,6 +23,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=300)
     ap.add_argument("--bin", default="target/release/custody")
+    ap.add_argument("--cwd", default=None,
+                    help="directory the commands run in (default: the benchmark's own temp dir). "
+                         "custody's post-run leak check walks it, so its size matters")
     args = ap.parse_args()
     custody = os.path.abspath(args.bin)
     if not os.path.exists(custody):
@@ -52,14 +55,16 @@ def main():
             "env K=V true": [env_bin, "TOKEN=bench-token-value-0123456789", true_bin],
             "custody run -e bench -- true": [custody, "run", "-e", "bench", "--", "true"],
         }
+        cwd = os.path.abspath(args.cwd) if args.cwd else f"{tmp}/work"
+        os.makedirs(cwd, exist_ok=True)
         times = {k: [] for k in cases}
         for _ in range(10):  # warm up caches and the broker
             for argv in cases.values():
-                subprocess.run(argv, env=env, check=True)
+                subprocess.run(argv, env=env, check=True, cwd=cwd)
         for _ in range(args.runs):
             for name, argv in cases.items():
                 t0 = time.perf_counter()
-                subprocess.run(argv, env=env, check=True)
+                subprocess.run(argv, env=env, check=True, cwd=cwd)
                 times[name].append((time.perf_counter() - t0) * 1000)
         base = statistics.median(times["true"])
         print(f"{'command':<32} {'median ms':>10} {'p90 ms':>8} {'x true':>7}")
@@ -71,7 +76,7 @@ def main():
             print(f"{name:<32} {med:>10.3f} {p90:>8.3f} {med / base:>7.2f}")
         over = results["custody run -e bench -- true"]["median_ms"] - results["true"]["median_ms"]
         print(f"custody overhead over bare true: {over:.3f} ms median (target <= 5 ms), "
-              f"{args.runs} interleaved runs each")
+              f"{args.runs} interleaved runs each, in {cwd}")
         print(json.dumps({"runs": args.runs, "results": results, "overhead_ms": round(over, 3)}))
     finally:
         subprocess.run([custody, "lock"], env=env, stdout=subprocess.DEVNULL)

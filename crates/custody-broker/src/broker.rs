@@ -5,7 +5,7 @@
 //! outside it. Every operation that changes something is audited first and
 //! refused if the audit record cannot be written (fail closed, G6).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -156,7 +156,13 @@ pub(crate) struct State {
     pub(crate) leases: BTreeMap<String, LeaseEntry>,
     deferred: Vec<AuditEvent>,
     last_activity: Instant,
+    /// The last [`RECENT_LEAKS`] leaks the post-run check found, for
+    /// `custody status` (names and paths only).
+    recent_leaks: VecDeque<Value>,
 }
+
+/// Leak reports kept for `custody status`.
+const RECENT_LEAKS: usize = 50;
 
 /// The broker.
 pub struct Broker {
@@ -271,6 +277,7 @@ impl Broker {
                 leases: BTreeMap::new(),
                 deferred,
                 last_activity: Instant::now(),
+                recent_leaks: VecDeque::new(),
             }),
             events,
         })
@@ -374,6 +381,7 @@ impl Broker {
             "leases": leases,
             "pin_failures": st.pin_failures,
             "idle_lock_secs": self.cfg.idle_lock.as_secs(),
+            "leaks": st.recent_leaks,
         })
     }
 
@@ -1141,6 +1149,31 @@ impl Broker {
             lease_id: outcome.lease_id.clone(),
             reason: outcome.reason.as_str().to_owned(),
         });
+    }
+
+    /// Audits the post-run leak check's findings and keeps them for
+    /// `custody status`. The lease already ran; a failed audit write cannot
+    /// undo it, so it is not an error here (the `leaks` in the run result
+    /// still say it).
+    pub(crate) fn leaks_found(&self, lease_id: &str, leaks: &[crate::scan::Leak]) {
+        if leaks.is_empty() {
+            return;
+        }
+        let mut st = self.state();
+        let at = rfc3339(SystemTime::now());
+        for leak in leaks {
+            let _ = st.audit(AuditEvent::LeakFound {
+                lease_id: lease_id.to_owned(),
+                path: leak.path.clone(),
+                variable: leak.variable.clone(),
+            });
+            st.recent_leaks
+                .push_back(json!({"lease_id": lease_id, "path": leak.path,
+                                             "variable": leak.variable, "at": at}));
+            while st.recent_leaks.len() > RECENT_LEAKS {
+                st.recent_leaks.pop_front();
+            }
+        }
     }
 
     /// Verifies the audit chain against the head the vault holds.

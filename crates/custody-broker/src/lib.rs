@@ -5,7 +5,9 @@
 //! decides with policy, grants and human approvals ([`broker`], [`grants`]),
 //! spawns and supervises the processes that receive secrets ([`lease`]),
 //! masks their output, kills them on time, reaps what a crash left
-//! ([`reaper`]) and audits everything.
+//! ([`reaper`]) and audits everything. After each lease it checks the files
+//! the lease wrote for its values, and it scans trees and git history for
+//! every vault value ([`scan`]).
 #![deny(missing_docs)]
 // `unsafe` is denied everywhere but `sys`, the one audited module.
 #![deny(unsafe_code)]
@@ -21,6 +23,7 @@ pub mod procs;
 pub mod protocol;
 pub mod reaper;
 mod run;
+pub mod scan;
 pub mod server;
 mod sys;
 

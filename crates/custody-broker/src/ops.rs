@@ -59,10 +59,24 @@ pub fn vault_request(
             ))
         }
     };
+    // An environment whose every run needs a fresh approval is protected:
+    // an agent may not change it silently either.
+    let unprotected = |env: &str| -> Result<(), WireError> {
+        match requester {
+            Requester::Agent { .. } if policy.always_approve(&client, env) => Err(WireError::new(
+                "protected",
+                format!(
+                    "environment '{env}' is protected by policy (every use needs a fresh approval): ask the user to make this change with the custody CLI"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    };
     match req {
         Request::EnvCreate { name, description } => {
             let env = EnvName::new(&name).map_err(bad)?;
             visible(&name)?;
+            unprotected(&name)?;
             broker.change_vault(change(VaultAction::CreateEnvironment, &name, None), |v| {
                 v.create_environment(&env, &description)
             })?;
@@ -129,6 +143,7 @@ pub fn vault_request(
             kind,
         } => {
             visible(&env)?;
+            unprotected(&env)?;
             let (e, v) = (
                 EnvName::new(&env).map_err(bad)?,
                 VarName::new(&var).map_err(bad)?,
@@ -149,10 +164,26 @@ pub fn vault_request(
             kind,
         } => {
             visible(&env)?;
+            unprotected(&env)?;
             let (e, v) = (
                 EnvName::new(&env).map_err(bad)?,
                 VarName::new(&var).map_err(bad)?,
             );
+            if matches!(requester, Requester::Agent { .. }) {
+                // Replacing a value a human stored would destroy it.
+                let set = broker
+                    .with_vault(|vault| vault.variables(&e))?
+                    .iter()
+                    .any(|x| x.name == var && x.is_set);
+                if set {
+                    return Err(WireError::new(
+                        "exists",
+                        format!(
+                            "'{env}/{var}' already has a value; agents cannot replace it: ask the user to run `custody generate {env} {var}` (or `custody unset` first)"
+                        ),
+                    ));
+                }
+            }
             let value = custody_core::generate::random_value(length, alphabet).map_err(bad)?;
             let update = VariableUpdate { description, kind };
             let created = broker.change_vault(
@@ -212,6 +243,127 @@ pub fn vault_request(
             v["imported"] = json!(outcome.report.created + outcome.report.updated);
             Ok(v)
         }
+        Request::AuditTail { limit } => audit_tail(broker, &requester, limit),
         _ => Err(WireError::new("bad_request", "unsupported request")),
     }
+}
+
+/// The last `limit` audit records that concern `requester`: for an agent,
+/// its sessions, its requests and their decisions, the grants made from them
+/// (or for it by policy) and the leases run under those; for a terminal,
+/// every record. Oldest first. Records hold names and ids only (G1).
+fn audit_tail(
+    broker: &Arc<Broker>,
+    requester: &Requester,
+    limit: usize,
+) -> Result<Value, WireError> {
+    use std::collections::{BTreeSet, VecDeque};
+    let limit = limit.clamp(1, crate::protocol::MAX_AUDIT_TAIL);
+    let path = broker.cfg.home.join(custody_core::audit::AUDIT_FILE);
+    let reader = custody_core::audit::read(&path, None).map_err(|e| {
+        WireError::new(
+            "audit_unreadable",
+            format!(
+                "the audit log cannot be read ({e}): ask the user to run `custody audit verify`"
+            ),
+        )
+    })?;
+    let (me, agent_pid) = match requester {
+        Requester::Agent { agent_pid, .. } => (Some(requester.describe()), *agent_pid),
+        Requester::Terminal { .. } => (None, 0),
+    };
+    // Grants made for this requester by policy carry no request id: take
+    // them from the grants in force.
+    let mut grants: BTreeSet<String> = broker
+        .grants(Some(requester))
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| g["grant_id"].as_str().map(str::to_owned))
+        .collect();
+    let (mut requests, mut leases, mut sessions) =
+        (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    let mut tail = VecDeque::with_capacity(limit);
+    for record in reader.flatten() {
+        let mine = match (&me, &record.event) {
+            (None, _) => true,
+            (
+                Some(me),
+                AuditEvent::Request {
+                    request_id,
+                    requester,
+                    ..
+                },
+            ) => {
+                let m = requester == me;
+                if m {
+                    requests.insert(request_id.clone());
+                }
+                m
+            }
+            (
+                _,
+                AuditEvent::SessionStart {
+                    session_id,
+                    parent_pid,
+                    ..
+                },
+            ) => {
+                let m = *parent_pid == Some(agent_pid);
+                if m {
+                    sessions.insert(session_id.clone());
+                }
+                m
+            }
+            (_, AuditEvent::SessionEnd { session_id }) => sessions.contains(session_id),
+            (
+                _,
+                AuditEvent::Approval { request_id, .. }
+                | AuditEvent::Denial { request_id, .. }
+                | AuditEvent::RequestExpired { request_id },
+            ) => requests.contains(request_id),
+            (
+                _,
+                AuditEvent::Grant {
+                    grant_id,
+                    request_id,
+                    ..
+                },
+            ) => {
+                let m = requests.contains(request_id) || grants.contains(grant_id);
+                if m {
+                    grants.insert(grant_id.clone());
+                }
+                m
+            }
+            (_, AuditEvent::GrantExpired { grant_id }) => grants.contains(grant_id),
+            (
+                _,
+                AuditEvent::LeaseStart {
+                    lease_id, grant_id, ..
+                },
+            ) => {
+                let m = grants.contains(grant_id);
+                if m {
+                    leases.insert(lease_id.clone());
+                }
+                m
+            }
+            (_, AuditEvent::LeaseEnd { lease_id, .. }) => leases.contains(lease_id),
+            (Some(me), AuditEvent::Revoke { target, by }) => {
+                by == me
+                    || requests.contains(target)
+                    || grants.contains(target)
+                    || leases.contains(target)
+            }
+            _ => false,
+        };
+        if mine {
+            if tail.len() == limit {
+                tail.pop_front();
+            }
+            tail.push_back(record);
+        }
+    }
+    Ok(serde_json::to_value(Vec::from(tail)).unwrap_or_default())
 }

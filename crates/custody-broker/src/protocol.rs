@@ -146,9 +146,10 @@ pub enum ApprovalScope {
     },
 }
 
-/// What `revoke` targets.
+/// What `revoke` targets. (The content key is `target_id`: `id` is the
+/// frame's own id, and a revoke of a grant or lease by id would collide.)
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case", tag = "target", content = "id")]
+#[serde(rename_all = "snake_case", tag = "target", content = "target_id")]
 pub enum RevokeTarget {
     /// A grant (and its running leases).
     Grant(String),
@@ -339,6 +340,38 @@ pub enum Request {
     Watch,
     /// Verify the audit chain.
     AuditVerify,
+    /// Scan a tree (or git history, or the staged blobs) for every vault
+    /// value and for token shapes. Findings name paths and variables or
+    /// rules, never the text.
+    Scan {
+        /// Absolute path of the tree (or of the repository).
+        path: String,
+        /// Scan every blob reachable from any ref instead of the tree.
+        #[serde(default)]
+        git_history: bool,
+        /// Scan the blobs staged for the next commit instead of the tree.
+        #[serde(default)]
+        staged: bool,
+        /// With `staged`: the index git uses for this commit (a hook's
+        /// `GIT_INDEX_FILE`; `git commit -a` stages into a temporary one).
+        #[serde(default)]
+        index_file: Option<String>,
+    },
+    /// The last audit records that concern the caller (for an agent: its
+    /// sessions, its requests and their decisions, grants and leases),
+    /// oldest first.
+    AuditTail {
+        /// Most records returned (capped at [`MAX_AUDIT_TAIL`]).
+        #[serde(default = "default_audit_tail")]
+        limit: usize,
+    },
+}
+
+/// Most records one `audit_tail` returns.
+pub const MAX_AUDIT_TAIL: usize = 500;
+
+fn default_audit_tail() -> usize {
+    50
 }
 
 /// An error as sent on the wire: a stable code and a message built from
@@ -477,6 +510,19 @@ mod tests {
         );
         let back: ClientFrame = serde_json::from_value(json).unwrap();
         assert!(matches!(back.request, Request::Approve { .. }));
+        let revoke = ClientFrame {
+            id: 4,
+            secret_len: None,
+            request: Request::Revoke(RevokeTarget::Grant("g-1".into())),
+        };
+        let json = serde_json::to_value(&revoke).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"id":4,"op":"revoke","target":"grant","target_id":"g-1"})
+        );
+        let back: ClientFrame = serde_json::from_value(json).unwrap();
+        assert_eq!(back.id, 4);
+        assert!(matches!(back.request, Request::Revoke(RevokeTarget::Grant(g)) if g == "g-1"));
         let bad: Result<ClientFrame, _> = serde_json::from_str(r#"{"id":1,"op":"nope"}"#);
         assert!(bad.is_err());
     }

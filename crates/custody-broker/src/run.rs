@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use custody_core::mask::MaskingEngine;
 use custody_core::names::{EnvName, VarName};
@@ -22,6 +22,8 @@ use crate::protocol::{Event, RunSpec, WireError};
 const MAX_TIMEOUT_SECS: u64 = 24 * 3600;
 /// Most argv entries.
 const MAX_ARGS: usize = 4096;
+/// How much earlier than the spawn the leak check's mtime window opens.
+const LEAK_CHECK_SLACK: Duration = Duration::from_millis(20);
 
 fn validate(spec: &RunSpec) -> Result<(), WireError> {
     let bad = |m: &str| Err(WireError::new("bad_request", m));
@@ -135,6 +137,13 @@ pub async fn run(
             .map(|i| (i.name.as_str(), i.value.as_slice())),
     ));
     let lease_id = new_id("l");
+    // File mtimes come from the kernel's coarse clock, which can lag the
+    // wall clock by a tick: start the leak check's window a little early.
+    let lease_start = SystemTime::now()
+        .checked_sub(LEAK_CHECK_SLACK)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let leak_engine = Arc::clone(&engine);
+    let leak_cwd = std::path::PathBuf::from(&spec.cwd);
     let ttl = Duration::from_secs(spec.timeout_secs);
     let plan = LeasePlan {
         id: lease_id.clone(),
@@ -174,8 +183,19 @@ pub async fn run(
     }
     .map_err(|_| WireError::new("internal", "the lease supervisor failed"))?;
     broker.lease_ended(&outcome);
+    // Post-run leak check: the values stay here, with the lease's engine.
+    let own = vec![broker.cfg.home.clone(), broker.cfg.runtime_dir.clone()];
+    let report = tokio::task::spawn_blocking(move || {
+        crate::scan::leak_check(leak_engine, &leak_cwd, lease_start, own)
+    })
+    .await
+    .unwrap_or_default();
+    broker.leaks_found(&lease_id, &report.leaks);
     let mut v = serde_json::to_value(&outcome).unwrap_or_else(|_| json!({}));
     v["status"] = json!("finished");
+    v["leaks"] = json!(report.leaks);
+    v["leak_check"] = json!({"files": report.files, "bytes": report.bytes,
+                             "truncated": report.truncated});
     if spec.capture_limit.is_none() {
         // Streamed already; do not send it twice.
         if let Some(o) = v.as_object_mut() {

@@ -327,6 +327,15 @@ async fn dispatch(
             broker.revoke(&target, &me.describe(), only)
         }
         Request::AuditVerify => broker.audit_verify(),
+        Request::Scan {
+            path,
+            git_history,
+            staged,
+            index_file,
+        } => {
+            let staged = staged.then(|| index_file.map(std::path::PathBuf::from));
+            crate::scan::handle(broker, peer, path, git_history, staged).await
+        }
         Request::Run(_) | Request::Watch => {
             Err(WireError::new("internal", "handled by the connection"))
         }

@@ -769,7 +769,7 @@ fn g8_hundreds_of_random_frames_never_crash_the_broker() {
         r#"{"id":10,"op":"approve","request_id":"r-1","scope":"for","secs":18446744073709551615}"#,
         r#"{"id":11,"op":"env_describe","name":"dev"}"#,
         r#"{"id":12,"op":"list","env":"dev"}"#,
-        r#"{"id":13,"op":"revoke","target":"lease","id":"l-000000000000"}"#,
+        r#"{"id":13,"op":"revoke","target":"lease","target_id":"l-000000000000"}"#,
         r#"{"id":14,"op":"hello","protocol":1,"client":{"kind":"x","name":"y"}}"#,
     ];
     let mut s = raw(&b);

@@ -3,7 +3,8 @@
 //! No async, no sockets, no processes. It holds the types, the only code that
 //! touches cryptographic primitives ([`crypto`]), the encrypted vault
 //! ([`vault`]), the streaming masking engine ([`mask`]) and the dotenv parser
-//! used by `custody import` ([`dotenv`]).
+//! used by `custody import` ([`dotenv`]), and the detectors of secrets at
+//! rest used by `custody scan` and the post-run leak check ([`scan`]).
 //!
 //! Secret values only ever live in [`secrecy`] types that are zeroized on drop
 //! and print as `[REDACTED]`; errors are built from names and ids only.
@@ -20,6 +21,7 @@ pub mod mask;
 pub mod names;
 pub mod paths;
 pub mod policy;
+pub mod scan;
 pub mod vault;
 
 pub use secrecy;

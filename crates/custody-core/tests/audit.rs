@@ -24,7 +24,7 @@ fn key() -> Key {
 /// One event of each kind, cycling with `i` so ids and counts vary.
 fn event(i: u64) -> AuditEvent {
     let id = format!("id-{i}");
-    match i % 20 {
+    match i % 21 {
         0 => AuditEvent::SessionStart {
             session_id: id,
             client_name: "codex".into(),
@@ -71,7 +71,8 @@ fn event(i: u64) -> AuditEvent {
         },
         7 => AuditEvent::LeaseEnd {
             lease_id: id,
-            exit_code: Some((i % 7) as i32),
+            // i / 21: with 21 kinds, i % 7 would be 0 for every lease_end.
+            exit_code: Some(((i / 21) % 7) as i32),
             signal: None,
             mask_counts: BTreeMap::from([("AWS_SECRET_ACCESS_KEY".to_string(), i)]),
             reason: LeaseEndReason::Exited,
@@ -111,9 +112,14 @@ fn event(i: u64) -> AuditEvent {
             previous_hash: None,
             reason: ChainStartReason::Archived,
         },
-        _ => AuditEvent::TornTail {
+        19 => AuditEvent::TornTail {
             fragment_bytes: i,
             fragment_sha256: "00".repeat(32),
+        },
+        _ => AuditEvent::LeakFound {
+            lease_id: id,
+            path: "out/dump.txt".into(),
+            variable: "AWS_SECRET_ACCESS_KEY".into(),
         },
     }
 }
@@ -688,6 +694,7 @@ fn events_serialize_to_exactly_their_fields() {
             &["previous_seq", "previous_hash", "reason"],
         ),
         (19, "torn_tail", &["fragment_bytes", "fragment_sha256"]),
+        (20, "leak_found", &["lease_id", "path", "variable"]),
     ];
     for &(i, kind, fields) in expect {
         let ev = event(i);
@@ -755,7 +762,7 @@ fn sha256_known_answer() {
 fn arb_event() -> impl Strategy<Value = AuditEvent> {
     let name = "[A-Za-z0-9_\\-\"\\\\ \n\u{e9}\u{1F600}]{0,12}";
     (
-        0u64..20,
+        0u64..21,
         name,
         prop::collection::vec(name, 0..4),
         any::<u32>(),

@@ -6,6 +6,7 @@
 mod access;
 mod cmd;
 mod input;
+mod mcp_install;
 mod output;
 
 use std::process::ExitCode;

@@ -193,6 +193,17 @@ pub enum AuditEvent {
         /// SHA-256 (hex) of those bytes.
         fragment_sha256: String,
     },
+    /// The post-run leak check found a variable's value (in some form) in a
+    /// file the lease wrote under its working directory.
+    LeakFound {
+        /// The lease that wrote the file.
+        lease_id: String,
+        /// The file, relative to the lease's working directory (any value
+        /// in the name itself is masked).
+        path: String,
+        /// The variable whose value was found. Name only.
+        variable: String,
+    },
 }
 
 impl AuditEvent {
@@ -219,6 +230,7 @@ impl AuditEvent {
             AuditEvent::PinFailure { .. } => "pin_failure",
             AuditEvent::ChainStart { .. } => "chain_start",
             AuditEvent::TornTail { .. } => "torn_tail",
+            AuditEvent::LeakFound { .. } => "leak_found",
         }
     }
 }

@@ -3,14 +3,18 @@
 mod approve;
 mod audit;
 mod daemon;
+mod demo;
 mod env;
 mod generate;
 mod grants;
 mod import;
 mod init;
 mod ls;
+mod mcp;
+mod mcp_install;
 mod passwd;
 mod run;
+mod scan;
 mod set;
 mod unlock;
 mod unset;
@@ -86,6 +90,15 @@ pub enum Command {
     Revoke(grants::RevokeArgs),
     /// Read or verify the audit log.
     Audit(audit::AuditArgs),
+    /// Serve the MCP tools on stdio for an agent client (`mcp install` adds
+    /// custody to a client's config).
+    Mcp(mcp::McpArgs),
+    /// Find vault values and known token shapes in a tree, git history or
+    /// the staged files; `--install-hook` adds a git pre-commit check.
+    Scan(scan::ScanArgs),
+    /// A guided tour in a throwaway vault: an agent over MCP, an approval,
+    /// masked output, the audit trail.
+    Demo(demo::DemoArgs),
 }
 
 /// Runs the parsed command line.
@@ -112,6 +125,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Leases(a) => grants::leases(g, &mut secrets, a),
         Command::Revoke(a) => grants::revoke(g, &mut secrets, a),
         Command::Audit(a) => audit::run(g, &mut secrets, a),
+        Command::Mcp(a) => mcp::run(g, &mut secrets, a),
+        Command::Scan(a) => scan::run(g, &mut secrets, a),
+        Command::Demo(a) => demo::run(g, &mut secrets, a),
     }
 }
 

@@ -179,5 +179,18 @@ pub fn status(g: &Global, _s: &mut SecretInput, _a: StatusArgs) -> anyhow::Resul
     if v["pin_failures"].as_u64().unwrap_or(0) > 0 {
         println!("failed PIN attempts in a row: {}", v["pin_failures"]);
     }
+    let leaks = v["leaks"].as_array().cloned().unwrap_or_default();
+    if !leaks.is_empty() {
+        println!("LEAKS found after runs (secret values written to files; rotate them):");
+        for l in leaks {
+            println!(
+                "  {} lease {}: {} holds {}",
+                l["at"].as_str().unwrap_or_default(),
+                l["lease_id"].as_str().unwrap_or_default(),
+                l["path"].as_str().unwrap_or_default(),
+                l["variable"].as_str().unwrap_or_default()
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,798 @@
+//! The MCP server: one method per tool, each a thin translation between MCP
+//! and a broker request. The broker decides, injects, masks and audits; this
+//! process only ever sees names, ids, decisions and masked output.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use custody_broker::protocol::{Event, Request, RevokeTarget, RunSpec};
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::schema_for_output;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolResult, ContentBlock, ErrorData, ProgressNotificationParam, ServerCapabilities,
+    ServerConfig,
+};
+use rmcp::service::{NotificationContext, RequestContext};
+use rmcp::{RoleServer, ServerHandler, tool, tool_handler, tool_router};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::link::{AgentClient, Link, LinkError, Streamed, sort};
+use crate::types::*;
+
+/// Bytes of the result's stdout/stderr the broker keeps (tail).
+const CAPTURE_LIMIT: usize = 1 << 20;
+/// Bytes of each stream repeated in the text block (tail).
+const TEXT_TAIL: usize = 16 * 1024;
+/// Default lease deadline.
+const DEFAULT_TIMEOUT_SECS: u64 = 600;
+/// Time between progress notifications while a run waits or runs.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Pending run specs kept for `request_status` (oldest dropped first).
+const MAX_REMEMBERED: usize = 256;
+
+const INSTRUCTIONS: &str = "custody lets you use secrets without ever seeing them. \
+`list_environments` shows environments and variable names (never values). \
+To use secrets, call `run` with the environments and the exact argv: custody injects the values, \
+runs it after the user approves, and returns the output with every secret masked. \
+If `run` answers status \"pending\", tell the user to run the `approve_hint` command \
+(e.g. `custody approve r-…`) in their terminal, then call `request_status` with the request_id. \
+Missing values: `declare_variable` makes an empty slot and the user fills it with `custody set`; \
+`generate_secret` stores a random value nobody sees. You can never read, print or export a value; \
+do not try to work around the masking.";
+
+/// Settings for the server.
+#[derive(Debug, Clone)]
+pub struct McpConfig {
+    /// The broker socket.
+    pub socket: std::path::PathBuf,
+    /// How long `run` waits for an approval before answering `pending`
+    /// (keep it under the client's tool-call timeout).
+    pub approval_wait: Duration,
+}
+
+struct Inner {
+    cfg: McpConfig,
+    link: Link,
+    /// Run specs of requests answered `pending`, by request id, so that
+    /// `request_status` can re-issue exactly the approved run.
+    pending: Mutex<BTreeMap<String, RunSpec>>,
+}
+
+/// The custody MCP server.
+#[derive(Clone)]
+pub struct CustodyMcp {
+    inner: Arc<Inner>,
+    tool_router: ToolRouter<CustodyMcp>,
+}
+
+impl std::fmt::Debug for CustodyMcp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CustodyMcp")
+            .field("cfg", &self.inner.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A tool's answer: a structured result with a short text, or an error
+/// result (`isError`) whose text says what to do.
+fn ok<T: Serialize>(value: &T, text: String) -> Result<CallToolResult, ErrorData> {
+    let v = serde_json::to_value(value)
+        .map_err(|_| ErrorData::internal_error("cannot encode the result", None))?;
+    let mut r = CallToolResult::structured(v);
+    r.content = vec![ContentBlock::text(text)];
+    Ok(r)
+}
+
+fn fail(e: &LinkError) -> Result<CallToolResult, ErrorData> {
+    Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+        "custody: {e} [{}]",
+        e.code()
+    ))]))
+}
+
+fn from<T: DeserializeOwned>(v: Value) -> Result<T, LinkError> {
+    serde_json::from_value(v)
+        .map_err(|_| LinkError::Connection("unexpected answer from the broker".into()))
+}
+
+fn tail(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut i = s.len() - max;
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    &s[i..]
+}
+
+impl CustodyMcp {
+    /// A server talking to the broker at `cfg.socket`.
+    pub fn new(cfg: McpConfig) -> CustodyMcp {
+        CustodyMcp {
+            inner: Arc::new(Inner {
+                link: Link::new(cfg.socket.clone()),
+                cfg,
+                pending: Mutex::new(BTreeMap::new()),
+            }),
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    /// Learns the agent client's name from the handshake (2025-11-25) or
+    /// from the request's metadata (2026-07-28, no handshake).
+    fn note_client(&self, ctx: &RequestContext<RoleServer>) {
+        let info = ctx
+            .peer
+            .peer_info()
+            .map(|p| p.client_info.clone())
+            .or_else(|| ctx.meta.client_info());
+        if let Some(i) = info {
+            self.inner.link.set_client(AgentClient {
+                name: i.name,
+                version: i.version,
+            });
+        }
+    }
+
+    fn remember(&self, request_id: &str, spec: &RunSpec) {
+        let mut p = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.insert(request_id.to_owned(), spec.clone());
+        while p.len() > MAX_REMEMBERED {
+            if p.pop_first().is_none() {
+                break;
+            }
+        }
+    }
+
+    fn forget(&self, request_id: &str) {
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(request_id);
+    }
+
+    fn remembered(&self, request_id: &str) -> Option<RunSpec> {
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(request_id)
+            .cloned()
+    }
+
+    /// Runs `spec` through the broker: progress while it waits or runs,
+    /// cancellation by closing the connection, `pending` when the approval
+    /// wait passes.
+    async fn run_spec(
+        &self,
+        spec: RunSpec,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<RunOutcome, LinkError> {
+        let mut conn = self.inner.link.connect().await?;
+        let id = conn.send(Request::Run(spec.clone())).await?;
+        // From here the connection is the run: dropping it cancels the
+        // pending request or kills the lease.
+        let (mut frames, writer) = conn.into_frames();
+        let token = ctx.meta.get_progress_token();
+        let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+        ticker.tick().await;
+        let mut step = 0.0;
+        let mut status = String::from("waiting for the broker");
+        let mut request_id: Option<String> = None;
+        let answer = loop {
+            tokio::select! {
+                _ = ctx.ct.cancelled() => {
+                    drop(frames);
+                    drop(writer);
+                    if let Some(r) = &request_id {
+                        self.forget(r);
+                    }
+                    return Err(LinkError::Cancelled);
+                }
+                f = frames.next() => match sort(f?, id) {
+                    Streamed::Done(r) => break r,
+                    Streamed::Event(Event::Pending { request_id: r, approve_hint }) => {
+                        self.remember(&r, &spec);
+                        status = format!("waiting for approval of request {r}: ask the user to run `{approve_hint}`");
+                        request_id = Some(r);
+                    }
+                    Streamed::Event(Event::Started { lease_id }) => {
+                        status = format!("running under lease {lease_id}");
+                    }
+                    _ => continue,
+                },
+                _ = ticker.tick() => {}
+            }
+            if let Some(t) = &token {
+                step += 1.0;
+                let _ = ctx
+                    .peer
+                    .notify_progress(
+                        ProgressNotificationParam::new(t.clone(), step)
+                            .with_message(status.clone()),
+                    )
+                    .await;
+            }
+        };
+        drop(frames);
+        drop(writer);
+        let v = match answer {
+            Ok(v) => v,
+            Err(e) => {
+                if let Some(r) = &request_id {
+                    self.forget(r);
+                }
+                return Err(e);
+            }
+        };
+        if v["status"] == "pending" {
+            let r = v["request_id"].as_str().unwrap_or_default().to_owned();
+            self.remember(&r, &spec);
+            return Ok(RunOutcome {
+                status: "pending".into(),
+                approve_hint: Some(format!("custody approve {r}")),
+                message: Some(format!(
+                    "waiting for the user's approval: ask them to run `custody approve {r}` in their terminal, then call request_status with request_id {r}"
+                )),
+                request_id: Some(r),
+                ..RunOutcome::default()
+            });
+        }
+        if let Some(r) = &request_id {
+            self.forget(r);
+        }
+        Ok(RunOutcome {
+            status: "finished".into(),
+            exit_code: v["exit_code"].as_i64().and_then(|c| i32::try_from(c).ok()),
+            signal: v["signal"].as_i64().and_then(|c| i32::try_from(c).ok()),
+            ended_by: v["reason"].as_str().map(str::to_owned),
+            stdout: Some(v["stdout"].as_str().unwrap_or_default().to_owned()),
+            stderr: Some(v["stderr"].as_str().unwrap_or_default().to_owned()),
+            masked_count: Some(v["masked_count"].as_u64().unwrap_or(0)),
+            truncated: Some(v["truncated"].as_bool().unwrap_or(false)),
+            lease_id: v["lease_id"].as_str().map(str::to_owned),
+            duration_ms: v["duration_ms"].as_u64(),
+            request_id,
+            ..RunOutcome::default()
+        })
+    }
+
+    fn run_text(o: &RunOutcome) -> String {
+        match o.status.as_str() {
+            "finished" => {
+                let how = match (o.exit_code, o.signal) {
+                    (Some(c), _) => format!("exit code {c}"),
+                    (None, Some(s)) => format!("killed by signal {s}"),
+                    _ => "ended".into(),
+                };
+                let mut t = format!(
+                    "{how} ({}) after {} ms under lease {}; {} secret value(s) masked{}",
+                    o.ended_by.as_deref().unwrap_or("exited"),
+                    o.duration_ms.unwrap_or(0),
+                    o.lease_id.as_deref().unwrap_or("?"),
+                    o.masked_count.unwrap_or(0),
+                    if o.truncated == Some(true) {
+                        "; output truncated to its tail"
+                    } else {
+                        ""
+                    }
+                );
+                for (name, s) in [("stdout", &o.stdout), ("stderr", &o.stderr)] {
+                    let s = s.as_deref().unwrap_or_default();
+                    if !s.is_empty() {
+                        let shown = tail(s, TEXT_TAIL);
+                        let cut = if shown.len() < s.len() {
+                            " (tail; full text in structuredContent)"
+                        } else {
+                            ""
+                        };
+                        t.push_str(&format!("\n--- {name}{cut} ---\n{shown}"));
+                    }
+                }
+                t
+            }
+            _ => o.message.clone().unwrap_or_else(|| o.status.clone()),
+        }
+    }
+
+    fn run_result(r: Result<RunOutcome, LinkError>) -> Result<CallToolResult, ErrorData> {
+        match r {
+            Ok(o) => {
+                let text = Self::run_text(&o);
+                ok(&o, text)
+            }
+            Err(e) => fail(&e),
+        }
+    }
+}
+
+#[tool_router]
+impl CustodyMcp {
+    /// Environments with their descriptions and variables (name, kind,
+    /// description, whether a value is set). Never a value.
+    #[tool(
+        name = "list_environments",
+        output_schema = schema_for_output::<EnvironmentList>(),
+        annotations(title = "List environments", read_only_hint = true, open_world_hint = false)
+    )]
+    async fn list_environments(
+        &self,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.note_client(&ctx);
+        let r: Result<EnvironmentList, LinkError> = async {
+            let mut conn = self.inner.link.connect().await?;
+            let envs = conn.call(Request::EnvList).await?;
+            let mut out = Vec::new();
+            for e in envs.as_array().into_iter().flatten() {
+                let Some(name) = e["name"].as_str() else {
+                    continue;
+                };
+                let d = conn
+                    .call(Request::EnvDescribe {
+                        name: name.to_owned(),
+                        description: None,
+                    })
+                    .await?;
+                let variables: Vec<VariableView> = d["variables"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|v| VariableView {
+                        name: v["name"].as_str().unwrap_or_default().to_owned(),
+                        description: v["description"].as_str().unwrap_or_default().to_owned(),
+                        kind: v["kind"].as_str().unwrap_or("env").to_owned(),
+                        is_set: v["is_set"].as_bool().unwrap_or(false),
+                    })
+                    .collect();
+                out.push(EnvironmentView {
+                    name: name.to_owned(),
+                    description: e["description"].as_str().unwrap_or_default().to_owned(),
+                    always_approve: d["always_approve"].as_bool().unwrap_or(false),
+                    variables,
+                });
+            }
+            Ok(EnvironmentList { environments: out })
+        }
+        .await;
+        match r {
+            Ok(list) => {
+                let mut t = format!("{} environment(s)", list.environments.len());
+                for e in &list.environments {
+                    let vars: Vec<String> = e
+                        .variables
+                        .iter()
+                        .map(|v| format!("{}{}", v.name, if v.is_set { "" } else { " (not set)" }))
+                        .collect();
+                    t.push_str(&format!(
+                        "\n- {}{}: {} [{}]",
+                        e.name,
+                        if e.always_approve {
+                            " (always asks)"
+                        } else {
+                            ""
+                        },
+                        e.description,
+                        vars.join(", ")
+                    ));
+                }
+                ok(&list, t)
+            }
+            Err(e) => fail(&e),
+        }
+    }
+
+    /// Create an environment (audited). Environments that policy protects
+    /// are refused: ask the user.
+    #[tool(
+        name = "create_environment",
+        output_schema = schema_for_output::<VaultChange>(),
+        annotations(
+            title = "Create environment",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn create_environment(
+        &self,
+        Parameters(a): Parameters<CreateEnvironmentArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.note_client(&ctx);
+        match self
+            .inner
+            .link
+            .call(Request::EnvCreate {
+                name: a.name.clone(),
+                description: a.description,
+            })
+            .await
+        {
+            Ok(_) => {
+                let c = VaultChange {
+                    environment: a.name.clone(),
+                    variable: None,
+                    created: true,
+                    message: format!(
+                        "created environment '{}'; add slots with declare_variable",
+                        a.name
+                    ),
+                };
+                let t = c.message.clone();
+                ok(&c, t)
+            }
+            Err(e) => fail(&e),
+        }
+    }
+
+    /// Declare an empty variable slot with a description; the user fills
+    /// the value out of band with `custody set ENV VAR`.
+    #[tool(
+        name = "declare_variable",
+        output_schema = schema_for_output::<VaultChange>(),
+        annotations(
+            title = "Declare variable",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn declare_variable(
+        &self,
+        Parameters(a): Parameters<DeclareVariableArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.note_client(&ctx);
+        match self
+            .inner
+            .link
+            .call(Request::Declare {
+                env: a.environment.clone(),
+                var: a.name.clone(),
+                description: a.description,
+                kind: a.kind.map(Into::into),
+            })
+            .await
+        {
+            Ok(v) => {
+                let c = VaultChange {
+                    environment: a.environment.clone(),
+                    variable: Some(a.name.clone()),
+                    created: v["created"].as_bool().unwrap_or(false),
+                    message: format!(
+                        "declared '{}/{}'; ask the user to fill it with `custody set {} {}`",
+                        a.environment, a.name, a.environment, a.name
+                    ),
+                };
+                let t = c.message.clone();
+                ok(&c, t)
+            }
+            Err(e) => fail(&e),
+        }
+    }
+
+    /// Store a random value that nobody sees (not even you) in a variable
+    /// that has no value yet.
+    #[tool(
+        name = "generate_secret",
+        output_schema = schema_for_output::<VaultChange>(),
+        annotations(
+            title = "Generate secret",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn generate_secret(
+        &self,
+        Parameters(a): Parameters<GenerateSecretArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.note_client(&ctx);
+        let length = a.length.unwrap_or(32);
+        let alphabet = a.alphabet.unwrap_or_default();
+        match self
+            .inner
+            .link
+            .call(Request::Generate {
+                env: a.environment.clone(),
+                var: a.name.clone(),
+                length,
+                alphabet: alphabet.into(),
+                description: a.description,
+                kind: a.kind.map(Into::into),
+            })
+            .await
+        {
+            Ok(v) => {
+                let c = VaultChange {
+                    environment: a.environment.clone(),
+                    variable: Some(a.name.clone()),
+                    created: v["created"].as_bool().unwrap_or(false),
+                    message: format!(
+                        "stored a random {length}-character value in '{}/{}'; use it through run",
+                        a.environment, a.name
+                    ),
+                };
+                let t = c.message.clone();
+                ok(&c, t)
+            }
+            Err(e) => fail(&e),
+        }
+    }
+
+    /// Run a command with the environments' secrets injected, after the
+    /// user approves. Returns exit code and masked output; or status
+    /// "pending" with a request_id to follow with request_status.
+    #[tool(
+        name = "run",
+        output_schema = schema_for_output::<RunOutcome>(),
+        annotations(
+            title = "Run with secrets",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = true
+        )
+    )]
+    async fn run(
+        &self,
+        Parameters(a): Parameters<RunArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.note_client(&ctx);
+        let cwd = match a.cwd {
+            Some(c) => c,
+            None => std::env::current_dir()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
+        let passthrough: BTreeMap<String, String> = custody_broker::lease::PASSTHROUGH
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
+            .collect();
+        let spec = RunSpec {
+            argv: a.command,
+            cwd,
+            environments: a.environments,
+            only: a.only,
+            timeout_secs: a.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECS),
+            passthrough,
+            capture_limit: Some(CAPTURE_LIMIT),
+            wait_secs: Some(self.inner.cfg.approval_wait.as_secs().max(1)),
+        };
+        Self::run_result(self.run_spec(spec, &ctx).await)
+    }
+
+    /// Follow a request that `run` answered with status "pending": still
+    /// pending, denied, expired, or (once approved) the run's result.
+    #[tool(
+        name = "request_status",
+        output_schema = schema_for_output::<RunOutcome>(),
+        annotations(
+            title = "Request status",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = true
+        )
+    )]
+    async fn request_status(
+        &self,
+        Parameters(a): Parameters<RequestStatusArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.note_client(&ctx);
+        let id = a.request_id;
+        let v = match self
+            .inner
+            .link
+            .call(Request::RequestStatus {
+                request_id: id.clone(),
+            })
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => return fail(&e),
+        };
+        let status = v["status"].as_str().unwrap_or("unknown").to_owned();
+        let outcome = match status.as_str() {
+            "pending" => Ok(RunOutcome {
+                status,
+                approve_hint: Some(format!("custody approve {id}")),
+                message: Some(format!(
+                    "still waiting: ask the user to run `custody approve {id}`, then call request_status again"
+                )),
+                request_id: Some(id),
+                ..RunOutcome::default()
+            }),
+            "approved" => match self.remembered(&id) {
+                // The grant covers exactly this spec: running it again
+                // uses the grant.
+                Some(spec) => self.run_spec(spec, &ctx).await,
+                None => Ok(RunOutcome {
+                    status,
+                    message: Some(format!(
+                        "request {id} was approved (grant {}); call run again with exactly the same command, environments and cwd",
+                        v["grant_id"].as_str().unwrap_or("?")
+                    )),
+                    request_id: Some(id),
+                    ..RunOutcome::default()
+                }),
+            },
+            _ => {
+                self.forget(&id);
+                let reason = v["reason"]
+                    .as_str()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default();
+                let message = match status.as_str() {
+                    "denied" => format!(
+                        "request {id} was denied{reason}; do not retry the same command without asking the user"
+                    ),
+                    "locked" => format!(
+                        "request {id} ended because the vault was locked: ask the user to run `custody unlock`"
+                    ),
+                    other => {
+                        format!("request {id} is {other}; call run again if it is still needed")
+                    }
+                };
+                Ok(RunOutcome {
+                    status,
+                    message: Some(message),
+                    request_id: Some(id),
+                    ..RunOutcome::default()
+                })
+            }
+        };
+        Self::run_result(outcome)
+    }
+
+    /// This session's grants in force (exact argv, cwd, environments,
+    /// expiry, uses left).
+    #[tool(
+        name = "list_grants",
+        output_schema = schema_for_output::<GrantList>(),
+        annotations(title = "List grants", read_only_hint = true, open_world_hint = false)
+    )]
+    async fn list_grants(
+        &self,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.note_client(&ctx);
+        let r = async {
+            let v = self.inner.link.call(Request::Grants).await?;
+            from::<Vec<GrantView>>(v)
+        }
+        .await;
+        match r {
+            Ok(grants) => {
+                let mut t = format!("{} grant(s)", grants.len());
+                for g in &grants {
+                    t.push_str(&format!(
+                        "\n- {} until {}: {}",
+                        g.grant_id,
+                        g.expires_at,
+                        g.argv.join(" ")
+                    ));
+                }
+                ok(&GrantList { grants }, t)
+            }
+            Err(e) => fail(&e),
+        }
+    }
+
+    /// Give up one of this session's grants (`g-…`); its running processes
+    /// are killed. A lease id (`l-…`) kills just that process.
+    #[tool(
+        name = "revoke_grant",
+        output_schema = schema_for_output::<Revoked>(),
+        annotations(
+            title = "Revoke grant",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn revoke_grant(
+        &self,
+        Parameters(a): Parameters<RevokeGrantArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.note_client(&ctx);
+        let target = if a.grant_id.starts_with("l-") {
+            RevokeTarget::Lease(a.grant_id)
+        } else {
+            RevokeTarget::Grant(a.grant_id)
+        };
+        let r = async {
+            let v = self.inner.link.call(Request::Revoke(target)).await?;
+            from::<Revoked>(v)
+        }
+        .await;
+        match r {
+            Ok(rv) => {
+                let t = format!(
+                    "revoked {} grant(s), killed {} lease(s)",
+                    rv.revoked_grants.len(),
+                    rv.revoked_leases.len()
+                );
+                ok(&rv, t)
+            }
+            Err(e) => fail(&e),
+        }
+    }
+
+    /// This session's recent audit records: its requests, approvals,
+    /// denials, grants, leases and revocations (names and ids only).
+    #[tool(
+        name = "audit_tail",
+        output_schema = schema_for_output::<AuditTail>(),
+        annotations(title = "Audit tail", read_only_hint = true, open_world_hint = false)
+    )]
+    async fn audit_tail(
+        &self,
+        Parameters(a): Parameters<AuditTailArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.note_client(&ctx);
+        let limit = a.limit.unwrap_or(50);
+        let r = async {
+            let v = self.inner.link.call(Request::AuditTail { limit }).await?;
+            from::<Vec<AuditEntry>>(v)
+        }
+        .await;
+        match r {
+            Ok(records) => {
+                let mut t = format!("{} record(s)", records.len());
+                for rec in &records {
+                    t.push_str(&format!(
+                        "\n{} {} {}",
+                        rec.seq,
+                        rec.time,
+                        rec.event.get("type").and_then(Value::as_str).unwrap_or("?")
+                    ));
+                }
+                ok(&AuditTail { records }, t)
+            }
+            Err(e) => fail(&e),
+        }
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for CustodyMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(rmcp::model::Implementation::new(
+                "custody",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_instructions(INSTRUCTIONS)
+    }
+
+    /// 2025-11-25 clients: the handshake named the client; register the
+    /// session now (a broker that is not running yet is retried lazily).
+    async fn on_initialized(&self, ctx: NotificationContext<RoleServer>) {
+        if let Some(p) = ctx.peer.peer_info() {
+            self.inner.link.set_client(AgentClient {
+                name: p.client_info.name.clone(),
+                version: p.client_info.version.clone(),
+            });
+        }
+        if let Err(e) = self.inner.link.ensure_session().await {
+            eprintln!("custody mcp: not registered yet: {e}");
+        }
+    }
+}
