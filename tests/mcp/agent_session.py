@@ -86,8 +86,10 @@ def record(obj):
 
 def structured(res):
     record(res)
-    if getattr(res, "structuredContent", None):
-        return res.structuredContent
+    # The SDK's models use snake_case fields (camelCase on the wire).
+    sc = getattr(res, "structured_content", None) or getattr(res, "structuredContent", None)
+    if sc:
+        return sc
     for c in getattr(res, "content", []) or []:
         text = getattr(c, "text", None)
         if text:
@@ -122,9 +124,9 @@ async def session(env: Env, mode: str, values):
         check(f"[{era}] all tools listed", want <= names, sorted(want - names))
         ro = {t.name: t.annotations for t in tools.tools}
         check(f"[{era}] list_environments is read-only",
-              getattr(ro.get("list_environments"), "readOnlyHint", None) is True)
+              getattr(ro.get("list_environments"), "read_only_hint", None) is True)
         check(f"[{era}] revoke_grant is destructive",
-              getattr(ro.get("revoke_grant"), "destructiveHint", None) is True)
+              getattr(ro.get("revoke_grant"), "destructive_hint", None) is True)
 
         envs = structured(await c.call_tool("list_environments", {}))
         text = json.dumps(envs)
@@ -198,7 +200,7 @@ async def session(env: Env, mode: str, values):
                                         "cwd": env.tmp, "timeout_seconds": 5})
         record(bad)
         check(f"[{era}] an error is a tool error that says what to do",
-              getattr(bad, "isError", False) and "custody" in json.dumps(structured(bad)) + str(bad), bad)
+              getattr(bad, "is_error", False) and "custody" in json.dumps(structured(bad)) + str(bad), bad)
 
 
 def main():

@@ -30,7 +30,7 @@ out=$(insp --method tools/list)
 echo "$out" | grep -q '"list_environments"' && echo "$out" | grep -q '"run"'; check "inspector tools/list lists the tools" $?
 out=$(insp --method tools/call --tool-name list_environments)
 echo "$out" | grep -q 'TOKEN' && ! echo "$out" | grep -q "$secret"; check "inspector tools/call list_environments: names, no value" $?
-out=$(insp --method tools/call --tool-name run --tool-arg 'environments=["insp"]' --tool-arg 'command=["sh","-c","echo $TOKEN"]' --tool-arg "cwd=$tmp" --tool-arg timeout_seconds=20)
+out=$(insp --method tools/call --tool-name run --tool-arg 'environments=["insp"]' --tool-arg 'command=["sh","-c","echo $TOKEN"]' --tool-arg "cwd=$tmp")
 echo "$out" | grep -q 'masked:TOKEN' && ! echo "$out" | grep -q "$secret"; check "inspector tools/call run: masked output" $?
 [ $fail = 0 ] || echo "$out" | head -20
 echo "mcp-inspector: $pass passed, $fail failed"
