@@ -569,3 +569,30 @@ fn file_kind_variables_are_ephemeral_private_files() {
         "the ephemeral file outlived its lease"
     );
 }
+
+/// The README's main command: the guided demo runs end to end without a
+/// terminal when told `--yes`, shows masked output and a verified audit log,
+/// and leaves no broker running.
+#[test]
+fn demo_runs_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::cargo_bin("custody")
+        .unwrap()
+        .args(["demo", "--yes"])
+        .env("TMPDIR", dir.path())
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(text.contains("the token is [masked:API_TOKEN]"), "{text}");
+    assert!(text.contains("audit log intact"), "{text}");
+    assert!(text.contains("lease_end"), "{text}");
+    // Without a terminal and without --yes it says what to do.
+    Command::cargo_bin("custody")
+        .unwrap()
+        .arg("demo")
+        .env("TMPDIR", dir.path())
+        .assert()
+        .failure()
+        .stderr(contains("--yes"));
+}

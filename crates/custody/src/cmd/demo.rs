@@ -250,8 +250,16 @@ fn tour_run(t: &Tour) -> anyhow::Result<()> {
     say(&format!(
         "The demo's approval PIN is {pin}: you will type it when the agent asks to use a secret."
     ));
+    say(
+        "(This throwaway vault uses the fast test KDF; `custody init` uses Argon2id at 64 MiB, ~0.5 s.)",
+    );
     t.custody(
-        &["init", "--passphrase-stdin", "--pin-stdin"],
+        &[
+            "init",
+            "--passphrase-stdin",
+            "--pin-stdin",
+            "--insecure-fast-kdf",
+        ],
         &format!("{DEMO_PASSPHRASE}\n{pin}\n"),
     )?;
 
