@@ -1,0 +1,211 @@
+//! Grants, revocation, running leases and their bookkeeping (records for
+//! the reaper, audit of starts, ends and leaks), and audit verification.
+
+use super::*;
+
+impl Broker {
+    /// Active grants (an agent sees only its own).
+    pub fn grants(&self, only: Option<&Requester>) -> Value {
+        let st = self.state();
+        Value::Array(
+            st.grants
+                .values()
+                .filter(|g| only.is_none_or(|r| &g.requester == r))
+                .map(|g| {
+                    json!({
+                        "grant_id": g.id, "request_id": g.request_id,
+                        "requester": g.requester.describe(), "argv": g.scope.argv,
+                        "cwd": g.scope.cwd, "environments": g.scope.environments,
+                        "variables": g.scope.variables, "expires_at": rfc3339(g.expires_at),
+                        "uses_left": g.uses_left,
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// Revokes grants and/or leases. `only`: an agent may revoke only its own.
+    pub fn revoke(
+        &self,
+        target: &crate::protocol::RevokeTarget,
+        by: &str,
+        only: Option<&Requester>,
+    ) -> Result<Value, WireError> {
+        use crate::protocol::RevokeTarget as T;
+        let mut st = self.state();
+        let mine = |r: &Requester| only.is_none_or(|o| o == r);
+        let (grants, leases): (Vec<String>, Vec<String>) = match target {
+            T::All => (
+                st.grants
+                    .values()
+                    .filter(|g| mine(&g.requester))
+                    .map(|g| g.id.clone())
+                    .collect(),
+                st.leases
+                    .iter()
+                    .filter(|(_, l)| mine(&l.requester))
+                    .map(|(id, _)| id.clone())
+                    .collect(),
+            ),
+            T::Grant(id) => match st.grants.get(id) {
+                Some(g) if mine(&g.requester) => (
+                    vec![id.clone()],
+                    st.leases
+                        .iter()
+                        .filter(|(_, l)| &l.grant_id == id)
+                        .map(|(lid, _)| lid.clone())
+                        .collect(),
+                ),
+                _ => {
+                    return Err(WireError::new(
+                        "not_found",
+                        format!("no grant '{id}' of yours"),
+                    ));
+                }
+            },
+            T::Lease(id) => match st.leases.get(id) {
+                Some(l) if mine(&l.requester) => (vec![], vec![id.clone()]),
+                _ => {
+                    return Err(WireError::new(
+                        "not_found",
+                        format!("no running lease '{id}' of yours"),
+                    ));
+                }
+            },
+        };
+        if st.audit.is_some() {
+            for t in grants.iter().chain(&leases) {
+                st.audit(AuditEvent::Revoke {
+                    target: t.clone(),
+                    by: by.to_owned(),
+                })?;
+            }
+        }
+        for g in &grants {
+            st.grants.remove(g);
+        }
+        for l in &leases {
+            if let Some(entry) = st.leases.get(l) {
+                let _ = entry.stop.send(Some(EndReason::Revoked));
+            }
+        }
+        Ok(json!({"revoked_grants": grants, "revoked_leases": leases}))
+    }
+
+    /// Running leases.
+    pub fn leases(&self) -> Value {
+        self.status()["leases"].clone()
+    }
+
+    // ----- lease bookkeeping (used by run) ---------------------------------
+
+    pub(crate) fn lease_started(
+        &self,
+        lease_id: &str,
+        grant: &Grant,
+        started: crate::lease::Started,
+        ttl: Duration,
+        dir: PathBuf,
+        stop: watch::Sender<Option<EndReason>>,
+    ) -> Result<(), WireError> {
+        let record = reaper::LeaseRecord {
+            id: lease_id.to_owned(),
+            pid: started.pid,
+            start_ticks: started.start_ticks,
+            dir,
+            program: grant.scope.argv.first().cloned().unwrap_or_default(),
+        };
+        reaper::persist(&self.cfg.home, &record).map_err(|e| {
+            WireError::new(
+                "internal",
+                format!("cannot record the lease ({e}); not running"),
+            )
+        })?;
+        let mut st = self.state();
+        let deadline_at = SystemTime::now() + ttl;
+        st.audit(AuditEvent::LeaseStart {
+            lease_id: lease_id.to_owned(),
+            grant_id: grant.id.clone(),
+            pid: started.pid,
+            pgid: started.pid,
+            deadline: rfc3339(deadline_at),
+        })?;
+        st.leases.insert(
+            lease_id.to_owned(),
+            LeaseEntry {
+                grant_id: grant.id.clone(),
+                requester: grant.requester.clone(),
+                pid: started.pid,
+                argv: grant.scope.argv.clone(),
+                started_at: SystemTime::now(),
+                deadline_at,
+                stop,
+            },
+        );
+        Ok(())
+    }
+
+    pub(crate) fn lease_ended(&self, outcome: &crate::lease::LeaseOutcome) {
+        let mut st = self.state();
+        st.leases.remove(&outcome.lease_id);
+        reaper::forget(&self.cfg.home, &outcome.lease_id);
+        let reason = match outcome.reason {
+            EndReason::Exited => audit::LeaseEndReason::Exited,
+            EndReason::Deadline => audit::LeaseEndReason::Deadline,
+            EndReason::Revoked | EndReason::Cancelled => audit::LeaseEndReason::Revoked,
+            EndReason::Locked => audit::LeaseEndReason::Locked,
+            EndReason::Shutdown => audit::LeaseEndReason::BrokerShutdown,
+        };
+        let _ = st.audit(AuditEvent::LeaseEnd {
+            lease_id: outcome.lease_id.clone(),
+            exit_code: outcome.exit_code,
+            signal: outcome.signal,
+            mask_counts: outcome.mask_counts.clone(),
+            reason,
+        });
+        drop(st);
+        self.publish(Event::LeaseEnded {
+            lease_id: outcome.lease_id.clone(),
+            reason: outcome.reason.as_str().to_owned(),
+        });
+    }
+
+    /// Audits the post-run leak check's findings and keeps them for
+    /// `custody status`. The lease already ran; a failed audit write cannot
+    /// undo it, so it is not an error here (the `leaks` in the run result
+    /// still say it).
+    pub(crate) fn leaks_found(&self, lease_id: &str, leaks: &[crate::scan::Leak]) {
+        if leaks.is_empty() {
+            return;
+        }
+        let mut st = self.state();
+        let at = rfc3339(SystemTime::now());
+        for leak in leaks {
+            let _ = st.audit(AuditEvent::LeakFound {
+                lease_id: lease_id.to_owned(),
+                path: leak.path.clone(),
+                variable: leak.variable.clone(),
+            });
+            st.recent_leaks
+                .push_back(json!({"lease_id": lease_id, "path": leak.path,
+                                             "variable": leak.variable, "at": at}));
+            while st.recent_leaks.len() > RECENT_LEAKS {
+                st.recent_leaks.pop_front();
+            }
+        }
+    }
+
+    /// Verifies the audit chain against the head the vault holds.
+    pub fn audit_verify(&self) -> Result<Value, WireError> {
+        let st = self.state();
+        let vault = st.vault.as_ref().ok_or_else(locked)?;
+        let head: Option<AuditHead> = vault.audit_head().map_err(vault_error)?;
+        let key = vault.subkey(Subkey::Audit);
+        match audit::verify(&self.cfg.audit_path(), &key, head.as_ref()) {
+            Ok(r) => Ok(json!({"intact": true, "records": r.records, "head_seq": r.head.seq})),
+            Err(e) => Ok(
+                json!({"intact": false, "first_bad_seq": e.first_bad_seq(), "problem": e.to_string()}),
+            ),
+        }
+    }
+}

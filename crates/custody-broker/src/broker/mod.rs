@@ -1,0 +1,590 @@
+//! The broker's state and every operation on it.
+//!
+//! One `std::sync::Mutex` guards the state; it is never held across an
+//! `.await`. Slow work (the passphrase KDF, PIN checks, processes) runs
+//! outside it. Every operation that changes something is audited first and
+//! refused if the audit record cannot be written (fail closed, G6).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use custody_core::audit::{self, AuditChain, AuditEvent, AuditHead};
+use custody_core::crypto::Subkey;
+use custody_core::names::EnvName;
+use custody_core::policy::Policy;
+use custody_core::vault::{Vault, VaultError};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, oneshot, watch};
+use zeroize::Zeroizing;
+
+use crate::grants::{Grant, Requester, Scope, new_id};
+use crate::lease::EndReason;
+use crate::protocol::{ClientInfo, Event, RunSpec, WireError};
+use crate::{procs, reaper};
+
+mod leases;
+mod requests;
+
+/// Broker settings.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// `$CUSTODY_HOME`: vault, policy, audit log, lease records.
+    pub home: PathBuf,
+    /// Socket and ephemeral files.
+    pub runtime_dir: PathBuf,
+    /// Lock after this long without a request.
+    pub idle_lock: Duration,
+    /// Most simultaneous connections.
+    pub max_connections: usize,
+    /// Time between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+    /// Output kept for a run's result, per stream (tail).
+    pub output_cap: usize,
+    /// Wrong PINs in a row that lock the vault.
+    pub max_pin_failures: u32,
+    /// How long a request waits for a human before it expires.
+    pub pending_lifetime: Duration,
+}
+
+impl BrokerConfig {
+    /// Defaults for a home and runtime directory.
+    pub fn new(home: PathBuf, runtime_dir: PathBuf) -> Self {
+        BrokerConfig {
+            home,
+            runtime_dir,
+            idle_lock: Duration::from_secs(8 * 3600),
+            max_connections: 256,
+            kill_grace: Duration::from_secs(5),
+            output_cap: 1 << 20,
+            max_pin_failures: 5,
+            pending_lifetime: Duration::from_secs(15 * 60),
+        }
+    }
+
+    fn vault_path(&self) -> PathBuf {
+        self.home.join(custody_core::paths::VAULT_FILE)
+    }
+
+    fn audit_path(&self) -> PathBuf {
+        self.home.join(audit::AUDIT_FILE)
+    }
+}
+
+/// A connection's identity: what the kernel says (uid, pid) and what the
+/// client says (kind, name).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Peer uid (already checked equal to ours).
+    pub uid: u32,
+    /// Peer pid, from SO_PEERCRED.
+    pub pid: Option<u32>,
+    /// From `hello`.
+    pub client: ClientInfo,
+    /// Set once the connection registered an agent session.
+    pub session: Option<String>,
+}
+
+/// A registered agent session (one `custody mcp` process).
+#[derive(Debug, Clone)]
+struct Session {
+    client_name: String,
+    client_version: String,
+    mcp_pid: u32,
+    agent_pid: u32,
+    started: SystemTime,
+}
+
+/// What became of a pending request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Approved; run under this grant.
+    Approved(String),
+    /// A human (or policy) said no.
+    Denied(&'static str),
+    /// The requester cancelled.
+    Cancelled,
+    /// Nobody decided in time.
+    Expired,
+    /// The vault was locked.
+    Locked,
+}
+
+impl Decision {
+    fn status(&self) -> &'static str {
+        match self {
+            Decision::Approved(_) => "approved",
+            Decision::Denied(_) => "denied",
+            Decision::Cancelled => "cancelled",
+            Decision::Expired => "expired",
+            Decision::Locked => "locked",
+        }
+    }
+}
+
+/// A request waiting for a human.
+struct Pending {
+    requester: Requester,
+    spec: RunSpec,
+    scope: Scope,
+    always_approve: bool,
+    created: Instant,
+    created_at: SystemTime,
+    notify: Option<oneshot::Sender<Decision>>,
+}
+
+/// A running lease, as the state knows it.
+pub(crate) struct LeaseEntry {
+    grant_id: String,
+    requester: Requester,
+    pid: u32,
+    argv: Vec<String>,
+    started_at: SystemTime,
+    deadline_at: SystemTime,
+    pub(crate) stop: watch::Sender<Option<EndReason>>,
+}
+
+pub(crate) struct State {
+    pub(crate) vault: Option<Vault>,
+    audit: Option<AuditChain>,
+    pin_failures: u32,
+    sessions: BTreeMap<String, Session>,
+    /// Agent processes ever seen (pid → start ticks), kept after their
+    /// session ends: a process descending from one never approves (G3).
+    agents: HashMap<u32, u64>,
+    pending: BTreeMap<String, Pending>,
+    decided: BTreeMap<String, (Decision, Instant)>,
+    pub(crate) grants: BTreeMap<String, Grant>,
+    pub(crate) leases: BTreeMap<String, LeaseEntry>,
+    deferred: Vec<AuditEvent>,
+    last_activity: Instant,
+    /// The last [`RECENT_LEAKS`] leaks the post-run check found, for
+    /// `custody status` (names and paths only).
+    recent_leaks: VecDeque<Value>,
+}
+
+/// Leak reports kept for `custody status`.
+const RECENT_LEAKS: usize = 50;
+
+/// The broker.
+pub struct Broker {
+    pub(crate) cfg: BrokerConfig,
+    state: Mutex<State>,
+    events: broadcast::Sender<(u64, Event)>,
+}
+
+/// Converts a vault error into what the client sees: names only, with the
+/// next step.
+pub fn vault_error(e: VaultError) -> WireError {
+    let code = match &e {
+        VaultError::NotFound { .. } => "no_vault",
+        VaultError::WrongPassphrase => "wrong_passphrase",
+        VaultError::NoSuchEnvironment(_) | VaultError::NoSuchVariable { .. } => "not_found",
+        VaultError::EnvironmentExists(_) => "exists",
+        VaultError::NotSet { .. } => "not_set",
+        VaultError::Name(_)
+        | VaultError::ValueTooLarge { .. }
+        | VaultError::DescriptionTooLarge { .. }
+        | VaultError::PinTooShort { .. } => "bad_request",
+        VaultError::Tampered { .. } | VaultError::Corrupt { .. } => "vault_damaged",
+        _ => "vault_error",
+    };
+    WireError::new(code, e.to_string())
+}
+
+fn locked() -> WireError {
+    WireError::new(
+        "locked",
+        "the vault is locked: ask the user to run `custody unlock`",
+    )
+}
+
+fn bad(msg: impl Into<String>) -> WireError {
+    WireError::new("bad_request", msg)
+}
+
+fn env_name(raw: &str) -> Result<EnvName, WireError> {
+    EnvName::new(raw).map_err(|e| bad(e.to_string()))
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    audit::format_rfc3339(t)
+}
+
+impl State {
+    fn vault(&mut self) -> Result<&mut Vault, WireError> {
+        self.vault.as_mut().ok_or_else(locked)
+    }
+
+    /// Appends an audit record and stores the new head in the vault. An error
+    /// here means the caller must not go on (fail closed).
+    fn audit(&mut self, event: AuditEvent) -> Result<(), WireError> {
+        let chain = self.audit.as_mut().ok_or_else(locked)?;
+        let head = chain.append(&event).map_err(|e| {
+            WireError::new(
+                "audit_failed",
+                format!("the audit log cannot be written ({e}); nothing was done"),
+            )
+        })?;
+        if let Some(v) = self.vault.as_ref() {
+            v.set_audit_head(&head).map_err(vault_error)?;
+        }
+        Ok(())
+    }
+
+    fn is_agent_process(&self, pid: u32) -> Option<u32> {
+        if self.agents.is_empty() {
+            return None;
+        }
+        procs::ancestry(pid).into_iter().find(|p| {
+            self.agents
+                .get(p)
+                .is_some_and(|&start| procs::same_process(*p, start))
+        })
+    }
+
+    fn session_for_agent(&self, agent_pid: u32) -> Option<&Session> {
+        self.sessions
+            .values()
+            .find(|s| s.agent_pid == agent_pid || s.mcp_pid == agent_pid)
+    }
+}
+
+impl Broker {
+    /// Makes a broker: reaps what a previous broker left running (G5) and
+    /// keeps the reaper's audit records for the next unlock.
+    pub fn new(cfg: BrokerConfig) -> Arc<Broker> {
+        let reaped = reaper::reap(&cfg.home);
+        let deferred = reaped
+            .into_iter()
+            .map(|r| AuditEvent::Reaped {
+                lease_id: r.record.id,
+                pgid: r.killed.then_some(r.record.pid),
+                files_removed: 1,
+                credentials_revoked: 0,
+            })
+            .collect();
+        let (events, _) = broadcast::channel(256);
+        Arc::new(Broker {
+            cfg,
+            state: Mutex::new(State {
+                vault: None,
+                audit: None,
+                pin_failures: 0,
+                sessions: BTreeMap::new(),
+                agents: HashMap::new(),
+                pending: BTreeMap::new(),
+                decided: BTreeMap::new(),
+                grants: BTreeMap::new(),
+                leases: BTreeMap::new(),
+                deferred,
+                last_activity: Instant::now(),
+                recent_leaks: VecDeque::new(),
+            }),
+            events,
+        })
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock must not wedge the broker forever;
+        // the state is still consistent at every await-free step.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Subscribes to pushed events.
+    pub fn subscribe(&self) -> broadcast::Receiver<(u64, Event)> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn publish(&self, event: Event) {
+        let _ = self.events.send((0, event));
+    }
+
+    /// Notes activity (for the idle lock).
+    pub fn touch(&self) {
+        self.state().last_activity = Instant::now();
+    }
+
+    /// Periodic housekeeping: idle lock, expired requests and grants.
+    pub async fn tick(self: &Arc<Self>) {
+        let idle = {
+            let st = self.state();
+            st.vault.is_some() && st.last_activity.elapsed() >= self.cfg.idle_lock
+        };
+        if idle {
+            self.lock(audit::LockReason::Idle).await;
+        }
+        let mut st = self.state();
+        let now = Instant::now();
+        let expired: Vec<String> = st
+            .pending
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.created) >= self.cfg.pending_lifetime)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            let _ = st.audit(AuditEvent::RequestExpired {
+                request_id: id.clone(),
+            });
+            if let Some(mut p) = st.pending.remove(&id)
+                && let Some(n) = p.notify.take()
+            {
+                let _ = n.send(Decision::Expired);
+            }
+            st.decided.insert(id, (Decision::Expired, now));
+        }
+        let gone: Vec<String> = st
+            .grants
+            .iter()
+            .filter(|(_, g)| now >= g.expires)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            st.grants.remove(&id);
+            let _ = st.audit(AuditEvent::GrantExpired { grant_id: id });
+        }
+        // Keep the decided-request memory bounded.
+        while st.decided.len() > 1024 {
+            let oldest = st
+                .decided
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => st.decided.remove(&k),
+                None => break,
+            };
+        }
+    }
+
+    // ----- lock state ---------------------------------------------------
+
+    /// Broker state for `custody status`.
+    pub fn status(&self) -> Value {
+        let st = self.state();
+        let leases: Vec<Value> = st
+            .leases
+            .iter()
+            .map(|(id, l)| {
+                json!({"lease_id": id, "grant_id": l.grant_id, "pid": l.pid, "argv": l.argv,
+                       "requester": l.requester.describe(), "started_at": rfc3339(l.started_at),
+                       "deadline": rfc3339(l.deadline_at)})
+            })
+            .collect();
+        json!({
+            "pid": std::process::id(),
+            "locked": st.vault.is_none(),
+            "vault": self.cfg.vault_path(),
+            "sessions": st.sessions.iter().map(|(id, s)| json!({
+                "session_id": id, "client_name": s.client_name, "client_version": s.client_version,
+                "pid": s.mcp_pid, "agent_pid": s.agent_pid, "started_at": rfc3339(s.started)})).collect::<Vec<_>>(),
+            "pending": st.pending.len(),
+            "grants": st.grants.len(),
+            "leases": leases,
+            "pin_failures": st.pin_failures,
+            "idle_lock_secs": self.cfg.idle_lock.as_secs(),
+            "leaks": st.recent_leaks,
+        })
+    }
+
+    /// Unlocks with the passphrase (KDF on a blocking thread), opens the audit
+    /// chain, and writes what the reaper found since the last unlock.
+    pub async fn unlock(
+        self: &Arc<Self>,
+        passphrase: Zeroizing<Vec<u8>>,
+    ) -> Result<Value, WireError> {
+        if self.state().vault.is_some() {
+            return Ok(json!({"unlocked": true, "already": true}));
+        }
+        let path = self.cfg.vault_path();
+        let vault = tokio::task::spawn_blocking(move || Vault::unlock(&path, &passphrase))
+            .await
+            .map_err(|_| WireError::new("internal", "unlock task failed"))?
+            .map_err(vault_error)?;
+        let head = vault.audit_head().map_err(vault_error)?;
+        let key = vault.subkey(Subkey::Audit);
+        let (chain, _report) = AuditChain::open(&self.cfg.audit_path(), &key, head.as_ref())
+            .map_err(|e| {
+                WireError::new(
+                    "audit_damaged",
+                    format!(
+                        "the audit log does not verify ({e}); the vault stays locked: inspect it with `custody audit verify`"
+                    ),
+                )
+            })?;
+        if head != Some(chain.head()) {
+            vault.set_audit_head(&chain.head()).map_err(vault_error)?;
+        }
+        crate::sys::lock_in_memory(vault.vault_key().expose());
+        let mut st = self.state();
+        if st.vault.is_some() {
+            return Ok(json!({"unlocked": true, "already": true}));
+        }
+        st.vault = Some(vault);
+        st.audit = Some(chain);
+        st.pin_failures = 0;
+        st.last_activity = Instant::now();
+        let deferred = std::mem::take(&mut st.deferred);
+        let mut result = st.audit(AuditEvent::Unlock {});
+        for ev in deferred {
+            if result.is_ok() {
+                result = st.audit(ev);
+            }
+        }
+        if let Err(e) = result {
+            st.vault = None;
+            st.audit = None;
+            return Err(e);
+        }
+        Ok(json!({"unlocked": true}))
+    }
+
+    /// Locks: stops every lease (waits for them to end, so their ends are
+    /// audited), cancels pending requests, drops grants, then zeroizes the key.
+    pub async fn lock(self: &Arc<Self>, reason: audit::LockReason) -> Value {
+        let lease_reason = if reason == audit::LockReason::Shutdown {
+            EndReason::Shutdown
+        } else {
+            EndReason::Locked
+        };
+        let killed = {
+            let mut st = self.state();
+            if st.vault.is_none() && st.leases.is_empty() {
+                return json!({"locked": true, "already": true});
+            }
+            for (_, mut p) in std::mem::take(&mut st.pending) {
+                if let Some(n) = p.notify.take() {
+                    let _ = n.send(Decision::Locked);
+                }
+            }
+            st.grants.clear();
+            for l in st.leases.values() {
+                let _ = l.stop.send(Some(lease_reason));
+            }
+            st.leases.len()
+        };
+        // A lease ends within two graces (SIGTERM → grace → SIGKILL for the
+        // child, then the same for what it left in its group); wait a little
+        // beyond that so every lease's end is audited before the lock record.
+        let until = Instant::now() + 2 * self.cfg.kill_grace + Duration::from_secs(2);
+        while Instant::now() < until && !self.state().leases.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut st = self.state();
+        let _ = st.audit(AuditEvent::Lock { reason });
+        st.vault = None; // Vault's keys zeroize on drop.
+        st.audit = None;
+        drop(st);
+        self.publish(Event::Locked);
+        json!({"locked": true, "leases_killed": killed})
+    }
+
+    // ----- vault operations ---------------------------------------------
+
+    /// Runs a vault read under the lock.
+    pub fn with_vault<T>(
+        &self,
+        f: impl FnOnce(&mut Vault) -> Result<T, VaultError>,
+    ) -> Result<T, WireError> {
+        let mut st = self.state();
+        f(st.vault()?).map_err(vault_error)
+    }
+
+    /// Runs a vault change under the lock, audited first (fail closed).
+    pub fn change_vault<T>(
+        &self,
+        event: AuditEvent,
+        f: impl FnOnce(&mut Vault) -> Result<T, VaultError>,
+    ) -> Result<T, WireError> {
+        let mut st = self.state();
+        st.vault()?;
+        st.audit(event)?;
+        f(st.vault()?).map_err(vault_error)
+    }
+
+    // ----- sessions -----------------------------------------------------
+
+    /// Registers an agent session for the connection of `peer`. The agent is
+    /// the peer's real parent (from /proc), whatever the client claims.
+    pub fn register_session(
+        &self,
+        peer: &mut Peer,
+        client_name: &str,
+        client_version: &str,
+        claimed_parent: u32,
+    ) -> Result<Value, WireError> {
+        let pid = peer
+            .pid
+            .ok_or_else(|| WireError::new("forbidden", "peer pid unknown"))?;
+        let (ppid, _) = procs::stat(pid).ok_or_else(|| bad("cannot read the session's process"))?;
+        if claimed_parent != ppid {
+            return Err(bad(format!(
+                "parent_pid {claimed_parent} is not the session's parent ({ppid})"
+            )));
+        }
+        let id = new_id("s");
+        let mut st = self.state();
+        for p in [pid, ppid] {
+            if let Some((_, start)) = procs::stat(p) {
+                st.agents.insert(p, start);
+            }
+        }
+        if st.audit.is_some() {
+            st.audit(AuditEvent::SessionStart {
+                session_id: id.clone(),
+                client_name: client_name.to_owned(),
+                client_version: client_version.to_owned(),
+                pid,
+                parent_pid: Some(ppid),
+            })?;
+        }
+        st.sessions.insert(
+            id.clone(),
+            Session {
+                client_name: client_name.to_owned(),
+                client_version: client_version.to_owned(),
+                mcp_pid: pid,
+                agent_pid: ppid,
+                started: SystemTime::now(),
+            },
+        );
+        peer.session = Some(id.clone());
+        Ok(json!({"session_id": id, "agent_pid": ppid}))
+    }
+
+    /// Ends a session when its connection closes.
+    pub fn end_session(&self, id: &str) {
+        let mut st = self.state();
+        if st.sessions.remove(id).is_some() && st.audit.is_some() {
+            let _ = st.audit(AuditEvent::SessionEnd {
+                session_id: id.to_owned(),
+            });
+        }
+    }
+
+    /// Who a connection is, for grants and policy.
+    pub fn requester(&self, peer: &Peer) -> Requester {
+        let st = self.state();
+        if let Some(s) = peer.session.as_ref().and_then(|id| st.sessions.get(id)) {
+            return Requester::Agent {
+                client: s.client_name.clone(),
+                agent_pid: s.agent_pid,
+            };
+        }
+        let pid = peer.pid.unwrap_or(0);
+        if let Some(hit) = st.is_agent_process(pid) {
+            // The hit may be the agent client or one of its `custody mcp`
+            // processes; either way the identity is the agent client's, so
+            // every connection of a session shares its grants.
+            let (client, agent_pid) = st.session_for_agent(hit).map_or_else(
+                || ("agent".to_owned(), hit),
+                |s| (s.client_name.clone(), s.agent_pid),
+            );
+            return Requester::Agent { client, agent_pid };
+        }
+        Requester::Terminal {
+            session: procs::session_id(pid).unwrap_or(pid),
+        }
+    }
+}

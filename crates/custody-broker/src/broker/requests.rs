@@ -1,0 +1,402 @@
+//! Requests and approvals: admission under policy and grants, the PIN and
+//! agent-ancestry checks (G3), decisions, cancellation.
+
+use super::*;
+
+impl Broker {
+    /// Resolves a run's variable set and decides: run under a grant now, or
+    /// wait for a human. Returns `Ok(Ok(grant_id))` or `Ok(Err((request_id,
+    /// receiver)))`.
+    #[allow(clippy::type_complexity)] // the two outcomes are spelled out above
+    pub fn admit(
+        &self,
+        requester: &Requester,
+        spec: &RunSpec,
+    ) -> Result<Result<String, (String, oneshot::Receiver<Decision>)>, WireError> {
+        let policy = Policy::load(&self.cfg.home.join(custody_core::policy::POLICY_FILE))
+            .map_err(|e| WireError::new("policy_error", e.to_string()))?;
+        let client = requester.client_name().to_owned();
+        let max_ttl = policy.max_ttl(&client);
+        let ttl = Duration::from_secs(spec.timeout_secs);
+        if ttl > max_ttl {
+            return Err(bad(format!(
+                "timeout {} is longer than the policy allows for {client} ({})",
+                custody_core::duration::format(ttl),
+                custody_core::duration::format(max_ttl)
+            )));
+        }
+        let mut st = self.state();
+        let vault = st.vault()?;
+        let mut variables = BTreeSet::new();
+        let mut available = BTreeSet::new();
+        for e in &spec.environments {
+            if !policy.visible(&client, e) {
+                return Err(WireError::new(
+                    "forbidden",
+                    format!("environment '{e}' is not available to {client} by policy"),
+                ));
+            }
+            let env = env_name(e)?;
+            for v in vault.variables(&env).map_err(vault_error)? {
+                if v.is_set {
+                    available.insert((e.clone(), v.name));
+                }
+            }
+        }
+        match &spec.only {
+            None => variables.extend(available.iter().map(|(e, v)| format!("{e}/{v}"))),
+            Some(only) => {
+                for want in only {
+                    let hits: Vec<_> = available
+                        .iter()
+                        .filter(|(e, v)| v == want || format!("{e}/{v}") == *want)
+                        .collect();
+                    if hits.is_empty() {
+                        return Err(WireError::new(
+                            "not_found",
+                            format!(
+                                "no variable '{want}' with a value in the requested environments"
+                            ),
+                        ));
+                    }
+                    variables.extend(hits.iter().map(|(e, v)| format!("{e}/{v}")));
+                }
+            }
+        }
+        let scope = Scope::of(spec, variables);
+        let always = spec
+            .environments
+            .iter()
+            .any(|e| policy.always_approve(&client, e));
+        let now = Instant::now();
+        if !always {
+            let hit = st
+                .grants
+                .iter()
+                .find(|(_, g)| g.covers(requester, &scope, ttl, now))
+                .map(|(id, _)| id.clone());
+            if let Some(id) = hit {
+                return Ok(Ok(id));
+            }
+            if let Some(pre) = policy.preapproved(
+                &client,
+                &spec.argv,
+                &spec.cwd,
+                &scope.environments,
+                SystemTime::now(),
+            ) {
+                let id = new_id("g");
+                let left = pre
+                    .expires
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                st.audit(AuditEvent::Grant {
+                    grant_id: id.clone(),
+                    request_id: "policy".into(),
+                    expires_at: rfc3339(pre.expires),
+                    max_uses: None,
+                })?;
+                st.grants.insert(
+                    id.clone(),
+                    Grant {
+                        id: id.clone(),
+                        request_id: "policy".into(),
+                        requester: requester.clone(),
+                        scope,
+                        max_ttl,
+                        expires: now + left,
+                        expires_at: pre.expires,
+                        uses_left: None,
+                    },
+                );
+                return Ok(Ok(id));
+            }
+        }
+        let request_id = new_id("r");
+        st.audit(AuditEvent::Request {
+            request_id: request_id.clone(),
+            requester: requester.describe(),
+            argv: spec.argv.clone(),
+            cwd: spec.cwd.clone(),
+            environments: spec.environments.clone(),
+            variables: scope.variables.iter().cloned().collect(),
+            ttl_secs: spec.timeout_secs,
+        })?;
+        let (tx, rx) = oneshot::channel();
+        st.pending.insert(
+            request_id.clone(),
+            Pending {
+                requester: requester.clone(),
+                spec: spec.clone(),
+                scope,
+                always_approve: always,
+                created: now,
+                created_at: SystemTime::now(),
+                notify: Some(tx),
+            },
+        );
+        drop(st);
+        self.publish(Event::Pending {
+            request_id: request_id.clone(),
+            approve_hint: format!("custody approve {request_id}"),
+        });
+        Ok(Err((request_id, rx)))
+    }
+
+    /// Takes one use of a grant for a starting lease. Errors if it is gone.
+    pub fn use_grant(&self, grant_id: &str) -> Result<Grant, WireError> {
+        let mut st = self.state();
+        let g = st.grants.get_mut(grant_id).ok_or_else(|| {
+            WireError::new(
+                "denied",
+                "the grant was revoked or expired before the run started",
+            )
+        })?;
+        let spent = g.take_use();
+        let copy = g.clone();
+        if spent {
+            st.grants.remove(grant_id);
+        }
+        Ok(copy)
+    }
+
+    /// Pending requests, for `custody approve --list`.
+    pub fn pending(&self) -> Value {
+        let st = self.state();
+        Value::Array(
+            st.pending
+                .iter()
+                .map(|(id, p)| {
+                    json!({
+                        "id": id,
+                        "requester": p.requester.describe(),
+                        "client": p.requester.client_name(),
+                        "argv": p.spec.argv,
+                        "cwd": p.spec.cwd,
+                        "environments": p.spec.environments,
+                        "variables": p.scope.variables,
+                        "timeout_secs": p.spec.timeout_secs,
+                        "always_approve": p.always_approve,
+                        "created_at": rfc3339(p.created_at),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// A request's state: pending, or how it was decided.
+    pub fn request_status(&self, request_id: &str) -> Result<Value, WireError> {
+        let st = self.state();
+        if st.pending.contains_key(request_id) {
+            return Ok(json!({"request_id": request_id, "status": "pending",
+                             "approve_hint": format!("custody approve {request_id}")}));
+        }
+        match st.decided.get(request_id) {
+            Some((d, _)) => {
+                let mut v = json!({"request_id": request_id, "status": d.status()});
+                if let Decision::Approved(g) = d {
+                    v["grant_id"] = json!(g);
+                }
+                if let Decision::Denied(why) = d {
+                    v["reason"] = json!(why);
+                }
+                Ok(v)
+            }
+            None => Err(WireError::new(
+                "not_found",
+                format!("no request '{request_id}'"),
+            )),
+        }
+    }
+
+    pub(super) fn decide(st: &mut State, request_id: &str, decision: Decision) {
+        if let Some(mut p) = st.pending.remove(request_id)
+            && let Some(n) = p.notify.take()
+        {
+            let _ = n.send(decision.clone());
+        }
+        st.decided
+            .insert(request_id.to_owned(), (decision, Instant::now()));
+    }
+
+    /// The requester gave up (closed its connection, or cancelled).
+    pub fn cancel(&self, request_id: &str, by: &Requester) -> Result<Value, WireError> {
+        let mut st = self.state();
+        match st.pending.get(request_id) {
+            Some(p) if &p.requester == by => {}
+            Some(_) => return Err(WireError::new("forbidden", "not your request")),
+            None => {
+                return Err(WireError::new(
+                    "not_found",
+                    format!("no pending request '{request_id}'"),
+                ));
+            }
+        }
+        let _ = st.audit(AuditEvent::Revoke {
+            target: request_id.to_owned(),
+            by: by.describe(),
+        });
+        Self::decide(&mut st, request_id, Decision::Cancelled);
+        Ok(json!({"cancelled": request_id}))
+    }
+
+    /// Approves a pending request: refused for processes descending from an
+    /// agent (G3), then the PIN (Argon2id, off the async threads), with
+    /// lockout after repeated failures.
+    pub async fn approve(
+        self: &Arc<Self>,
+        peer: &Peer,
+        request_id: &str,
+        scope: crate::protocol::ApprovalScope,
+        pin: Zeroizing<Vec<u8>>,
+    ) -> Result<Value, WireError> {
+        use crate::protocol::ApprovalScope as S;
+        let approver = peer
+            .pid
+            .ok_or_else(|| WireError::new("forbidden", "cannot identify the approving process"))?;
+        let phc_check = {
+            let mut st = self.state();
+            st.vault()?;
+            if !st.pending.contains_key(request_id) {
+                return Err(WireError::new(
+                    "not_found",
+                    format!("no pending request '{request_id}' (see `custody approve --list`)"),
+                ));
+            }
+            if peer.session.is_some() || st.is_agent_process(approver).is_some() {
+                st.audit(AuditEvent::Denial {
+                    request_id: request_id.to_owned(),
+                    approver_pid: Some(approver),
+                    reason: audit::DenialReason::ApproverIsAgent,
+                })?;
+                Self::decide(&mut st, request_id, Decision::Denied("approver_is_agent"));
+                return Err(WireError::new(
+                    "forbidden",
+                    "approvals cannot come from an agent's process tree; the request was denied. The human must approve from their own terminal",
+                ));
+            }
+            if let (S::For { .. }, Some(p)) = (scope, st.pending.get(request_id))
+                && p.always_approve
+            {
+                return Err(bad(
+                    "policy requires a fresh approval for every run in this environment: approve with --once",
+                ));
+            }
+            st.vault
+                .as_ref()
+                .ok_or_else(locked)?
+                .pin_checker()
+                .map_err(vault_error)?
+        };
+        let ok = tokio::task::spawn_blocking(move || phc_check.verify(&pin))
+            .await
+            .map_err(|_| WireError::new("internal", "PIN check failed"))?;
+        if !ok {
+            let failures = {
+                let mut st = self.state();
+                st.pin_failures += 1;
+                st.pin_failures
+            };
+            let out = failures >= self.cfg.max_pin_failures;
+            {
+                let mut st = self.state();
+                let _ = st.audit(AuditEvent::PinFailure {
+                    attempt: failures,
+                    locked_out: out,
+                });
+            }
+            if out {
+                self.lock(audit::LockReason::PinLockout).await;
+                return Err(WireError::new(
+                    "locked",
+                    format!(
+                        "wrong PIN {failures} times in a row: the vault is now locked; run `custody unlock`"
+                    ),
+                ));
+            }
+            return Err(WireError::new(
+                "wrong_pin",
+                format!(
+                    "wrong PIN ({failures} of {} attempts before the vault locks)",
+                    self.cfg.max_pin_failures
+                ),
+            ));
+        }
+        let mut st = self.state();
+        st.pin_failures = 0;
+        let Some(p) = st.pending.get(request_id) else {
+            return Err(WireError::new(
+                "not_found",
+                "the request was decided or cancelled meanwhile",
+            ));
+        };
+        let requester = p.requester.clone();
+        let req_scope = p.scope.clone();
+        let client = requester.client_name().to_owned();
+        let max_ttl = Policy::load(&self.cfg.home.join(custody_core::policy::POLICY_FILE))
+            .map(|pol| pol.max_ttl(&client))
+            .unwrap_or(custody_core::policy::DEFAULT_MAX_TTL);
+        let (lifetime, uses, audit_scope) = match scope {
+            // A once-grant waits for its requester to come back (an agent
+            // whose tool call timed out polls and re-runs).
+            S::Once => (
+                self.cfg.pending_lifetime,
+                Some(1),
+                audit::ApprovalScope::Once,
+            ),
+            S::For { secs } => (
+                Duration::from_secs(secs.clamp(1, 24 * 3600)),
+                None,
+                audit::ApprovalScope::ForSecs(secs),
+            ),
+        };
+        let grant_id = new_id("g");
+        let expires_at = SystemTime::now() + lifetime;
+        st.audit(AuditEvent::Approval {
+            request_id: request_id.to_owned(),
+            scope: audit_scope,
+            approver_pid: approver,
+        })?;
+        st.audit(AuditEvent::Grant {
+            grant_id: grant_id.clone(),
+            request_id: request_id.to_owned(),
+            expires_at: rfc3339(expires_at),
+            max_uses: uses,
+        })?;
+        st.grants.insert(
+            grant_id.clone(),
+            Grant {
+                id: grant_id.clone(),
+                request_id: request_id.to_owned(),
+                requester,
+                scope: req_scope,
+                max_ttl,
+                expires: Instant::now() + lifetime,
+                expires_at,
+                uses_left: uses,
+            },
+        );
+        Self::decide(&mut st, request_id, Decision::Approved(grant_id.clone()));
+        Ok(json!({"approved": request_id, "grant_id": grant_id, "expires_at": rfc3339(expires_at)}))
+    }
+
+    /// Denies a pending request.
+    pub fn deny(&self, peer: &Peer, request_id: &str) -> Result<Value, WireError> {
+        let mut st = self.state();
+        if !st.pending.contains_key(request_id) {
+            return Err(WireError::new(
+                "not_found",
+                format!("no pending request '{request_id}'"),
+            ));
+        }
+        if st.audit.is_some() {
+            st.audit(AuditEvent::Denial {
+                request_id: request_id.to_owned(),
+                approver_pid: peer.pid,
+                reason: audit::DenialReason::Human,
+            })?;
+        }
+        Self::decide(&mut st, request_id, Decision::Denied("human"));
+        Ok(json!({"denied": request_id}))
+    }
+}
