@@ -166,6 +166,32 @@ impl CustodyMcp {
             .cloned()
     }
 
+    /// Sends a vault change (create, declare, generate) to the broker and
+    /// answers with a [`VaultChange`]; `created` is the broker's answer, or
+    /// `created_default` when it gives none.
+    async fn vault_change(
+        &self,
+        request: Request,
+        environment: String,
+        variable: Option<String>,
+        created_default: bool,
+        message: String,
+    ) -> Result<CallToolResult, ErrorData> {
+        match self.inner.link.call(request).await {
+            Ok(v) => {
+                let c = VaultChange {
+                    environment,
+                    variable,
+                    created: v["created"].as_bool().unwrap_or(created_default),
+                    message,
+                };
+                let t = c.message.clone();
+                ok(&c, t)
+            }
+            Err(e) => fail(&e),
+        }
+    }
+
     /// Runs `spec` through the broker: progress while it waits or runs,
     /// cancellation by closing the connection, `pending` when the approval
     /// wait passes.
@@ -407,30 +433,16 @@ impl CustodyMcp {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         self.note_client(&ctx);
-        match self
-            .inner
-            .link
-            .call(Request::EnvCreate {
-                name: a.name.clone(),
-                description: a.description,
-            })
-            .await
-        {
-            Ok(_) => {
-                let c = VaultChange {
-                    environment: a.name.clone(),
-                    variable: None,
-                    created: true,
-                    message: format!(
-                        "created environment '{}'; add slots with declare_variable",
-                        a.name
-                    ),
-                };
-                let t = c.message.clone();
-                ok(&c, t)
-            }
-            Err(e) => fail(&e),
-        }
+        let message = format!(
+            "created environment '{}'; add slots with declare_variable",
+            a.name
+        );
+        let req = Request::EnvCreate {
+            name: a.name.clone(),
+            description: a.description,
+        };
+        // The broker answers `{"created": NAME}`: success means created.
+        self.vault_change(req, a.name, None, true, message).await
     }
 
     /// Declare an empty variable slot with a description; the user fills
@@ -452,32 +464,18 @@ impl CustodyMcp {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         self.note_client(&ctx);
-        match self
-            .inner
-            .link
-            .call(Request::Declare {
-                env: a.environment.clone(),
-                var: a.name.clone(),
-                description: a.description,
-                kind: a.kind.map(Into::into),
-            })
+        let message = format!(
+            "declared '{}/{}'; ask the user to fill it with `custody set {} {}`",
+            a.environment, a.name, a.environment, a.name
+        );
+        let req = Request::Declare {
+            env: a.environment.clone(),
+            var: a.name.clone(),
+            description: a.description,
+            kind: a.kind.map(Into::into),
+        };
+        self.vault_change(req, a.environment, Some(a.name), false, message)
             .await
-        {
-            Ok(v) => {
-                let c = VaultChange {
-                    environment: a.environment.clone(),
-                    variable: Some(a.name.clone()),
-                    created: v["created"].as_bool().unwrap_or(false),
-                    message: format!(
-                        "declared '{}/{}'; ask the user to fill it with `custody set {} {}`",
-                        a.environment, a.name, a.environment, a.name
-                    ),
-                };
-                let t = c.message.clone();
-                ok(&c, t)
-            }
-            Err(e) => fail(&e),
-        }
     }
 
     /// Store a random value that nobody sees (not even you) in a variable
@@ -501,34 +499,20 @@ impl CustodyMcp {
         self.note_client(&ctx);
         let length = a.length.unwrap_or(32);
         let alphabet = a.alphabet.unwrap_or_default();
-        match self
-            .inner
-            .link
-            .call(Request::Generate {
-                env: a.environment.clone(),
-                var: a.name.clone(),
-                length,
-                alphabet: alphabet.into(),
-                description: a.description,
-                kind: a.kind.map(Into::into),
-            })
+        let message = format!(
+            "stored a random {length}-character value in '{}/{}'; use it through run",
+            a.environment, a.name
+        );
+        let req = Request::Generate {
+            env: a.environment.clone(),
+            var: a.name.clone(),
+            length,
+            alphabet: alphabet.into(),
+            description: a.description,
+            kind: a.kind.map(Into::into),
+        };
+        self.vault_change(req, a.environment, Some(a.name), false, message)
             .await
-        {
-            Ok(v) => {
-                let c = VaultChange {
-                    environment: a.environment.clone(),
-                    variable: Some(a.name.clone()),
-                    created: v["created"].as_bool().unwrap_or(false),
-                    message: format!(
-                        "stored a random {length}-character value in '{}/{}'; use it through run",
-                        a.environment, a.name
-                    ),
-                };
-                let t = c.message.clone();
-                ok(&c, t)
-            }
-            Err(e) => fail(&e),
-        }
     }
 
     /// Run a command with the environments' secrets injected, after the
