@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::broker::{Broker, Peer};
 use crate::grants::Requester;
-use crate::protocol::{Request, WireError};
+use crate::protocol::{CatalogEnvironment, CatalogVariable, Request, WireError};
 
 fn bad(e: impl ToString) -> WireError {
     WireError::new("bad_request", e.to_string())
@@ -36,6 +36,40 @@ fn humans_only(requester: &Requester, what: &str) -> Result<(), WireError> {
         )),
         Requester::Terminal { .. } => Ok(()),
     }
+}
+
+/// Every environment `peer` may see, with its variables' names and facts
+/// (never values): [`Request::Catalog`]. Typed, so the connection can write
+/// it without building a JSON tree first.
+pub fn catalog(broker: &Arc<Broker>, peer: &Peer) -> Result<Vec<CatalogEnvironment>, WireError> {
+    let client = broker.requester(peer).client_name().to_owned();
+    let policy = Policy::load(&broker.cfg.home.join(custody_core::policy::POLICY_FILE))
+        .map_err(|e| WireError::new("policy_error", e.to_string()))?;
+    broker.with_vault(|v| {
+        let mut out = Vec::new();
+        for e in v.environments()? {
+            if !policy.visible(&client, &e.name) {
+                continue;
+            }
+            let variables = v
+                .variables(&EnvName::new(&e.name)?)?
+                .into_iter()
+                .map(|i| CatalogVariable {
+                    name: i.name,
+                    description: i.description,
+                    kind: i.kind.as_str().to_owned(),
+                    is_set: i.is_set,
+                })
+                .collect();
+            out.push(CatalogEnvironment {
+                always_approve: policy.always_approve(&client, &e.name),
+                name: e.name,
+                description: e.description,
+                variables,
+            });
+        }
+        Ok(out)
+    })
 }
 
 /// Handles the vault-changing and listing requests.

@@ -17,12 +17,16 @@ pub fn stat(pid: u32) -> Option<(u32, u64)> {
     Some((ppid, start))
 }
 
+/// Deepest process chain walked: a bound against a pid cycle from a racing
+/// /proc.
+pub const MAX_DEPTH: usize = 256;
+
 /// `pid` and its ancestors up to (and including) pid 1, nearest first.
 /// Bounded, so a pid cycle from a racing /proc cannot loop forever.
 pub fn ancestry(pid: u32) -> Vec<u32> {
     let mut chain = vec![pid];
     let mut cur = pid;
-    for _ in 0..256 {
+    for _ in 0..MAX_DEPTH {
         match stat(cur) {
             Some((ppid, _)) if ppid != 0 && ppid != cur => {
                 chain.push(ppid);

@@ -216,6 +216,10 @@ pub enum Request {
     },
     /// List environments.
     EnvList,
+    /// Every environment the client may see, each with its variables' names,
+    /// descriptions, kinds and whether they are set: an agent's whole view
+    /// of the vault in one answer ([`CatalogEnvironment`]s). Never values.
+    Catalog,
     /// Show (and optionally re-describe) an environment.
     EnvDescribe {
         /// Its name.
@@ -395,9 +399,40 @@ impl WireError {
     }
 }
 
+/// One environment of a [`Request::Catalog`] answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CatalogEnvironment {
+    /// Its name.
+    pub name: String,
+    /// What it is for.
+    pub description: String,
+    /// Whether policy asks for a fresh approval for every run in it.
+    pub always_approve: bool,
+    /// Its variables, sorted by name.
+    pub variables: Vec<CatalogVariable>,
+}
+
+/// One variable of a [`CatalogEnvironment`]: never its value.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CatalogVariable {
+    /// Its name.
+    pub name: String,
+    /// What it is for.
+    pub description: String,
+    /// How it reaches a child (`env`, `file`).
+    pub kind: String,
+    /// Whether a value is stored.
+    pub is_set: bool,
+}
+
 /// A frame from the broker.
+///
+/// Serialized untagged (the key — `ok`, `error` or `event` — says which);
+/// deserialized through [`WireFrame`], because serde's untagged enums buffer
+/// the whole frame in an intermediate tree first, which doubled the cost of a
+/// 1,000-variable listing.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, try_from = "WireFrame")]
 pub enum ServerFrame {
     /// The answer to request `id`.
     Ok {
@@ -420,6 +455,36 @@ pub enum ServerFrame {
         /// The event.
         event: Event,
     },
+}
+
+/// The shape of any broker frame, read in one pass (see [`ServerFrame`]).
+#[derive(Deserialize)]
+struct WireFrame {
+    id: u64,
+    #[serde(default, deserialize_with = "present")]
+    ok: Option<serde_json::Value>,
+    #[serde(default)]
+    error: Option<WireError>,
+    #[serde(default)]
+    event: Option<Event>,
+}
+
+/// A present `ok` key is an answer even when its value is `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
+impl TryFrom<WireFrame> for ServerFrame {
+    type Error = &'static str;
+
+    fn try_from(f: WireFrame) -> Result<Self, Self::Error> {
+        match (f.ok, f.error, f.event) {
+            (Some(ok), None, None) => Ok(ServerFrame::Ok { id: f.id, ok }),
+            (None, Some(error), None) => Ok(ServerFrame::Err { id: f.id, error }),
+            (None, None, Some(event)) => Ok(ServerFrame::Event { id: f.id, event }),
+            _ => Err("a broker frame carries exactly one of ok, error, event"),
+        }
+    }
 }
 
 /// Pushed events.

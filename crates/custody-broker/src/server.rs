@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::io::AsyncWrite;
 use tokio::net::unix::OwnedWriteHalf;
@@ -36,6 +37,28 @@ async fn send_result(
         Err(error) => ServerFrame::Err { id, error },
     };
     send(w, &frame).await
+}
+
+/// Sends a typed answer without building a JSON tree first: for big
+/// listings, where the tree cost more than reading the vault.
+async fn send_typed<T: Serialize>(
+    w: &mut OwnedWriteHalf,
+    id: u64,
+    result: Result<T, WireError>,
+) -> Result<(), FrameError> {
+    #[derive(Serialize)]
+    struct Answer<'a, T> {
+        id: u64,
+        ok: &'a T,
+    }
+    match result {
+        Ok(ok) => {
+            let bytes = serde_json::to_vec(&Answer { id, ok: &ok })
+                .map_err(|e| FrameError::Malformed(e.to_string()))?;
+            protocol::write_frame_async(w, &bytes).await
+        }
+        Err(error) => send(w, &ServerFrame::Err { id, error }).await,
+    }
 }
 
 /// Serves `listener` until `shutdown` completes, then locks the broker (which
@@ -236,6 +259,7 @@ async fn handle(broker: Arc<Broker>, mut stream: UnixStream, own_uid: u32) {
                 watch_events(&broker, &mut rd, &mut wr).await;
                 break;
             }
+            Request::Catalog => send_typed(&mut wr, id, crate::ops::catalog(&broker, &peer)).await,
             other => {
                 let res = dispatch(&broker, &mut peer, other, secret).await;
                 send_result(&mut wr, id, res).await

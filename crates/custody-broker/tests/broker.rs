@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use common::*;
 use custody_broker::protocol::{
-    self, ApprovalScope, Event, FrameError, PROTOCOL_VERSION, Request, RevokeTarget, RunSpec,
+    self, ApprovalScope, CatalogEnvironment, Event, FrameError, PROTOCOL_VERSION, Request,
+    RevokeTarget, RunSpec,
 };
 use custody_core::audit::{self, AuditEvent, DenialReason, LeaseEndReason, LockReason};
 use serde_json::{Value, json};
@@ -1043,4 +1044,50 @@ fn output_cap_result_fits_one_frame_with_escaped_bytes_on_both_streams() {
         err.len()
     );
     assert_eq!(stream_output(&events, "stderr").len(), 2 * (1 << 20) + 3);
+}
+
+/// The catalog (an agent's whole view in one answer) holds names, kinds and
+/// whether values are set, follows policy visibility and `always_approve`,
+/// and never carries a value.
+#[test]
+fn catalog_lists_visible_names_never_values() {
+    let b = TestBroker::unlocked();
+    for env in ["app-dev", "app-prod", "hidden"] {
+        b.env_create(env);
+        b.set(
+            env,
+            "API_TOKEN",
+            format!("catalog-secret-{env}-5f1c9e").as_bytes(),
+        );
+    }
+    b.client()
+        .call(Request::Declare {
+            env: "app-dev".into(),
+            var: "EMPTY_SLOT".into(),
+            description: Some("fill me".into()),
+            kind: None,
+        })
+        .expect("declare");
+    b.write_policy(
+        "[defaults]\nalways_approve = [\"*-prod\"]\n[clients.cli]\nenvironments = [\"app-*\"]\n",
+    );
+    let v = b.client().call(Request::Catalog).expect("catalog");
+    let text = v.to_string();
+    assert!(!text.contains("catalog-secret"), "a value leaked: {text}");
+    let envs: Vec<CatalogEnvironment> = serde_json::from_value(v).expect("typed catalog");
+    let names: Vec<&str> = envs.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["app-dev", "app-prod"], "policy hides 'hidden'");
+    let dev = &envs[0];
+    assert!(!dev.always_approve);
+    assert!(envs[1].always_approve, "*-prod always asks");
+    let vars: Vec<(&str, bool, &str)> = dev
+        .variables
+        .iter()
+        .map(|v| (v.name.as_str(), v.is_set, v.description.as_str()))
+        .collect();
+    assert_eq!(
+        vars,
+        [("API_TOKEN", true, ""), ("EMPTY_SLOT", false, "fill me")]
+    );
+    assert!(dev.variables.iter().all(|v| v.kind == "env"));
 }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use custody_broker::protocol::{
     self, ClientFrame, ClientInfo, Event, PROTOCOL_VERSION, Request, ServerFrame, WireError,
 };
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -116,6 +117,35 @@ impl Conn {
         }
     }
 
+    /// A request whose answer is read straight into `T`: one parsing pass,
+    /// no intermediate JSON tree (it halves the cost of a big listing).
+    /// Events in between are skipped.
+    pub async fn call_as<T: DeserializeOwned>(&mut self, request: Request) -> Result<T, LinkError> {
+        let id = self.send(request).await?;
+        loop {
+            let bytes = protocol::read_frame_async(&mut self.rd)
+                .await
+                .map_err(conn_err)?;
+            let frame: TypedFrame<T> = serde_json::from_slice(&bytes)
+                .map_err(|_| LinkError::Connection("unexpected answer from the broker".into()))?;
+            match frame {
+                TypedFrame {
+                    id: got,
+                    ok: Some(v),
+                    ..
+                } if got == id => return Ok(v),
+                TypedFrame {
+                    id: got,
+                    error: Some(e),
+                    ..
+                } if got == id || got == 0 => {
+                    return Err(LinkError::Broker(e));
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Splits into a frame channel fed by a reader task and the write half.
     /// Dropping both closes the connection, which the broker takes as the
     /// requester going away (a pending request is cancelled, a running
@@ -134,6 +164,20 @@ impl Conn {
         });
         (Frames { rx, task }, self.wr)
     }
+}
+
+/// A broker frame whose answer has a known type (events are ignored).
+#[derive(serde::Deserialize)]
+struct TypedFrame<T> {
+    id: u64,
+    #[serde(default = "none")]
+    ok: Option<T>,
+    #[serde(default)]
+    error: Option<WireError>,
+}
+
+fn none<T>() -> Option<T> {
+    None
 }
 
 async fn read_one(rd: &mut OwnedReadHalf) -> Result<ServerFrame, LinkError> {

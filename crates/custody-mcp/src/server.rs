@@ -352,39 +352,12 @@ impl CustodyMcp {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         self.note_client(&ctx);
+        // One request: the broker answers with exactly these views, read
+        // straight into them.
         let r: Result<EnvironmentList, LinkError> = async {
             let mut conn = self.inner.link.connect().await?;
-            let envs = conn.call(Request::EnvList).await?;
-            let mut out = Vec::new();
-            for e in envs.as_array().into_iter().flatten() {
-                let Some(name) = e["name"].as_str() else {
-                    continue;
-                };
-                let d = conn
-                    .call(Request::EnvDescribe {
-                        name: name.to_owned(),
-                        description: None,
-                    })
-                    .await?;
-                let variables: Vec<VariableView> = d["variables"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|v| VariableView {
-                        name: v["name"].as_str().unwrap_or_default().to_owned(),
-                        description: v["description"].as_str().unwrap_or_default().to_owned(),
-                        kind: v["kind"].as_str().unwrap_or("env").to_owned(),
-                        is_set: v["is_set"].as_bool().unwrap_or(false),
-                    })
-                    .collect();
-                out.push(EnvironmentView {
-                    name: name.to_owned(),
-                    description: e["description"].as_str().unwrap_or_default().to_owned(),
-                    always_approve: d["always_approve"].as_bool().unwrap_or(false),
-                    variables,
-                });
-            }
-            Ok(EnvironmentList { environments: out })
+            let environments = conn.call_as(Request::Catalog).await?;
+            Ok(EnvironmentList { environments })
         }
         .await;
         match r {

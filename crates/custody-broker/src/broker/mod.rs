@@ -237,11 +237,20 @@ impl State {
         if self.agents.is_empty() {
             return None;
         }
-        procs::ancestry(pid).into_iter().find(|p| {
-            self.agents
-                .get(p)
-                .is_some_and(|&start| procs::same_process(*p, start))
-        })
+        // Walk up one parent at a time and stop at the first agent process:
+        // a `custody mcp` connection is found with a single /proc read.
+        let mut cur = pid;
+        for _ in 0..procs::MAX_DEPTH {
+            let (ppid, start) = procs::stat(cur)?;
+            if self.agents.get(&cur) == Some(&start) {
+                return Some(cur);
+            }
+            if ppid == 0 || ppid == cur {
+                return None;
+            }
+            cur = ppid;
+        }
+        None
     }
 
     fn session_for_agent(&self, agent_pid: u32) -> Option<&Session> {

@@ -13,6 +13,8 @@ mod label;
 mod schema;
 mod variables;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -157,6 +159,18 @@ pub struct Vault {
     vault_key: Key,
     seal_key: Key,
     index_key: Key,
+    /// Opened variable listings (names and facts, never values), reused
+    /// while the database is unchanged: see `Vault::variables`.
+    listings: RefCell<Listings>,
+}
+
+/// Listings valid for one database state.
+#[derive(Default)]
+struct Listings {
+    /// `(PRAGMA data_version, total_changes)` when they were made: the first
+    /// moves when another connection commits, the second when this one writes.
+    stamp: (i64, u64),
+    by_env: HashMap<Id, Vec<VariableInfo>>,
 }
 
 impl fmt::Debug for Vault {
@@ -315,6 +329,7 @@ impl Vault {
             vault_key,
             seal_key,
             index_key,
+            listings: RefCell::default(),
         })
     }
 

@@ -422,3 +422,47 @@ fn debug_shows_no_secret() {
         assert!(!shown.contains("83, 85, 80"), "{shown}"); // "SUP" as a byte list
     }
 }
+
+/// Listings are kept between calls; they must still show every change, made
+/// through this connection or through another one (a second process).
+#[test]
+fn kept_listings_follow_changes_from_any_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = new_vault(&dir);
+    let path = a.path().to_owned();
+    let none = VariableUpdate::default();
+    a.create_environment(&env("app"), "").unwrap();
+    a.declare_variable(&env("app"), &var("ONE"), &none).unwrap();
+    let listed = |v: &Vault| -> Vec<(String, bool, String)> {
+        v.variables(&env("app"))
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.name, i.is_set, i.description))
+            .collect()
+    };
+    let one = |set: bool, d: &str| ("ONE".to_owned(), set, d.to_owned());
+    assert_eq!(listed(&a), [one(false, "")]);
+    assert_eq!(listed(&a), [one(false, "")], "a kept listing is the same");
+
+    a.set_variable(&env("app"), &var("ONE"), b"kept-listing-v1", &none)
+        .unwrap();
+    assert_eq!(listed(&a), [one(true, "")], "this connection's write");
+
+    let mut b = Vault::unlock(&path, PASS).unwrap();
+    let described = VariableUpdate {
+        description: Some("from b".into()),
+        kind: None,
+    };
+    b.declare_variable(&env("app"), &var("ONE"), &described)
+        .unwrap();
+    b.declare_variable(&env("app"), &var("TWO"), &none).unwrap();
+    let two = ("TWO".to_owned(), false, String::new());
+    assert_eq!(
+        listed(&a),
+        [one(true, "from b"), two.clone()],
+        "another connection's writes"
+    );
+
+    b.unset_variable(&env("app"), &var("ONE")).unwrap();
+    assert_eq!(listed(&a), [two], "another connection's removal");
+}

@@ -154,8 +154,43 @@ impl Vault {
     }
 
     /// The variables of an environment, sorted by name. Never values.
+    ///
+    /// Opening 1,000 labels costs about a millisecond, and agents list often:
+    /// a listing is kept (names, descriptions, kinds — what agents may see;
+    /// never a value) until the database changes, by this connection or any
+    /// other. The keeping ends with the `Vault`, i.e. at lock.
     pub fn variables(&self, env: &EnvName) -> Result<Vec<VariableInfo>> {
         let env_id = self.env_id(env)?;
+        let stamp = self.change_stamp()?;
+        {
+            let mut l = self.listings.borrow_mut();
+            if l.stamp != stamp {
+                l.stamp = stamp;
+                l.by_env.clear();
+            }
+            if let Some(hit) = l.by_env.get(&env_id) {
+                return Ok(hit.clone());
+            }
+        }
+        let out = self.open_listing(env, &env_id)?;
+        self.listings
+            .borrow_mut()
+            .by_env
+            .insert(env_id, out.clone());
+        Ok(out)
+    }
+
+    /// Where the database is: see [`Listings`].
+    fn change_stamp(&self) -> Result<(i64, u64)> {
+        let data_version: i64 = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(|e| storage(e, &self.path))?;
+        Ok((data_version, self.conn.total_changes()))
+    }
+
+    fn open_listing(&self, env: &EnvName, env_id: &Id) -> Result<Vec<VariableInfo>> {
+        let env_id = *env_id;
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -188,11 +223,14 @@ impl Vault {
                 .map(|row| variable_info(seal_key, vault_id, env, &env_id, row))
                 .collect()
         };
-        // available_parallelism reads cgroup files: ask only for big lists.
+        // available_parallelism reads cgroup files: ask once per process.
+        static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
         let workers = if rows.len() >= PARALLEL_LIST_MIN {
-            std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .min(8)
+            *CORES.get_or_init(|| {
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .min(8)
+            })
         } else {
             1
         };
