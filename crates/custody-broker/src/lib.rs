@@ -25,6 +25,7 @@ pub mod reaper;
 mod run;
 pub mod scan;
 pub mod server;
+pub mod sources;
 mod sys;
 
 pub use broker::{Broker, BrokerConfig};

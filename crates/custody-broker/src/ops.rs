@@ -8,7 +8,7 @@ use std::sync::Arc;
 use custody_core::audit::{AuditEvent, VaultAction};
 use custody_core::names::{EnvName, VarName};
 use custody_core::policy::Policy;
-use custody_core::vault::VariableUpdate;
+use custody_core::vault::{VarKind, VariableUpdate};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
@@ -55,9 +55,9 @@ pub fn catalog(broker: &Arc<Broker>, peer: &Peer) -> Result<Vec<CatalogEnvironme
                 .variables(&EnvName::new(&e.name)?)?
                 .into_iter()
                 .map(|i| CatalogVariable {
+                    kind: i.kind_label(),
                     name: i.name,
                     description: i.description,
-                    kind: i.kind.as_str().to_owned(),
                     is_set: i.is_set,
                 })
                 .collect();
@@ -124,6 +124,15 @@ pub fn vault_request(
                 .collect();
             Ok(serde_json::to_value(envs).unwrap_or_default())
         }
+        Request::SourceAdd { source } => {
+            humans_only(&requester, "configure dynamic sources")?;
+            crate::sources::define(broker, source)
+        }
+        Request::SourceList => crate::sources::list(broker),
+        Request::SourceRemove { name } => {
+            humans_only(&requester, "remove dynamic sources")?;
+            crate::sources::remove(broker, &name)
+        }
         Request::EnvDescribe { name, description } => {
             let env = EnvName::new(&name).map_err(bad)?;
             visible(&name)?;
@@ -160,7 +169,11 @@ pub fn vault_request(
                 EnvName::new(&env).map_err(bad)?,
                 VarName::new(&var).map_err(bad)?,
             );
-            let update = VariableUpdate { description, kind };
+            let update = VariableUpdate {
+                description,
+                kind,
+                source: None,
+            };
             let created = broker.change_vault(
                 change(VaultAction::SetVariable, &env, Some(&var)),
                 |vault| vault.set_variable(&e, &v, &value, &update),
@@ -175,6 +188,7 @@ pub fn vault_request(
             var,
             description,
             kind,
+            source,
         } => {
             visible(&env)?;
             unprotected(&env)?;
@@ -182,7 +196,20 @@ pub fn vault_request(
                 EnvName::new(&env).map_err(bad)?,
                 VarName::new(&var).map_err(bad)?,
             );
-            let update = VariableUpdate { description, kind };
+            let source = match kind {
+                Some(VarKind::Dynamic) => {
+                    // A dynamic variable mints credentials with a source's
+                    // admin rights: only a human points one at a source.
+                    humans_only(&requester, "declare dynamic variables")?;
+                    Some(crate::sources::check_reference(broker, source.as_deref())?)
+                }
+                _ => None,
+            };
+            let update = VariableUpdate {
+                description,
+                kind,
+                source,
+            };
             let created = broker.change_vault(
                 change(VaultAction::DeclareVariable, &env, Some(&var)),
                 |vault| vault.declare_variable(&e, &v, &update),
@@ -219,7 +246,11 @@ pub fn vault_request(
                 }
             }
             let value = custody_core::generate::random_value(length, alphabet).map_err(bad)?;
-            let update = VariableUpdate { description, kind };
+            let update = VariableUpdate {
+                description,
+                kind,
+                source: None,
+            };
             let created = broker.change_vault(
                 change(VaultAction::GenerateVariable, &env, Some(&var)),
                 |vault| vault.set_variable(&e, &v, &value, &update),

@@ -258,6 +258,9 @@ pub enum Request {
         /// Kind.
         #[serde(default)]
         kind: Option<custody_core::vault::VarKind>,
+        /// For kind `dynamic`: the source, `TYPE:NAME` (humans only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<String>,
     },
     /// Generate a random value nobody sees.
     Generate {
@@ -275,6 +278,18 @@ pub enum Request {
         /// Kind.
         #[serde(default)]
         kind: Option<custody_core::vault::VarKind>,
+    },
+    /// Add or replace a dynamic source (humans only).
+    SourceAdd {
+        /// The definition.
+        source: custody_core::sources::SourceDef,
+    },
+    /// List the dynamic sources.
+    SourceList,
+    /// Remove a dynamic source (humans only).
+    SourceRemove {
+        /// Its name.
+        name: String,
     },
     /// Remove a variable.
     Unset {

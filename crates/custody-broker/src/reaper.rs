@@ -4,6 +4,8 @@
 //! One small JSON file per running lease in `$CUSTODY_HOME/leases/`, written
 //! atomically (temp file + rename) before the lease is reported started and
 //! removed when it ends. They hold pids, start times and paths: never values.
+//! A lease with dynamic credentials keeps its record until they are revoked
+//! (a command token in it is sealed with the vault's lease-token key).
 
 use std::fs;
 use std::io::Write;
@@ -29,6 +31,9 @@ pub struct LeaseRecord {
     pub dir: PathBuf,
     /// Its program (argv\[0\]), for the audit record.
     pub program: String,
+    /// Dynamic credentials not yet revoked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dynamic: Vec<crate::sources::Minted>,
 }
 
 /// What the reaper did with one record.
@@ -68,6 +73,21 @@ pub fn forget(home: &Path, id: &str) {
     let _ = fs::remove_file(dir(home).join(format!("{id}.json")));
 }
 
+/// Records that still hold dynamic credentials (read at unlock).
+pub fn dynamic_leftovers(home: &Path) -> Vec<LeaseRecord> {
+    let Ok(entries) = fs::read_dir(dir(home)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| fs::read(e.path()).ok())
+        .filter(|b| b.len() <= 64 * 1024)
+        .filter_map(|b| serde_json::from_slice::<LeaseRecord>(&b).ok())
+        .filter(|r| !r.dynamic.is_empty())
+        .collect()
+}
+
 /// Ends everything a previous broker left: for each record whose process is
 /// still the same process (pid and start time match), kills its group;
 /// removes its directory and the record. Unreadable records are removed.
@@ -90,6 +110,10 @@ pub fn reap(home: &Path) -> Vec<Reaped> {
             let _ = fs::remove_file(&path);
             continue;
         };
+        if rec.pid == 0 && !rec.dynamic.is_empty() {
+            // Reaped before; waits for an unlock to revoke its credentials.
+            continue;
+        }
         // Same pid and start time: our child, kill its group. No process with
         // that pid but the group still exists: the leader died and left
         // children behind; Linux never hands out a pid still used as a
@@ -104,7 +128,19 @@ pub fn reap(home: &Path) -> Vec<Reaped> {
         if rec.dir.starts_with("/") && rec.dir.components().count() > 2 {
             let _ = fs::remove_dir_all(&rec.dir);
         }
-        let _ = fs::remove_file(&path);
+        if rec.dynamic.is_empty() {
+            let _ = fs::remove_file(&path);
+        } else {
+            // The processes are gone; the credentials are revoked at the next
+            // unlock (the vault holds what revoking them needs).
+            let kept = LeaseRecord {
+                pid: 0,
+                start_ticks: 0,
+                dir: PathBuf::new(),
+                ..rec.clone()
+            };
+            let _ = persist(home, &kept);
+        }
         out.push(Reaped {
             record: rec,
             killed,

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use custody_core::mask::MaskingEngine;
 use custody_core::names::{EnvName, VarName};
-use custody_core::vault::VarKind;
+use custody_core::vault::{VarKind, VaultError};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
@@ -17,6 +17,7 @@ use crate::broker::{Broker, Decision, Peer, vault_error};
 use crate::grants::new_id;
 use crate::lease::{self, EndReason, Injected, LeasePlan};
 use crate::protocol::{Event, RunSpec, WireError};
+use crate::sources;
 
 /// Longest lease anyone can ask for, whatever the policy says.
 const MAX_TIMEOUT_SECS: u64 = 24 * 3600;
@@ -107,9 +108,11 @@ pub async fn run(
     let grant = broker.use_grant(&grant_id)?;
 
     // Reveal the values: the only place they leave the vault, straight into
-    // the plan that goes to the child.
+    // the plan that goes to the child. Dynamic variables name a source
+    // instead: prepared here (under the lock), minted below (without it).
     let mut injected = Vec::new();
-    {
+    let mut wanted = Vec::new();
+    let prepared = {
         let mut st = broker.state();
         let vault = st.vault.as_mut().ok_or_else(|| {
             WireError::new(
@@ -123,20 +126,50 @@ pub async fn run(
             };
             let env = EnvName::new(e).map_err(|x| WireError::new("bad_request", x.to_string()))?;
             let var = VarName::new(v).map_err(|x| WireError::new("bad_request", x.to_string()))?;
-            let (kind, value) = vault.reveal(&env, &var).map_err(vault_error)?;
-            injected.push(Injected {
-                name: v.to_owned(),
-                as_file: kind == VarKind::File,
-                value: Zeroizing::new(value.expose_secret().to_vec()),
-            });
+            match vault.reveal(&env, &var) {
+                Ok((kind, value)) => injected.push(Injected {
+                    name: v.to_owned(),
+                    as_file: kind == VarKind::File,
+                    value: Zeroizing::new(value.expose_secret().to_vec()),
+                }),
+                Err(VaultError::Dynamic { from, .. }) => wanted.push((v.to_owned(), from)),
+                Err(other) => return Err(vault_error(other)),
+            }
+        }
+        sources::prepare(vault, &wanted)?
+    };
+    let lease_id = new_id("l");
+    let ttl = sources::cap_ttl(&prepared, Duration::from_secs(spec.timeout_secs));
+    let mut also_mask = Vec::new();
+    if !prepared.is_empty() {
+        let deadline = SystemTime::now() + ttl;
+        let program = spec.argv.first().cloned().unwrap_or_default();
+        broker.dynamic_planned(&lease_id, &program, sources::planned(&prepared, deadline))?;
+        match sources::mint_all(broker, &lease_id, prepared, deadline, ttl).await {
+            Ok(fresh) => {
+                for (name, value) in fresh.values {
+                    injected.push(Injected {
+                        name,
+                        as_file: false,
+                        value,
+                    });
+                }
+                also_mask = fresh.also_mask;
+            }
+            Err(e) => {
+                // Whatever was minted goes again; the requester learns why.
+                sources::settle(broker, &lease_id).await;
+                return Err(e);
+            }
         }
     }
     let engine = Arc::new(MaskingEngine::new(
         injected
             .iter()
-            .map(|i| (i.name.as_str(), i.value.as_slice())),
+            .map(|i| (i.name.as_str(), i.value.as_slice()))
+            .chain(also_mask.iter().map(|(n, v)| (n.as_str(), v.as_slice()))),
     ));
-    let lease_id = new_id("l");
+    drop(also_mask);
     // File mtimes come from the kernel's coarse clock, which can lag the
     // wall clock by a tick: start the leak check's window a little early.
     let lease_start = SystemTime::now()
@@ -144,7 +177,6 @@ pub async fn run(
         .unwrap_or(SystemTime::UNIX_EPOCH);
     let leak_engine = Arc::clone(&engine);
     let leak_cwd = std::path::PathBuf::from(&spec.cwd);
-    let ttl = Duration::from_secs(spec.timeout_secs);
     let plan = LeasePlan {
         id: lease_id.clone(),
         argv: spec.argv.clone(),
@@ -157,13 +189,19 @@ pub async fn run(
         engine,
         runtime_dir: broker.cfg.runtime_dir.clone(),
     };
-    let (child, started, dir) =
-        lease::spawn(&plan).map_err(|e| WireError::new("spawn_failed", e.to_string()))?;
+    let (child, started, dir) = match lease::spawn(&plan) {
+        Ok(x) => x,
+        Err(e) => {
+            sources::settle(broker, &lease_id).await;
+            return Err(WireError::new("spawn_failed", e.to_string()));
+        }
+    };
     let (stop_tx, stop_rx) = watch::channel(None);
     if let Err(e) = broker.lease_started(&lease_id, &grant, started, ttl, dir.clone(), stop_tx) {
         // Fail closed: no record, no audit → the process must not run.
         lease::signal_group(started.pid, rustix::process::Signal::KILL);
         let _ = std::fs::remove_dir_all(&dir);
+        sources::settle(broker, &lease_id).await;
         return Err(e);
     }
     let _ = events
@@ -183,6 +221,8 @@ pub async fn run(
     }
     .map_err(|_| WireError::new("internal", "the lease supervisor failed"))?;
     broker.lease_ended(&outcome);
+    // The lease is over: so are its dynamic credentials.
+    let credentials = sources::settle(broker, &lease_id).await;
     // Post-run leak check: the values stay here, with the lease's engine.
     let own = vec![broker.cfg.home.clone(), broker.cfg.runtime_dir.clone()];
     let report = tokio::task::spawn_blocking(move || {
@@ -194,6 +234,9 @@ pub async fn run(
     let mut v = serde_json::to_value(&outcome).unwrap_or_else(|_| json!({}));
     v["status"] = json!("finished");
     v["leaks"] = json!(report.leaks);
+    if !credentials.is_empty() {
+        v["credentials"] = json!(credentials);
+    }
     v["leak_check"] = json!({"files": report.files, "bytes": report.bytes,
                              "truncated": report.truncated});
     if spec.capture_limit.is_none() {

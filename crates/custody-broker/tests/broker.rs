@@ -1066,6 +1066,7 @@ fn catalog_lists_visible_names_never_values() {
             var: "EMPTY_SLOT".into(),
             description: Some("fill me".into()),
             kind: None,
+            source: None,
         })
         .expect("declare");
     b.write_policy(

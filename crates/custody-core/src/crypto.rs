@@ -222,6 +222,9 @@ pub enum Subkey {
     Audit,
     /// Keys the key-check value that lets the broker confirm a held key.
     KeyCheck,
+    /// Seals a command source's token inside a lease record, so a broker
+    /// restarted after a crash can still hand it to the revoke command.
+    LeaseToken,
 }
 
 impl Subkey {
@@ -231,6 +234,7 @@ impl Subkey {
             Subkey::NameIndex => b"custody v1 name-index",
             Subkey::Audit => b"custody v1 audit",
             Subkey::KeyCheck => b"custody v1 key-check",
+            Subkey::LeaseToken => b"custody v1 lease-token",
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod names;
 pub mod paths;
 pub mod policy;
 pub mod scan;
+pub mod sources;
 pub mod vault;
 
 pub use secrecy;

@@ -446,6 +446,7 @@ impl CustodyMcp {
             var: a.name.clone(),
             description: a.description,
             kind: a.kind.map(Into::into),
+            source: None,
         };
         self.vault_change(req, a.environment, Some(a.name), false, message)
             .await

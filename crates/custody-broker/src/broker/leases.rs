@@ -93,8 +93,40 @@ impl Broker {
     }
 
     /// Running leases.
+    /// Running leases (`state: running`, with their dynamic credentials),
+    /// then ended leases whose credentials are still being revoked
+    /// (`state: revoking` or `irrevocable`, with the reason).
     pub fn leases(&self) -> Value {
-        self.status()["leases"].clone()
+        let status = self.status();
+        let creds = status["credentials"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let of = |id: &Value| -> Vec<Value> {
+            creds
+                .iter()
+                .filter(|c| &c["lease_id"] == id)
+                .cloned()
+                .collect()
+        };
+        let mut out = status["leases"].as_array().cloned().unwrap_or_default();
+        for l in &mut out {
+            l["state"] = json!("running");
+            l["credentials"] = json!(of(&l["lease_id"]));
+        }
+        let mut ended: Vec<Value> = Vec::new();
+        for c in &creds {
+            let id = &c["lease_id"];
+            if out.iter().chain(&ended).any(|l| &l["lease_id"] == id) {
+                continue;
+            }
+            ended.push(
+                json!({"lease_id": id, "state": c["state"], "reason": c["reason"],
+                              "credentials": of(id)}),
+            );
+        }
+        out.extend(ended);
+        Value::Array(out)
     }
 
     // ----- lease bookkeeping (used by run) ---------------------------------
@@ -114,7 +146,9 @@ impl Broker {
             start_ticks: started.start_ticks,
             dir,
             program: grant.scope.argv.first().cloned().unwrap_or_default(),
+            dynamic: Vec::new(),
         };
+        let record = self.dynamic_record(&record);
         reaper::persist(&self.cfg.home, &record).map_err(|e| {
             WireError::new(
                 "internal",
@@ -148,7 +182,11 @@ impl Broker {
     pub(crate) fn lease_ended(&self, outcome: &crate::lease::LeaseOutcome) {
         let mut st = self.state();
         st.leases.remove(&outcome.lease_id);
-        reaper::forget(&self.cfg.home, &outcome.lease_id);
+        match st.dynamic.get_mut(&outcome.lease_id) {
+            // With credentials, the record goes once they are revoked.
+            Some(e) => e.ending = true,
+            None => reaper::forget(&self.cfg.home, &outcome.lease_id),
+        }
         let reason = match outcome.reason {
             EndReason::Exited => audit::LeaseEndReason::Exited,
             EndReason::Deadline => audit::LeaseEndReason::Deadline,

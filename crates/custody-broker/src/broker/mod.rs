@@ -24,6 +24,7 @@ use crate::lease::EndReason;
 use crate::protocol::{ClientInfo, Event, RunSpec, WireError};
 use crate::{procs, reaper};
 
+mod dynamic;
 mod leases;
 mod requests;
 
@@ -46,6 +47,8 @@ pub struct BrokerConfig {
     pub max_pin_failures: u32,
     /// How long a request waits for a human before it expires.
     pub pending_lifetime: Duration,
+    /// Longest pause between retries of a failed credential revocation.
+    pub revoke_retry_max: Duration,
 }
 
 impl BrokerConfig {
@@ -60,6 +63,7 @@ impl BrokerConfig {
             output_cap: 1 << 20,
             max_pin_failures: 5,
             pending_lifetime: Duration::from_secs(15 * 60),
+            revoke_retry_max: Duration::from_secs(60),
         }
     }
 
@@ -162,6 +166,8 @@ pub(crate) struct State {
     /// The last [`RECENT_LEAKS`] leaks the post-run check found, for
     /// `custody status` (names and paths only).
     recent_leaks: VecDeque<Value>,
+    /// Dynamic credentials by lease, from planning until revoked.
+    pub(crate) dynamic: BTreeMap<String, crate::sources::DynamicEntry>,
 }
 
 /// Leak reports kept for `custody status`.
@@ -290,6 +296,7 @@ impl Broker {
                 deferred,
                 last_activity: Instant::now(),
                 recent_leaks: VecDeque::new(),
+                dynamic: BTreeMap::new(),
             }),
             events,
         })
@@ -394,6 +401,7 @@ impl Broker {
             "pin_failures": st.pin_failures,
             "idle_lock_secs": self.cfg.idle_lock.as_secs(),
             "leaks": st.recent_leaks,
+            "credentials": Self::dynamic_view(&st),
         })
     }
 
@@ -446,6 +454,9 @@ impl Broker {
             st.audit = None;
             return Err(e);
         }
+        drop(st);
+        // Credentials a crashed broker left, and this vault's orphaned roles.
+        tokio::spawn(crate::sources::recover(Arc::clone(self)));
         Ok(json!({"unlocked": true}))
     }
 
@@ -477,11 +488,17 @@ impl Broker {
         // child, then the same for what it left in its group); wait a little
         // beyond that so every lease's end is audited before the lock record.
         let until = Instant::now() + 2 * self.cfg.kill_grace + Duration::from_secs(2);
-        while Instant::now() < until && !self.state().leases.is_empty() {
+        // Then their credentials' first revocation attempts (an irrevocable
+        // one keeps its record on disk for the next unlock).
+        let busy = |st: &State| {
+            !st.leases.is_empty() || st.dynamic.values().any(|e| e.irrevocable.is_none())
+        };
+        while Instant::now() < until && busy(&self.state()) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let mut st = self.state();
         let _ = st.audit(AuditEvent::Lock { reason });
+        st.dynamic.clear(); // Their records stay on disk for the next unlock.
         st.vault = None; // Vault's keys zeroize on drop.
         st.audit = None;
         drop(st);

@@ -90,6 +90,8 @@ impl TestBroker {
         assert!(self.running.is_none(), "broker already running");
         let mut cfg = BrokerConfig::new(self.home.clone(), self.runtime.clone());
         cfg.kill_grace = self.kill_grace;
+        // Failed revocations retry within a second or two in tests.
+        cfg.revoke_retry_max = Duration::from_secs(1);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let join = std::thread::Builder::new()

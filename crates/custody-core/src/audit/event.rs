@@ -204,6 +204,48 @@ pub enum AuditEvent {
         /// The variable whose value was found. Name only.
         variable: String,
     },
+    /// A dynamic source minted a credential for a lease.
+    CredentialMinted {
+        /// The lease it is for.
+        lease_id: String,
+        /// The source (`TYPE:NAME`).
+        source: String,
+        /// The credential's public id (a role name; never the secret).
+        credential: String,
+        /// When it expires at the source by itself, RFC 3339.
+        expires: String,
+    },
+    /// A lease's credential was revoked at its source.
+    CredentialRevoked {
+        /// The lease it was for.
+        lease_id: String,
+        /// The source.
+        source: String,
+        /// The credential's public id.
+        credential: String,
+        /// Attempts it took.
+        attempts: u32,
+    },
+    /// Revocation failed and is being retried: the credential lives until
+    /// it succeeds or the source's own expiry ends it.
+    CredentialIrrevocable {
+        /// The lease it was for.
+        lease_id: String,
+        /// The source.
+        source: String,
+        /// The credential's public id.
+        credential: String,
+        /// Why (names and error classes only).
+        reason: String,
+    },
+    /// A credential of this vault with no lease (left by a crash) was
+    /// found at its source and revoked.
+    CredentialReaped {
+        /// The source.
+        source: String,
+        /// The credential's public id.
+        credential: String,
+    },
 }
 
 impl AuditEvent {
@@ -231,6 +273,10 @@ impl AuditEvent {
             AuditEvent::ChainStart { .. } => "chain_start",
             AuditEvent::TornTail { .. } => "torn_tail",
             AuditEvent::LeakFound { .. } => "leak_found",
+            AuditEvent::CredentialMinted { .. } => "credential_minted",
+            AuditEvent::CredentialRevoked { .. } => "credential_revoked",
+            AuditEvent::CredentialIrrevocable { .. } => "credential_irrevocable",
+            AuditEvent::CredentialReaped { .. } => "credential_reaped",
         }
     }
 }
@@ -324,6 +370,11 @@ pub enum VaultAction {
     GenerateVariable,
     /// The approval PIN was changed.
     ChangePin,
+    /// A dynamic source was added or replaced (`environment` holds its
+    /// reference, `TYPE:NAME`).
+    PutSource,
+    /// A dynamic source was removed.
+    RemoveSource,
 }
 
 /// Why a new chain was started.

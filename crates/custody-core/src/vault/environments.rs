@@ -62,6 +62,7 @@ impl Vault {
             name: name.to_string(),
             description: description.to_owned(),
             kind: VarKind::Env,
+            source: None,
         };
         let sealed = self.seal_label(b"env-label", &[&id], &label)?;
         let t = now();
@@ -89,6 +90,7 @@ impl Vault {
             name: name.to_string(),
             description: description.to_owned(),
             kind: VarKind::Env,
+            source: None,
         };
         let sealed = self.seal_label(b"env-label", &[&id], &label)?;
         self.conn

@@ -74,6 +74,29 @@ pub enum VaultError {
         /// The variable.
         var: String,
     },
+    /// The variable is dynamic: minted per lease by `source`, never stored.
+    /// The broker asks the source instead of the vault.
+    #[error(
+        "variable '{var}' in environment '{env}' is minted per lease by source '{from}'; it has no stored value"
+    )]
+    Dynamic {
+        /// The environment.
+        env: String,
+        /// The variable.
+        var: String,
+        /// The source, `TYPE:NAME` (not `source`: thiserror reserves it).
+        from: String,
+    },
+    /// A value was given for a dynamic variable.
+    #[error(
+        "variable '{var}' in environment '{env}' is dynamic (minted per lease): it takes no value; change its kind first"
+    )]
+    DynamicHasNoValue {
+        /// The environment.
+        env: String,
+        /// The variable.
+        var: String,
+    },
     /// A value over the size limit.
     #[error("value is {len} bytes; the limit is {max} bytes")]
     ValueTooLarge {

@@ -1,7 +1,8 @@
 //! The plaintext inside a sealed label: name, description and kind.
 //!
 //! Layout: `version (1) ‖ kind (1) ‖ name_len (u16 BE) ‖ name ‖
-//! description_len (u16 BE) ‖ description`. A fixed binary layout rather
+//! description_len (u16 BE) ‖ description`, and for a dynamic variable
+//! (kind 2) `‖ source_len (u16 BE) ‖ source`. A fixed binary layout rather
 //! than JSON: listing 10,000 variables decodes 10,000 labels, and a small
 //! exact decoder is easy to fuzz. Labels are authenticated before decoding,
 //! but the decoder still treats its input as hostile.
@@ -19,6 +20,8 @@ pub struct Label {
     pub description: String,
     /// Its kind (always `env` for an environment).
     pub kind: VarKind,
+    /// The source of a dynamic variable (`TYPE:NAME`); `None` otherwise.
+    pub source: Option<String>,
 }
 
 /// Why a label did not decode.
@@ -35,8 +38,16 @@ impl Label {
         out.push(match self.kind {
             VarKind::Env => 0,
             VarKind::File => 1,
+            VarKind::Dynamic => 2,
         });
-        for field in [&self.name, &self.description] {
+        let source = match self.kind {
+            VarKind::Dynamic => Some(self.source.as_deref().unwrap_or_default()),
+            _ => None,
+        };
+        for field in [self.name.as_str(), self.description.as_str()]
+            .into_iter()
+            .chain(source)
+        {
             let len = u16::try_from(field.len()).unwrap_or(u16::MAX);
             out.extend_from_slice(&len.to_be_bytes());
             out.extend_from_slice(&field.as_bytes()[..usize::from(len)]);
@@ -61,6 +72,7 @@ impl Label {
         let kind = match take(1)? {
             [0] => VarKind::Env,
             [1] => VarKind::File,
+            [2] => VarKind::Dynamic,
             _ => return Err(LabelError("unknown kind")),
         };
         let mut text = || -> Result<String, LabelError> {
@@ -70,6 +82,10 @@ impl Label {
         };
         let name = text()?;
         let description = text()?;
+        let source = match kind {
+            VarKind::Dynamic => Some(text()?),
+            _ => None,
+        };
         if !r.is_empty() {
             return Err(LabelError("trailing bytes"));
         }
@@ -77,6 +93,7 @@ impl Label {
             name,
             description,
             kind,
+            source,
         })
     }
 }
@@ -93,7 +110,14 @@ mod tests {
             name: "DB_URL".into(),
             description: "primary — db".into(),
             kind: VarKind::File,
+            source: None,
         };
+        let d = Label {
+            kind: VarKind::Dynamic,
+            source: Some("postgres:main".into()),
+            ..l.clone()
+        };
+        assert_eq!(Label::decode(&d.encode()).unwrap(), d);
         let bytes = l.encode();
         assert_eq!(Label::decode(&bytes).unwrap(), l);
         for cut in 0..bytes.len() {

@@ -11,6 +11,7 @@ mod environments;
 mod error;
 mod label;
 mod schema;
+mod sources;
 mod variables;
 
 use std::cell::RefCell;
@@ -65,6 +66,10 @@ pub enum VarKind {
     Env,
     /// Delivered as the path of an ephemeral 0600 file.
     File,
+    /// Minted per lease by a dynamic source (a PostgreSQL role, a command's
+    /// token) and revoked when the lease ends; the vault stores no value.
+    /// The source is named in [`VariableInfo::source`] as `TYPE:NAME`.
+    Dynamic,
 }
 
 impl VarKind {
@@ -73,6 +78,7 @@ impl VarKind {
         match self {
             VarKind::Env => "env",
             VarKind::File => "file",
+            VarKind::Dynamic => "dynamic",
         }
     }
 }
@@ -104,7 +110,11 @@ pub struct VariableInfo {
     pub description: String,
     /// How it is delivered.
     pub kind: VarKind,
-    /// Whether a value is stored.
+    /// For a dynamic variable: its source, `TYPE:NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Whether a value is stored (always, for a dynamic variable: it is
+    /// minted per lease).
     pub is_set: bool,
     /// Whether the value is too short for the masking engine to mask
     /// reliably (shorter than [`crate::mask::MIN_MASKABLE_LEN`] bytes).
@@ -117,6 +127,17 @@ pub struct VariableInfo {
     pub updated_at: i64,
 }
 
+impl VariableInfo {
+    /// The kind as shown to people and agents: `env`, `file`, or the
+    /// dynamic source (`postgres:main`).
+    pub fn kind_label(&self) -> String {
+        match (&self.kind, &self.source) {
+            (VarKind::Dynamic, Some(s)) => s.clone(),
+            (k, _) => k.as_str().to_owned(),
+        }
+    }
+}
+
 /// What to change on a variable besides its value.
 #[derive(Debug, Clone, Default)]
 pub struct VariableUpdate {
@@ -124,6 +145,9 @@ pub struct VariableUpdate {
     pub description: Option<String>,
     /// New kind; `None` keeps the current one (`env` for a new variable).
     pub kind: Option<VarKind>,
+    /// For [`VarKind::Dynamic`]: the source, as `TYPE:NAME` (e.g.
+    /// `postgres:main`). Ignored for other kinds.
+    pub source: Option<String>,
 }
 
 /// What an import did.

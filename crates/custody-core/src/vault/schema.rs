@@ -10,7 +10,7 @@ use rusqlite::{Connection, Transaction};
 pub const APPLICATION_ID: i64 = 0x4353_5459;
 
 /// The newest format this build writes and reads.
-pub const CURRENT_VERSION: i64 = 1;
+pub const CURRENT_VERSION: i64 = 2;
 
 /// Migrations, in order: `MIGRATIONS[i]` takes the format from `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -44,6 +44,15 @@ const MIGRATIONS: &[&str] = &[
         updated_at   INTEGER NOT NULL,
         PRIMARY KEY (env_id, name_index)
     ) STRICT, WITHOUT ROWID;
+    ",
+    // 1 → 2: dynamic sources (sealed definitions, found by keyed hash).
+    "
+    CREATE TABLE sources (
+        name_index BLOB PRIMARY KEY,
+        sealed_def BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) STRICT;
     ",
 ];
 

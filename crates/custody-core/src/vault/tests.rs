@@ -42,6 +42,7 @@ fn create_then_unlock_round_trip() {
     let upd = VariableUpdate {
         description: Some("primary db".into()),
         kind: None,
+        source: None,
     };
     assert!(
         v.set_variable(
@@ -193,6 +194,7 @@ fn environments_and_variables_lifecycle() {
     let file = VariableUpdate {
         description: None,
         kind: Some(VarKind::File),
+        source: None,
     };
     assert!(
         !v.set_variable(&env("a-env"), &var("SLOT"), b"now-it-is-set", &file)
@@ -452,6 +454,7 @@ fn kept_listings_follow_changes_from_any_connection() {
     let described = VariableUpdate {
         description: Some("from b".into()),
         kind: None,
+        source: None,
     };
     b.declare_variable(&env("app"), &var("ONE"), &described)
         .unwrap();

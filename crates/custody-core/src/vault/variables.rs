@@ -306,6 +306,13 @@ impl Vault {
             &label,
             &Self::what(env, var, "name"),
         )?;
+        if label.kind == VarKind::Dynamic {
+            return Err(VaultError::Dynamic {
+                env: env.to_string(),
+                var: var.to_string(),
+                from: label.source.unwrap_or_default(),
+            });
+        }
         let Some(sealed) = sealed else {
             return Err(VaultError::NotSet {
                 env: env.to_string(),
@@ -347,6 +354,16 @@ fn upsert_variable(
     if let Some(d) = &update.description {
         check_description(d)?;
     }
+    let dynamic_source = match update.kind {
+        Some(VarKind::Dynamic) => Some(
+            update
+                .source
+                .clone()
+                .filter(|s| !s.is_empty() && s.len() <= 200)
+                .ok_or_else(|| VaultError::Storage("a dynamic variable needs its source".into()))?,
+        ),
+        _ => None,
+    };
     let index = crypto::keyed_hash(keys.index, &[b"var", env_id, var.as_str().as_bytes()]);
     let existing: Option<(Vec<u8>, Vec<u8>, i64)> = tx
         .prepare_cached(
@@ -384,7 +401,14 @@ fn upsert_variable(
                 name: var.to_string(),
                 description: update.description.clone().unwrap_or_default(),
                 kind: update.kind.unwrap_or_default(),
+                source: dynamic_source,
             };
+            if label.kind == VarKind::Dynamic && value.is_some() {
+                return Err(VaultError::DynamicHasNoValue {
+                    env: env.to_string(),
+                    var: var.to_string(),
+                });
+            }
             let version = i64::from(value.is_some());
             let sealed_value = value.map(|v| seal_value(&id, version, v)).transpose()?;
             let sealed_label = seal_label(&id, &label)?;
@@ -422,9 +446,22 @@ fn upsert_variable(
             }
             if let Some(k) = update.kind {
                 label.kind = k;
+                label.source = dynamic_source;
+            }
+            if label.kind == VarKind::Dynamic && value.is_some() {
+                return Err(VaultError::DynamicHasNoValue {
+                    env: env.to_string(),
+                    var: var.to_string(),
+                });
             }
             let new_label = seal_label(&id, &label)?;
             match value {
+                // A variable turned dynamic keeps no stored value.
+                None if label.kind == VarKind::Dynamic => tx.execute(
+                    "UPDATE variables SET sealed_label = ?2, sealed_value = NULL, updated_at = ?3
+                     WHERE id = ?1",
+                    params![&id[..], new_label, t],
+                ),
                 Some(v) => {
                     let version = version.saturating_add(1);
                     tx.execute(
@@ -479,7 +516,8 @@ fn variable_info(
         name: label.name,
         description: label.description,
         kind: label.kind,
-        is_set: value_len.is_some(),
+        source: label.source,
+        is_set: value_len.is_some() || label.kind == VarKind::Dynamic,
         too_short_to_mask: value_len.is_some_and(|n| n < crate::mask::MIN_MASKABLE_LEN),
         version: u64::try_from(row.version).unwrap_or(0),
         created_at: row.created_at,

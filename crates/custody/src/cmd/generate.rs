@@ -62,6 +62,7 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: GenerateArgs) -> anyhow::Re
     let update = VariableUpdate {
         description: a.description,
         kind: a.kind.map(Into::into),
+        source: None,
     };
     let created = vault.generate(&env, &var, a.length, alphabet, &update)?;
     if g.json {

@@ -52,15 +52,22 @@ pub fn grants(g: &Global, _s: &mut SecretInput, _a: GrantsArgs) -> anyhow::Resul
 }
 
 pub fn leases(g: &Global, _s: &mut SecretInput, _a: LeasesArgs) -> anyhow::Result<ExitCode> {
-    let v = access::require_broker()?
-        .call(Request::Leases)
-        .map_err(broker_err)?;
+    let mut client = access::require_broker()?;
+    let v = client.call(Request::Leases).map_err(broker_err)?;
+    let creds = client.call(Request::Status).map_err(broker_err)?["credentials"].take();
     if g.json {
         output::json(&v)?;
-    } else if v.as_array().is_none_or(Vec::is_empty) {
+        return Ok(ExitCode::SUCCESS);
+    }
+    super::unlock::print_credentials(&creds);
+    if v.as_array().is_none_or(Vec::is_empty) {
         println!("No running leases.");
     } else {
         for l in v.as_array().into_iter().flatten() {
+            if l["state"] != "running" {
+                // Ended; its credentials are listed above.
+                continue;
+            }
             println!(
                 "{}  pid {}  until {}  {}\n    {}",
                 l["lease_id"].as_str().unwrap_or_default(),

@@ -58,8 +58,12 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: LsArgs) -> anyhow::Result<E
             println!(
                 "{:<40} {:<4} {:<5} {:<20}  {}",
                 format!("{}/{}", r.environment, v.name),
-                v.kind.as_str(),
-                if v.is_set { "set" } else { "empty" },
+                v.kind_label(),
+                match (v.kind, v.is_set) {
+                    (custody_core::vault::VarKind::Dynamic, _) => "lease",
+                    (_, true) => "set",
+                    (_, false) => "empty",
+                },
                 timestamp(v.updated_at),
                 cell(&v.description, 50)
             );

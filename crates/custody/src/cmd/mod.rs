@@ -16,6 +16,7 @@ mod passwd;
 mod run;
 mod scan;
 mod set;
+mod source;
 mod unlock;
 mod unset;
 
@@ -60,6 +61,9 @@ pub enum Command {
     Env(env::EnvCommand),
     /// Store a variable's value (hidden prompt, or stdin).
     Set(set::SetArgs),
+    /// Dynamic sources: a PostgreSQL role or a command's token per lease.
+    #[command(subcommand)]
+    Source(source::SourceCommand),
     /// Store a random value that nobody sees.
     Generate(generate::GenerateArgs),
     /// Remove a variable.
@@ -111,6 +115,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Env(c) => env::run(g, &mut secrets, c),
         Command::Set(a) => set::run(g, &mut secrets, a),
         Command::Generate(a) => generate::run(g, &mut secrets, a),
+        Command::Source(c) => source::run(g, &mut secrets, c),
         Command::Unset(a) => unset::run(g, &mut secrets, a),
         Command::Ls(a) => ls::run(g, &mut secrets, a),
         Command::Import(a) => import::run(g, &mut secrets, a),

@@ -1,4 +1,6 @@
-//! `custody set ENV VAR`: store a value from a hidden prompt or stdin.
+//! `custody set ENV VAR`: store a value from a hidden prompt or stdin; with
+//! `--kind postgres:NAME` (or `command:NAME`), declare a dynamic variable
+//! instead (minted per lease, no stored value).
 
 use std::process::ExitCode;
 
@@ -21,9 +23,10 @@ pub struct SetArgs {
     /// What the variable is for (agents can read it).
     #[arg(long, short = 'd')]
     description: Option<String>,
-    /// How the value reaches a process.
-    #[arg(long, value_enum)]
-    kind: Option<KindArg>,
+    /// How the value reaches a process: env, file, or a dynamic source
+    /// (postgres:NAME, command:NAME; see `custody source`).
+    #[arg(long, value_name = "KIND")]
+    kind: Option<String>,
     /// Keep a trailing newline read from stdin (by default one is stripped).
     #[arg(long)]
     keep_newline: bool,
@@ -32,6 +35,15 @@ pub struct SetArgs {
 pub fn run(g: &Global, secrets: &mut SecretInput, a: SetArgs) -> anyhow::Result<ExitCode> {
     let env = env_name(&a.env)?;
     let var = var_name(&a.var)?;
+    let kind = match a.kind.as_deref() {
+        None => None,
+        Some(k) if k.contains(':') => return declare_dynamic(g, &a, k),
+        Some(k) => Some(
+            <KindArg as clap::ValueEnum>::from_str(k, true).map_err(|_| {
+                anyhow::anyhow!("--kind is env, file, postgres:NAME or command:NAME")
+            })?,
+        ),
+    };
     let mut vault = access::open(g, secrets)?;
     // Fail on a missing environment before asking for the value.
     vault.environment(&env)?;
@@ -48,7 +60,8 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: SetArgs) -> anyhow::Result<
     }
     let update = VariableUpdate {
         description: a.description,
-        kind: a.kind.map(Into::into),
+        kind: kind.map(Into::into),
+        source: None,
     };
     let created = vault.set_variable(&env, &var, &value, &update)?;
     let short = value.len() < custody_core::mask::MIN_MASKABLE_LEN;
@@ -66,6 +79,29 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: SetArgs) -> anyhow::Result<
         eprintln!(
             "warning: {env}/{var} is shorter than {} bytes: too short to mask reliably in command output",
             custody_core::mask::MIN_MASKABLE_LEN
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A dynamic variable: no value is read; the broker checks the source.
+fn declare_dynamic(g: &Global, a: &SetArgs, reference: &str) -> anyhow::Result<ExitCode> {
+    custody_core::sources::parse_reference(reference)?;
+    let v = access::require_broker()?
+        .call(custody_broker::protocol::Request::Declare {
+            env: a.env.clone(),
+            var: a.var.clone(),
+            description: a.description.clone(),
+            kind: Some(custody_core::vault::VarKind::Dynamic),
+            source: Some(reference.to_owned()),
+        })
+        .map_err(access::broker_err)?;
+    if g.json {
+        output::json(&v)?;
+    } else {
+        println!(
+            "{}/{} is minted per lease by {reference}: each run gets a fresh credential, revoked when it ends",
+            a.env, a.var
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -179,6 +179,7 @@ pub fn status(g: &Global, _s: &mut SecretInput, _a: StatusArgs) -> anyhow::Resul
     if v["pin_failures"].as_u64().unwrap_or(0) > 0 {
         println!("failed PIN attempts in a row: {}", v["pin_failures"]);
     }
+    print_credentials(&v["credentials"]);
     let leaks = v["leaks"].as_array().cloned().unwrap_or_default();
     if !leaks.is_empty() {
         println!("LEAKS found after runs (secret values written to files; rotate them):");
@@ -193,4 +194,36 @@ pub fn status(g: &Global, _s: &mut SecretInput, _a: StatusArgs) -> anyhow::Resul
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Dynamic credentials not yet revoked; an *irrevocable* one with its reason.
+pub fn print_credentials(creds: &serde_json::Value) {
+    let creds = creds.as_array().cloned().unwrap_or_default();
+    if creds.is_empty() {
+        return;
+    }
+    println!("dynamic credentials: {}", creds.len());
+    for c in creds {
+        let state = c["state"].as_str().unwrap_or_default();
+        let shown = if state == "irrevocable" {
+            "IRREVOCABLE"
+        } else {
+            state
+        };
+        print!(
+            "  {shown} {} ({}) of lease {}, expires {}",
+            c["credential"].as_str().unwrap_or_default(),
+            c["source"].as_str().unwrap_or_default(),
+            c["lease_id"].as_str().unwrap_or_default(),
+            c["expires"].as_str().unwrap_or_default()
+        );
+        match c["reason"].as_str() {
+            Some(r) => println!(
+                "\n    since {}, {} attempts: {r} (retrying)",
+                c["since"].as_str().unwrap_or_default(),
+                c["attempts"]
+            ),
+            None => println!(),
+        }
+    }
 }

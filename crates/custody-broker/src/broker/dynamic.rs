@@ -1,0 +1,229 @@
+//! Bookkeeping of dynamic credentials (see `crate::sources`): what each
+//! lease holds, its lease record on disk, and the audit of every step.
+
+use super::*;
+use crate::sources::{DynamicEntry, Irrevocable, Minted};
+
+impl Broker {
+    /// Records the credentials a lease is about to get, before any is
+    /// created: in the state (so the orphan reaper leaves them alone) and in
+    /// a lease record on disk (so a crash cannot lose them).
+    pub(crate) fn dynamic_planned(
+        &self,
+        lease_id: &str,
+        program: &str,
+        minted: Vec<Minted>,
+    ) -> Result<(), WireError> {
+        let record = reaper::LeaseRecord {
+            id: lease_id.to_owned(),
+            pid: 0,
+            start_ticks: 0,
+            dir: PathBuf::new(),
+            program: program.to_owned(),
+            dynamic: minted.clone(),
+        };
+        reaper::persist(&self.cfg.home, &record).map_err(|e| {
+            WireError::new(
+                "internal",
+                format!("cannot record the lease ({e}); nothing was minted"),
+            )
+        })?;
+        self.state().dynamic.insert(
+            lease_id.to_owned(),
+            DynamicEntry {
+                minted,
+                record,
+                ending: false,
+                irrevocable: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// The credentials `lease_id` still holds.
+    pub(crate) fn credentials_of(&self, lease_id: &str) -> Vec<Minted> {
+        self.state()
+            .dynamic
+            .get(lease_id)
+            .map(|e| e.minted.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether `lease_id` has credentials on record.
+    pub(crate) fn has_dynamic(&self, lease_id: &str) -> bool {
+        self.state().dynamic.contains_key(lease_id)
+    }
+
+    /// Whether a credential id belongs to a lease this broker knows.
+    pub(crate) fn owns_credential(&self, credential: &str) -> bool {
+        self.state()
+            .dynamic
+            .values()
+            .any(|e| e.minted.iter().any(|m| m.credential == credential))
+    }
+
+    /// Takes over a record a previous broker left (at unlock). False if this
+    /// broker already tracks it.
+    pub(crate) fn adopt(&self, record: reaper::LeaseRecord) -> bool {
+        let mut st = self.state();
+        if st.dynamic.contains_key(&record.id) || st.leases.contains_key(&record.id) {
+            return false;
+        }
+        st.dynamic.insert(
+            record.id.clone(),
+            DynamicEntry {
+                minted: record.dynamic.clone(),
+                record,
+                ending: true,
+                irrevocable: None,
+            },
+        );
+        true
+    }
+
+    /// The lease ended: its credentials are being revoked.
+    pub(crate) fn dynamic_ending(&self, lease_id: &str) {
+        if let Some(e) = self.state().dynamic.get_mut(lease_id) {
+            e.ending = true;
+        }
+    }
+
+    fn persist_entry(&self, e: &mut DynamicEntry) {
+        e.record.dynamic = e.minted.clone();
+        let _ = reaper::persist(&self.cfg.home, &e.record);
+    }
+
+    /// The lease's process started: its record gains the pid (and keeps the
+    /// credentials).
+    pub(crate) fn dynamic_record(&self, record: &reaper::LeaseRecord) -> reaper::LeaseRecord {
+        let mut rec = record.clone();
+        let mut st = self.state();
+        if let Some(e) = st.dynamic.get_mut(&record.id) {
+            rec.dynamic = e.minted.clone();
+            e.record = rec.clone();
+        }
+        rec
+    }
+
+    /// A command token was minted: keep it sealed in the record.
+    pub(crate) fn credential_sealed(&self, lease_id: &str, credential: &str, sealed: String) {
+        let mut st = self.state();
+        if let Some(e) = st.dynamic.get_mut(lease_id) {
+            if let Some(m) = e.minted.iter_mut().find(|m| m.credential == credential) {
+                m.sealed_token = Some(sealed);
+            }
+            let mut e = e.clone();
+            drop(st);
+            self.persist_entry(&mut e);
+            if let Some(cur) = self.state().dynamic.get_mut(lease_id) {
+                cur.record = e.record;
+            }
+        }
+    }
+
+    /// Audits a mint.
+    pub(crate) fn credential_minted(
+        &self,
+        lease_id: &str,
+        reference: &str,
+        credential: &str,
+        expires: &str,
+    ) {
+        let _ = self.state().audit(AuditEvent::CredentialMinted {
+            lease_id: lease_id.to_owned(),
+            source: reference.to_owned(),
+            credential: credential.to_owned(),
+            expires: expires.to_owned(),
+        });
+    }
+
+    /// One credential is revoked: audit it, drop it from the lease.
+    pub(crate) fn credential_revoked(&self, lease_id: &str, m: &Minted, attempts: u32) {
+        let mut st = self.state();
+        let _ = st.audit(AuditEvent::CredentialRevoked {
+            lease_id: lease_id.to_owned(),
+            source: m.reference.clone(),
+            credential: m.credential.clone(),
+            attempts,
+        });
+        if let Some(e) = st.dynamic.get_mut(lease_id) {
+            e.minted.retain(|x| x.credential != m.credential);
+            let mut copy = e.clone();
+            drop(st);
+            self.persist_entry(&mut copy);
+        }
+    }
+
+    /// Every credential of `lease_id` is revoked: forget the lease.
+    pub(crate) fn dynamic_done(&self, lease_id: &str) {
+        let mut st = self.state();
+        st.dynamic.remove(lease_id);
+        // The process may still be running (a failed mint before spawn has
+        // none); its record goes with the lease's end otherwise.
+        if !st.leases.contains_key(lease_id) {
+            reaper::forget(&self.cfg.home, lease_id);
+        }
+    }
+
+    /// Revocation failed: shown as irrevocable (audited the first time and
+    /// whenever the reason changes).
+    pub(crate) fn credential_irrevocable(&self, lease_id: &str, reason: &str, attempts: u32) {
+        let mut st = self.state();
+        let Some(e) = st.dynamic.get_mut(lease_id) else {
+            return;
+        };
+        let changed = e.irrevocable.as_ref().is_none_or(|i| i.reason != reason);
+        let since = e
+            .irrevocable
+            .as_ref()
+            .map_or_else(SystemTime::now, |i| i.since);
+        e.irrevocable = Some(Irrevocable {
+            reason: reason.to_owned(),
+            since,
+            attempts,
+        });
+        let minted = e.minted.clone();
+        if changed && st.audit.is_some() {
+            for m in minted {
+                let _ = st.audit(AuditEvent::CredentialIrrevocable {
+                    lease_id: lease_id.to_owned(),
+                    source: m.reference,
+                    credential: m.credential,
+                    reason: reason.to_owned(),
+                });
+            }
+        }
+    }
+
+    /// A credential of this vault that no lease owned was revoked.
+    pub(crate) fn credential_reaped(&self, reference: &str, credential: &str) {
+        let _ = self.state().audit(AuditEvent::CredentialReaped {
+            source: reference.to_owned(),
+            credential: credential.to_owned(),
+        });
+    }
+
+    /// The credentials view for `status` and `leases`.
+    pub(crate) fn dynamic_view(st: &State) -> Vec<Value> {
+        st.dynamic
+            .iter()
+            .flat_map(|(lease, e)| {
+                e.minted.iter().map(move |m| {
+                    let (state, reason, since, attempts) = match (&e.irrevocable, e.ending) {
+                        (Some(i), _) => (
+                            "irrevocable",
+                            Some(i.reason.clone()),
+                            Some(rfc3339(i.since)),
+                            i.attempts,
+                        ),
+                        (None, true) => ("revoking", None, None, 0),
+                        (None, false) => ("live", None, None, 0),
+                    };
+                    json!({"lease_id": lease, "source": m.reference, "credential": m.credential,
+                           "expires": m.expires, "state": state, "reason": reason,
+                           "since": since, "attempts": attempts})
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,151 @@
+//! The command source: a human-configured `mint` command prints a token,
+//! a `revoke` command ends it. For `gh`, cloud CLIs and the like.
+//!
+//! Both run with `sh -c` in a clean environment (the broker's `PATH`,
+//! `HOME`, `USER`, `LANG`, `TMPDIR`, plus `CUSTODY_*` facts). The token is
+//! read from the mint command's stdout and handed to the revoke command in
+//! `CUSTODY_TOKEN` and on stdin; it is never logged, and the commands'
+//! stderr is dropped (it could echo the token).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use custody_core::sources::CommandSource;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use zeroize::Zeroizing;
+
+/// Longest a mint or revoke command may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most bytes a mint command may print.
+const MAX_TOKEN: usize = 64 * 1024;
+/// What the commands inherit from the broker's environment.
+const INHERIT: &[&str] = &["PATH", "HOME", "USER", "LANG", "TMPDIR"];
+
+/// Why a command failed: its exit status or the OS error class.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct CommandFailure(pub String);
+
+fn command(script: &str, facts: &[(&str, &str)]) -> Command {
+    let mut c = Command::new("/bin/sh");
+    c.arg("-c").arg(script).env_clear();
+    for k in INHERIT {
+        if let Some(v) = std::env::var_os(k) {
+            c.env(k, v);
+        }
+    }
+    for (k, v) in facts {
+        c.env(k, v);
+    }
+    c.stderr(Stdio::null()).kill_on_drop(true).process_group(0);
+    c
+}
+
+fn status_failure(what: &str, s: std::process::ExitStatus) -> CommandFailure {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(c), _) => CommandFailure(format!("the {what} command exited with code {c}")),
+        (None, Some(sig)) => {
+            CommandFailure(format!("the {what} command was killed by signal {sig}"))
+        }
+        _ => CommandFailure(format!("the {what} command failed")),
+    }
+}
+
+/// Runs the mint command; returns the token (stdout, without the trailing
+/// newline).
+pub async fn mint(
+    source: &CommandSource,
+    lease_id: &str,
+    ttl_secs: u64,
+    expires: &str,
+) -> Result<Zeroizing<Vec<u8>>, CommandFailure> {
+    let ttl = ttl_secs.to_string();
+    let mut child = command(
+        &source.mint,
+        &[
+            ("CUSTODY_LEASE_ID", lease_id),
+            ("CUSTODY_TTL_SECONDS", &ttl),
+            ("CUSTODY_EXPIRES_AT", expires),
+        ],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .spawn()
+    .map_err(|e| CommandFailure(format!("cannot start the mint command ({})", e.kind())))?;
+    let mut out = child
+        .stdout
+        .take()
+        .ok_or_else(|| CommandFailure("the mint command has no stdout".into()))?;
+    let run = async {
+        let mut token = Zeroizing::new(Vec::new());
+        let mut buf = Zeroizing::new([0u8; 4096]);
+        loop {
+            let n = out
+                .read(&mut buf[..])
+                .await
+                .map_err(|e| CommandFailure(format!("reading the token failed ({})", e.kind())))?;
+            if n == 0 {
+                break;
+            }
+            if token.len() + n > MAX_TOKEN {
+                return Err(CommandFailure(format!(
+                    "the mint command printed more than {MAX_TOKEN} bytes"
+                )));
+            }
+            token.extend_from_slice(&buf[..n]);
+        }
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| CommandFailure(format!("the mint command failed ({})", e.kind())))?;
+        Ok((token, status))
+    };
+    let (mut token, status) = tokio::time::timeout(COMMAND_TIMEOUT, run)
+        .await
+        .map_err(|_| CommandFailure("the mint command timed out".into()))??;
+    if !status.success() {
+        return Err(status_failure("mint", status));
+    }
+    while token.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
+        token.pop();
+    }
+    if token.is_empty() {
+        return Err(CommandFailure("the mint command printed no token".into()));
+    }
+    Ok(token)
+}
+
+/// Runs the revoke command for `token` (none configured: nothing to do, the
+/// token ends at its own TTL).
+pub async fn revoke(source: &CommandSource, token: &[u8]) -> Result<(), CommandFailure> {
+    let Some(script) = &source.revoke else {
+        return Ok(());
+    };
+    let text = std::str::from_utf8(token)
+        .map_err(|_| CommandFailure("the token is not UTF-8; it cannot be passed on".into()))?;
+    let mut child = command(script, &[("CUSTODY_TOKEN", text)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| CommandFailure(format!("cannot start the revoke command ({})", e.kind())))?;
+    let run = async {
+        if let Some(mut stdin) = child.stdin.take() {
+            // A command that ignores stdin closes it early: not an error.
+            let _ = stdin.write_all(token).await;
+        }
+        child
+            .wait()
+            .await
+            .map_err(|e| CommandFailure(format!("the revoke command failed ({})", e.kind())))
+    };
+    let status = tokio::time::timeout(COMMAND_TIMEOUT, run)
+        .await
+        .map_err(|_| CommandFailure("the revoke command timed out".into()))??;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(status_failure("revoke", status))
+    }
+}

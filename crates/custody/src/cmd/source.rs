@@ -1,0 +1,195 @@
+//! `custody source add|ls|rm`: dynamic sources, which mint a credential per
+//! lease. A variable uses one with `custody set ENV VAR --kind postgres:NAME`.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use custody_broker::protocol::Request;
+use custody_core::sources::{
+    CommandSource, DEFAULT_CREATION, DEFAULT_REVOCATION, PostgresSource, SourceDef, SourceSpec,
+};
+use serde_json::Value;
+
+use super::Global;
+use crate::access::{self, broker_err};
+use crate::input::SecretInput;
+use crate::output;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SourceCommand {
+    /// Add (or replace) a source.
+    #[command(subcommand)]
+    Add(AddCommand),
+    /// List the sources (never a secret: the admin URL is named, not shown).
+    Ls,
+    /// Remove a source (variables that use it then fail to run).
+    Rm {
+        /// The source's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AddCommand {
+    /// A PostgreSQL role per lease, dropped when the lease ends.
+    Postgres(PostgresArgs),
+    /// A token per lease from a command you configure (`gh`, cloud CLIs…).
+    Command(CommandArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PostgresArgs {
+    /// The source's name (lowercase, digits, `.`, `_`, `-`).
+    name: String,
+    /// ENV/VAR: the vault variable holding the admin connection URL.
+    #[arg(long, value_name = "ENV/VAR")]
+    admin_from: String,
+    /// A role each minted role is granted (added to the default creation
+    /// statements).
+    #[arg(long, value_name = "ROLE")]
+    grant: Vec<String>,
+    /// Creation statements, one per line (`{{name}}`, `{{password}}`,
+    /// `{{expiration}}`); lines starting with `--` are comments.
+    #[arg(long, value_name = "FILE")]
+    creation_file: Option<std::path::PathBuf>,
+    /// Revocation statements, one per line (`{{name}}`).
+    #[arg(long, value_name = "FILE")]
+    revocation_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CommandArgs {
+    /// The source's name.
+    name: String,
+    /// Prints one token on stdout (run with `sh -c`; gets CUSTODY_LEASE_ID,
+    /// CUSTODY_TTL_SECONDS and CUSTODY_EXPIRES_AT).
+    #[arg(long, value_name = "SHELL COMMAND")]
+    mint: String,
+    /// Revokes the token it gets in CUSTODY_TOKEN and on stdin.
+    #[arg(long, value_name = "SHELL COMMAND")]
+    revoke: Option<String>,
+    /// Longest life of a token (a lease using it ends by then).
+    #[arg(long, default_value = "15m")]
+    ttl: String,
+}
+
+fn statements(file: Option<&std::path::Path>, default: &[&str]) -> anyhow::Result<Vec<String>> {
+    let Some(f) = file else {
+        return Ok(default.iter().map(|s| (*s).to_owned()).collect());
+    };
+    let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+    let list: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("--"))
+        .map(|l| l.trim_end_matches(';').to_owned())
+        .collect();
+    if list.is_empty() {
+        bail!("{} holds no statements", f.display());
+    }
+    Ok(list)
+}
+
+fn quote_ident(role: &str) -> String {
+    format!("\"{}\"", role.replace('"', "\"\""))
+}
+
+pub fn run(g: &Global, _s: &mut SecretInput, c: SourceCommand) -> anyhow::Result<ExitCode> {
+    let mut client = access::require_broker()?;
+    match c {
+        SourceCommand::Add(add) => {
+            let def = match add {
+                AddCommand::Postgres(a) => {
+                    let mut creation = statements(a.creation_file.as_deref(), DEFAULT_CREATION)?;
+                    for role in &a.grant {
+                        creation.push(format!(r#"GRANT {} TO "{{{{name}}}}""#, quote_ident(role)));
+                    }
+                    SourceDef {
+                        name: a.name,
+                        spec: SourceSpec::Postgres(PostgresSource {
+                            admin_from: a.admin_from,
+                            creation,
+                            revocation: statements(
+                                a.revocation_file.as_deref(),
+                                DEFAULT_REVOCATION,
+                            )?,
+                        }),
+                    }
+                }
+                AddCommand::Command(a) => {
+                    let ttl = custody_core::duration::parse(&a.ttl)
+                        .with_context(|| format!("'{}' is not a duration (e.g. 15m, 1h)", a.ttl))?;
+                    SourceDef {
+                        name: a.name,
+                        spec: SourceSpec::Command(CommandSource {
+                            mint: a.mint,
+                            revoke: a.revoke,
+                            ttl_secs: ttl.as_secs(),
+                        }),
+                    }
+                }
+            };
+            let v = client
+                .call(Request::SourceAdd { source: def })
+                .map_err(broker_err)?;
+            if g.json {
+                output::json(&v)?;
+            } else {
+                let r = v["source"].as_str().unwrap_or_default();
+                let verb = if v["created"] == true {
+                    "Added"
+                } else {
+                    "Replaced"
+                };
+                println!("{verb} source {r}. Use it: custody set ENV VAR --kind {r}");
+            }
+        }
+        SourceCommand::Ls => {
+            let v = client.call(Request::SourceList).map_err(broker_err)?;
+            if g.json {
+                output::json(&v)?;
+            } else if v.as_array().is_none_or(Vec::is_empty) {
+                println!("No dynamic sources. Add one with `custody source add postgres|command`.");
+            } else {
+                for s in v.as_array().into_iter().flatten() {
+                    println!("{}", describe(s));
+                }
+            }
+        }
+        SourceCommand::Rm { name } => {
+            let v = client
+                .call(Request::SourceRemove { name })
+                .map_err(broker_err)?;
+            if g.json {
+                output::json(&v)?;
+            } else {
+                println!(
+                    "Removed source {}",
+                    v["removed"].as_str().unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(s: &Value) -> String {
+    let name = s["name"].as_str().unwrap_or_default();
+    match s["type"].as_str() {
+        Some("postgres") => format!(
+            "postgres:{name}  admin URL from {}  ({} creation, {} revocation statements)",
+            s["admin_from"].as_str().unwrap_or_default(),
+            s["creation"].as_array().map_or(0, Vec::len),
+            s["revocation"].as_array().map_or(0, Vec::len)
+        ),
+        Some("command") => format!(
+            "command:{name}  ttl {}s  mint: {}  revoke: {}",
+            s["ttl_secs"],
+            s["mint"].as_str().unwrap_or_default(),
+            s["revoke"]
+                .as_str()
+                .unwrap_or("(none; tokens end at their TTL)")
+        ),
+        _ => name.to_owned(),
+    }
+}
