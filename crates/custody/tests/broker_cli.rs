@@ -596,3 +596,79 @@ fn demo_runs_end_to_end() {
         .failure()
         .stderr(contains("--yes"));
 }
+
+#[path = "../../../tests/support/pg.rs"]
+mod pg;
+
+/// Dynamic PostgreSQL credentials through the CLI, across a crash: `source
+/// add`, `set --kind postgres:NAME`, a run that holds its role, kill -9 of
+/// the daemon; the next `custody unlock` drops the role and audits it.
+#[test]
+fn killed_daemon_mid_lease_role_is_dropped_at_the_next_unlock() {
+    let db = pg::Pg::start();
+    let e = Env::new();
+    e.unlock();
+    e.cmd().args(["env", "create", "infra"]).assert().success();
+    e.cmd().args(["env", "create", "app"]).assert().success();
+    e.cmd()
+        .args(["set", "infra", "PG_ADMIN_URL"])
+        .write_stdin(db.admin_url())
+        .assert()
+        .success();
+    e.cmd()
+        .args([
+            "source",
+            "add",
+            "postgres",
+            "main",
+            "--admin-from",
+            "infra/PG_ADMIN_URL",
+        ])
+        .assert()
+        .success()
+        .stdout(contains("postgres:main"));
+    e.cmd()
+        .args(["set", "app", "DATABASE_URL", "--kind", "postgres:main"])
+        .assert()
+        .success()
+        .stdout(contains("minted per lease"));
+    let ls = e.cmd().args(["ls", "app"]).assert().success();
+    assert!(String::from_utf8_lossy(&ls.get_output().stdout).contains("postgres:main"));
+    e.cmd()
+        .args(["source", "ls"])
+        .assert()
+        .success()
+        .stdout(contains("infra/PG_ADMIN_URL").and(contains(pg::ADMIN_PASSWORD).not()));
+
+    let script = "sleep 3600";
+    e.preapprove("app", &["sh", "-c", script]);
+    let mut child = spawn_run(&e, &["-e", "app", "--", "sh", "-c", script]);
+    let mut role = String::new();
+    assert!(wait_until(Duration::from_secs(20), || {
+        role = e.json(&["status"])["credentials"][0]["credential"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        !role.is_empty() && db.role_exists(&role)
+    }));
+    let daemon = e.daemon_pid().unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(daemon as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !alive(daemon)));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(db.role_exists(&role), "the role outlives a crashed broker");
+
+    e.unlock();
+    assert!(
+        pg::eventually(Duration::from_secs(20), || !db.role_exists(&role)),
+        "role {role} survived the restart"
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        e.audit_types().iter().any(|t| t == "credential_revoked")
+    }));
+    e.cmd().args(["audit", "verify"]).assert().success();
+}
