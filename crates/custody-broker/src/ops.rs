@@ -20,11 +20,12 @@ fn bad(e: impl ToString) -> WireError {
     WireError::new("bad_request", e.to_string())
 }
 
-fn change(action: VaultAction, env: &str, var: Option<&str>) -> AuditEvent {
+fn change(by: &str, action: VaultAction, env: &str, var: Option<&str>) -> AuditEvent {
     AuditEvent::VaultChange {
         action,
         environment: env.to_owned(),
         variable: var.map(str::to_owned),
+        by: Some(by.to_owned()),
     }
 }
 
@@ -80,6 +81,7 @@ pub fn vault_request(
     secret: Option<Zeroizing<Vec<u8>>>,
 ) -> Result<Value, WireError> {
     let requester = broker.requester(peer);
+    let by = requester.describe();
     let client = requester.client_name().to_owned();
     let policy = Policy::load(&broker.cfg.home.join(custody_core::policy::POLICY_FILE))
         .map_err(|e| WireError::new("policy_error", e.to_string()))?;
@@ -111,9 +113,10 @@ pub fn vault_request(
             let env = EnvName::new(&name).map_err(bad)?;
             visible(&name)?;
             unprotected(&name)?;
-            broker.change_vault(change(VaultAction::CreateEnvironment, &name, None), |v| {
-                v.create_environment(&env, &description)
-            })?;
+            broker.change_vault(
+                change(&by, VaultAction::CreateEnvironment, &name, None),
+                |v| v.create_environment(&env, &description),
+            )?;
             Ok(json!({"created": name}))
         }
         Request::EnvList => {
@@ -138,10 +141,10 @@ pub fn vault_request(
             visible(&name)?;
             if let Some(d) = description {
                 humans_only(&requester, "change descriptions")?;
-                broker
-                    .change_vault(change(VaultAction::DescribeEnvironment, &name, None), |v| {
-                        v.describe_environment(&env, &d)
-                    })?;
+                broker.change_vault(
+                    change(&by, VaultAction::DescribeEnvironment, &name, None),
+                    |v| v.describe_environment(&env, &d),
+                )?;
             }
             let (info, vars) =
                 broker.with_vault(|v| Ok((v.environment(&env)?, v.variables(&env)?)))?;
@@ -151,10 +154,10 @@ pub fn vault_request(
         Request::EnvRemove { name } => {
             humans_only(&requester, "remove environments")?;
             let env = EnvName::new(&name).map_err(bad)?;
-            let n = broker
-                .change_vault(change(VaultAction::RemoveEnvironment, &name, None), |v| {
-                    v.remove_environment(&env)
-                })?;
+            let n = broker.change_vault(
+                change(&by, VaultAction::RemoveEnvironment, &name, None),
+                |v| v.remove_environment(&env),
+            )?;
             Ok(json!({"removed": name, "variables": n}))
         }
         Request::Set {
@@ -175,7 +178,7 @@ pub fn vault_request(
                 source: None,
             };
             let created = broker.change_vault(
-                change(VaultAction::SetVariable, &env, Some(&var)),
+                change(&by, VaultAction::SetVariable, &env, Some(&var)),
                 |vault| vault.set_variable(&e, &v, &value, &update),
             )?;
             Ok(
@@ -211,7 +214,7 @@ pub fn vault_request(
                 source,
             };
             let created = broker.change_vault(
-                change(VaultAction::DeclareVariable, &env, Some(&var)),
+                change(&by, VaultAction::DeclareVariable, &env, Some(&var)),
                 |vault| vault.declare_variable(&e, &v, &update),
             )?;
             Ok(json!({"environment": env, "variable": var, "created": created}))
@@ -252,7 +255,7 @@ pub fn vault_request(
                 source: None,
             };
             let created = broker.change_vault(
-                change(VaultAction::GenerateVariable, &env, Some(&var)),
+                change(&by, VaultAction::GenerateVariable, &env, Some(&var)),
                 |vault| vault.set_variable(&e, &v, &value, &update),
             )?;
             Ok(
@@ -267,7 +270,7 @@ pub fn vault_request(
                 VarName::new(&var).map_err(bad)?,
             );
             broker.change_vault(
-                change(VaultAction::RemoveVariable, &env, Some(&var)),
+                change(&by, VaultAction::RemoveVariable, &env, Some(&var)),
                 |vault| vault.unset_variable(&e, &v),
             )?;
             Ok(json!({"environment": env, "removed": var}))
@@ -300,9 +303,10 @@ pub fn vault_request(
             humans_only(&requester, "import files")?;
             let text = secret.ok_or_else(|| bad("the file must be sent in a secret frame"))?;
             let e = EnvName::new(&env).map_err(bad)?;
-            let outcome = broker.change_vault(change(VaultAction::Import, &env, None), |v| {
-                custody_core::import::import_dotenv(v, &e, &text, &mut |_, _| {})
-            })?;
+            let outcome = broker
+                .change_vault(change(&by, VaultAction::Import, &env, None), |v| {
+                    custody_core::import::import_dotenv(v, &e, &text, &mut |_, _| {})
+                })?;
             let mut v = serde_json::to_value(&outcome).unwrap_or_default();
             v["environment"] = json!(env);
             v["imported"] = json!(outcome.report.created + outcome.report.updated);
@@ -414,7 +418,15 @@ fn audit_tail(
                 }
                 m
             }
-            (_, AuditEvent::LeaseEnd { lease_id, .. }) => leases.contains(lease_id),
+            (_, AuditEvent::LeaseEnd { lease_id, .. })
+            | (
+                _,
+                AuditEvent::CredentialMinted { lease_id, .. }
+                | AuditEvent::CredentialRevoked { lease_id, .. }
+                | AuditEvent::CredentialIrrevocable { lease_id, .. }
+                | AuditEvent::LeakFound { lease_id, .. },
+            ) => leases.contains(lease_id),
+            (Some(me), AuditEvent::VaultChange { by: Some(by), .. }) => by == me,
             (Some(me), AuditEvent::Revoke { target, by }) => {
                 by == me
                     || requests.contains(target)

@@ -89,6 +89,7 @@ fn event(i: u64) -> AuditEvent {
             action: VaultAction::SetVariable,
             environment: "prod".into(),
             variable: Some("DB_URL".into()),
+            by: Some("agent codex (pid 4242)".into()),
         },
         12 => AuditEvent::PinFailure {
             attempt: (i % 5) as u32,
@@ -677,7 +678,11 @@ fn events_serialize_to_exactly_their_fields() {
         (8, "revoke", &["target", "by"]),
         (9, "lock", &["reason"]),
         (10, "unlock", &[]),
-        (11, "vault_change", &["action", "environment", "variable"]),
+        (
+            11,
+            "vault_change",
+            &["action", "by", "environment", "variable"],
+        ),
         (12, "pin_failure", &["attempt", "locked_out"]),
         (
             13,

@@ -147,7 +147,8 @@ pub struct VariableView {
     pub name: String,
     /// What it is for.
     pub description: String,
-    /// `env` or `file`.
+    /// `env`, `file`, or a dynamic source such as `postgres:main` (each run
+    /// gets a fresh credential, revoked when it ends).
     pub kind: String,
     /// Whether a value is stored (if not, ask the user to `custody set` it).
     pub is_set: bool,

@@ -196,7 +196,15 @@ async fn initialize_era_every_tool_with_an_approved_run() {
     let r = a.call("revoke_grant", json!({"grant_id": "g-nope"})).await;
     assert_tool_error(&r, "no grant 'g-nope' of yours");
 
-    // The audit tail holds this session's own history.
+    // The audit tail holds this session's own history, its own vault
+    // changes included.
+    let r = a
+        .call(
+            "declare_variable",
+            json!({"environment": "dev", "name": "FROM_THE_AGENT"}),
+        )
+        .await;
+    assert_eq!(structured(&r)["created"], true, "{r:?}");
     let r = a.call("audit_tail", json!({"limit": 100})).await;
     let types: Vec<String> = structured(&r)["records"]
         .as_array()
@@ -212,6 +220,7 @@ async fn initialize_era_every_tool_with_an_approved_run() {
         "lease_start",
         "lease_end",
         "revoke",
+        "vault_change",
     ] {
         assert!(types.iter().any(|x| x == t), "no {t} in {types:?}");
     }

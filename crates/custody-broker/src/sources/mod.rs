@@ -478,6 +478,7 @@ pub(crate) fn define(broker: &Arc<Broker>, def: SourceDef) -> Result<Value, Wire
             action: custody_core::audit::VaultAction::PutSource,
             environment: reference.clone(),
             variable: None,
+            by: None,
         },
         |v| v.put_source(&def),
     )?;
@@ -498,6 +499,7 @@ pub(crate) fn remove(broker: &Arc<Broker>, name: &str) -> Result<Value, WireErro
             action: custody_core::audit::VaultAction::RemoveSource,
             environment: name.to_owned(),
             variable: None,
+            by: None,
         },
         |v| v.remove_source(&n),
     )?;

@@ -166,6 +166,10 @@ pub enum AuditEvent {
         environment: String,
         /// Variable name, for variable-level changes.
         variable: Option<String>,
+        /// Who made the change (`agent codex (pid …)`, `terminal session …`);
+        /// absent in records written before it was kept.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
     /// A wrong approval PIN was entered.
     PinFailure {
