@@ -44,7 +44,7 @@ const FIRST_ATTEMPTS: u32 = 3;
 
 /// A credential's public facts, persisted in its lease record. Never the
 /// secret, except a command token sealed with the vault's lease-token key.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Minted {
     /// The source's name.
     pub source: String,
@@ -58,6 +58,21 @@ pub struct Minted {
     /// still hand it to the revoke command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed_token: Option<String>,
+}
+
+/// Shows the public id; the sealed token only as present or not.
+impl std::fmt::Debug for Minted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Minted")
+            .field("reference", &self.reference)
+            .field("credential", &self.credential)
+            .field("expires", &self.expires)
+            .field(
+                "sealed_token",
+                &self.sealed_token.as_ref().map(|_| "[sealed]"),
+            )
+            .finish()
+    }
 }
 
 /// The broker's view of one lease's credentials.
