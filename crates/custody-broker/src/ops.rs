@@ -129,12 +129,12 @@ pub fn vault_request(
         }
         Request::SourceAdd { source } => {
             humans_only(&requester, "configure dynamic sources")?;
-            crate::sources::define(broker, source)
+            crate::sources::define(broker, source, &by)
         }
         Request::SourceList => crate::sources::list(broker),
         Request::SourceRemove { name } => {
             humans_only(&requester, "remove dynamic sources")?;
-            crate::sources::remove(broker, &name)
+            crate::sources::remove(broker, &name, &by)
         }
         Request::EnvDescribe { name, description } => {
             let env = EnvName::new(&name).map_err(bad)?;

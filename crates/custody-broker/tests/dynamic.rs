@@ -297,3 +297,51 @@ fn a_command_source_mints_a_token_per_lease_and_revokes_it() {
     assert!(!log.contains(&token), "the token reached the audit log");
     assert!(log.contains("credential_revoked"));
 }
+
+/// Sources run statements and commands with admin rights: an agent may not
+/// add one, remove one, or point a variable at one.
+#[test]
+fn agents_cannot_configure_sources_or_declare_dynamic_variables() {
+    let b = TestBroker::unlocked();
+    b.env_create("app");
+    let def = SourceDef {
+        name: "gh".into(),
+        spec: SourceSpec::Command(CommandSource {
+            mint: "echo tok-0123456789".into(),
+            revoke: None,
+            ttl_secs: 60,
+        }),
+    };
+    b.client()
+        .call(Request::SourceAdd {
+            source: def.clone(),
+        })
+        .unwrap();
+    let mut agent = b.client();
+    agent
+        .call(Request::RegisterSession {
+            client_name: "codex".into(),
+            client_version: "1".into(),
+            parent_pid: real_parent_pid(),
+            cwd: String::new(),
+        })
+        .expect("register session");
+    let declare = agent.call(Request::Declare {
+        env: "app".into(),
+        var: "GH_TOKEN".into(),
+        description: None,
+        kind: Some(VarKind::Dynamic),
+        source: Some("command:gh".into()),
+    });
+    assert_eq!(code(&declare), "forbidden");
+    assert_eq!(
+        code(&agent.call(Request::SourceAdd { source: def })),
+        "forbidden"
+    );
+    assert_eq!(
+        code(&agent.call(Request::SourceRemove { name: "gh".into() })),
+        "forbidden"
+    );
+    let cat = agent.call(Request::Catalog).unwrap();
+    assert!(!cat.to_string().contains("GH_TOKEN"), "{cat}");
+}

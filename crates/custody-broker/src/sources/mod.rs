@@ -474,7 +474,7 @@ pub(crate) async fn recover(broker: Arc<Broker>) {
 
 /// Handles `source add` / `source ls` / `source rm` (humans only; checked by
 /// the caller).
-pub(crate) fn define(broker: &Arc<Broker>, def: SourceDef) -> Result<Value, WireError> {
+pub(crate) fn define(broker: &Arc<Broker>, def: SourceDef, by: &str) -> Result<Value, WireError> {
     def.validate()
         .map_err(|e| WireError::new("bad_request", e.to_string()))?;
     if let SourceSpec::Postgres(p) = &def.spec {
@@ -493,7 +493,7 @@ pub(crate) fn define(broker: &Arc<Broker>, def: SourceDef) -> Result<Value, Wire
             action: custody_core::audit::VaultAction::PutSource,
             environment: reference.clone(),
             variable: None,
-            by: None,
+            by: Some(by.to_owned()),
         },
         |v| v.put_source(&def),
     )?;
@@ -507,14 +507,14 @@ pub(crate) fn list(broker: &Arc<Broker>) -> Result<Value, WireError> {
 }
 
 /// Removes a source.
-pub(crate) fn remove(broker: &Arc<Broker>, name: &str) -> Result<Value, WireError> {
+pub(crate) fn remove(broker: &Arc<Broker>, name: &str, by: &str) -> Result<Value, WireError> {
     let n = EnvName::new(name).map_err(|e| WireError::new("bad_request", e.to_string()))?;
     let removed = broker.change_vault(
         AuditEvent::VaultChange {
             action: custody_core::audit::VaultAction::RemoveSource,
             environment: name.to_owned(),
             variable: None,
-            by: None,
+            by: Some(by.to_owned()),
         },
         |v| v.remove_source(&n),
     )?;
