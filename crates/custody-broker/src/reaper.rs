@@ -81,11 +81,17 @@ pub fn dynamic_leftovers(home: &Path) -> Vec<LeaseRecord> {
     entries
         .flatten()
         .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .filter_map(|e| fs::read(e.path()).ok())
-        .filter(|b| b.len() <= 64 * 1024)
-        .filter_map(|b| serde_json::from_slice::<LeaseRecord>(&b).ok())
+        .filter_map(|e| read_record(&e.path()))
         .filter(|r| !r.dynamic.is_empty())
         .collect()
+}
+
+/// One record, if it is readable, small and well-formed.
+fn read_record(path: &Path) -> Option<LeaseRecord> {
+    fs::read(path)
+        .ok()
+        .filter(|b| b.len() <= 64 * 1024)
+        .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
 /// Ends everything a previous broker left: for each record whose process is
@@ -102,11 +108,7 @@ pub fn reap(home: &Path) -> Vec<Reaped> {
             let _ = fs::remove_file(&path);
             continue;
         }
-        let rec: Option<LeaseRecord> = fs::read(&path)
-            .ok()
-            .filter(|b| b.len() <= 64 * 1024)
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        let Some(rec) = rec else {
+        let Some(rec) = read_record(&path) else {
             let _ = fs::remove_file(&path);
             continue;
         };

@@ -1,8 +1,17 @@
 //! Bookkeeping of dynamic credentials (see `crate::sources`): what each
 //! lease holds, its lease record on disk, and the audit of every step.
 
+use std::path::Path;
+
 use super::*;
 use crate::sources::{DynamicEntry, Irrevocable, Minted};
+
+/// Rewrites a lease's record with the credentials it still holds (a small
+/// file, written under the state lock so records never go out of order).
+fn persist_entry(home: &Path, e: &mut DynamicEntry) {
+    e.record.dynamic = e.minted.clone();
+    let _ = reaper::persist(home, &e.record);
+}
 
 impl Broker {
     /// Records the credentials a lease is about to get, before any is
@@ -88,11 +97,6 @@ impl Broker {
         }
     }
 
-    fn persist_entry(&self, e: &mut DynamicEntry) {
-        e.record.dynamic = e.minted.clone();
-        let _ = reaper::persist(&self.cfg.home, &e.record);
-    }
-
     /// The lease's process started: its record gains the pid (and keeps the
     /// credentials).
     pub(crate) fn dynamic_record(&self, record: &reaper::LeaseRecord) -> reaper::LeaseRecord {
@@ -112,12 +116,7 @@ impl Broker {
             if let Some(m) = e.minted.iter_mut().find(|m| m.credential == credential) {
                 m.sealed_token = Some(sealed);
             }
-            let mut e = e.clone();
-            drop(st);
-            self.persist_entry(&mut e);
-            if let Some(cur) = self.state().dynamic.get_mut(lease_id) {
-                cur.record = e.record;
-            }
+            persist_entry(&self.cfg.home, e);
         }
     }
 
@@ -148,9 +147,7 @@ impl Broker {
         });
         if let Some(e) = st.dynamic.get_mut(lease_id) {
             e.minted.retain(|x| x.credential != m.credential);
-            let mut copy = e.clone();
-            drop(st);
-            self.persist_entry(&mut copy);
+            persist_entry(&self.cfg.home, e);
         }
     }
 

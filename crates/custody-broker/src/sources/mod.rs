@@ -190,7 +190,7 @@ pub(crate) fn prepare(
                 Some(admin_secret(vault, &p.admin_from)?),
                 defs::role_name(&tag, &random),
             ),
-            SourceSpec::Command(_) => (None, format!("tok-{}", hex_of(&random))),
+            SourceSpec::Command(_) => (None, format!("tok-{}", hex::encode(random))),
         };
         out.push(Prepared {
             var: var.clone(),
@@ -200,10 +200,6 @@ pub(crate) fn prepare(
         });
     }
     Ok(out)
-}
-
-fn hex_of(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The longest a lease may run with these sources (a command source's TTL).
@@ -303,19 +299,16 @@ fn seal_token(
     token: &[u8],
 ) -> Result<String, WireError> {
     crypto::seal(key, &token_aad(lease_id, credential), token)
-        .map(|s| hex_of(&s))
+        .map(hex::encode)
         .map_err(|_| WireError::new("internal", "cannot seal the token"))
 }
 
 fn open_token(key: &Key, lease_id: &str, m: &Minted) -> Result<Zeroizing<Vec<u8>>, String> {
-    let hex = m
+    let sealed = m
         .sealed_token
         .as_deref()
         .ok_or("the token was never recorded (the broker stopped while minting)")?;
-    let bytes: Vec<u8> = (0..hex.len() / 2)
-        .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2).unwrap_or("zz"), 16))
-        .collect::<Result<_, _>>()
-        .map_err(|_| "the recorded token is damaged".to_owned())?;
+    let bytes = hex::decode(sealed).map_err(|_| "the recorded token is damaged".to_owned())?;
     crypto::open(key, &token_aad(lease_id, &m.credential), &bytes)
         .map_err(|_| "the recorded token does not authenticate".to_owned())
 }
@@ -479,12 +472,13 @@ pub(crate) fn define(broker: &Arc<Broker>, def: SourceDef, by: &str) -> Result<V
         .map_err(|e| WireError::new("bad_request", e.to_string()))?;
     if let SourceSpec::Postgres(p) = &def.spec {
         // The admin URL must exist and parse now, not at the first lease.
-        let admin = broker.with_vault(|v| {
-            let (e, var) = defs::parse_admin_from(&p.admin_from)
-                .map_err(|x| custody_core::vault::VaultError::Storage(x.to_string()))?;
-            v.reveal(&e, &var)
-                .map(|(_, s)| Zeroizing::new(s.expose_secret().to_vec()))
-        })?;
+        let admin = {
+            let st = broker.state();
+            let vault = st.vault.as_ref().ok_or_else(|| {
+                WireError::new("locked", "the vault is locked: run `custody unlock`")
+            })?;
+            admin_secret(vault, &p.admin_from)?
+        };
         postgres::admin_config(&admin).map_err(|e| WireError::new("bad_request", e.to_string()))?;
     }
     let reference = def.reference();
