@@ -256,7 +256,7 @@ async fn handle(broker: Arc<Broker>, mut stream: UnixStream, own_uid: u32) {
         let outcome = match msg.request {
             Request::Run(spec) => run_streaming(&broker, &peer, id, spec, &mut rd, &mut wr).await,
             Request::Watch => {
-                watch_events(&broker, &mut rd, &mut wr).await;
+                watch_events(&broker, id, &mut rd, &mut wr).await;
                 break;
             }
             Request::Catalog => send_typed(&mut wr, id, crate::ops::catalog(&broker, &peer)).await,
@@ -410,8 +410,11 @@ async fn run_streaming(
     send_result(wr, id, result).await
 }
 
+/// Acknowledges `watch` (request `id`), then pushes every broker event
+/// (with id 0) until the watcher closes the connection.
 async fn watch_events(
     broker: &Arc<Broker>,
+    id: u64,
     rd: &mut tokio::net::unix::OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
 ) {
@@ -419,7 +422,7 @@ async fn watch_events(
     if send(
         wr,
         &ServerFrame::Ok {
-            id: 0,
+            id,
             ok: json!({"watching": true}),
         },
     )

@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 mod link;
+mod runs;
 mod server;
 mod types;
 

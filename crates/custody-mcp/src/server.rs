@@ -3,10 +3,10 @@
 //! process only ever sees names, ids, decisions and masked output.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use custody_broker::protocol::{Event, Request, RevokeTarget, RunSpec};
+use custody_broker::protocol::{Request, RevokeTarget, RunSpec};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::Parameters;
@@ -20,7 +20,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::link::{AgentClient, Link, LinkError, Streamed, sort};
+use crate::link::{AgentClient, Link, LinkError};
+use crate::runs::{Flight, Phase, Runs, Waited};
 use crate::types::*;
 
 /// Bytes of the result's stdout/stderr the broker keeps (tail).
@@ -31,8 +32,6 @@ const TEXT_TAIL: usize = 16 * 1024;
 const DEFAULT_TIMEOUT_SECS: u64 = 600;
 /// Time between progress notifications while a run waits or runs.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-/// Pending run specs kept for `request_status` (oldest dropped first).
-const MAX_REMEMBERED: usize = 256;
 
 const INSTRUCTIONS: &str = "custody lets you use secrets without ever seeing them. \
 `list_environments` shows environments and variable names (never values). \
@@ -57,9 +56,8 @@ pub struct McpConfig {
 struct Inner {
     cfg: McpConfig,
     link: Link,
-    /// Run specs of requests answered `pending`, by request id, so that
-    /// `request_status` can re-issue exactly the approved run.
-    pending: Mutex<BTreeMap<String, RunSpec>>,
+    /// Runs answered `pending`, still followed for `request_status`.
+    runs: Runs,
 }
 
 /// The custody MCP server.
@@ -110,6 +108,38 @@ fn tail(s: &str, max: usize) -> &str {
     &s[i..]
 }
 
+/// A `pending` answer for request `id`.
+fn pending_outcome(id: &str, message: String) -> RunOutcome {
+    RunOutcome {
+        status: "pending".into(),
+        approve_hint: Some(format!("custody approve {id}")),
+        message: Some(message),
+        request_id: Some(id.to_owned()),
+        ..RunOutcome::default()
+    }
+}
+
+/// The answer for a request that ended without running: `denied`,
+/// `expired`, `cancelled` or `locked` (`reason`: the broker's word on why).
+fn decided(id: &str, status: &str, reason: Option<&str>) -> RunOutcome {
+    let message = match status {
+        "denied" => format!(
+            "request {id} was denied{}; do not retry the same command without asking the user",
+            reason.map(|r| format!(" ({r})")).unwrap_or_default()
+        ),
+        "locked" => format!(
+            "request {id} ended because the vault was locked: ask the user to run `custody unlock`"
+        ),
+        other => format!("request {id} is {other}; call run again if it is still needed"),
+    };
+    RunOutcome {
+        status: status.to_owned(),
+        message: Some(message),
+        request_id: Some(id.to_owned()),
+        ..RunOutcome::default()
+    }
+}
+
 impl CustodyMcp {
     /// A server talking to the broker at `cfg.socket`.
     pub fn new(cfg: McpConfig) -> CustodyMcp {
@@ -117,7 +147,7 @@ impl CustodyMcp {
             inner: Arc::new(Inner {
                 link: Link::new(cfg.socket.clone()),
                 cfg,
-                pending: Mutex::new(BTreeMap::new()),
+                runs: Runs::default(),
             }),
             tool_router: Self::tool_router(),
         }
@@ -137,33 +167,6 @@ impl CustodyMcp {
                 version: i.version,
             });
         }
-    }
-
-    fn remember(&self, request_id: &str, spec: &RunSpec) {
-        let mut p = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.insert(request_id.to_owned(), spec.clone());
-        while p.len() > MAX_REMEMBERED {
-            if p.pop_first().is_none() {
-                break;
-            }
-        }
-    }
-
-    fn forget(&self, request_id: &str) {
-        self.inner
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(request_id);
-    }
-
-    fn remembered(&self, request_id: &str) -> Option<RunSpec> {
-        self.inner
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(request_id)
-            .cloned()
     }
 
     /// Sends a vault change (create, declare, generate) to the broker and
@@ -192,101 +195,63 @@ impl CustodyMcp {
         }
     }
 
-    /// Runs `spec` through the broker: progress while it waits or runs,
-    /// cancellation by closing the connection, `pending` when the approval
-    /// wait passes.
-    async fn run_spec(
+    /// Waits for `flight` on behalf of this tool call, with progress
+    /// notifications: its result, or `pending` once the approval wait has
+    /// passed (the flight is then kept, and `request_status` picks it up).
+    async fn follow(
         &self,
-        spec: RunSpec,
+        flight: Arc<Flight>,
         ctx: &RequestContext<RoleServer>,
     ) -> Result<RunOutcome, LinkError> {
-        let mut conn = self.inner.link.connect().await?;
-        let id = conn.send(Request::Run(spec.clone())).await?;
-        // From here the connection is the run: dropping it cancels the
-        // pending request or kills the lease.
-        let (mut frames, writer) = conn.into_frames();
         let token = ctx.meta.get_progress_token();
+        let until = tokio::time::Instant::now() + self.inner.cfg.approval_wait;
         let mut ticker = tokio::time::interval(PROGRESS_EVERY);
         ticker.tick().await;
+        let mut phases = flight.watch();
         let mut step = 0.0;
-        let mut status = String::from("waiting for the broker");
-        let mut request_id: Option<String> = None;
-        let answer = loop {
-            tokio::select! {
-                _ = ctx.ct.cancelled() => {
-                    drop(frames);
-                    drop(writer);
-                    if let Some(r) = &request_id {
-                        self.forget(r);
+        loop {
+            let w = tokio::select! {
+                w = Flight::wait(&mut phases, until, &mut ticker) => w,
+                _ = ctx.ct.cancelled() => return Err(LinkError::Cancelled),
+            };
+            let phase = match w {
+                Waited::Done(r) => {
+                    let r = *r;
+                    if let Ok(o) = &r
+                        && let Some(id) = &o.request_id
+                    {
+                        self.inner.runs.finish(id, Some(o));
                     }
-                    return Err(LinkError::Cancelled);
+                    return r;
                 }
-                f = frames.next() => match sort(f?, id) {
-                    Streamed::Done(r) => break r,
-                    Streamed::Event(Event::Pending { request_id: r, approve_hint }) => {
-                        self.remember(&r, &spec);
-                        status = format!("waiting for approval of request {r}: ask the user to run `{approve_hint}`");
-                        request_id = Some(r);
-                    }
-                    Streamed::Event(Event::Started { lease_id }) => {
-                        status = format!("running under lease {lease_id}");
-                    }
-                    _ => continue,
-                },
-                _ = ticker.tick() => {}
-            }
-            if let Some(t) = &token {
-                step += 1.0;
-                let _ = ctx
-                    .peer
-                    .notify_progress(
-                        ProgressNotificationParam::new(t.clone(), step)
-                            .with_message(status.clone()),
-                    )
-                    .await;
-            }
-        };
-        drop(frames);
-        drop(writer);
-        let v = match answer {
-            Ok(v) => v,
-            Err(e) => {
-                if let Some(r) = &request_id {
-                    self.forget(r);
+                Waited::StillPending(r) => {
+                    self.inner.runs.keep(&r, flight);
+                    return Ok(pending_outcome(
+                        &r,
+                        format!(
+                            "waiting for the user's approval: ask them to run `custody approve {r}` in their terminal, then call request_status with request_id {r} (it waits for the decision and returns the run's result)"
+                        ),
+                    ));
                 }
-                return Err(e);
-            }
-        };
-        if v["status"] == "pending" {
-            let r = v["request_id"].as_str().unwrap_or_default().to_owned();
-            self.remember(&r, &spec);
-            return Ok(RunOutcome {
-                status: "pending".into(),
-                approve_hint: Some(format!("custody approve {r}")),
-                message: Some(format!(
-                    "waiting for the user's approval: ask them to run `custody approve {r}` in their terminal, then call request_status with request_id {r}"
-                )),
-                request_id: Some(r),
-                ..RunOutcome::default()
-            });
+                Waited::Tick(phase) => phase,
+            };
+            let Some(t) = &token else { continue };
+            step += 1.0;
+            let status = match phase {
+                Phase::Starting => "waiting for the broker".to_owned(),
+                Phase::Pending(r) => format!(
+                    "waiting for approval of request {r}: ask the user to run `custody approve {r}`"
+                ),
+                Phase::Running(l) => format!("running under lease {l}"),
+                Phase::Done(_) => "finished".to_owned(),
+            };
+            let _ = ctx
+                .peer
+                .notify_progress(
+                    ProgressNotificationParam::new(t.clone(), step).with_message(status),
+                )
+                .await;
         }
-        if let Some(r) = &request_id {
-            self.forget(r);
-        }
-        Ok(RunOutcome {
-            status: "finished".into(),
-            exit_code: v["exit_code"].as_i64().and_then(|c| i32::try_from(c).ok()),
-            signal: v["signal"].as_i64().and_then(|c| i32::try_from(c).ok()),
-            ended_by: v["reason"].as_str().map(str::to_owned),
-            stdout: Some(v["stdout"].as_str().unwrap_or_default().to_owned()),
-            stderr: Some(v["stderr"].as_str().unwrap_or_default().to_owned()),
-            masked_count: Some(v["masked_count"].as_u64().unwrap_or(0)),
-            truncated: Some(v["truncated"].as_bool().unwrap_or(false)),
-            lease_id: v["lease_id"].as_str().map(str::to_owned),
-            duration_ms: v["duration_ms"].as_u64(),
-            request_id,
-            ..RunOutcome::default()
-        })
     }
 
     fn run_text(o: &RunOutcome) -> String {
@@ -309,6 +274,12 @@ impl CustodyMcp {
                         ""
                     }
                 );
+                for l in o.leaks.iter().flatten() {
+                    t.push_str(&format!(
+                        "\nLEAK: {} now holds the value of {} (written during the run): remove it, never commit it",
+                        l.path, l.variable
+                    ));
+                }
                 for (name, s) in [("stdout", &o.stdout), ("stderr", &o.stderr)] {
                     let s = s.as_deref().unwrap_or_default();
                     if !s.is_empty() {
@@ -527,9 +498,16 @@ impl CustodyMcp {
             timeout_secs: a.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECS),
             passthrough,
             capture_limit: Some(CAPTURE_LIMIT),
-            wait_secs: Some(self.inner.cfg.approval_wait.as_secs().max(1)),
+            // The broker waits for the decision as long as the request
+            // lives; this server answers `pending` after its approval wait
+            // and keeps following the run.
+            wait_secs: None,
         };
-        Self::run_result(self.run_spec(spec, &ctx).await)
+        let r = match Flight::start(&self.inner.link, spec).await {
+            Ok(flight) => self.follow(flight, &ctx).await,
+            Err(e) => Err(e),
+        };
+        Self::run_result(r)
     }
 
     /// Follow a request that `run` answered with status "pending": still
@@ -552,6 +530,31 @@ impl CustodyMcp {
     ) -> Result<CallToolResult, ErrorData> {
         self.note_client(&ctx);
         let id = a.request_id;
+        // A run this server follows: wait for it like `run` does.
+        if let Some(flight) = self.inner.runs.get(&id) {
+            let r = self.follow(flight, &ctx).await;
+            if matches!(&r, Err(e) if !matches!(e, LinkError::Cancelled)) {
+                self.inner.runs.finish(&id, None);
+            }
+            let r = match r {
+                Err(LinkError::Broker(e))
+                    if matches!(
+                        e.code.as_str(),
+                        "denied" | "expired" | "cancelled" | "locked"
+                    ) =>
+                {
+                    Ok(decided(&id, &e.code, None))
+                }
+                other => other,
+            };
+            return Self::run_result(r);
+        }
+        // Its result was handed out already: the same answer, nothing re-run.
+        if let Some(o) = self.inner.runs.finished(&id) {
+            return Self::run_result(Ok(o));
+        }
+        // Not followed here (another server process, or a restart): what
+        // the broker knows. Nothing is ever run from here.
         let v = match self
             .inner
             .link
@@ -565,55 +568,24 @@ impl CustodyMcp {
         };
         let status = v["status"].as_str().unwrap_or("unknown").to_owned();
         let outcome = match status.as_str() {
-            "pending" => Ok(RunOutcome {
+            "pending" => pending_outcome(
+                &id,
+                format!(
+                    "still waiting, but not for this session's run: ask the user to run `custody approve {id}`; once approved, call run again with exactly the same command"
+                ),
+            ),
+            "approved" => RunOutcome {
                 status,
-                approve_hint: Some(format!("custody approve {id}")),
                 message: Some(format!(
-                    "still waiting: ask the user to run `custody approve {id}`, then call request_status again"
+                    "request {id} was approved (grant {}), but its run is not followed by this session (it ended or restarted); call run again with exactly the same command, environments and cwd",
+                    v["grant_id"].as_str().unwrap_or("?")
                 )),
                 request_id: Some(id),
                 ..RunOutcome::default()
-            }),
-            "approved" => match self.remembered(&id) {
-                // The grant covers exactly this spec: running it again
-                // uses the grant.
-                Some(spec) => self.run_spec(spec, &ctx).await,
-                None => Ok(RunOutcome {
-                    status,
-                    message: Some(format!(
-                        "request {id} was approved (grant {}); call run again with exactly the same command, environments and cwd",
-                        v["grant_id"].as_str().unwrap_or("?")
-                    )),
-                    request_id: Some(id),
-                    ..RunOutcome::default()
-                }),
             },
-            _ => {
-                self.forget(&id);
-                let reason = v["reason"]
-                    .as_str()
-                    .map(|r| format!(" ({r})"))
-                    .unwrap_or_default();
-                let message = match status.as_str() {
-                    "denied" => format!(
-                        "request {id} was denied{reason}; do not retry the same command without asking the user"
-                    ),
-                    "locked" => format!(
-                        "request {id} ended because the vault was locked: ask the user to run `custody unlock`"
-                    ),
-                    other => {
-                        format!("request {id} is {other}; call run again if it is still needed")
-                    }
-                };
-                Ok(RunOutcome {
-                    status,
-                    message: Some(message),
-                    request_id: Some(id),
-                    ..RunOutcome::default()
-                })
-            }
+            other => decided(&id, other, v["reason"].as_str()),
         };
-        Self::run_result(outcome)
+        Self::run_result(Ok(outcome))
     }
 
     /// This session's grants in force (exact argv, cwd, environments,

@@ -188,8 +188,17 @@ pub struct VaultChange {
     pub message: String,
 }
 
+/// A file the post-run leak check found holding a secret value.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub struct LeakView {
+    /// The file, relative to the run's working directory.
+    pub path: String,
+    /// The variable whose value (in some form) it holds.
+    pub variable: String,
+}
+
 /// Output of `run` and `request_status`.
-#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct RunOutcome {
     /// `finished`, `pending` (ask the user to approve, then call
     /// `request_status`), `denied`, `expired`, `cancelled` or `locked`.
@@ -227,6 +236,11 @@ pub struct RunOutcome {
     /// Wall time in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// Files under the working directory, written during the run, that now
+    /// hold a secret value (the post-run leak check): remove them, never
+    /// commit them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaks: Option<Vec<LeakView>>,
     /// What to do next, when there is something to do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -442,3 +442,192 @@ async fn protected_environments_are_not_changed_by_agents() {
     assert_eq!(r.is_error, Some(true));
     a.stop().await;
 }
+
+/// Audit records of one type.
+fn audit_of(e: &Env, kind: &str) -> Vec<Value> {
+    let out = e.cmd().args(["audit", "--json"]).assert().success();
+    String::from_utf8_lossy(&out.get_output().stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["event"]["type"] == kind)
+        .collect()
+}
+
+/// Regression: `request_status` re-ran an approved command on every poll
+/// (it never forgot the request) and filed a new request after a
+/// once-grant. Now the approval starts the run that asked, once, and every
+/// `request_status` returns that run's result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_status_never_reruns_an_approved_command() {
+    let e = env_with_secret();
+    let a = Agent::start(&e, Era::Initialize, "1s").await;
+    let r = a
+        .call(
+            "run",
+            run_args(&e, &["sh", "-c", "echo ran >> count; echo $TOKEN"]),
+        )
+        .await;
+    let v = structured(&r);
+    assert_eq!(v["status"], "pending", "{v}");
+    let id = v["request_id"].as_str().unwrap().to_owned();
+    tokio::task::block_in_place(|| e.approve(&id));
+    for round in 0..3 {
+        let r = a.call("request_status", json!({"request_id": id})).await;
+        let v = structured(&r);
+        assert_eq!(v["status"], "finished", "round {round}: {v}");
+        assert_eq!(v["stdout"], "[masked:TOKEN]\n", "round {round}");
+    }
+    let count = std::fs::read_to_string(e.work().join("count")).unwrap();
+    assert_eq!(count, "ran\n", "the approved command ran more than once");
+    assert_eq!(
+        e.json(&["approve", "--list"]),
+        json!([]),
+        "a new request was filed"
+    );
+    assert_eq!(audit_of(&e, "lease_start").len(), 1);
+    assert_eq!(audit_of(&e, "request").len(), 1);
+    a.stop().await;
+}
+
+/// Regression (clients polled `request_status` in a tight loop, and
+/// Gemini's loop detector ended the turn): `request_status` waits for the
+/// decision like `run` does, and answers as soon as it comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_status_waits_for_the_decision_instead_of_answering_at_once() {
+    let e = env_with_secret();
+    let a = Agent::start(&e, Era::Initialize, "1s").await;
+    let r = a
+        .call("run", run_args(&e, &["sh", "-c", "echo $TOKEN"]))
+        .await;
+    let id = structured(&r)["request_id"].as_str().unwrap().to_owned();
+    // Nobody decides: it waits out the approval wait, then says pending.
+    let t = Instant::now();
+    let r = a.call("request_status", json!({"request_id": id})).await;
+    assert_eq!(structured(&r)["status"], "pending");
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "answered at once"
+    );
+    // The decision comes while it waits: one call gets the result.
+    let e2 = &e;
+    let id2 = id.clone();
+    let approver = async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::task::block_in_place(|| e2.approve(&id2));
+    };
+    let status = a.call("request_status", json!({"request_id": id}));
+    let (r, ()) = tokio::join!(status, approver);
+    let v = structured(&r);
+    assert_eq!(v["status"], "finished", "{v}");
+    assert_eq!(v["stdout"], "[masked:TOKEN]\n");
+    a.stop().await;
+}
+
+/// Part of "swapping what was reviewed": a once-grant is spent by the run
+/// that asked for it at approval time; it never waits for a later call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_once_grant_is_spent_by_the_waiting_run_at_approval_time() {
+    let e = env_with_secret();
+    let a = Agent::start(&e, Era::Initialize, "1s").await;
+    let r = a
+        .call("run", run_args(&e, &["sh", "-c", "echo ran > marker"]))
+        .await;
+    let id = structured(&r)["request_id"].as_str().unwrap().to_owned();
+    tokio::task::block_in_place(|| e.approve(&id));
+    // No further tool call: the run happened at approval.
+    let until = Instant::now() + Duration::from_secs(10);
+    while !e.work().join("marker").exists() {
+        assert!(
+            Instant::now() < until,
+            "the approved run did not start: {}",
+            String::from_utf8_lossy(&e.cmd().args(["audit", "--json"]).output().unwrap().stdout)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(e.json(&["grants"]), json!([]), "a once-grant was kept");
+    a.stop().await;
+}
+
+/// When an MCP session ends, its pending requests are cancelled (audited)
+/// and its grants dropped; approving a cancelled request says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_session_cancels_its_requests_and_drops_its_grants() {
+    let e = env_with_secret();
+    let a = Agent::start(&e, Era::Initialize, "1s").await;
+    // A timed grant for `true`.
+    let call = a.call("run", run_args(&e, &["true"]));
+    let approver = async {
+        tokio::task::block_in_place(|| {
+            let id = e.pending_id();
+            e.cmd()
+                .args(["approve", &id, "--for", "15m", "--pin-stdin"])
+                .write_stdin(format!("{PIN}\n"))
+                .assert()
+                .success();
+        });
+    };
+    let (r, ()) = tokio::join!(call, approver);
+    assert_eq!(structured(&r)["status"], "finished");
+    assert_eq!(e.json(&["grants"]).as_array().unwrap().len(), 1);
+    // A request left pending.
+    let r = a
+        .call("run", run_args(&e, &["sh", "-c", "echo $TOKEN"]))
+        .await;
+    let id = structured(&r)["request_id"].as_str().unwrap().to_owned();
+    a.stop().await;
+
+    let until = Instant::now() + Duration::from_secs(10);
+    while e.json(&["approve", "--list"]) != json!([]) || e.json(&["grants"]) != json!([]) {
+        assert!(
+            Instant::now() < until,
+            "the session's requests or grants outlived it"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = e
+        .cmd()
+        .args(["approve", &id, "--once", "--pin-stdin"])
+        .write_stdin(format!("{PIN}\n"))
+        .assert()
+        .failure();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains("was cancelled"), "{err}");
+    let revokes = audit_of(&e, "revoke");
+    assert!(
+        revokes.iter().any(|r| r["event"]["target"] == json!(id)),
+        "the cancellation is not audited: {revokes:?}"
+    );
+    assert!(
+        revokes.iter().any(|r| r["event"]["target"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("g-")),
+        "the dropped grant is not audited: {revokes:?}"
+    );
+}
+
+/// Regression: the post-run leak check's findings never reached the agent
+/// (the MCP `run` result had no `leaks` field).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_result_reports_leaks_to_the_agent() {
+    let e = env_with_secret();
+    e.policy(&format!(
+        "[[clients.{CLIENT}.preapproved]]\nargv = [\"sh\", \"-c\", \"printf %s \\\"$TOKEN\\\" > out.txt\"]\nenvironments = [\"dev\"]\nexpires = \"2099-01-01T00:00:00Z\"\n"
+    ));
+    let a = Agent::start(&e, Era::Initialize, "5s").await;
+    let r = a
+        .call(
+            "run",
+            run_args(&e, &["sh", "-c", "printf %s \"$TOKEN\" > out.txt"]),
+        )
+        .await;
+    let v = structured(&r);
+    assert_eq!(v["status"], "finished", "{v}");
+    assert_eq!(
+        v["leaks"],
+        json!([{"path": "out.txt", "variable": "TOKEN"}]),
+        "{v}"
+    );
+    assert!(text(&r).contains("LEAK: out.txt"), "{}", text(&r));
+    a.stop().await;
+}

@@ -672,3 +672,33 @@ fn killed_daemon_mid_lease_role_is_dropped_at_the_next_unlock() {
     }));
     e.cmd().args(["audit", "verify"]).assert().success();
 }
+
+/// Regression: the post-run leak check's findings never reached the human
+/// (the CLI's `run` ignored the result's `leaks`).
+#[test]
+fn cli_run_reports_a_file_the_command_wrote_the_value_into() {
+    let e = Env::new();
+    e.unlock();
+    e.cmd().args(["env", "create", "e"]).assert().success();
+    e.cmd()
+        .args(["set", "e", "TOKEN"])
+        .write_stdin("s3cr3t-t0k3n-value-xyz")
+        .assert()
+        .success();
+    let script = "printf %s \"$TOKEN\" > dump.txt";
+    e.preapprove("e", &["sh", "-c", script]);
+    let work = e.dir.path().join("work");
+    fs::create_dir_all(&work).unwrap();
+    let out = e
+        .cmd()
+        .current_dir(&work)
+        .args(["run", "-e", "e", "--", "sh", "-c", script])
+        .assert()
+        .success();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(
+        stderr.contains("dump.txt now holds the value of TOKEN"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cr3t"));
+}

@@ -38,14 +38,22 @@ impl Home {
         self.dir.path().join("home")
     }
 
+    fn runtime(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
     fn vault_path(&self) -> PathBuf {
         self.home().join("vault.db")
     }
 
     fn cmd(&self) -> Command {
         let mut c = Command::cargo_bin("custody").unwrap();
+        // Both locations, always: without CUSTODY_RUNTIME_DIR a developer's
+        // own unlocked broker (and its vault) would answer these tests.
         c.env("CUSTODY_HOME", self.home())
+            .env("CUSTODY_RUNTIME_DIR", self.runtime())
             .env_remove("XDG_DATA_HOME")
+            .env_remove("XDG_RUNTIME_DIR")
             .timeout(std::time::Duration::from_secs(60));
         c
     }
@@ -789,6 +797,8 @@ fn kill_during_import_leaves_a_prefix() {
     let bin = assert_cmd::cargo::cargo_bin("custody");
     let mut child = std::process::Command::new(bin)
         .env("CUSTODY_HOME", h.home())
+        .env("CUSTODY_RUNTIME_DIR", h.runtime())
+        .env_remove("XDG_RUNTIME_DIR")
         .args([
             "--passphrase-stdin",
             "import",
@@ -847,5 +857,40 @@ fn kill_during_import_leaves_a_prefix() {
     assert_eq!(
         value.expose_secret(),
         format!("value-{:05}-padding", k - 1).as_bytes()
+    );
+}
+
+/// Regression (the harness set `CUSTODY_HOME` but not `CUSTODY_RUNTIME_DIR`):
+/// the broker these tests start, and every broker they talk to, lives in the
+/// test's own runtime directory, never at the default location where a
+/// developer's own unlocked broker (and vault) answers.
+#[test]
+fn cli_harness_uses_its_own_runtime_dir_not_the_developers_broker() {
+    let h = Home::new();
+    h.cmd()
+        .args(["unlock", "--passphrase-stdin"])
+        .write_stdin(format!("{PASS}\n"))
+        .assert()
+        .success();
+    let status = h.cmd().args(["--json", "status"]).assert().success();
+    let v: serde_json::Value = serde_json::from_slice(&status.get_output().stdout).unwrap();
+    let pid = v["pid"].as_u64();
+    let own_socket = h.runtime().join("broker.sock").exists();
+    // Stop the broker before asserting, so a failure leaves nothing running.
+    if let Some(pid) = pid {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid as i32).unwrap(),
+            rustix::process::Signal::TERM,
+        );
+    }
+    assert!(
+        own_socket,
+        "the broker's socket is not in the test's runtime dir"
+    );
+    assert_eq!(v["locked"], false, "{v}");
+    assert_eq!(
+        v["vault"].as_str(),
+        Some(h.vault_path().to_str().unwrap()),
+        "the broker that answered serves another vault: {v}"
     );
 }

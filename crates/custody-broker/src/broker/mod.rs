@@ -579,13 +579,55 @@ impl Broker {
         Ok(json!({"session_id": id, "agent_pid": ppid}))
     }
 
-    /// Ends a session when its connection closes.
+    /// Ends a session when its connection closes. When it was the agent's
+    /// last session, the agent's pending requests are cancelled and its
+    /// grants dropped (each audited): nothing it asked for outlives it.
     pub fn end_session(&self, id: &str) {
         let mut st = self.state();
-        if st.sessions.remove(id).is_some() && st.audit.is_some() {
+        let Some(session) = st.sessions.remove(id) else {
+            return;
+        };
+        if st.audit.is_some() {
             let _ = st.audit(AuditEvent::SessionEnd {
                 session_id: id.to_owned(),
             });
+        }
+        let agent = session.agent_pid;
+        if st.sessions.values().any(|s| s.agent_pid == agent) {
+            return;
+        }
+        let by = format!("broker (session {id} ended)");
+        let theirs =
+            |r: &Requester| matches!(r, Requester::Agent { agent_pid, .. } if *agent_pid == agent);
+        let requests: Vec<String> = st
+            .pending
+            .iter()
+            .filter(|(_, p)| theirs(&p.requester))
+            .map(|(r, _)| r.clone())
+            .collect();
+        for r in requests {
+            if st.audit.is_some() {
+                let _ = st.audit(AuditEvent::Revoke {
+                    target: r.clone(),
+                    by: by.clone(),
+                });
+            }
+            Self::decide(&mut st, &r, Decision::Cancelled);
+        }
+        let grants: Vec<String> = st
+            .grants
+            .iter()
+            .filter(|(_, g)| theirs(&g.requester))
+            .map(|(g, _)| g.clone())
+            .collect();
+        for g in grants {
+            st.grants.remove(&g);
+            if st.audit.is_some() {
+                let _ = st.audit(AuditEvent::Revoke {
+                    target: g,
+                    by: by.clone(),
+                });
+            }
         }
     }
 

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Longest a once-grant waits for the run it was made for to take it.
+const ONCE_GRANT_LIFETIME: Duration = Duration::from_secs(60);
+
 impl Broker {
     /// Resolves a run's variable set and decides: run under a grant now, or
     /// wait for a human. Returns `Ok(Ok(grant_id))` or `Ok(Err((request_id,
@@ -258,10 +261,7 @@ impl Broker {
             let mut st = self.state();
             st.vault()?;
             if !st.pending.contains_key(request_id) {
-                return Err(WireError::new(
-                    "not_found",
-                    format!("no pending request '{request_id}' (see `custody approve --list`)"),
-                ));
+                return Err(Self::not_pending(&st, request_id));
             }
             if peer.session.is_some() || st.is_agent_process(approver).is_some() {
                 st.audit(AuditEvent::Denial {
@@ -325,11 +325,25 @@ impl Broker {
         let mut st = self.state();
         st.pin_failures = 0;
         let Some(p) = st.pending.get(request_id) else {
-            return Err(WireError::new(
-                "not_found",
-                "the request was decided or cancelled meanwhile",
-            ));
+            return Err(Self::not_pending(&st, request_id));
         };
+        // A once-grant is for the run that asked, now. When nobody waits for
+        // the decision any more, there is nothing to approve: a grant kept
+        // for a later call would cover whatever that call finds (an edited
+        // script) long after the human looked.
+        if matches!(scope, S::Once) && p.notify.as_ref().is_none_or(|n| n.is_closed()) {
+            let _ = st.audit(AuditEvent::Revoke {
+                target: request_id.to_owned(),
+                by: "broker (the requester stopped waiting)".into(),
+            });
+            Self::decide(&mut st, request_id, Decision::Cancelled);
+            return Err(WireError::new(
+                "cancelled",
+                format!(
+                    "request {request_id} was cancelled: its requester no longer waits for it, so nothing would run; nothing was approved"
+                ),
+            ));
+        }
         let requester = p.requester.clone();
         let req_scope = p.scope.clone();
         let client = requester.client_name().to_owned();
@@ -337,13 +351,9 @@ impl Broker {
             .map(|pol| pol.max_ttl(&client))
             .unwrap_or(custody_core::policy::DEFAULT_MAX_TTL);
         let (lifetime, uses, audit_scope) = match scope {
-            // A once-grant waits for its requester to come back (an agent
-            // whose tool call timed out polls and re-runs).
-            S::Once => (
-                self.cfg.pending_lifetime,
-                Some(1),
-                audit::ApprovalScope::Once,
-            ),
+            // A once-grant goes to the run waiting for it, which takes it
+            // at once; the lifetime only bounds a start that never comes.
+            S::Once => (ONCE_GRANT_LIFETIME, Some(1), audit::ApprovalScope::Once),
             S::For { secs } => (
                 Duration::from_secs(secs.clamp(1, 24 * 3600)),
                 None,
@@ -380,14 +390,35 @@ impl Broker {
         Ok(json!({"approved": request_id, "grant_id": grant_id, "expires_at": rfc3339(expires_at)}))
     }
 
+    /// Why `request_id` cannot be decided: how it already ended, or that it
+    /// never existed.
+    fn not_pending(st: &State, request_id: &str) -> WireError {
+        match st.decided.get(request_id) {
+            Some((Decision::Cancelled, _)) => WireError::new(
+                "cancelled",
+                format!(
+                    "request {request_id} was cancelled (its requester went away or its agent session ended); nothing runs"
+                ),
+            ),
+            Some((d, _)) => WireError::new(
+                "not_found",
+                format!(
+                    "request {request_id} is no longer pending: it was {}",
+                    d.status()
+                ),
+            ),
+            None => WireError::new(
+                "not_found",
+                format!("no pending request '{request_id}' (see `custody approve --list`)"),
+            ),
+        }
+    }
+
     /// Denies a pending request.
     pub fn deny(&self, peer: &Peer, request_id: &str) -> Result<Value, WireError> {
         let mut st = self.state();
         if !st.pending.contains_key(request_id) {
-            return Err(WireError::new(
-                "not_found",
-                format!("no pending request '{request_id}'"),
-            ));
+            return Err(Self::not_pending(&st, request_id));
         }
         if st.audit.is_some() {
             st.audit(AuditEvent::Denial {
