@@ -11,6 +11,7 @@
 
 mod link;
 mod runs;
+mod schema;
 mod server;
 mod types;
 
@@ -19,6 +20,7 @@ use std::time::Duration;
 use rmcp::ServiceExt;
 
 pub use link::LinkError;
+pub use schema::has_nonstandard_format;
 pub use server::{CustodyMcp, McpConfig};
 pub use types::*;
 

@@ -149,8 +149,21 @@ impl CustodyMcp {
                 cfg,
                 runs: Runs::default(),
             }),
-            tool_router: Self::tool_router(),
+            tool_router: Self::standard_tool_router(),
         }
+    }
+
+    /// The tools, with schemas strict validators accept (see [`crate::schema`]).
+    fn standard_tool_router() -> ToolRouter<CustodyMcp> {
+        let mut router = Self::tool_router();
+        for route in router.map.values_mut() {
+            let tool = &mut route.attr;
+            crate::schema::standardize(Arc::make_mut(&mut tool.input_schema));
+            if let Some(out) = tool.output_schema.as_mut() {
+                crate::schema::standardize(Arc::make_mut(out));
+            }
+        }
+        router
     }
 
     /// Learns the agent client's name from the handshake (2025-11-25) or

@@ -59,6 +59,19 @@ async fn tools_are_listed_with_output_schemas_and_honest_annotations() {
         assert!(t.output_schema.is_some(), "{} has no output schema", t.name);
         let ann = t.annotations.as_ref().unwrap();
         let ro = ann.read_only_hint == Some(true);
+        // Regression: `uint64`/`uint`/`int32` formats made Claude Code print
+        // 12 warnings per `claude mcp list` and Gemini CLI 16 at start.
+        for schema in [Some(&t.input_schema), t.output_schema.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            let v = Value::Object((**schema).clone());
+            assert!(
+                !custody_mcp::has_nonstandard_format(&v),
+                "{} has a non-standard format: {v}",
+                t.name
+            );
+        }
         match t.name.as_ref() {
             "list_environments" | "list_grants" | "audit_tail" => assert!(ro, "{}", t.name),
             "revoke_grant" | "run" => {
