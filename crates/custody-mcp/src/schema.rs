@@ -35,13 +35,13 @@ const STANDARD_FORMATS: &[&str] = &[
 
 /// Rewrites every subschema of `schema` in place (see the module docs).
 pub fn standardize(schema: &mut JsonObject) {
-    if let Some(Value::String(f)) = schema.get("format") {
-        if !STANDARD_FORMATS.contains(&f.as_str()) {
-            let unsigned = f.starts_with("uint");
-            schema.remove("format");
-            if unsigned && !schema.contains_key("minimum") {
-                schema.insert("minimum".into(), json!(0));
-            }
+    if let Some(Value::String(f)) = schema.get("format")
+        && !STANDARD_FORMATS.contains(&f.as_str())
+    {
+        let unsigned = f.starts_with("uint");
+        schema.remove("format");
+        if unsigned && !schema.contains_key("minimum") {
+            schema.insert("minimum".into(), json!(0));
         }
     }
     for v in schema.values_mut() {
