@@ -1092,3 +1092,63 @@ fn catalog_lists_visible_names_never_values() {
     );
     assert!(dev.variables.iter().all(|v| v.kind == "env"));
 }
+
+// ----- client names: the alias table ---------------------------------------------
+
+/// Registers the test process's connection as an agent session named `name`.
+fn agent_named(b: &TestBroker, name: &str) -> custody_broker::client::Client {
+    let mut agent = b.client();
+    agent
+        .call(Request::RegisterSession {
+            client_name: name.into(),
+            client_version: "1".into(),
+            parent_pid: real_parent_pid(),
+            cwd: String::new(),
+        })
+        .expect("register session");
+    agent
+}
+
+/// Regression: Codex says `codex-mcp-client` in its handshake, the docs say
+/// `codex`; a policy written from the docs silently did not apply. Both
+/// sides now go through one alias table.
+#[test]
+fn a_policy_for_codex_applies_to_the_client_named_codex_mcp_client() {
+    let b = broker_with_secret();
+    b.write_policy(
+        "[[clients.codex.preapproved]]\nargv = [\"sh\", \"-c\", \"echo pre\"]\nenvironments = [\"dev\"]\nexpires = \"2099-01-01T00:00:00Z\"\n",
+    );
+    let mut agent = agent_named(&b, "codex-mcp-client");
+    let mut spec = b.spec(&["sh", "-c", "echo pre"], &["dev"]);
+    spec.wait_secs = Some(1);
+    let v = agent.call(Request::Run(spec)).expect("run");
+    assert_eq!(
+        v["status"], "finished",
+        "the codex table did not apply: {v}"
+    );
+    let s = b.status();
+    assert_eq!(s["sessions"][0]["client_name"], "codex-mcp-client");
+    assert_eq!(s["sessions"][0]["policy_name"], "codex");
+    // A table under the handshake name is the same client: two are an error.
+    let both = "[clients.codex]\nmax_ttl = \"1h\"\n[clients.codex-mcp-client]\nmax_ttl = \"2h\"\n";
+    assert!(custody_core::policy::Policy::parse(both).is_err());
+}
+
+/// Part of "chosen identity": an agent that calls itself `cli` does not
+/// inherit the terminal's pre-approvals.
+#[test]
+fn an_agent_that_calls_itself_cli_gets_no_terminal_preapproval() {
+    let b = broker_with_secret();
+    b.write_policy(
+        "[[clients.cli.preapproved]]\nargv = [\"sh\", \"-c\", \"echo pre\"]\nenvironments = [\"dev\"]\nexpires = \"2099-01-01T00:00:00Z\"\n",
+    );
+    let mut agent = agent_named(&b, "cli");
+    let mut spec = b.spec(&["sh", "-c", "echo pre"], &["dev"]);
+    spec.wait_secs = Some(1);
+    let v = agent.call(Request::Run(spec.clone())).expect("run");
+    assert_eq!(
+        v["status"], "pending",
+        "an agent used the terminal's rule: {v}"
+    );
+    assert_eq!(b.status()["sessions"][0]["policy_name"], "unknown");
+}

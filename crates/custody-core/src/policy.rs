@@ -7,7 +7,7 @@
 //! max_ttl = "1h"                 # longest lease or grant, for every client
 //! always_approve = ["*-prod"]    # every run in these needs a fresh approval
 //!
-//! [clients.codex]                # the MCP client name; "cli" is `custody run`
+//! [clients.codex]                # the agent client (canonical name, see `clients`); "cli" is `custody run`
 //! environments = ["shop-*"]      # what it may see and use (default: all)
 //! always_approve = ["shop-staging"]
 //! max_ttl = "30m"
@@ -171,13 +171,25 @@ impl Policy {
         let mut clients = BTreeMap::new();
         for (name, r) in raw.clients {
             let parsed = rules(r, &format!("clients.{name}"))?;
-            clients.insert(name, parsed);
+            // Tables are keyed by canonical client names, so a table written
+            // for `codex-mcp-client` and one for `codex` are the same client.
+            let key = crate::clients::canonical_policy_name(&name);
+            if clients.insert(key.clone(), parsed).is_some() {
+                return Err(format!(
+                    "clients.{name}: another table already holds the rules of client '{key}' (the same client under another name)"
+                ));
+            }
         }
         Ok(Policy { defaults, clients })
     }
 
     fn client(&self, client: &str) -> Option<&Rules> {
         self.clients.get(client).or_else(|| self.clients.get("*"))
+    }
+
+    /// The client tables' names (canonical), for `custody policy check`.
+    pub fn client_names(&self) -> impl Iterator<Item = &str> {
+        self.clients.keys().map(String::as_str)
     }
 
     /// Whether `client` may see and use `env`.

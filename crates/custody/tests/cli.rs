@@ -894,3 +894,41 @@ fn cli_harness_uses_its_own_runtime_dir_not_the_developers_broker() {
         "the broker that answered serves another vault: {v}"
     );
 }
+
+/// `custody policy check` names the client each table applies to and warns
+/// about a table no client will ever match (the docs once said `gemini`).
+#[test]
+fn policy_check_maps_handshake_names_and_warns_about_unknown_clients() {
+    let h = Home::new();
+    fs::write(
+        h.home().join("policy.toml"),
+        "[clients.codex-mcp-client]\nmax_ttl = \"30m\"\n[clients.gemini]\nmax_ttl = \"5m\"\n[clients.cli]\nmax_ttl = \"2h\"\n",
+    )
+    .unwrap();
+    let out = h
+        .cmd()
+        .args(["--json", "policy", "check"])
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let names: Vec<&str> = v["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["policy_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cli", "codex", "gemini"]);
+    let warnings = v["warnings"].to_string();
+    assert!(warnings.contains("[clients.gemini]"), "{warnings}");
+    assert!(!warnings.contains("codex"), "{warnings}");
+    let out = h.cmd().args(["policy", "clients"]).assert().success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(text.contains("gemini-cli-mcp-client"), "{text}");
+    // A broken file is an error that names it.
+    fs::write(h.home().join("policy.toml"), "[clients.x]\nbogus = 1\n").unwrap();
+    h.cmd()
+        .args(["policy", "check"])
+        .assert()
+        .failure()
+        .stderr(contains("policy.toml"));
+}

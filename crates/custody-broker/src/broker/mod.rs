@@ -93,7 +93,10 @@ pub struct Peer {
 /// A registered agent session (one `custody mcp` process).
 #[derive(Debug, Clone)]
 struct Session {
+    /// As the handshake said (untrusted, shown).
     client_name: String,
+    /// The canonical name policy applies (`custody_core::clients`).
+    policy_name: String,
     client_version: String,
     mcp_pid: u32,
     agent_pid: u32,
@@ -393,7 +396,8 @@ impl Broker {
             "locked": st.vault.is_none(),
             "vault": self.cfg.vault_path(),
             "sessions": st.sessions.iter().map(|(id, s)| json!({
-                "session_id": id, "client_name": s.client_name, "client_version": s.client_version,
+                "session_id": id, "client_name": s.client_name, "policy_name": s.policy_name,
+                "client_version": s.client_version,
                 "pid": s.mcp_pid, "agent_pid": s.agent_pid, "started_at": rfc3339(s.started)})).collect::<Vec<_>>(),
             "pending": st.pending.len(),
             "grants": st.grants.len(),
@@ -569,6 +573,7 @@ impl Broker {
             id.clone(),
             Session {
                 client_name: client_name.to_owned(),
+                policy_name: custody_core::clients::canonical(client_name),
                 client_version: client_version.to_owned(),
                 mcp_pid: pid,
                 agent_pid: ppid,
@@ -636,7 +641,7 @@ impl Broker {
         let st = self.state();
         if let Some(s) = peer.session.as_ref().and_then(|id| st.sessions.get(id)) {
             return Requester::Agent {
-                client: s.client_name.clone(),
+                client: s.policy_name.clone(),
                 agent_pid: s.agent_pid,
             };
         }
@@ -647,7 +652,7 @@ impl Broker {
             // every connection of a session shares its grants.
             let (client, agent_pid) = st.session_for_agent(hit).map_or_else(
                 || ("agent".to_owned(), hit),
-                |s| (s.client_name.clone(), s.agent_pid),
+                |s| (s.policy_name.clone(), s.agent_pid),
             );
             return Requester::Agent { client, agent_pid };
         }

@@ -13,6 +13,7 @@ mod ls;
 mod mcp;
 mod mcp_install;
 mod passwd;
+mod policy;
 mod run;
 mod scan;
 mod set;
@@ -66,6 +67,9 @@ pub enum Command {
     Source(source::SourceCommand),
     /// Store a random value that nobody sees.
     Generate(generate::GenerateArgs),
+    /// Check the policy file; list the agent clients policy can name.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Remove a variable.
     Unset(unset::UnsetArgs),
     /// List variables: names, kinds, descriptions; never values.
@@ -115,6 +119,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Env(c) => env::run(g, &mut secrets, c),
         Command::Set(a) => set::run(g, &mut secrets, a),
         Command::Generate(a) => generate::run(g, &mut secrets, a),
+        Command::Policy(c) => policy::run(g, &mut secrets, c),
         Command::Source(c) => source::run(g, &mut secrets, c),
         Command::Unset(a) => unset::run(g, &mut secrets, a),
         Command::Ls(a) => ls::run(g, &mut secrets, a),

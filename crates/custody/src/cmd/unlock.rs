@@ -153,9 +153,11 @@ pub fn status(g: &Global, _s: &mut SecretInput, _a: StatusArgs) -> anyhow::Resul
     );
     for s in v["sessions"].as_array().into_iter().flatten() {
         println!(
-            "  {} {} (pid {}, agent pid {})",
+            "  {} {} {} (policy name: {}; pid {}, agent pid {})",
             s["session_id"].as_str().unwrap_or_default(),
             s["client_name"].as_str().unwrap_or_default(),
+            s["client_version"].as_str().unwrap_or_default(),
+            s["policy_name"].as_str().unwrap_or_default(),
             s["pid"],
             s["agent_pid"]
         );

@@ -1,0 +1,118 @@
+//! Agent client names: what real clients say in the MCP handshake, and the
+//! one canonical name policy and `custody status` use for each.
+//!
+//! A policy written from the docs (`[clients.codex]`) must apply to the
+//! client that says `codex-mcp-client`; so every name goes through
+//! [`canonical`] before policy sees it, on both sides: the session's
+//! handshake name and the policy file's table names.
+
+/// One known agent client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownClient {
+    /// The name policy uses (`[clients.NAME]`).
+    pub canonical: &'static str,
+    /// The product, for people.
+    pub product: &'static str,
+    /// Every name it has been seen to send in the MCP handshake
+    /// (`clientInfo.name`), the canonical one included.
+    pub handshake_names: &'static [&'static str],
+}
+
+/// The alias table (documented in `docs/agents.md`).
+pub const KNOWN_CLIENTS: &[KnownClient] = &[
+    KnownClient {
+        canonical: "codex",
+        product: "OpenAI Codex CLI",
+        handshake_names: &["codex-mcp-client", "codex"],
+    },
+    KnownClient {
+        canonical: "claude-code",
+        product: "Claude Code",
+        handshake_names: &["claude-code"],
+    },
+    KnownClient {
+        canonical: "gemini-cli",
+        product: "Gemini CLI",
+        handshake_names: &["gemini-cli-mcp-client", "gemini-cli"],
+    },
+    KnownClient {
+        canonical: "cursor",
+        product: "Cursor",
+        handshake_names: &["cursor-vscode", "cursor"],
+    },
+];
+
+/// The policy name of a human's terminal (`custody run`). No agent can
+/// take it: an MCP session that says `cli` is [`UNKNOWN`].
+pub const TERMINAL: &str = "cli";
+/// The policy name of an agent session whose handshake named nobody, or
+/// named the reserved [`TERMINAL`].
+pub const UNKNOWN: &str = "unknown";
+
+/// The known client a handshake or policy name belongs to.
+pub fn known(name: &str) -> Option<&'static KnownClient> {
+    let name = name.trim();
+    KNOWN_CLIENTS.iter().find(|k| {
+        k.handshake_names
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name))
+    })
+}
+
+/// The canonical policy name for an agent session's handshake name: the
+/// alias table's name for a known client; the reserved names become
+/// [`UNKNOWN`]; any other name is kept as sent (lower-cased).
+pub fn canonical(handshake_name: &str) -> String {
+    if let Some(k) = known(handshake_name) {
+        return k.canonical.to_owned();
+    }
+    let n = handshake_name.trim().to_ascii_lowercase();
+    if n.is_empty() || n == TERMINAL || n == "*" {
+        return UNKNOWN.to_owned();
+    }
+    n
+}
+
+/// The canonical name of a policy table: like [`canonical`], except that
+/// `cli` (the terminal) and `*` (every other client) keep their meaning.
+pub fn canonical_policy_name(table: &str) -> String {
+    match table.trim() {
+        t @ (TERMINAL | "*") => t.to_owned(),
+        t => canonical(t),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_handshake_names_map_to_the_documented_policy_names() {
+        assert_eq!(canonical("codex-mcp-client"), "codex");
+        assert_eq!(canonical("claude-code"), "claude-code");
+        assert_eq!(canonical("gemini-cli-mcp-client"), "gemini-cli");
+        assert_eq!(canonical("Cursor-VSCode"), "cursor");
+        assert_eq!(canonical("my-own-agent"), "my-own-agent");
+    }
+
+    #[test]
+    fn no_agent_can_call_itself_the_terminal() {
+        assert_eq!(canonical("cli"), UNKNOWN);
+        assert_eq!(canonical(" CLI "), UNKNOWN);
+        assert_eq!(canonical("*"), UNKNOWN);
+        assert_eq!(canonical(""), UNKNOWN);
+        assert_eq!(canonical_policy_name("cli"), "cli");
+        assert_eq!(canonical_policy_name("*"), "*");
+        assert_eq!(canonical_policy_name("codex-mcp-client"), "codex");
+    }
+
+    #[test]
+    fn every_canonical_name_is_one_of_its_own_handshake_names() {
+        for k in KNOWN_CLIENTS {
+            assert!(k.handshake_names.contains(&k.canonical), "{k:?}");
+            for n in k.handshake_names {
+                assert_eq!(known(n), Some(k));
+            }
+        }
+    }
+}
