@@ -2,7 +2,9 @@
 //!
 //! Asserts no panic, that streamed output equals one-shot output, that the
 //! held-back tail stays under the longest pattern, and that no value of at
-//! least 8 bytes survives in its exact, hex or base64 form.
+//! least 8 bytes survives in its exact, hex or base64 form, also when the
+//! hex or base64 is wrapped across lines (76 or 64 columns, LF or CRLF, or
+//! `xxd -p`'s 60) at any position in the stream.
 #![no_main]
 
 use std::sync::Arc;
@@ -30,6 +32,41 @@ fn base64(value: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Wraps `text` at `width` columns with `eol`, as encoders do.
+fn wrap(text: &[u8], width: usize, eol: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in text.chunks(width) {
+        out.extend_from_slice(line);
+        out.extend_from_slice(eol);
+    }
+    out
+}
+
+/// The engine's joined view, written here independently: the line break
+/// (`\n` or `\r\n`) after a line that ends in 60 or more base64/hex
+/// characters is left out.
+fn joined(out: &[u8]) -> Vec<u8> {
+    let enc = |b: &u8| b.is_ascii_alphanumeric() || b"+/=-_".contains(b);
+    let mut view = Vec::new();
+    let lines: Vec<&[u8]> = out.split(|&b| b == b'\n').collect();
+    for (i, line) in lines.iter().enumerate() {
+        let last = i + 1 == lines.len();
+        let (content, cr) = match line.strip_suffix(b"\r") {
+            Some(c) if !last => (c, true),
+            _ => (*line, false),
+        };
+        view.extend_from_slice(content);
+        let run = content.iter().rev().take_while(|b| enc(b)).count();
+        if !last && run < 60 {
+            if cr {
+                view.push(b'\r');
+            }
+            view.push(b'\n');
+        }
+    }
+    view
+}
+
 fuzz_target!(|data: &[u8]| {
     // Layout: [n values] then n × [len, bytes…], then [chunk sizes seed], then the output.
     let Some((&n, mut rest)) = data.split_first() else { return };
@@ -45,10 +82,13 @@ fuzz_target!(|data: &[u8]| {
     let mut input = output.to_vec();
     for (i, v) in values.iter().enumerate() {
         let at = if input.is_empty() { 0 } else { (usize::from(seed) * (i + 7)) % input.len() };
-        let form = match (seed as usize + i) % 3 {
+        let form = match (seed as usize + i) % 6 {
             0 => v.clone(),
             1 => hex(v),
-            _ => base64(v),
+            2 => base64(v),
+            3 => wrap(&base64(v), 76, b"\n"),
+            4 => wrap(&base64(v), 64, b"\r\n"),
+            _ => wrap(&hex(v), 60, b"\n"),
         };
         input.splice(at..at, form);
     }
@@ -79,5 +119,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(!contains(&out, v), "exact form leaked");
         assert!(!contains(&out, &hex(v)), "hex form leaked");
         assert!(!contains(&out, &base64(v)), "base64 form leaked");
+        // A wrapped form is whole again in the joined view.
+        let view = joined(&out);
+        assert!(!contains(&view, &hex(v)), "wrapped hex form leaked");
+        assert!(!contains(&view, &base64(v)), "wrapped base64 form leaked");
     }
 });

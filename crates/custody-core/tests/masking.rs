@@ -28,6 +28,34 @@ fn percent(value: &[u8]) -> String {
         .collect()
 }
 
+/// Percent-encoding that keeps the reserved characters `keep` (JavaScript's
+/// `encodeURI`, Python requests' `requote_uri`).
+fn percent_keeping(value: &[u8], keep: &[u8]) -> String {
+    value
+        .iter()
+        .map(|&b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || keep.contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// JSON with every UTF-16 unit written as `\uXXXX`.
+fn json_all_escaped(text: &str, upper: bool) -> String {
+    text.encode_utf16()
+        .map(|u| {
+            if upper {
+                format!("\\u{u:04X}")
+            } else {
+                format!("\\u{u:04x}")
+            }
+        })
+        .collect()
+}
+
 /// The forms an agent could decode a value from, by independent encoders.
 fn forms(value: &[u8]) -> Vec<Vec<u8>> {
     let mut forms = vec![
@@ -39,8 +67,12 @@ fn forms(value: &[u8]) -> Vec<Vec<u8>> {
         URL_SAFE.encode(value).into_bytes(),
         URL_SAFE_NO_PAD.encode(value).into_bytes(),
         percent(value).into_bytes(),
+        percent_keeping(value, b";,/?:@&=+$!*'()#").into_bytes(),
+        percent_keeping(value, b"!#$%&'()*+,/:;=?@[]~").into_bytes(),
     ];
     if let Ok(text) = std::str::from_utf8(value) {
+        forms.push(json_all_escaped(text, false).into_bytes());
+        forms.push(json_all_escaped(text, true).into_bytes());
         let json = serde_json::to_string(text).unwrap();
         // Strip exactly the enclosing quotes: `trim_matches` would also eat
         // the quote of an escaped `\"` at the end of the value.
@@ -196,5 +228,158 @@ fn value_ending_in_a_quote_is_masked_in_every_form() {
             String::from_utf8_lossy(&form)
         );
         assert!(contains(&out, b"[masked:V0]"));
+    }
+}
+
+// ----- wrapped encodings ----------------------------------------------------------
+
+/// Wraps `text` at `width` columns with `eol`, as GNU `base64` (76),
+/// `openssl base64` and PEM (64) and `xxd -p` (60) do; ends with `eol`.
+fn wrap(text: &[u8], width: usize, eol: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in text.chunks(width) {
+        out.extend_from_slice(line);
+        out.extend_from_slice(eol);
+    }
+    out
+}
+
+/// The characters of `encoded` (the base64 of `prefix_len` bytes, the value
+/// of `value_len` bytes, then more) that depend on the value's bits alone.
+fn base64_inner(encoded: &[u8], prefix_len: usize, value_len: usize) -> &[u8] {
+    let first = (8 * prefix_len).div_ceil(6);
+    let end = (8 * (prefix_len + value_len)) / 6; // exclusive: 6i + 6 <= 8(p + n)
+    &encoded[first..end.min(encoded.len())]
+}
+
+/// Whether `out`, with every line break taken out, still holds 8 characters
+/// in a row of `secret` (a fragment an agent could decode part of a value
+/// from).
+fn fragment_survives(out: &[u8], secret: &[u8]) -> bool {
+    let joined: Vec<u8> = out
+        .iter()
+        .copied()
+        .filter(|b| !b"\r\n".contains(b))
+        .collect();
+    secret
+        .windows(MIN_MASKABLE_LEN)
+        .any(|w| contains(&joined, w))
+}
+
+/// A deterministic byte source (no external RNG in tests).
+struct Bytes(u64);
+
+impl Bytes {
+    fn take(&mut self, n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                (self.0 >> 24) as u8
+            })
+            .collect()
+    }
+}
+
+/// Regression: `echo $KEY | base64` of a 67-byte key leaked its first 57
+/// bytes (GNU base64 wraps at 76 columns), and `xxd -p` (60 hex digits a
+/// line) leaked every value of 31 bytes or more. Every value from 8 bytes to
+/// 8 KiB, at any position in the encoded stream, wrapped at 76, 64 or 60
+/// with LF or CRLF, in either base64 alphabet or hex, is masked whole.
+#[test]
+fn wrapped_base64_and_hex_of_every_value_are_masked_at_any_position() {
+    let mut rng = Bytes(0x9E37_79B9_7F4A_7C15);
+    for len in [8usize, 9, 10, 31, 57, 58, 67, 200, 1000, 8192] {
+        let value = rng.take(len);
+        let engine = Arc::new(MaskingEngine::new([("KEY", &value)]));
+        for prefix_len in [0usize, 1, 2, 5, 40, 57, 100] {
+            let prefix = rng.take(prefix_len);
+            let suffix = rng.take(7);
+            let plain = [prefix.as_slice(), &value, &suffix].concat();
+            let mut cases: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            for engine64 in [&STANDARD, &URL_SAFE] {
+                let enc = engine64.encode(&plain).into_bytes();
+                let inner = base64_inner(&enc, prefix_len, len).to_vec();
+                for (width, eol) in [(76, &b"\n"[..]), (64, b"\n"), (64, b"\r\n"), (76, b"\r\n")] {
+                    cases.push((wrap(&enc, width, eol), inner.clone()));
+                }
+            }
+            let hex = hex::encode(&plain).into_bytes();
+            let inner = hex[2 * prefix_len..2 * (prefix_len + len)].to_vec();
+            cases.push((wrap(&hex, 60, b"\n"), inner.clone()));
+            cases.push((wrap(&hex, 60, b"\r\n"), inner));
+            for (wrapped, inner) in cases {
+                let input = [b"$ echo $KEY | base64\n".as_slice(), &wrapped, b"done\n"].concat();
+                let sizes: &[&[usize]] = if len <= 1000 {
+                    &[&[usize::MAX], &[7, 1, 300]]
+                } else {
+                    &[&[usize::MAX], &[4096]]
+                };
+                for sizes in sizes {
+                    let out = stream(&engine, &input, sizes);
+                    assert!(
+                        !fragment_survives(&out, &inner),
+                        "len {len}, prefix {prefix_len}, chunks {sizes:?}: a fragment survived:\n{}",
+                        String::from_utf8_lossy(&out)
+                    );
+                    assert!(contains(&out, b"[masked:KEY]"));
+                    assert_unmasked_text_kept(&input, &out);
+                    assert!(out.ends_with(b"done\n"));
+                }
+            }
+        }
+    }
+}
+
+/// Wrapped lines that hold no secret keep every line break: a certificate or
+/// a base64 blob printed next to secrets comes out exactly as it went in.
+#[test]
+fn wrapped_lines_without_a_secret_pass_unchanged() {
+    let mut rng = Bytes(42);
+    let engine = Arc::new(MaskingEngine::new([("KEY", rng.take(40))]));
+    let blob = rng.take(700);
+    let mut input = b"-----BEGIN CERTIFICATE-----\n".to_vec();
+    input.extend(wrap(STANDARD.encode(&blob).as_bytes(), 64, b"\n"));
+    input.extend(b"-----END CERTIFICATE-----\r\n");
+    input.extend(wrap(STANDARD.encode(&blob).as_bytes(), 76, b"\r\n"));
+    input.extend(wrap(hex::encode(&blob).as_bytes(), 60, b"\n"));
+    input.extend(b"tail without newline\r");
+    for sizes in [&[usize::MAX][..], &[1], &[5, 64, 3]] {
+        assert_eq!(stream(&engine, &input, sizes), input, "chunks {sizes:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Wrapped encodings, at any position and any chunking: no fragment of
+    /// the value's encoding survives, unmasked text is kept, and streaming
+    /// equals masking the whole buffer.
+    #[test]
+    fn wrapped_encodings_survive_no_chunking(
+        value in proptest::collection::vec(any::<u8>(), MIN_MASKABLE_LEN..300),
+        prefix in proptest::collection::vec(any::<u8>(), 0..160),
+        style in 0..5usize,
+        sizes in proptest::collection::vec(1..200usize, 1..6),
+    ) {
+        let engine = Arc::new(MaskingEngine::new([("KEY", &value)]));
+        let plain = [prefix.as_slice(), &value, b"\n"].concat();
+        let (wrapped, inner) = if style == 4 {
+            let hex = hex::encode(&plain).into_bytes();
+            let inner = hex[2 * prefix.len()..2 * (prefix.len() + value.len())].to_vec();
+            (wrap(&hex, 60, b"\n"), inner)
+        } else {
+            let enc = STANDARD.encode(&plain).into_bytes();
+            let inner = base64_inner(&enc, prefix.len(), value.len()).to_vec();
+            let (width, eol): (usize, &[u8]) = [(76, &b"\n"[..]), (64, b"\n"), (64, b"\r\n"), (76, b"\r\n")][style];
+            (wrap(&enc, width, eol), inner)
+        };
+        // `KEY=` before the first wrapped line: encoding characters touch it.
+        let input = [b"out: KEY=".as_slice(), &wrapped].concat();
+        let out = stream(&engine, &input, &sizes);
+        prop_assert_eq!(&out, &engine.mask_all(&input).0);
+        prop_assert!(!fragment_survives(&out, &inner), "{}", String::from_utf8_lossy(&out));
+        assert_unmasked_text_kept(&input, &out);
     }
 }

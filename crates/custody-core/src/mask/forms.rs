@@ -30,6 +30,16 @@ pub(crate) fn all_forms(value: &[u8], out: &mut Vec<Form>) {
         full_forms(trimmed, out);
     }
     if value.contains(&b'\n') {
+        // The masker searches the stream's joined view (`wrap.rs`), where a
+        // multi-line value whose lines are wrapped base64 (a PEM body) reads
+        // without those line breaks: its exact form there too.
+        let mut joined = Zeroizing::new(Vec::with_capacity(value.len() + 1));
+        let mut breaks = std::collections::VecDeque::new();
+        let view = super::wrap::Joiner::new().feed(value, &mut joined, &mut breaks);
+        if !breaks.is_empty() {
+            push(out, Zeroizing::new(view.to_vec()));
+        }
+        drop(view);
         for line in value.split(|&b| b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             // PEM armour lines carry no secret, and masking them would hide
@@ -167,6 +177,17 @@ fn percent_forms(value: &[u8], out: &mut Vec<Form>) {
             percent(value, |b| unreserved(b) || b == b'/', false, UPPER),
         );
     }
+    // Encoders that keep reserved characters: JavaScript's `encodeURI` and
+    // Python requests' `requote_uri` (which keeps `%` too).
+    const ENCODE_URI: &[u8] = b";,/?:@&=+$!*'()#";
+    const REQUOTE_URI: &[u8] = b"!#$%&'()*+,/:;=?@[]~";
+    let encode_uri: fn(u8) -> bool = |b| unreserved(b) || ENCODE_URI.contains(&b);
+    let requote_uri: fn(u8) -> bool = |b| unreserved(b) || REQUOTE_URI.contains(&b);
+    for (keeps, kept) in [(ENCODE_URI, encode_uri), (REQUOTE_URI, requote_uri)] {
+        if value.iter().any(|b| keeps.contains(b)) {
+            push(out, percent(value, kept, false, UPPER));
+        }
+    }
 }
 
 /// How a JSON encoder escapes a string.
@@ -185,6 +206,13 @@ struct JsonStyle {
 /// The JSON string escapings of common encoders (the body of the string,
 /// without the surrounding quotes).
 fn json_forms(value: &[u8], out: &mut Vec<Form>) {
+    // Every character as `\uXXXX` (obfuscating encoders, some loggers),
+    // lower- and upper-case.
+    for digits in [b"0123456789abcdef", b"0123456789ABCDEF"] {
+        if let Some(form) = json_all_escaped(value, digits) {
+            push(out, form);
+        }
+    }
     let plain = |b: &u8| (0x20..0x7f).contains(b) && !b"\"\\/<>&".contains(b);
     if value.iter().all(plain) {
         return; // every escaping is the value itself
@@ -288,4 +316,21 @@ fn ascii_escape(buf: &mut Vec<u8>, b: u8, slash: bool, unit: &mut impl FnMut(&mu
         0..0x20 => unit(buf, u16::from(b)),
         _ => buf.push(b),
     }
+}
+
+/// Every UTF-16 unit of `value` as `\uXXXX`; `None` when it is not UTF-8.
+fn json_all_escaped(value: &[u8], digits: &[u8; 16]) -> Option<Form> {
+    let text = std::str::from_utf8(value).ok()?;
+    let mut buf = Zeroizing::new(Vec::with_capacity(value.len() * 12));
+    let mut units = [0u16; 2];
+    for c in text.chars() {
+        for &u in c.encode_utf16(&mut units).iter() {
+            buf.extend_from_slice(b"\\u");
+            for shift in [12u16, 8, 4, 0] {
+                buf.push(digits[usize::from((u >> shift) & 0x0f)]);
+            }
+        }
+    }
+    units.fill(0);
+    Some(buf)
 }

@@ -11,12 +11,20 @@
 //! lower- and upper-case hex; base64 (standard and URL-safe alphabets, padded
 //! and unpadded, and the stable inner run of the encoding at each of the three
 //! byte alignments, so a value inside a larger base64 blob is caught);
-//! percent-encoding (strict, form `+`, `encodeURIComponent`, Python `quote`);
-//! JSON string escaping (serde/JavaScript, `\/`, ASCII-only `\uXXXX` in lower-
-//! and upper-case, Go's HTML-safe escaping); the value with surrounding
-//! whitespace trimmed; and for multi-line values (PEM keys) each line of at
-//! least 16 bytes on its own (exact, JSON and percent forms). Forms shorter
-//! than [`MIN_MASKABLE_LEN`] are dropped; identical forms are merged.
+//! percent-encoding (strict, form `+`, `encodeURIComponent`, Python `quote`,
+//! and the reserved-keeping `encodeURI` and requests' `requote_uri`); JSON
+//! string escaping (serde/JavaScript, `\/`, ASCII-only `\uXXXX` in lower- and
+//! upper-case, Go's HTML-safe escaping, and every character as `\uXXXX`);
+//! the value with surrounding whitespace trimmed; and for multi-line values
+//! (PEM keys) each line of at least 16 bytes on its own (exact, JSON and
+//! percent forms). Forms shorter than [`MIN_MASKABLE_LEN`] are dropped;
+//! identical forms are merged.
+//!
+//! Wrapped encodings (GNU `base64` at 76 columns, `openssl base64` and PEM at
+//! 64, `xxd -p` at 60; LF or CRLF) are matched too: the search runs over a
+//! joined view of the stream in which the line break after 60 or more
+//! encoding characters is left out (`wrap.rs`), and the output keeps every
+//! line break outside a masked region.
 //!
 //! # How
 //! Every pattern is at least 8 bytes long, so a sampling q-gram prefilter
@@ -39,9 +47,10 @@
 //! budget, while the sorted table builds in a few milliseconds.)
 //!
 //! # Not covered (see THREAT-MODEL.md, residual risks)
-//! Arbitrary transformations (reversal, encryption, compression), base64 that
-//! is wrapped across lines (MIME/PEM wrapping of an encoded value), double
-//! encodings, a value printed only in part, and values shorter than
+//! Arbitrary transformations (reversal, encryption, compression), encodings
+//! wrapped narrower than 60 columns or with other separators (`xxd` with
+//! offsets, `hexdump -C`, `od`), double encodings, a value printed only in
+//! part, and values shorter than
 //! [`MIN_MASKABLE_LEN`] (reported by [`MaskingEngine::unmasked_short`]). If a
 //! value is itself part of a mask label (`[masked:NAME]`), the label shows it.
 //!
@@ -67,6 +76,7 @@ mod prefilter;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod wrap;
 
 pub use stream::Masker;
 
@@ -165,6 +175,10 @@ impl MaskingEngine {
     /// including values that occur only inside another value.
     pub fn find_variables(&self, haystack: &[u8]) -> BTreeSet<String> {
         let mut seen = vec![false; self.names.len()];
+        // Search the joined view too, so wrapped encodings are found.
+        let mut buf = zeroize::Zeroizing::new(Vec::new());
+        let mut breaks = std::collections::VecDeque::new();
+        let haystack = &*wrap::Joiner::new().feed(haystack, &mut buf, &mut breaks);
         self.prefilter.candidates(haystack, 0, haystack.len(), |p| {
             self.table.all_at(haystack, p, |pattern| {
                 for &v in self.table.vars(pattern) {

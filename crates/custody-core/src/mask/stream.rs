@@ -8,13 +8,20 @@
 //! in front of the next chunk. A mask region still open at that point (a match
 //! may yet extend it) is kept as just its end and its variables: its bytes
 //! need not be kept, since they will not be emitted.
+//!
+//! The search runs over the stream's joined view (`wrap.rs`: the line breaks
+//! of wrapped base64 and hex lines left out), so positions are positions in
+//! that view. The breaks it left out are put back as bytes are emitted,
+//! unless they fall inside a masked region.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::mem;
 use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
+use super::wrap::{Break, Joiner};
 use super::{MaskCounts, MaskingEngine};
 
 /// Masks one output stream: feed it chunks with [`Masker::push`], then call
@@ -88,10 +95,17 @@ pub(super) struct StreamState {
     region_end: Option<u64>,
     /// Variables of the open region, in order of appearance.
     region_vars: Vec<u32>,
+    /// Start of the open mask region (meaningful while `region_end` is set).
+    region_start: u64,
     /// Masks per variable index.
     counts: Vec<u64>,
     /// Reused buffer for `carry` + the head of a chunk.
     scratch: Zeroizing<Vec<u8>>,
+    /// The joined view's state, its left-out breaks not yet emitted, and a
+    /// reused buffer for a chunk's view.
+    joiner: Joiner,
+    breaks: VecDeque<Break>,
+    view: Zeroizing<Vec<u8>>,
 }
 
 impl StreamState {
@@ -102,8 +116,12 @@ impl StreamState {
             done_pos: 0,
             region_end: None,
             region_vars: Vec::new(),
+            region_start: 0,
             counts: vec![0; engine.names.len()],
             scratch: Zeroizing::new(Vec::new()),
+            joiner: Joiner::new(),
+            breaks: VecDeque::new(),
+            view: Zeroizing::new(Vec::new()),
         }
     }
 
@@ -122,6 +140,15 @@ impl StreamState {
             out.extend_from_slice(chunk);
             return;
         }
+        let mut buf = mem::take(&mut self.view);
+        let view = self.joiner.feed(chunk, &mut buf, &mut self.breaks);
+        self.push_view(engine, &view, out);
+        drop(view);
+        self.view = buf;
+    }
+
+    /// [`StreamState::push`] for a chunk of the joined view.
+    fn push_view(&mut self, engine: &MaskingEngine, chunk: &[u8], out: &mut Vec<u8>) {
         let hold = engine.max_len - 1;
         if !self.carry.is_empty() {
             // The carried starts need up to `hold` bytes of the chunk.
@@ -151,6 +178,12 @@ impl StreamState {
     }
 
     pub(super) fn finish(&mut self, engine: &MaskingEngine, out: &mut Vec<u8>) {
+        if engine.max_len == 0 {
+            return;
+        }
+        if let Some(cr) = self.joiner.finish() {
+            self.push_view(engine, &[cr], out);
+        }
         let tail = mem::take(&mut self.carry);
         self.pass(engine, &tail, self.carry_pos, tail.len(), out);
         self.carry_pos += tail.len() as u64;
@@ -158,8 +191,36 @@ impl StreamState {
         if self.region_end.is_some() {
             self.close_region(engine, out);
         }
+        // Breaks after the last byte (a stream that ends with a wrapped line).
+        while let Some(b) = self.breaks.pop_front() {
+            if b.pos >= self.done_pos {
+                out.extend_from_slice(b.bytes());
+            }
+        }
         self.carry = tail;
         self.carry.clear();
+    }
+
+    /// Emits `buf[from..to]` (`buf[0]` at view position `base`), putting back
+    /// the left-out breaks that fall before its bytes. Breaks before the
+    /// range were inside a masked region and are dropped.
+    fn emit(&mut self, buf: &[u8], base: u64, from: usize, to: usize, out: &mut Vec<u8>) {
+        let (a, b) = (base + from as u64, base + to as u64);
+        let mut i = from;
+        while let Some(&br) = self.breaks.front() {
+            if br.pos >= b {
+                break;
+            }
+            self.breaks.pop_front();
+            if br.pos < a {
+                continue;
+            }
+            let at = (br.pos - base) as usize;
+            out.extend_from_slice(&buf[i..at]);
+            out.extend_from_slice(br.bytes());
+            i = at;
+        }
+        out.extend_from_slice(&buf[i..to]);
     }
 
     /// Evaluates the starts `buf[..to]` (`buf[0]` is at stream position
@@ -186,7 +247,7 @@ impl StreamState {
         }
         if self.region_end.is_none() && self.done_pos < end {
             let from = (self.done_pos - base) as usize;
-            out.extend_from_slice(&buf[from..to]);
+            self.emit(buf, base, from, to, out);
             self.done_pos = end;
         }
     }
@@ -222,12 +283,24 @@ impl StreamState {
         // `done_pos` is at or after `base` here: the last region ended at or
         // before `start`, and after the previous pass's end.
         let from = (self.done_pos - base) as usize;
-        out.extend_from_slice(&buf[from..p]);
+        self.emit(buf, base, from, p, out);
+        self.region_start = start;
         self.region_end = Some(end);
         self.region_vars.push(var);
     }
 
     fn close_region(&mut self, engine: &MaskingEngine, out: &mut Vec<u8>) {
+        // A break just before the region stays; those inside it go with it.
+        let end = self.region_end.unwrap_or(self.region_start);
+        while let Some(&br) = self.breaks.front() {
+            if br.pos >= end {
+                break;
+            }
+            self.breaks.pop_front();
+            if br.pos == self.region_start && br.pos >= self.done_pos {
+                out.extend_from_slice(br.bytes());
+            }
+        }
         for &v in &self.region_vars {
             out.extend_from_slice(&engine.labels[v as usize]);
             self.counts[v as usize] += 1;
