@@ -24,6 +24,20 @@ pub use schema::has_nonstandard_format;
 pub use server::{CustodyMcp, McpConfig};
 pub use types::*;
 
+/// The tools this server offers (their names are a public interface; a
+/// test checks this list against the server's).
+pub const TOOL_NAMES: [&str; 9] = [
+    "list_environments",
+    "create_environment",
+    "declare_variable",
+    "generate_secret",
+    "run",
+    "request_status",
+    "list_grants",
+    "revoke_grant",
+    "audit_tail",
+];
+
 /// Default time `run` waits for an approval before answering `pending`:
 /// under the 60 s tool-call timeout most clients use.
 pub const DEFAULT_APPROVAL_WAIT: Duration = Duration::from_secs(50);

@@ -523,17 +523,19 @@ impl CustodyMcp {
         Self::run_result(r)
     }
 
-    /// Follow a request that `run` answered with status "pending": still
-    /// pending, denied, expired, or (once approved) the run's result.
+    /// Follow a request that `run` answered with status "pending": waits for
+    /// the user's decision (like `run`), then answers with the run's result,
+    /// or denied / expired / cancelled. It never runs anything itself: the
+    /// approval started the run. Call it again while it says "pending".
     #[tool(
         name = "request_status",
         output_schema = schema_for_output::<RunOutcome>(),
         annotations(
             title = "Request status",
-            read_only_hint = false,
-            destructive_hint = true,
-            idempotent_hint = false,
-            open_world_hint = true
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
         )
     )]
     async fn request_status(

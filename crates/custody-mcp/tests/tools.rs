@@ -41,6 +41,12 @@ async fn tools_are_listed_with_output_schemas_and_honest_annotations() {
     let tools = a.client.list_all_tools().await.unwrap();
     let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
     names.sort();
+    let mut published = custody_mcp::TOOL_NAMES.to_vec();
+    published.sort();
+    assert_eq!(
+        names, published,
+        "TOOL_NAMES (used by the installers) is stale"
+    );
     assert_eq!(
         names,
         [
@@ -73,7 +79,11 @@ async fn tools_are_listed_with_output_schemas_and_honest_annotations() {
             );
         }
         match t.name.as_ref() {
-            "list_environments" | "list_grants" | "audit_tail" => assert!(ro, "{}", t.name),
+            // `request_status` only waits for and returns what the human
+            // approved; it never runs anything itself.
+            "list_environments" | "list_grants" | "audit_tail" | "request_status" => {
+                assert!(ro, "{}", t.name)
+            }
             "revoke_grant" | "run" => {
                 assert!(!ro);
                 assert_eq!(ann.destructive_hint, Some(true), "{}", t.name);

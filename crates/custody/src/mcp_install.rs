@@ -5,7 +5,11 @@
 //!
 //! The merge owns only custody's entry, and inside it only `command`, `args`
 //! and the `CUSTODY_HOME` / `CUSTODY_RUNTIME_DIR` variables of `env` (plus
-//! `type` for Claude Code). Every other key, server, comment (TOML) and key
+//! `type` for Claude Code and `default_tools_approval_mode` for Codex). Claude
+//! Code and Gemini CLI get a companion file with rules that let custody's tools
+//! run without the client's own prompt (custody asks the human itself):
+//! custody's entries in Claude Code's `permissions.allow`, and Gemini CLI's
+//! `policies/custody.toml`, which is custody's alone. Every other key, server, comment (TOML) and key
 //! order (JSON) is kept, so a user's own additions such as Codex's
 //! `tool_timeout_sec` or Gemini's `trust` survive a re-install.
 
@@ -110,6 +114,158 @@ pub struct ServerEntry {
     /// The managed variables to set (names from [`MANAGED_ENV`]); a managed
     /// variable missing here is removed from an existing entry.
     pub env: BTreeMap<String, String>,
+    /// Let the client call custody's tools without its own confirmation
+    /// (Codex: `default_tools_approval_mode = "approve"` in the entry).
+    /// custody asks the human for every run itself; without this, headless
+    /// clients (`codex exec`) refuse every tool that is not read-only.
+    pub approve_tools: bool,
+}
+
+/// Codex's per-server setting for tool confirmations, and the value that
+/// leaves them to custody.
+pub const CODEX_APPROVAL_KEY: &str = "default_tools_approval_mode";
+const CODEX_APPROVE: &str = "approve";
+
+/// A second file some clients need so that custody's tools run without the
+/// client's own confirmation prompt (custody asks the human itself): Claude
+/// Code's permission rules, Gemini CLI's policy rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Companion {
+    /// `settings.json`: `permissions.allow` gets `mcp__custody__TOOL`.
+    ClaudePermissions,
+    /// `policies/custody.toml`: one `allow` rule per tool (the whole file is
+    /// custody's).
+    GeminiPolicy,
+}
+
+impl Client {
+    /// The companion file for `scope`, if this client needs one there.
+    /// Gemini CLI reads policy files from the user's directory only.
+    pub fn companion(
+        self,
+        scope: Scope,
+        home: &Path,
+        project: &Path,
+    ) -> Option<(Companion, PathBuf)> {
+        match (self, scope) {
+            (Client::Claude, Scope::User) => Some((
+                Companion::ClaudePermissions,
+                home.join(".claude/settings.json"),
+            )),
+            (Client::Claude, Scope::Project) => Some((
+                Companion::ClaudePermissions,
+                project.join(".claude/settings.json"),
+            )),
+            (Client::Gemini, Scope::User) => Some((
+                Companion::GeminiPolicy,
+                home.join(".gemini/policies/custody.toml"),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Merges the companion's rules for `tools` into `existing`.
+pub fn plan_companion(
+    companion: Companion,
+    existing: Option<&str>,
+    tools: &[&str],
+) -> Result<Plan, InstallError> {
+    match companion {
+        Companion::ClaudePermissions => merge_claude_permissions(existing, tools),
+        Companion::GeminiPolicy => {
+            let text = gemini_policy(tools);
+            let action = match existing {
+                None => Action::Created,
+                Some(old) if old == text => Action::Unchanged,
+                Some(_) => Action::Updated,
+            };
+            let changes = tools
+                .iter()
+                .map(|t| Change {
+                    key: format!("rule {SERVER_NAME}/{t}"),
+                    old: None,
+                    new: Some("allow".into()),
+                })
+                .collect();
+            let changes = if action == Action::Unchanged {
+                Vec::new()
+            } else {
+                changes
+            };
+            Ok(finish(action, changes, || text))
+        }
+    }
+}
+
+/// Gemini CLI's policy rules for custody's tools.
+fn gemini_policy(tools: &[&str]) -> String {
+    let mut text = String::from(
+        "# Written by `custody mcp install gemini` (it rewrites this file).\n\
+         # custody asks you to approve every run itself (PIN, exact command), so\n\
+         # Gemini CLI runs custody's tools without a prompt of its own; headless\n\
+         # `gemini -p` does not offer tools without an allow rule at all.\n",
+    );
+    for t in tools {
+        text.push_str(&format!(
+            "\n[[rule]]\nmcpName = \"{SERVER_NAME}\"\ntoolName = \"{t}\"\ndecision = \"allow\"\npriority = 100\n"
+        ));
+    }
+    text
+}
+
+/// Adds `mcp__custody__TOOL` to `permissions.allow` in a Claude Code
+/// settings file; every other key and rule stays.
+fn merge_claude_permissions(existing: Option<&str>, tools: &[&str]) -> Result<Plan, InstallError> {
+    let mut root = match existing {
+        Some(text) if !text.trim().is_empty() => {
+            serde_json::from_str::<Json>(text).map_err(|e| InstallError::Malformed {
+                format: "JSON",
+                detail: e.to_string(),
+            })?
+        }
+        _ => Json::Object(Map::new()),
+    };
+    let wrong = |key: &str| InstallError::WrongShape {
+        key: key.to_owned(),
+        kind: "object",
+    };
+    let allow = root
+        .as_object_mut()
+        .ok_or_else(|| wrong("(the top level)"))?
+        .entry("permissions")
+        .or_insert_with(|| Json::Object(Map::new()))
+        .as_object_mut()
+        .ok_or_else(|| wrong("permissions"))?
+        .entry("allow")
+        .or_insert_with(|| Json::Array(Vec::new()))
+        .as_array_mut()
+        .ok_or_else(|| InstallError::WrongShape {
+            key: "permissions.allow".into(),
+            kind: "array",
+        })?;
+    let mut changes = Vec::new();
+    for t in tools {
+        let rule = Json::from(format!("mcp__{SERVER_NAME}__{t}"));
+        if !allow.contains(&rule) {
+            changes.push(Change {
+                key: "permissions.allow".into(),
+                old: None,
+                new: Some(rule.to_string()),
+            });
+            allow.push(rule);
+        }
+    }
+    let action = match (existing.is_some(), changes.is_empty()) {
+        (_, true) => Action::Unchanged,
+        (false, false) => Action::Created,
+        (true, false) => Action::Updated,
+    };
+    Ok(finish(action, changes, || {
+        let mut s = serde_json::to_string_pretty(&root).unwrap_or_default();
+        s.push('\n');
+        s
+    }))
 }
 
 /// The parts of the installing environment that decide where custody's
@@ -326,6 +482,9 @@ fn toml_fields(entry: &ServerEntry) -> Vec<(String, Toml)> {
         ("command".to_owned(), Toml::from(entry.command.as_str())),
         ("args".to_owned(), toml_array(&entry.args)),
     ];
+    if entry.approve_tools {
+        fields.push((CODEX_APPROVAL_KEY.to_owned(), Toml::from(CODEX_APPROVE)));
+    }
     if !entry.env.is_empty() {
         let env: InlineTable = entry
             .env
@@ -355,6 +514,15 @@ fn update_toml_entry(
         changes,
     );
     set_toml(t, prefix, "args", toml_array(&entry.args), changes);
+    if entry.approve_tools {
+        set_toml(
+            t,
+            prefix,
+            CODEX_APPROVAL_KEY,
+            Toml::from(CODEX_APPROVE),
+            changes,
+        );
+    }
     let env_key = format!("{prefix}.env");
     match t.get_mut("env") {
         None => {

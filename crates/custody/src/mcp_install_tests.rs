@@ -15,6 +15,7 @@ fn entry(env: &[(&str, &str)]) -> ServerEntry {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
+        approve_tools: false,
     }
 }
 
@@ -452,4 +453,72 @@ fn json_wrong_shapes_are_refused() {
             );
         }
     }
+}
+
+// --- leaving tool confirmations to custody ---------------------------------
+
+const TOOLS: [&str; 2] = ["run", "request_status"];
+
+#[test]
+fn codex_entry_leaves_tool_confirmations_to_custody() {
+    let mut e = entry(&[]);
+    e.approve_tools = true;
+    let (text, _) = apply(Client::Codex, None, &e, Action::Created);
+    assert!(
+        text.contains("default_tools_approval_mode = \"approve\""),
+        "{text}"
+    );
+    // An entry from an older install gets the key on update.
+    let old = format!("[mcp_servers.custody]\ncommand = \"{EXE}\"\nargs = [\"mcp\"]\n");
+    let (text, changes) = apply(Client::Codex, Some(&old), &e, Action::Updated);
+    assert!(text.contains("default_tools_approval_mode"));
+    assert_eq!(changes.len(), 1, "{changes:?}");
+}
+
+#[test]
+fn claude_permissions_are_added_to_what_is_there() {
+    let existing = r#"{"model": "x", "permissions": {"allow": ["Bash(ls:*)", "mcp__custody__run"], "deny": ["Read(.env)"]}}"#;
+    let p = plan_companion(Companion::ClaudePermissions, Some(existing), &TOOLS).unwrap();
+    assert_eq!(p.action, Action::Updated);
+    assert_eq!(p.changes.len(), 1, "only the missing rule: {:?}", p.changes);
+    let v = json(p.new_text.as_deref().unwrap());
+    assert_eq!(
+        v["permissions"]["allow"],
+        serde_json::json!([
+            "Bash(ls:*)",
+            "mcp__custody__run",
+            "mcp__custody__request_status"
+        ])
+    );
+    assert_eq!(v["permissions"]["deny"], serde_json::json!(["Read(.env)"]));
+    assert_eq!(v["model"], "x");
+    let again =
+        plan_companion(Companion::ClaudePermissions, p.new_text.as_deref(), &TOOLS).unwrap();
+    assert_eq!(again.action, Action::Unchanged);
+    let fresh = plan_companion(Companion::ClaudePermissions, None, &TOOLS).unwrap();
+    assert_eq!(fresh.action, Action::Created);
+    let bad = plan_companion(
+        Companion::ClaudePermissions,
+        Some(r#"{"permissions": []}"#),
+        &TOOLS,
+    );
+    assert!(matches!(bad, Err(InstallError::WrongShape { .. })));
+}
+
+#[test]
+fn gemini_policy_is_one_allow_rule_per_tool_and_rewritten_whole() {
+    let p = plan_companion(Companion::GeminiPolicy, None, &TOOLS).unwrap();
+    assert_eq!(p.action, Action::Created);
+    let text = p.new_text.unwrap();
+    let doc: toml_edit::DocumentMut = text.parse().unwrap();
+    let rules = doc["rule"].as_array_of_tables().unwrap();
+    assert_eq!(rules.len(), 2);
+    let rule = |i: usize, k: &str| rules.get(i).unwrap()[k].as_str().map(str::to_owned);
+    assert_eq!(rule(0, "mcpName").as_deref(), Some("custody"));
+    assert_eq!(rule(1, "toolName").as_deref(), Some("request_status"));
+    assert_eq!(rule(1, "decision").as_deref(), Some("allow"));
+    let again = plan_companion(Companion::GeminiPolicy, Some(&text), &TOOLS).unwrap();
+    assert_eq!(again.action, Action::Unchanged);
+    let edited = plan_companion(Companion::GeminiPolicy, Some("# mine\n"), &TOOLS).unwrap();
+    assert_eq!(edited.action, Action::Updated);
 }

@@ -356,3 +356,45 @@ fn unknown_client_is_rejected_with_the_choices() {
         .stderr(contains("codex"))
         .stderr(contains("cursor"));
 }
+
+/// Headless clients refuse custody's tools unless told not to ask (custody
+/// asks the human itself): Codex's entry carries the approval mode, Claude
+/// Code gets permission rules, Gemini CLI a policy file. The real clients
+/// run against these files in tests/agents.
+#[test]
+fn installers_leave_tool_confirmations_to_custody() {
+    let s = Sandbox::new();
+    for client in ["codex", "claude", "gemini"] {
+        s.install(&[client])
+            .assert()
+            .success()
+            .stdout(contains("custody asks you to approve every run itself"));
+    }
+    let codex = fs::read_to_string(s.user_config("codex")).unwrap();
+    assert!(
+        codex.contains("default_tools_approval_mode = \"approve\""),
+        "{codex}"
+    );
+    let claude: Value =
+        serde_json::from_str(&fs::read_to_string(s.home().join(".claude/settings.json")).unwrap())
+            .unwrap();
+    let allow = claude["permissions"]["allow"].as_array().unwrap();
+    for tool in ["list_environments", "run", "request_status", "audit_tail"] {
+        assert!(
+            allow.contains(&Value::from(format!("mcp__custody__{tool}"))),
+            "{claude}"
+        );
+    }
+    let policy = fs::read_to_string(s.home().join(".gemini/policies/custody.toml")).unwrap();
+    assert_eq!(policy.matches("[[rule]]").count(), 9, "{policy}");
+    // A second install changes nothing in any of them.
+    for client in ["codex", "claude", "gemini"] {
+        s.install(&["--json", client])
+            .assert()
+            .success()
+            .stdout(contains("\"action\":\"unchanged\"").or(contains("\"action\": \"unchanged\"")));
+    }
+    let out = s.install(&["--json", "claude"]).assert().success();
+    let v: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(v["companion"]["action"], "unchanged", "{v}");
+}

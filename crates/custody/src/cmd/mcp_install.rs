@@ -52,6 +52,7 @@ pub fn run(g: &Global, a: InstallArgs) -> anyhow::Result<ExitCode> {
         (_, home) => client.config_path(scope, home.as_deref().unwrap_or(&cwd), &cwd),
     };
 
+    let home_dir = home.clone();
     let entry = server_entry(&cwd, home)?;
     let target = resolve_symlink(&path)?;
     let existing = read_config(&target)?;
@@ -65,6 +66,26 @@ pub fn run(g: &Global, a: InstallArgs) -> anyhow::Result<ExitCode> {
         write_atomic(&target, text.as_bytes())
             .with_context(|| format!("cannot write {}", target.display()))?;
     }
+    // The rules that let custody's tools run without the client's own prompt.
+    let companion = match client.companion(scope, home_dir.as_deref().unwrap_or(&cwd), &cwd) {
+        None => None,
+        Some((kind, path)) => {
+            let target = resolve_symlink(&path)?;
+            let existing = read_config(&target)?;
+            let plan = mcp_install::plan_companion(kind, existing.as_deref(), &custody_mcp::TOOL_NAMES)
+                .map_err(|e| {
+                    anyhow!(
+                        "{} {e}; fix it or move it aside, then run again (custody's server entry was written; this file was not changed)",
+                        path.display()
+                    )
+                })?;
+            if let (false, Some(text)) = (a.dry_run, &plan.new_text) {
+                write_atomic(&target, text.as_bytes())
+                    .with_context(|| format!("cannot write {}", target.display()))?;
+            }
+            Some((path, existing.is_none(), plan))
+        }
+    };
 
     if g.json {
         let changes: Vec<_> = plan
@@ -79,9 +100,18 @@ pub fn run(g: &Global, a: InstallArgs) -> anyhow::Result<ExitCode> {
             "action": plan.action.as_str(),
             "dry_run": a.dry_run,
             "changes": changes,
+            "companion": companion.as_ref().map(|(p, _, plan)| json!({
+                "path": p.display().to_string(),
+                "action": plan.action.as_str(),
+                "changes": plan.changes.iter().map(|c| json!({"key": c.key, "old": c.old, "new": c.new})).collect::<Vec<_>>(),
+            })),
         }))?;
     } else {
         print_summary(client, scope, &path, existing.is_none(), a.dry_run, &plan);
+        if let Some((p, new_file, plan)) = &companion {
+            print_companion(client, p, *new_file, a.dry_run, plan);
+        }
+        print_notes(client, scope);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -108,6 +138,7 @@ fn server_entry(cwd: &Path, home: Option<PathBuf>) -> anyhow::Result<ServerEntry
         command,
         args: vec!["mcp".to_owned()],
         env: mcp_install::server_env(&loc)?,
+        approve_tools: true,
     })
 }
 
@@ -239,5 +270,40 @@ fn print_summary(
             "Restart {} to load it; `custody status` lists the agent session once it connects.",
             client.title()
         );
+    }
+}
+
+fn print_companion(client: Client, path: &Path, new_file: bool, dry_run: bool, plan: &Plan) {
+    let what = format!(
+        "{}'s rules for custody's tools in {}",
+        client.title(),
+        path.display()
+    );
+    match (plan.action, dry_run) {
+        (Action::Unchanged, _) => println!("{what}: already up to date"),
+        (_, true) => println!("Would write {what}:"),
+        (_, false) => println!("Wrote {what}{}:", if new_file { " (new file)" } else { "" }),
+    }
+    for c in &plan.changes {
+        if let Some(new) = &c.new {
+            println!("  + {} = {new}", c.key);
+        }
+    }
+}
+
+/// What the human should know about the client beyond the files.
+fn print_notes(client: Client, scope: Scope) {
+    println!(
+        "custody asks you to approve every run itself (PIN, exact command), so {} runs custody's tools without a prompt of its own.",
+        client.title()
+    );
+    match (client, scope) {
+        (Client::Gemini, Scope::Project) => println!(
+            "Gemini CLI reads its allow rules from your user directory only: run `custody mcp install gemini` without --project too, or headless `gemini -p` will not offer custody's tools."
+        ),
+        (Client::Gemini, _) => println!(
+            "Gemini CLI uses MCP servers only in a trusted folder: trust the project when Gemini asks (or `/permissions`); for one headless run, GEMINI_CLI_TRUST_WORKSPACE=true."
+        ),
+        _ => {}
     }
 }
