@@ -702,3 +702,153 @@ fn cli_run_reports_a_file_the_command_wrote_the_value_into() {
     );
     assert!(!stderr.contains("s3cr3t"));
 }
+
+// ----- terminal flows, driven in tmux -------------------------------------------
+
+/// A private tmux server (its own socket, no user config) running one
+/// command in a 200×50 pane; killed on drop. The command's terminal is the
+/// pane, never the terminal the tests run in.
+struct Tmux {
+    socket: PathBuf,
+}
+
+impl Tmux {
+    fn start(e: &Env, command: &str) -> Tmux {
+        let t = Tmux {
+            socket: e.dir.path().join("tmux.sock"),
+        };
+        // Keep the pane after the command ends, with its exit code shown.
+        // `custody` in `command` is this build's binary.
+        let bin = assert_cmd::cargo::cargo_bin("custody");
+        let script = format!(
+            "export CUSTODY_HOME='{}' CUSTODY_RUNTIME_DIR='{}'; unset XDG_DATA_HOME XDG_RUNTIME_DIR; custody() {{ '{}' \"$@\"; }}; {command}; echo \"[exit $?]\"; sleep 600",
+            e.home().display(),
+            e.runtime().display(),
+            bin.display()
+        );
+        let status = StdCommand::new("tmux")
+            .arg("-S")
+            .arg(&t.socket)
+            .args([
+                "-f",
+                "/dev/null",
+                "new-session",
+                "-d",
+                "-x",
+                "200",
+                "-y",
+                "50",
+            ])
+            .args(["sh", "-c", &script])
+            .status()
+            .expect("tmux must be installed (the test command installs it)");
+        assert!(status.success(), "tmux new-session failed");
+        t
+    }
+
+    fn tmux(&self, args: &[&str]) -> std::process::Output {
+        StdCommand::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Types `text` and Enter.
+    fn line(&self, text: &str) {
+        self.tmux(&["send-keys", "-t", "0", "-l", text]);
+        self.tmux(&["send-keys", "-t", "0", "Enter"]);
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(
+            &self
+                .tmux(&["capture-pane", "-p", "-t", "0", "-S", "-200"])
+                .stdout,
+        )
+        .into_owned()
+    }
+
+    /// Waits until the screen shows `needle`; returns the screen.
+    fn wait_for(&self, needle: &str) -> String {
+        let mut screen = String::new();
+        let seen = wait_until(Duration::from_secs(30), || {
+            screen = self.screen();
+            screen.contains(needle)
+        });
+        assert!(seen, "the screen never showed {needle:?}:\n{screen}");
+        screen
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.tmux(&["kill-server"]);
+    }
+}
+
+fn env_with_token() -> Env {
+    let e = Env::new();
+    e.unlock();
+    e.cmd().args(["env", "create", "e"]).assert().success();
+    e.cmd()
+        .args(["set", "e", "TOKEN"])
+        .write_stdin("tty-s3cr3t-value-0042")
+        .assert()
+        .success();
+    e
+}
+
+/// Regression: `custody approve` with no id (the interactive queue) hung: the
+/// broker acknowledged `watch` with id 0, which the client never matched.
+#[test]
+fn approve_queue_without_an_id_shows_requests_instead_of_hanging() {
+    let e = env_with_token();
+    let t = Tmux::start(&e, "custody approve");
+    t.wait_for("Waiting for requests");
+    let child = spawn_run(&e, &["-e", "e", "--", "sh", "-c", "echo queue:$TOKEN"]);
+    let screen = t.wait_for("Approve? [o]nce");
+    assert!(
+        screen.contains("command:      sh -c 'echo queue:$TOKEN'")
+            || screen.contains("echo queue:$TOKEN"),
+        "{screen}"
+    );
+    t.line("o");
+    t.wait_for("Approval PIN:");
+    t.line(PIN);
+    let screen = t.wait_for("approved r-");
+    assert!(!screen.contains(PIN), "the PIN was echoed:\n{screen}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "queue:[masked:TOKEN]\n"
+    );
+}
+
+/// `custody run` on a terminal asks inline (once / for / deny, then the PIN,
+/// not echoed) and streams the masked output into the same terminal.
+#[test]
+fn run_on_a_terminal_asks_inline_then_runs_with_masked_output() {
+    let e = env_with_token();
+    let t = Tmux::start(&e, "custody run -e e -- sh -c 'echo inline:$TOKEN'");
+    let screen = t.wait_for("Approve? [o]nce");
+    assert!(screen.contains("echo inline:$TOKEN"), "{screen}");
+    t.line("o");
+    t.wait_for("Approval PIN:");
+    t.line(PIN);
+    let screen = t.wait_for("[exit 0]");
+    assert!(screen.contains("inline:[masked:TOKEN]"), "{screen}");
+    assert!(!screen.contains("tty-s3cr3t"), "{screen}");
+    assert!(!screen.contains(PIN), "the PIN was echoed:\n{screen}");
+    // Denied at the prompt: the run fails, nothing runs.
+    drop(t);
+    let t = Tmux::start(&e, "custody run -e e -- sh -c 'echo never:$TOKEN'");
+    t.wait_for("Approve? [o]nce");
+    t.line("d");
+    let screen = t.wait_for("[exit ");
+    assert!(!screen.contains("never:["), "it ran:\n{screen}");
+    assert!(screen.contains("denied"), "{screen}");
+    assert!(!screen.contains("[exit 0]"), "{screen}");
+}
