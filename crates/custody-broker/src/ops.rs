@@ -29,6 +29,23 @@ fn change(by: &str, action: VaultAction, env: &str, var: Option<&str>) -> AuditE
     }
 }
 
+/// Agents may not make a slot for a variable that changes how programs load
+/// (`LD_PRELOAD`, `BASH_ENV`, `PATH`, …): a human filling it in would hand
+/// the agent every command it reaches.
+fn no_loader_variable(requester: &Requester, var: &str) -> Result<(), WireError> {
+    match requester {
+        Requester::Agent { .. } if custody_core::names::changes_how_programs_load(var) => {
+            Err(WireError::new(
+                "forbidden",
+                format!(
+                    "'{var}' changes how programs load or what they run, so agents cannot declare or generate it; secrets go in ordinary names (e.g. API_TOKEN)"
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn humans_only(requester: &Requester, what: &str) -> Result<(), WireError> {
     match requester {
         Requester::Agent { .. } => Err(WireError::new(
@@ -199,6 +216,7 @@ pub fn vault_request(
                 EnvName::new(&env).map_err(bad)?,
                 VarName::new(&var).map_err(bad)?,
             );
+            no_loader_variable(&requester, &var)?;
             let source = match kind {
                 Some(VarKind::Dynamic) => {
                     // A dynamic variable mints credentials with a source's
@@ -233,6 +251,7 @@ pub fn vault_request(
                 EnvName::new(&env).map_err(bad)?,
                 VarName::new(&var).map_err(bad)?,
             );
+            no_loader_variable(&requester, &var)?;
             if matches!(requester, Requester::Agent { .. }) {
                 // Replacing a value a human stored would destroy it.
                 let set = broker

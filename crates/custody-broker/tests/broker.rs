@@ -1152,3 +1152,92 @@ fn an_agent_that_calls_itself_cli_gets_no_terminal_preapproval() {
     );
     assert_eq!(b.status()["sessions"][0]["policy_name"], "unknown");
 }
+
+// ----- same-user agent: attack classes (issue "same-user agent, part 1") --------
+
+/// Attack class 10a, "denying the human's own requests": an agent session
+/// denies a request a human's terminal is waiting on. Refused; the request
+/// stays pending and its run keeps waiting. An agent may still withdraw its
+/// own.
+#[test]
+fn attack_denying_the_humans_own_requests_is_refused() {
+    let b = broker_with_secret();
+    let h = b.start_run(b.spec(&["sh", "-c", "echo human"], &["dev"]));
+    let id = h.wait_pending();
+    let mut agent = agent_named(&b, "codex-mcp-client");
+    let r = agent.call(Request::Deny {
+        request_id: id.clone(),
+    });
+    assert_eq!(code(&r), "forbidden", "{r:?}");
+    assert_eq!(b.request_status(&id)["status"], "pending");
+    assert!(h.try_join(Duration::from_millis(100)).is_none(), "the run ended");
+    // (This test process is an agent's now, so the human's approval is the
+    // CLI tests' business.) Its own request: the agent may withdraw it.
+    let mut spec = b.spec(&["true"], &["dev"]);
+    spec.wait_secs = Some(1);
+    let v = agent.call(Request::Run(spec)).expect("run");
+    let own = v["request_id"].as_str().unwrap().to_owned();
+    agent
+        .call(Request::Deny {
+            request_id: own.clone(),
+        })
+        .expect("deny own");
+    assert_eq!(b.request_status(&own)["status"], "denied");
+}
+
+/// Attack class 10b, "declaring loader variables": an agent declares (or
+/// generates) `LD_PRELOAD`, `BASH_ENV`, `PATH`, `NODE_OPTIONS` for the human
+/// to fill in. Refused, nothing is created; ordinary names still work.
+#[test]
+fn attack_declaring_loader_variables_is_refused_for_agents() {
+    let b = broker_with_secret();
+    let mut agent = agent_named(&b, "claude-code");
+    for name in [
+        "LD_PRELOAD",
+        "BASH_ENV",
+        "PATH",
+        "NODE_OPTIONS",
+        "GIT_SSH_COMMAND",
+        "ld_audit",
+    ] {
+        let r = agent.call(Request::Declare {
+            env: "dev".into(),
+            var: name.into(),
+            description: Some("fill me in".into()),
+            kind: None,
+            source: None,
+        });
+        assert_eq!(code(&r), "forbidden", "{name}: {r:?}");
+        let r = agent.call(Request::Generate {
+            env: "dev".into(),
+            var: name.into(),
+            length: 32,
+            alphabet: custody_core::generate::Alphabet::Alnum,
+            description: None,
+            kind: None,
+        });
+        assert_eq!(code(&r), "forbidden", "{name}: {r:?}");
+    }
+    let vars = b
+        .client()
+        .call(Request::List {
+            env: Some("dev".into()),
+        })
+        .unwrap();
+    let names: Vec<&str> = vars
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["SECRET"], "{vars}");
+    agent
+        .call(Request::Declare {
+            env: "dev".into(),
+            var: "STRIPE_KEY".into(),
+            description: None,
+            kind: None,
+            source: None,
+        })
+        .expect("an ordinary name");
+}

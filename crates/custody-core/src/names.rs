@@ -155,3 +155,96 @@ mod tests {
         );
     }
 }
+
+/// Variables that change how programs load or what they run, rather than
+/// carrying a credential: an agent that declares one and gets a human to
+/// fill it in (or generates it) steers every command that variable reaches.
+/// Agents may not declare or generate these (documented in
+/// `docs/threat-model.md`); a human may, knowingly.
+pub const LOADER_VARIABLES: &[&str] = &[
+    "BASH_ENV",
+    "ENV",
+    "PATH",
+    "IFS",
+    "CDPATH",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "PS4",
+    "PROMPT_COMMAND",
+    "HOME",
+    "TMPDIR",
+    "NODE_OPTIONS",
+    "NODE_PATH",
+    "PYTHONSTARTUP",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONINSPECT",
+    "PERL5OPT",
+    "PERL5LIB",
+    "PERLLIB",
+    "RUBYOPT",
+    "RUBYLIB",
+    "GIT_SSH",
+    "GIT_SSH_COMMAND",
+    "GIT_EXEC_PATH",
+    "GIT_CONFIG_GLOBAL",
+    "GIT_CONFIG_SYSTEM",
+    "GIT_ASKPASS",
+    "SSH_ASKPASS",
+    "EDITOR",
+    "VISUAL",
+    "PAGER",
+    "GCONV_PATH",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "CLASSPATH",
+    "RUSTC_WRAPPER",
+    "RUSTFLAGS",
+    "CARGO_BUILD_RUSTC_WRAPPER",
+    "NPM_CONFIG_SCRIPT_SHELL",
+];
+
+/// Name prefixes of the same kind: the dynamic loader's (`LD_PRELOAD`,
+/// `LD_LIBRARY_PATH`, …, and macOS's `DYLD_*`), glibc's tunables and
+/// malloc hooks, and git's per-invocation config (`GIT_CONFIG_KEY_0`, …).
+pub const LOADER_PREFIXES: &[&str] = &["LD_", "DYLD_", "GLIBC_", "MALLOC_", "GIT_CONFIG_"];
+
+/// Whether `name` is a [`LOADER_VARIABLES`] entry or starts with one of the
+/// [`LOADER_PREFIXES`] (case-insensitively: some tools read either).
+pub fn changes_how_programs_load(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    LOADER_VARIABLES.contains(&upper.as_str())
+        || LOADER_PREFIXES.iter().any(|p| upper.starts_with(p))
+}
+
+#[cfg(test)]
+mod loader_tests {
+    use super::*;
+
+    #[test]
+    fn loader_variables_are_recognised_and_credentials_are_not() {
+        for n in [
+            "LD_PRELOAD",
+            "ld_library_path",
+            "BASH_ENV",
+            "PATH",
+            "NODE_OPTIONS",
+            "GIT_SSH_COMMAND",
+            "GIT_CONFIG_KEY_0",
+            "DYLD_INSERT_LIBRARIES",
+        ] {
+            assert!(changes_how_programs_load(n), "{n}");
+        }
+        for n in [
+            "DATABASE_URL",
+            "STRIPE_API_KEY",
+            "GITHUB_TOKEN",
+            "ENVIRONMENT",
+            "PATHFINDER_KEY",
+            "HOMEPAGE_TOKEN",
+        ] {
+            assert!(!changes_how_programs_load(n), "{n}");
+        }
+    }
+}

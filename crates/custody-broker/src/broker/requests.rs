@@ -414,11 +414,20 @@ impl Broker {
         }
     }
 
-    /// Denies a pending request.
+    /// Denies a pending request. An agent may deny only its own requests
+    /// (withdrawing them); a human's, or another agent's, are not its to
+    /// decide.
     pub fn deny(&self, peer: &Peer, request_id: &str) -> Result<Value, WireError> {
+        let me = self.requester(peer);
         let mut st = self.state();
-        if !st.pending.contains_key(request_id) {
+        let Some(p) = st.pending.get(request_id) else {
             return Err(Self::not_pending(&st, request_id));
+        };
+        if matches!(me, Requester::Agent { .. }) && p.requester != me {
+            return Err(WireError::new(
+                "forbidden",
+                "agents can deny or cancel only their own requests",
+            ));
         }
         if st.audit.is_some() {
             st.audit(AuditEvent::Denial {
