@@ -1170,7 +1170,10 @@ fn attack_denying_the_humans_own_requests_is_refused() {
     });
     assert_eq!(code(&r), "forbidden", "{r:?}");
     assert_eq!(b.request_status(&id)["status"], "pending");
-    assert!(h.try_join(Duration::from_millis(100)).is_none(), "the run ended");
+    assert!(
+        h.try_join(Duration::from_millis(100)).is_none(),
+        "the run ended"
+    );
     // (This test process is an agent's now, so the human's approval is the
     // CLI tests' business.) Its own request: the agent may withdraw it.
     let mut spec = b.spec(&["true"], &["dev"]);

@@ -113,6 +113,10 @@ pub enum SourceError {
     /// A statement list is empty or a template is malformed.
     #[error("{0}")]
     BadTemplate(String),
+    /// A value to put into a statement is not from its safe alphabet; no
+    /// statement was built.
+    #[error("refused to build a statement: {0}")]
+    UnsafeValue(&'static str),
 }
 
 /// Splits `TYPE:NAME` and checks both parts.
@@ -168,29 +172,57 @@ impl SourceDef {
     }
 }
 
-/// Fills a statement template. Every substituted value comes from a safe
-/// alphabet (generated role names, SCRAM verifiers, RFC 3339 times), checked
-/// here, so no quoting is needed inside the template's own quotes.
-pub fn render(template: &str, name: &str, password: &str, expiration: &str) -> String {
-    debug_assert!(
-        [name, password, expiration]
-            .iter()
-            .all(|v| !v.contains(['\'', '"', '\\', '\0'])),
-        "template values must not need quoting"
-    );
-    template
+/// Fills a statement template. Every substituted value must come from a
+/// safe alphabet (a role name [`role_name`] makes, a SCRAM verifier, an RFC
+/// 3339 time), so no quoting is needed inside the template's own quotes.
+/// Anything else is refused before a statement exists: a role name read back
+/// from a forged lease record or a hostile database must never reach SQL run
+/// as the admin.
+pub fn render(
+    template: &str,
+    name: &str,
+    password: &str,
+    expiration: &str,
+) -> Result<String, SourceError> {
+    if !is_minted_role(name) {
+        return Err(SourceError::UnsafeValue(
+            "the role name is not one custody mints",
+        ));
+    }
+    let verifier = |c: char| c.is_ascii_alphanumeric() || "+/=$:-".contains(c);
+    if !password.chars().all(verifier) {
+        return Err(SourceError::UnsafeValue(
+            "the password verifier has unexpected characters",
+        ));
+    }
+    let time = |c: char| c.is_ascii_digit() || "TZ:.+-".contains(c);
+    if !expiration.chars().all(time) {
+        return Err(SourceError::UnsafeValue(
+            "the expiration is not an RFC 3339 time",
+        ));
+    }
+    Ok(template
         .replace("{{name}}", name)
         .replace("{{password}}", password)
-        .replace("{{expiration}}", expiration)
+        .replace("{{expiration}}", expiration))
+}
+
+/// Whether `name` has the shape [`role_name`] gives: `custody-` ‖ 8 lowercase
+/// hex ‖ `-` ‖ 16 lowercase hex.
+pub fn is_minted_role(name: &str) -> bool {
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    name.strip_prefix(ROLE_PREFIX)
+        .and_then(|rest| rest.split_once('-'))
+        .is_some_and(|(tag, random)| hex(tag, 8) && hex(random, 16))
 }
 
 /// A role name for one lease: `custody-` ‖ 8 hex of the vault id (so the
 /// reaper of one vault never drops another vault's roles) ‖ `-` ‖ 16 random
 /// lowercase hex digits. 33 characters, within PostgreSQL's 63.
 pub fn role_name(vault_tag: &str, random: &[u8; 8]) -> String {
-    let name = format!("{ROLE_PREFIX}{vault_tag}-{}", hex::encode(random));
-    debug_assert!(name.len() <= MAX_ROLE_LEN);
-    name
+    format!("{ROLE_PREFIX}{vault_tag}-{}", hex::encode(random))
 }
 
 /// The prefix of every role this vault mints (`custody-` ‖ vault tag ‖ `-`).
@@ -203,6 +235,34 @@ mod tests {
     #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
     use super::*;
+
+    /// Attack class 8, "forged lease records": a role name an agent wrote
+    /// into a lease record (or a role it created) reaches `render` at the
+    /// next unlock. Every hostile shape is refused before a statement exists,
+    /// in release builds too (this was a `debug_assert!`).
+    #[test]
+    fn attack_hostile_role_names_never_become_sql() {
+        let good = role_name("0a1b2c3d", &[0xab; 8]);
+        assert!(render(DEFAULT_REVOCATION[0], &good, "", "").is_ok());
+        for hostile in [
+            "custody-0a1b2c3d-abababababababab\"; CREATE ROLE x SUPERUSER; --",
+            "custody-0a1b2c3d-ABABABABABABABAB",
+            "custody-0a1b2c3d-abab",
+            "app_owner",
+            "custody-0a1b2c3d-abababababababab'",
+            "",
+        ] {
+            assert!(
+                matches!(
+                    render(DEFAULT_REVOCATION[0], hostile, "", ""),
+                    Err(SourceError::UnsafeValue(_))
+                ),
+                "{hostile:?}"
+            );
+        }
+        assert!(render(DEFAULT_CREATION[0], &good, "x' SUPERUSER '", "").is_err());
+        assert!(render(DEFAULT_CREATION[0], &good, "", "2026'; DROP").is_err());
+    }
 
     #[test]
     fn references_and_names() {
@@ -228,15 +288,19 @@ mod tests {
         };
         def.validate().unwrap();
         assert_eq!(def.reference(), "postgres:main");
+        let role = role_name("0a1b2c3d", &[7; 8]);
         let sql = render(
             DEFAULT_CREATION[0],
-            "custody-x-1",
+            &role,
             "SCRAM-SHA-256$4096:a$b:c",
             "2026-01-01T00:00:00Z",
-        );
+        )
+        .unwrap();
         assert_eq!(
             sql,
-            r#"CREATE ROLE "custody-x-1" LOGIN PASSWORD 'SCRAM-SHA-256$4096:a$b:c' VALID UNTIL '2026-01-01T00:00:00Z'"#
+            format!(
+                r#"CREATE ROLE "{role}" LOGIN PASSWORD 'SCRAM-SHA-256$4096:a$b:c' VALID UNTIL '2026-01-01T00:00:00Z'"#
+            )
         );
         let mut bad = def.clone();
         if let SourceSpec::Postgres(p) = &mut bad.spec {

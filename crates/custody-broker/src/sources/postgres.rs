@@ -84,7 +84,9 @@ pub async fn create(
     let client = connect(cfg).await?;
     let verifier = Zeroizing::new(postgres_protocol::password::scram_sha_256(password));
     for t in &source.creation {
-        let sql = Zeroizing::new(render(t, role, &verifier, expiration));
+        let sql = Zeroizing::new(
+            render(t, role, &verifier, expiration).map_err(|e| PgFailure(e.to_string()))?,
+        );
         client.batch_execute(&sql).await.map_err(|e| describe(&e))?;
     }
     Ok(())
@@ -95,7 +97,7 @@ pub async fn create(
 pub async fn revoke(cfg: &Config, source: &PostgresSource, role: &str) -> Result<(), PgFailure> {
     let client = connect(cfg).await?;
     for t in &source.revocation {
-        let sql = render(t, role, "", "");
+        let sql = render(t, role, "", "").map_err(|e| PgFailure(e.to_string()))?;
         match client.batch_execute(&sql).await {
             Ok(()) => {}
             Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => return Ok(()),
