@@ -1,10 +1,14 @@
 //! The socket server: accept, check the peer, speak the protocol.
 //!
 //! Every connection's peer uid must equal the broker's (SO_PEERCRED; G7) and
-//! its pid is recorded. A semaphore caps connections. Malformed frames get an
-//! error frame; an oversized frame gets an error frame and the connection is
-//! closed (its framing can no longer be trusted). Nothing a client sends can
-//! panic the broker (G8).
+//! its pid is recorded. Malformed frames get an error frame; an oversized
+//! frame gets an error frame and the connection is closed (its framing can no
+//! longer be trusted). Nothing a client sends can panic the broker (G8).
+//!
+//! The human keeps control under agent load (G13): connections from agents'
+//! process trees share one pool, everyone else has a pool of their own that
+//! agents cannot use up; one process holds at most a few dozen connections;
+//! a connection that does not say hello in time is closed.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -68,7 +72,9 @@ pub async fn serve(
     broker: Arc<Broker>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let permits = Arc::new(Semaphore::new(broker.cfg.max_connections));
+    let agents = Arc::new(Semaphore::new(broker.cfg.max_connections));
+    let others = Arc::new(Semaphore::new(broker.cfg.reserved_connections));
+    let per_process = Arc::new(PerProcess::default());
     let own_uid = rustix::process::getuid().as_raw();
     tokio::pin!(shutdown);
     loop {
@@ -76,16 +82,23 @@ pub async fn serve(
             _ = &mut shutdown => break,
             accepted = listener.accept() => {
                 let Ok((mut stream, _)) = accepted else { continue };
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                let pid = stream.peer_cred().ok().and_then(|c| c.pid()).and_then(|p| u32::try_from(p).ok());
+                let pool = match pid {
+                    Some(p) if !broker.is_agent_pid(p) => &others,
+                    _ => &agents,
+                };
+                let slot = per_process.take(pid, broker.cfg.max_per_process);
+                let permit = pool.clone().try_acquire_owned();
+                let (Some(slot), Ok(permit)) = (slot, permit) else {
                     let _ = send(&mut stream, &ServerFrame::Err {
                         id: 0,
-                        error: WireError::new("busy", "too many connections to the broker; try again"),
+                        error: WireError::new("busy", "too many connections to the broker from this process or its agent; try again"),
                     }).await;
                     continue;
                 };
                 let b = broker.clone();
                 tokio::spawn(async move {
-                    let _permit = permit;
+                    let _held = (permit, slot);
                     handle(b, stream, own_uid).await;
                 });
             }
@@ -93,6 +106,48 @@ pub async fn serve(
     }
     broker.lock(custody_core::audit::LockReason::Shutdown).await;
     Ok(())
+}
+
+/// Open connections per peer process.
+#[derive(Default)]
+struct PerProcess(std::sync::Mutex<std::collections::HashMap<u32, usize>>);
+
+/// One connection counted against its process; uncounted on drop.
+struct Slot {
+    table: Arc<PerProcess>,
+    pid: Option<u32>,
+}
+
+impl PerProcess {
+    /// Counts a connection of `pid`, unless it already holds `max`.
+    fn take(self: &Arc<Self>, pid: Option<u32>, max: usize) -> Option<Slot> {
+        if let Some(p) = pid {
+            let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let n = t.entry(p).or_insert(0);
+            if *n >= max {
+                return None;
+            }
+            *n += 1;
+        }
+        Some(Slot {
+            table: Arc::clone(self),
+            pid,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(p) = self.pid {
+            let mut t = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = t.get_mut(&p) {
+                *n -= 1;
+                if *n == 0 {
+                    t.remove(&p);
+                }
+            }
+        }
+    }
 }
 
 async fn handle(broker: Arc<Broker>, mut stream: UnixStream, own_uid: u32) {
@@ -114,8 +169,27 @@ async fn handle(broker: Arc<Broker>, mut stream: UnixStream, own_uid: u32) {
     let pid = cred.pid().and_then(|p| u32::try_from(p).ok());
     let (mut rd, mut wr) = stream.into_split();
 
-    // hello
-    let client = match protocol::read_frame_async(&mut rd).await {
+    // hello, in time: a connection that says nothing does not hold a slot.
+    let first = match tokio::time::timeout(
+        broker.cfg.hello_timeout,
+        protocol::read_frame_async(&mut rd),
+    )
+    .await
+    {
+        Ok(f) => f,
+        Err(_) => {
+            let _ = send(
+                &mut wr,
+                &ServerFrame::Err {
+                    id: 0,
+                    error: WireError::new("timeout", "no hello in time; closing"),
+                },
+            )
+            .await;
+            return;
+        }
+    };
+    let client = match first {
         Ok(f) => match serde_json::from_slice::<ClientFrame>(&f) {
             Ok(ClientFrame {
                 id,

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as StdCommand, Stdio};
 use std::time::{Duration, Instant};
@@ -851,4 +852,68 @@ fn run_on_a_terminal_asks_inline_then_runs_with_masked_output() {
     assert!(!screen.contains("never:["), "it ran:\n{screen}");
     assert!(screen.contains("denied"), "{screen}");
     assert!(!screen.contains("[exit 0]"), "{screen}");
+}
+
+/// Attack class 9, "starving the broker": an agent (a process that started
+/// `custody mcp`) and its forked workers hold 1,000 connections that never
+/// say hello, reconnecting each one the broker closes. The human's `status`,
+/// an approval, `revoke --all` and `lock` still go through: agents' process
+/// trees share one pool of connections, everyone else has their own.
+#[test]
+fn attack_starving_the_broker_with_idle_agent_connections() {
+    let e = env_with_token();
+    let ready = e.dir.path().join("starver.ready");
+    let mut starver = StdCommand::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/attacks/starve.py"))
+        .arg(assert_cmd::cargo::cargo_bin("custody"))
+        .arg(e.runtime().join("broker.sock"))
+        .arg(&ready)
+        .env("CUSTODY_HOME", e.home())
+        .env("CUSTODY_RUNTIME_DIR", e.runtime())
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let started = wait_until(Duration::from_secs(30), || ready.exists());
+    let outcome = std::panic::catch_unwind(|| {
+        assert!(started, "the starving agent did not start");
+        let st = e.json(&["status"]);
+        assert_eq!(st["sessions"][0]["client_name"], "starver", "{st}");
+        let child = spawn_run(&e, &["-e", "e", "--", "sh", "-c", "echo human:$TOKEN"]);
+        let mut id = String::new();
+        assert!(wait_until(Duration::from_secs(20), || {
+            match e
+                .json(&["approve", "--list"])
+                .as_array()
+                .and_then(|a| a.first().cloned())
+            {
+                Some(p) => {
+                    id = p["id"].as_str().unwrap().to_owned();
+                    true
+                }
+                None => false,
+            }
+        }));
+        e.cmd()
+            .args(["approve", &id, "--once", "--pin-stdin"])
+            .write_stdin(format!("{PIN}\n"))
+            .assert()
+            .success();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "human:[masked:TOKEN]\n"
+        );
+        e.cmd().args(["revoke", "--all"]).assert().success();
+        e.cmd().arg("lock").assert().success();
+    });
+    // The agent, its workers and its `custody mcp`: the whole group.
+    let _ = rustix::process::kill_process_group(
+        rustix::process::Pid::from_raw(starver.id() as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    );
+    let _ = starver.wait();
+    if let Err(p) = outcome {
+        std::panic::resume_unwind(p);
+    }
 }

@@ -37,8 +37,15 @@ pub struct BrokerConfig {
     pub runtime_dir: PathBuf,
     /// Lock after this long without a request.
     pub idle_lock: Duration,
-    /// Most simultaneous connections.
+    /// Most simultaneous connections from agents' process trees.
     pub max_connections: usize,
+    /// Connections kept for everyone else (the human's terminals), on top
+    /// of `max_connections`: agents cannot use them up (G13).
+    pub reserved_connections: usize,
+    /// Most simultaneous connections from one process.
+    pub max_per_process: usize,
+    /// How long a new connection has to say hello.
+    pub hello_timeout: Duration,
     /// Time between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
     /// Output kept for a run's result, per stream (tail).
@@ -59,6 +66,9 @@ impl BrokerConfig {
             runtime_dir,
             idle_lock: Duration::from_secs(8 * 3600),
             max_connections: 256,
+            reserved_connections: 64,
+            max_per_process: 64,
+            hello_timeout: Duration::from_secs(5),
             kill_grace: Duration::from_secs(5),
             output_cap: 1 << 20,
             max_pin_failures: 5,
@@ -634,6 +644,11 @@ impl Broker {
                 });
             }
         }
+    }
+
+    /// Whether `pid` descends from a registered agent (or is one).
+    pub fn is_agent_pid(&self, pid: u32) -> bool {
+        self.state().is_agent_process(pid).is_some()
     }
 
     /// Who a connection is, for grants and policy.
