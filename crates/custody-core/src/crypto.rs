@@ -225,6 +225,9 @@ pub enum Subkey {
     /// Seals a command source's token inside a lease record, so a broker
     /// restarted after a crash can still hand it to the revoke command.
     LeaseToken,
+    /// Seals the approval PIN's verifier, so only a holder of the vault key
+    /// can check a guess (no offline guessing from a copy of the file).
+    PinVerifier,
 }
 
 impl Subkey {
@@ -235,6 +238,7 @@ impl Subkey {
             Subkey::Audit => b"custody v1 audit",
             Subkey::KeyCheck => b"custody v1 key-check",
             Subkey::LeaseToken => b"custody v1 lease-token",
+            Subkey::PinVerifier => b"custody v1 pin-verifier",
         }
     }
 }

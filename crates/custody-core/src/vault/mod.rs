@@ -159,8 +159,9 @@ pub struct ImportReport {
     pub updated: usize,
 }
 
-/// Checks approval PINs against a copy of the stored Argon2id hash.
-pub struct PinChecker(String);
+/// Checks approval PINs against a copy of the PIN's Argon2id verifier
+/// (unsealed: it exists only in memory, zeroized on drop).
+pub struct PinChecker(Zeroizing<String>);
 
 impl PinChecker {
     /// Whether `pin` is the approval PIN (constant-time compare inside).
@@ -285,7 +286,7 @@ impl Vault {
 
         let vault_id: Id = crypto::random_array()?;
         let vault_key = Key::random()?;
-        let pin_hash = crypto::hash_pin(pin, &params)?;
+        let sealed_pin = seal_pin(&vault_key, &vault_id, &crypto::hash_pin(pin, &params)?)?;
         let (salt, wrapped) = wrap_vault_key(&vault_key, &vault_id, passphrase, &params)?;
         let params_json =
             serde_json::to_vec(&params).map_err(|e| VaultError::Storage(e.to_string()))?;
@@ -301,7 +302,7 @@ impl Vault {
                 ("kdf_params", &params_json[..]),
                 ("kdf_salt", &salt[..]),
                 ("wrapped_key", &wrapped[..]),
-                ("pin_hash", pin_hash.as_bytes()),
+                ("sealed_pin", &sealed_pin[..]),
                 ("key_check", &check[..]),
                 ("created_at", &created[..]),
             ] {
@@ -346,7 +347,7 @@ impl Vault {
         .map_err(|e| storage(e, path))?;
         let seal_key = crypto::derive_subkey(&vault_key, &vault_id, Subkey::Seal);
         let index_key = crypto::derive_subkey(&vault_key, &vault_id, Subkey::NameIndex);
-        Ok(Vault {
+        let mut vault = Vault {
             conn,
             path: path.to_owned(),
             vault_id,
@@ -354,7 +355,58 @@ impl Vault {
             seal_key,
             index_key,
             listings: RefCell::default(),
-        })
+        };
+        vault.seal_legacy_pin()?;
+        Ok(vault)
+    }
+
+    /// Format 3: a vault from an older build keeps its PIN verifier in
+    /// plaintext (`pin_hash`); with the key at hand, seal it and remove the
+    /// plaintext, leaving no copy in the file or its write-ahead log.
+    fn seal_legacy_pin(&mut self) -> Result<()> {
+        let legacy: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'pin_hash'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| storage(e, &self.path))?;
+        let Some(phc) = legacy else {
+            return Ok(());
+        };
+        let phc = String::from_utf8(phc).map_err(|_| corrupt(&self.path, "PIN hash"))?;
+        let sealed = seal_pin(&self.vault_key, &self.vault_id, &phc)?;
+        let path = self.path.clone();
+        // Deleted content is overwritten, and the log is emptied after, so
+        // the plaintext verifier is gone from every file.
+        self.conn
+            .execute_batch("PRAGMA secure_delete = ON;")
+            .map_err(|e| storage(e, &path))?;
+        let tx = self.conn.transaction().map_err(|e| storage(e, &path))?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('sealed_pin', ?1)",
+            params![sealed],
+        )
+        .map_err(|e| storage(e, &path))?;
+        tx.execute("DELETE FROM meta WHERE key = 'pin_hash'", [])
+            .map_err(|e| storage(e, &path))?;
+        tx.commit().map_err(|e| storage(e, &path))?;
+        self.conn
+            .execute_batch(
+                "PRAGMA wal_checkpoint(TRUNCATE); VACUUM; PRAGMA wal_checkpoint(TRUNCATE);",
+            )
+            .map_err(|e| storage(e, &path))
+    }
+
+    /// The PIN's Argon2id verifier (PHC string), unsealed.
+    fn pin_phc(&self) -> Result<Zeroizing<String>> {
+        let sealed = meta(&self.conn, &self.path, "sealed_pin")?;
+        let key = crypto::derive_subkey(&self.vault_key, &self.vault_id, Subkey::PinVerifier);
+        let phc = crypto::open(&key, &pin_aad(&self.vault_id), &sealed)
+            .map_err(|_| corrupt(&self.path, "the sealed PIN verifier does not open"))?;
+        String::from_utf8(phc.to_vec())
+            .map(Zeroizing::new)
+            .map_err(|_| corrupt(&self.path, "PIN verifier"))
     }
 
     /// Checks the held key against the stored key-check value (a keyed
@@ -418,17 +470,13 @@ impl Vault {
     /// Checks an approval PIN (Argon2id, constant-time). Rate limiting and
     /// lockout are the broker's job.
     pub fn verify_pin(&self, pin: &[u8]) -> Result<bool> {
-        let phc = meta(&self.conn, &self.path, "pin_hash")?;
-        let phc = std::str::from_utf8(&phc).map_err(|_| corrupt(&self.path, "PIN hash"))?;
-        Ok(crypto::verify_pin(pin, phc)?)
+        Ok(crypto::verify_pin(pin, &self.pin_phc()?)?)
     }
 
-    /// A copy of the PIN hash that can be checked on another thread while the
-    /// vault stays usable (the check takes as long as the KDF).
+    /// A copy of the PIN verifier that can be checked on another thread
+    /// while the vault stays usable (the check takes as long as the KDF).
     pub fn pin_checker(&self) -> Result<PinChecker> {
-        let phc = meta(&self.conn, &self.path, "pin_hash")?;
-        let phc = String::from_utf8(phc).map_err(|_| corrupt(&self.path, "PIN hash"))?;
-        Ok(PinChecker(phc))
+        Ok(PinChecker(self.pin_phc()?))
     }
 
     /// Replaces the approval PIN.
@@ -437,10 +485,11 @@ impl Vault {
             return Err(VaultError::PinTooShort { min: MIN_PIN_LEN });
         }
         let phc = crypto::hash_pin(new_pin, &self.kdf_params()?)?;
+        let sealed = seal_pin(&self.vault_key, &self.vault_id, &phc)?;
         self.conn
             .execute(
-                "UPDATE meta SET value = ?1 WHERE key = 'pin_hash'",
-                params![phc.as_bytes()],
+                "UPDATE meta SET value = ?1 WHERE key = 'sealed_pin'",
+                params![sealed],
             )
             .map_err(|e| storage(e, &self.path))?;
         Ok(())
@@ -576,6 +625,17 @@ fn create_private_dir(dir: &Path) -> Result<()> {
 
 /// Opens an existing vault file without ever creating or rewriting it, and
 /// checks it is one of ours at a format this build reads.
+/// Additional data binding a sealed PIN verifier to its vault.
+fn pin_aad(vault_id: &[u8]) -> Vec<u8> {
+    [vault_id, b"pin-verifier"].concat()
+}
+
+/// Seals the PIN verifier `phc` under the vault's PIN subkey.
+fn seal_pin(vault_key: &Key, vault_id: &Id, phc: &str) -> Result<Vec<u8>> {
+    let key = crypto::derive_subkey(vault_key, vault_id, Subkey::PinVerifier);
+    Ok(crypto::seal(&key, &pin_aad(vault_id), phc.as_bytes())?)
+}
+
 fn open_existing(path: &Path) -> Result<Connection> {
     match fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -10,7 +10,7 @@ use rusqlite::{Connection, Transaction};
 pub const APPLICATION_ID: i64 = 0x4353_5459;
 
 /// The newest format this build writes and reads.
-pub const CURRENT_VERSION: i64 = 2;
+pub const CURRENT_VERSION: i64 = 3;
 
 /// Migrations, in order: `MIGRATIONS[i]` takes the format from `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -54,6 +54,12 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     ) STRICT;
     ",
+    // 2 → 3: the approval PIN's verifier is sealed under a vault subkey
+    // (`meta.sealed_pin` replaces the plaintext Argon2id hash `meta.pin_hash`).
+    // Sealing needs the vault key, so it happens at the first open with the
+    // key (`Vault::seal_legacy_pin`); this step only marks the format, so an
+    // older build refuses the file instead of finding no PIN.
+    "SELECT 1;",
 ];
 
 /// Brings a vault at format `from` up to [`CURRENT_VERSION`].

@@ -469,3 +469,76 @@ fn kept_listings_follow_changes_from_any_connection() {
     b.unset_variable(&env("app"), &var("ONE")).unwrap();
     assert_eq!(listed(&a), [two], "another connection's removal");
 }
+
+/// Every file of the vault (main, WAL, shared memory) concatenated.
+fn all_vault_bytes(dir: &std::path::Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        all.extend(std::fs::read(e.unwrap().path()).unwrap());
+    }
+    all
+}
+
+fn holds(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Attack class 4, "offline PIN guessing": a same-user agent reads the vault
+/// files and looks for the PIN's Argon2id verifier to guess against, never
+/// meeting the broker's 5-try lockout. The verifier is sealed under a vault
+/// subkey: no `$argon2` string anywhere, and the sealed blob opens only with
+/// the vault key. The right PIN still verifies.
+#[test]
+fn attack_offline_pin_guessing_finds_no_verifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = new_vault(&dir);
+    assert!(v.verify_pin(PIN).unwrap());
+    assert!(!v.verify_pin(b"135790").unwrap());
+    v.change_pin(b"975310").unwrap();
+    assert!(v.verify_pin(b"975310").unwrap());
+    drop(v);
+    let bytes = all_vault_bytes(&dir.path().join("v"));
+    assert!(
+        !holds(&bytes, b"$argon2"),
+        "a PIN verifier is readable in the vault files"
+    );
+}
+
+/// Format 2 → 3: a vault whose PIN verifier is a plaintext Argon2id hash
+/// (as older builds wrote it) gets it sealed at the first open with the key,
+/// and no copy is left in the file or its log.
+#[test]
+fn a_plaintext_pin_verifier_is_sealed_at_the_first_unlock() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = new_vault(&dir);
+    let path = v.path().to_owned();
+    let phc = v.pin_phc().unwrap().to_string();
+    drop(v);
+    {
+        // Rewrite the file the way format 2 stored the PIN.
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute("DELETE FROM meta WHERE key = 'sealed_pin'", [])
+            .unwrap();
+        c.execute(
+            "INSERT INTO meta (key, value) VALUES ('pin_hash', ?1)",
+            params![phc.as_bytes()],
+        )
+        .unwrap();
+        c.execute_batch("PRAGMA user_version = 2; PRAGMA wal_checkpoint(TRUNCATE);")
+            .unwrap();
+    }
+    assert!(holds(&all_vault_bytes(&dir.path().join("v")), b"$argon2"));
+    let v = Vault::unlock(&path, PASS).unwrap();
+    assert!(v.verify_pin(PIN).unwrap());
+    assert!(!v.verify_pin(b"000000").unwrap());
+    drop(v);
+    assert!(
+        !holds(&all_vault_bytes(&dir.path().join("v")), b"$argon2"),
+        "the plaintext verifier survived the migration"
+    );
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, FORMAT_VERSION);
+}
