@@ -58,17 +58,32 @@ pub struct Scope {
     pub environments: BTreeSet<String>,
     /// Variables (resolved, `ENV/VAR`), as a set.
     pub variables: BTreeSet<String>,
+    /// The resolved program, the passed-through environment and the
+    /// argument files, as they were at request time (G11).
+    pub binding: crate::binding::Binding,
 }
 
 impl Scope {
-    /// The scope a run asks for, given its resolved variable set.
+    /// The scope a run asks for, given its resolved variable set (the
+    /// binding is left empty: [`Scope::bound`] fills it).
     pub fn of(spec: &RunSpec, variables: BTreeSet<String>) -> Scope {
         Scope {
             argv: spec.argv.clone(),
             cwd: spec.cwd.clone(),
             environments: spec.environments.iter().cloned().collect(),
             variables,
+            binding: Default::default(),
         }
+    }
+
+    /// [`Scope::of`] with the program, environment and files bound.
+    pub fn bound(
+        spec: &RunSpec,
+        variables: BTreeSet<String>,
+    ) -> Result<Scope, crate::protocol::WireError> {
+        let mut s = Scope::of(spec, variables);
+        s.binding = crate::binding::bind(spec)?;
+        Ok(s)
     }
 }
 

@@ -76,6 +76,9 @@ pub struct Injected {
 pub struct LeasePlan {
     /// Lease id.
     pub id: String,
+    /// The program, resolved and bound at request time (argv[0] is kept
+    /// as the child's own name for itself).
+    pub program: PathBuf,
     /// Exact argv.
     pub argv: Vec<String>,
     /// Working directory.
@@ -219,8 +222,9 @@ pub fn spawn(plan: &LeasePlan) -> Result<(tokio::process::Child, Started, PathBu
     let dir = lease_dir(&plan.runtime_dir, &plan.id);
     let files = write_secret_files(&dir, &plan.injected).map_err(LeaseError::Files)?;
     let program = plan.argv.first().cloned().unwrap_or_default();
-    let mut cmd = tokio::process::Command::new(&program);
-    cmd.args(plan.argv.iter().skip(1))
+    let mut cmd = tokio::process::Command::new(&plan.program);
+    cmd.arg0(&program)
+        .args(plan.argv.iter().skip(1))
         .current_dir(&plan.cwd)
         .env_clear()
         .stdin(Stdio::null())

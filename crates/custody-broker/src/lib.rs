@@ -12,6 +12,7 @@
 // `unsafe` is denied everywhere but `sys`, the one audited module.
 #![deny(unsafe_code)]
 
+pub mod binding;
 pub mod broker;
 pub mod client;
 pub mod daemon;

@@ -106,6 +106,17 @@ pub async fn run(
         }
     };
     let grant = broker.use_grant(&grant_id)?;
+    // The files may have changed since the request was shown to the human
+    // (or since a timed grant was made): what runs must be what was bound.
+    if !crate::binding::still_holds(&spec, &grant.scope.binding) {
+        return Err(WireError::new(
+            "changed",
+            format!(
+                "'{}' or a file it was given changed since it was approved (or its PATH or environment differs); nothing ran: ask again",
+                spec.argv.first().map(String::as_str).unwrap_or_default()
+            ),
+        ));
+    }
 
     // Reveal the values: the only place they leave the vault, straight into
     // the plan that goes to the child. Dynamic variables name a source
@@ -179,6 +190,7 @@ pub async fn run(
     let leak_cwd = std::path::PathBuf::from(&spec.cwd);
     let plan = LeasePlan {
         id: lease_id.clone(),
+        program: grant.scope.binding.program.clone(),
         argv: spec.argv.clone(),
         cwd: spec.cwd.clone().into(),
         passthrough: spec.passthrough.clone(),

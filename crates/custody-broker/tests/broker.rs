@@ -1244,3 +1244,93 @@ fn attack_declaring_loader_variables_is_refused_for_agents() {
         })
         .expect("an ordinary name");
 }
+
+/// Attack class 5, "swapped programs": the human approved `date` for a
+/// while; the requester then puts its own `date` first in the PATH it
+/// passes. The grant does not cover it (a new request shows the agent's
+/// program by its absolute path), and the agent's `date` never runs.
+#[test]
+fn attack_swapped_programs_through_path_need_a_new_approval() {
+    use std::os::unix::fs::PermissionsExt;
+    let b = broker_with_secret();
+    let evil = format!("{}/evil-bin", b.workdir());
+    std::fs::create_dir(&evil).unwrap();
+    let fake = format!("{evil}/date");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho evil > pwned; printf %s \"$SECRET\" | rev\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let mut spec = b.spec(&["date"], &["dev"]);
+    spec.passthrough
+        .insert("PATH".into(), "/usr/bin:/bin".into());
+    let h = b.start_run(spec.clone());
+    let id = h.wait_pending();
+    let pending = b.client().call(Request::Pending).unwrap();
+    assert_eq!(pending[0]["program"], "/usr/bin/date", "{pending}");
+    b.approve(&id, ApprovalScope::For { secs: 60 }, PIN)
+        .unwrap();
+    assert_eq!(finished(h.join().1)["exit_code"], 0);
+
+    let mut swapped = spec.clone();
+    swapped
+        .passthrough
+        .insert("PATH".into(), format!("{evil}:/usr/bin:/bin"));
+    swapped.wait_secs = Some(1);
+    let (_, res) = b.run(swapped);
+    let v = res.unwrap();
+    assert_eq!(
+        v["status"], "pending",
+        "the grant covered another program: {v}"
+    );
+    let pending = b.client().call(Request::Pending).unwrap();
+    assert_eq!(pending[0]["program"], fake.as_str(), "{pending}");
+    assert!(!std::path::Path::new(&format!("{}/pwned", b.workdir())).exists());
+}
+
+/// Attack class 11, "swapping what was reviewed": the human read
+/// `deploy.sh` and approved `sh deploy.sh`; the requester then rewrites it.
+/// A timed grant does not cover the edited script, and an edit between the
+/// request and the approval stops the run before it starts.
+#[test]
+fn attack_swapping_a_reviewed_script_is_caught() {
+    let b = broker_with_secret();
+    let script = format!("{}/deploy.sh", b.workdir());
+    std::fs::write(&script, "echo deployed\n").unwrap();
+    let spec = b.spec(&["sh", "deploy.sh"], &["dev"]);
+    let h = b.start_run(spec.clone());
+    let id = h.wait_pending();
+    let pending = b.client().call(Request::Pending).unwrap();
+    assert_eq!(pending[0]["files"], json!(["deploy.sh"]), "{pending}");
+    b.approve(&id, ApprovalScope::For { secs: 60 }, PIN)
+        .unwrap();
+    let (events, res) = h.join();
+    assert_eq!(finished(res)["exit_code"], 0);
+    assert_eq!(stream_output(&events, "stdout"), b"deployed\n");
+
+    // Rewritten after the approval: not covered.
+    std::fs::write(&script, "echo pwned > pwned; printf %s \"$SECRET\" | rev\n").unwrap();
+    let mut again = spec.clone();
+    again.wait_secs = Some(1);
+    let (_, res) = b.run(again);
+    assert_eq!(
+        res.unwrap()["status"],
+        "pending",
+        "the grant covered the edited script"
+    );
+
+    // Rewritten between the request and the approval: nothing runs.
+    std::fs::write(&script, "echo reviewed\n").unwrap();
+    let mut fresh = b.spec(&["sh", "deploy.sh", "--fresh"], &["dev"]);
+    fresh.wait_secs = None;
+    let h = b.start_run(fresh);
+    let id = h.wait_pending();
+    std::fs::write(&script, "echo pwned > pwned\n").unwrap();
+    b.approve(&id, ApprovalScope::Once, PIN).unwrap();
+    let (events, res) = h.join();
+    assert_eq!(code(&res), "changed", "{res:?}");
+    assert!(!events.iter().any(|e| matches!(e, Event::Started { .. })));
+    assert!(!std::path::Path::new(&format!("{}/pwned", b.workdir())).exists());
+}

@@ -66,7 +66,9 @@ impl Broker {
                 }
             }
         }
-        let scope = Scope::of(spec, variables);
+        // What runs is bound now: the program as the child's PATH finds it,
+        // the passed-through environment, the argument files (G11).
+        let scope = Scope::bound(spec, variables)?;
         let always = spec
             .environments
             .iter()
@@ -175,6 +177,9 @@ impl Broker {
                         "requester": p.requester.describe(),
                         "client": p.requester.client_name(),
                         "argv": p.spec.argv,
+                        "program": p.scope.binding.program,
+                        "passthrough": p.scope.binding.passthrough,
+                        "files": p.scope.binding.files.keys().collect::<Vec<_>>(),
                         "cwd": p.spec.cwd,
                         "environments": p.spec.environments,
                         "variables": p.scope.variables,

@@ -48,12 +48,36 @@ fn scope(a: &ApproveArgs) -> anyhow::Result<ApprovalScope> {
     }
 }
 
+/// The passed-through variables whose value differs from this terminal's
+/// (an agent's own `PATH` first, say), one per line.
+fn differing_env(p: &Value) -> String {
+    let mut out = String::new();
+    for (k, v) in p["passthrough"].as_object().into_iter().flatten() {
+        let theirs = v.as_str().unwrap_or_default();
+        if std::env::var(k).ok().as_deref() != Some(theirs) {
+            out.push_str(&format!(
+                "\n  env differs:  {k}={theirs} (yours: {})",
+                std::env::var(k).unwrap_or_else(|_| "unset".into())
+            ));
+        }
+    }
+    for f in p["files"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "\n  file bound:   {} (its content as of now)",
+            f.as_str().unwrap_or_default()
+        ));
+    }
+    out
+}
+
 fn describe(p: &Value) -> String {
     format!(
-        "request {}\n  from:         {}\n  command:      {}\n  in:           {}\n  environments: {}\n  variables:    {}\n  timeout:      {}s{}",
+        "request {}\n  from:         {}\n  command:      {}\n  program:      {}{}\n  in:           {}\n  environments: {}\n  variables:    {}\n  timeout:      {}s{}",
         p["id"].as_str().unwrap_or_default(),
         p["requester"].as_str().unwrap_or_default(),
         argv_line(&p["argv"]),
+        p["program"].as_str().unwrap_or("(not resolved)"),
+        differing_env(p),
         p["cwd"].as_str().unwrap_or_default(),
         list(&p["environments"]),
         list(&p["variables"]),

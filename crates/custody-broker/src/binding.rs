@@ -1,0 +1,231 @@
+//! What was approved is what runs (G11).
+//!
+//! A request names a program the way a shell would (`date`, `./deploy.sh`)
+//! and an environment it runs with. Both are the requester's: an agent can
+//! put its own `date` first in the `PATH` it passes, or edit `deploy.sh`
+//! after the human read it. So at request time the broker resolves the
+//! program with the environment the child will get, and binds into the
+//! request (and the grant made from it):
+//! - the program's absolute path and file identity (device, inode, size,
+//!   modification and change times: the change time moves on every write,
+//!   rename or `touch`, and no unprivileged process can set it back);
+//! - the passed-through environment (`PATH`, `HOME`, …), shown to the
+//!   approver where it differs from their own;
+//! - the SHA-256 of every argument that names a regular file under the
+//!   working directory (the script an interpreter runs).
+//!
+//! A grant covers a later run only if all of it is unchanged, and a run
+//! starts only if the binding still holds just before the spawn (so an
+//! edit between the request and the approval is caught too).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::protocol::{RunSpec, WireError};
+
+/// `PATH` when the requester passes none (what `execvp` uses).
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// Argument files larger than this are bound by identity, not content.
+const MAX_HASHED: u64 = 8 << 20;
+
+/// A file's identity: replaced, edited, renamed over or touched, it differs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileId {
+    fn of(meta: &std::fs::Metadata) -> FileId {
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+/// An argument file, bound by content (or by identity when large).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum FileBinding {
+    /// SHA-256 of the content, hex.
+    Sha256(String),
+    /// Too large to hash per run: its identity.
+    Identity(FileId),
+}
+
+/// Everything a request binds besides argv, cwd and the variables.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Binding {
+    /// The program that runs: absolute path (as found, symlinks kept).
+    pub program: PathBuf,
+    /// Its identity (of the file the path leads to).
+    pub program_id: Option<FileId>,
+    /// The environment passed through to the child.
+    pub passthrough: BTreeMap<String, String>,
+    /// Arguments naming regular files under the working directory.
+    pub files: BTreeMap<String, FileBinding>,
+}
+
+fn bad(msg: String) -> WireError {
+    WireError::new("bad_request", msg)
+}
+
+/// Resolves and binds `spec` (see the module docs).
+pub fn bind(spec: &RunSpec) -> Result<Binding, WireError> {
+    let cwd = Path::new(&spec.cwd);
+    let program = resolve_program(spec)?;
+    let meta = std::fs::metadata(&program)
+        .map_err(|_| bad(format!("'{}' cannot be read", program.display())))?;
+    let mut files = BTreeMap::new();
+    let root = std::fs::canonicalize(cwd).unwrap_or_else(|_| cwd.to_owned());
+    for arg in spec.argv.iter().skip(1) {
+        if let Some(b) = file_binding(&root, cwd, arg) {
+            files.insert(arg.clone(), b);
+        }
+    }
+    Ok(Binding {
+        program,
+        program_id: Some(FileId::of(&meta)),
+        passthrough: spec.passthrough.clone(),
+        files,
+    })
+}
+
+/// Whether `binding` still describes the files on disk: the check made just
+/// before a spawn.
+pub fn still_holds(spec: &RunSpec, binding: &Binding) -> bool {
+    bind(spec).is_ok_and(|now| &now == binding)
+}
+
+/// `argv[0]` as `execvp` would find it with the child's `PATH`.
+fn resolve_program(spec: &RunSpec) -> Result<PathBuf, WireError> {
+    let name = spec.argv.first().map(String::as_str).unwrap_or_default();
+    let cwd = Path::new(&spec.cwd);
+    if name.contains('/') {
+        let p = cwd.join(name);
+        return if is_executable(&p) {
+            Ok(p)
+        } else {
+            Err(bad(format!("'{name}' is not an executable file")))
+        };
+    }
+    let path = spec
+        .passthrough
+        .get("PATH")
+        .map(String::as_str)
+        .unwrap_or(DEFAULT_PATH);
+    for dir in path.split(':') {
+        // An empty entry means the current directory, as for execvp.
+        let dir = if dir.is_empty() { "." } else { dir };
+        let candidate = cwd.join(dir).join(name);
+        if is_executable(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    Err(bad(format!(
+        "command '{name}' not found in the PATH the command would run with"
+    )))
+}
+
+fn is_executable(p: &Path) -> bool {
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The binding of `arg` if it names a regular file under `root` (the
+/// canonical working directory).
+fn file_binding(root: &Path, cwd: &Path, arg: &str) -> Option<FileBinding> {
+    if arg.is_empty() || arg.starts_with('-') {
+        return None;
+    }
+    let path = std::fs::canonicalize(cwd.join(arg)).ok()?;
+    if !path.starts_with(root) {
+        return None;
+    }
+    let meta = std::fs::metadata(&path).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    if meta.len() > MAX_HASHED {
+        return Some(FileBinding::Identity(FileId::of(&meta)));
+    }
+    let mut f = std::fs::File::open(&path).ok()?;
+    let mut hasher = Sha256::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(_) => return None,
+        }
+    }
+    Some(FileBinding::Sha256(hex::encode(hasher.finalize())))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+    use super::*;
+
+    fn spec(dir: &Path, argv: &[&str], path: &str) -> RunSpec {
+        RunSpec {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            cwd: dir.to_string_lossy().into_owned(),
+            environments: vec!["dev".into()],
+            only: None,
+            timeout_secs: 60,
+            passthrough: [("PATH".to_owned(), path.to_owned())].into(),
+            capture_limit: None,
+            wait_secs: None,
+        }
+    }
+
+    #[test]
+    fn programs_resolve_with_the_childs_path_and_scripts_bind_their_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::write(dir.path().join("deploy.sh"), "echo deploy\n").unwrap();
+        let s = spec(dir.path(), &["sh", "deploy.sh"], "/usr/bin:/bin");
+        let b = bind(&s).unwrap();
+        assert!(
+            b.program.ends_with("sh") && b.program.is_absolute(),
+            "{b:?}"
+        );
+        assert!(matches!(
+            b.files.get("deploy.sh"),
+            Some(FileBinding::Sha256(_))
+        ));
+        assert!(still_holds(&s, &b));
+        // The script is edited: the binding no longer holds.
+        std::fs::write(dir.path().join("deploy.sh"), "echo pwned\n").unwrap();
+        assert!(!still_holds(&s, &b));
+        // An agent's own `sh` first in PATH resolves to it (and differs).
+        let fake = bin.join("sh");
+        std::fs::write(&fake, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let s2 = spec(
+            dir.path(),
+            &["sh", "deploy.sh"],
+            &format!("{}:/usr/bin:/bin", bin.display()),
+        );
+        assert_eq!(bind(&s2).unwrap().program, fake);
+        // Files outside the working directory and flags are not bound.
+        let s3 = spec(dir.path(), &["cat", "/etc/hostname", "-n"], "/usr/bin:/bin");
+        assert!(bind(&s3).unwrap().files.is_empty());
+        // Unknown programs are refused at request time.
+        assert!(bind(&spec(dir.path(), &["no-such-program-x"], "/usr/bin")).is_err());
+    }
+}
