@@ -5,6 +5,7 @@ in a 1,000-variable one), and `list_environments` over 1,010 variables.
 One session (initialize once); medians over N calls.
 
 Usage: python benches/mcp_roundtrip.py [--runs 200] [--bin target/release/custody] [--client sdk|raw|both]
+                                       [--baseline OTHER_CUSTODY]
 Needs the SDK: target/mcp-clients/venv/bin/python (scripts/test creates it).
 Targets: run of `true` <= 15 ms median; list_environments (1,000 variables) <= 5 ms.
 --client raw measures the same calls with a bare JSON-RPC client (the server's
@@ -94,16 +95,13 @@ def bench_raw(command, env, cwd, runs):
     return out
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=200)
-    ap.add_argument("--bin", default="target/release/custody")
-    ap.add_argument("--client", choices=["sdk", "raw", "both"], default="both")
-    a = ap.parse_args()
-    custody = os.path.abspath(a.bin)
+def measure(custody, client, runs):
+    """Sets up a vault and broker for `custody` and measures the calls with
+    `client` (`raw`, `sdk` or `both`)."""
     tmp = tempfile.mkdtemp(prefix="custody-mcp-bench-")
     env = dict(os.environ, CUSTODY_HOME=f"{tmp}/home", CUSTODY_RUNTIME_DIR=f"{tmp}/run")
     env.pop("XDG_DATA_HOME", None)
+    env.pop("XDG_RUNTIME_DIR", None)
 
     def c(*args, stdin=""):
         subprocess.run([custody, *args], input=stdin.encode(), env=env, check=True, stdout=subprocess.DEVNULL)
@@ -126,16 +124,11 @@ def main():
                         'expires = "2099-01-01T00:00:00Z"\n')
         command = ["sh", "-c", f'"{custody}" mcp; exit $?']
         results = {}
-        if a.client in ("raw", "both"):
-            results["raw JSON-RPC client"] = bench_raw(command, env, f"{tmp}/work", a.runs)
-        if a.client in ("sdk", "both"):
-            results["Python SDK client"] = asyncio.run(bench_sdk(command, env, f"{tmp}/work", a.runs))
-        for client, res in results.items():
-            print(f"{'MCP tool call, ' + client:<44} {'median ms':>10} {'p90 ms':>8}")
-            for k, (med, p90) in res.items():
-                print(f"  {k:<42} {med:>10.2f} {p90:>8.2f}")
-        print(json.dumps({c: {k: {"median_ms": round(m, 3), "p90_ms": round(p, 3)} for k, (m, p) in r.items()}
-                          for c, r in results.items()}))
+        if client in ("raw", "both"):
+            results["raw JSON-RPC client"] = bench_raw(command, env, f"{tmp}/work", runs)
+        if client in ("sdk", "both"):
+            results["Python SDK client"] = asyncio.run(bench_sdk(command, env, f"{tmp}/work", runs))
+        return results
     finally:
         subprocess.run([custody, "lock"], env=env, stdout=subprocess.DEVNULL)
         st = subprocess.run([custody, "status", "--json"], env=env, capture_output=True)
@@ -147,6 +140,26 @@ def main():
             pass
         time.sleep(0.3)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--bin", default="target/release/custody")
+    ap.add_argument("--client", choices=["sdk", "raw", "both"], default="both")
+    ap.add_argument("--baseline", default=None,
+                    help="another custody binary (e.g. the previous commit's), measured in the same run")
+    a = ap.parse_args()
+    results = {}
+    for label, binary in [("", a.bin)] + ([(" (baseline)", a.baseline)] if a.baseline else []):
+        for client, res in measure(os.path.abspath(binary), a.client, a.runs).items():
+            results[client + label] = res
+    for client, res in results.items():
+        print(f"{'MCP tool call, ' + client:<44} {'median ms':>10} {'p90 ms':>8}")
+        for k, (med, p90) in res.items():
+            print(f"  {k:<42} {med:>10.2f} {p90:>8.2f}")
+    print(json.dumps({c: {k: {"median_ms": round(m, 3), "p90_ms": round(p, 3)} for k, (m, p) in r.items()}
+                      for c, r in results.items()}))
 
 
 if __name__ == "__main__":
