@@ -55,7 +55,10 @@ impl Env {
     }
 
     fn cmd(&self) -> Command {
-        let mut c = Command::cargo_bin("custody").unwrap();
+        // In a session of its own: no controlling terminal, so a test never
+        // prompts on (or waits for) the terminal the suite runs in.
+        let mut c = Command::new("setsid");
+        c.arg("-w").arg(assert_cmd::cargo::cargo_bin("custody"));
         c.env("CUSTODY_HOME", self.home())
             .env("CUSTODY_RUNTIME_DIR", self.runtime())
             .env_remove("XDG_DATA_HOME")
@@ -577,8 +580,9 @@ fn file_kind_variables_are_ephemeral_private_files() {
 #[test]
 fn demo_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::cargo_bin("custody")
-        .unwrap()
+    let out = Command::new("setsid")
+        .arg("-w")
+        .arg(assert_cmd::cargo::cargo_bin("custody"))
         .args(["demo", "--yes"])
         .env("TMPDIR", dir.path())
         .timeout(Duration::from_secs(120))
@@ -589,8 +593,9 @@ fn demo_runs_end_to_end() {
     assert!(text.contains("audit log intact"), "{text}");
     assert!(text.contains("lease_end"), "{text}");
     // Without a terminal and without --yes it says what to do.
-    Command::cargo_bin("custody")
-        .unwrap()
+    Command::new("setsid")
+        .arg("-w")
+        .arg(assert_cmd::cargo::cargo_bin("custody"))
         .arg("demo")
         .env("TMPDIR", dir.path())
         .assert()

@@ -47,7 +47,10 @@ impl Home {
     }
 
     fn cmd(&self) -> Command {
-        let mut c = Command::cargo_bin("custody").unwrap();
+        // In a session of its own: no controlling terminal, so a test never
+        // prompts on (or waits for) the terminal the suite runs in.
+        let mut c = Command::new("setsid");
+        c.arg("-w").arg(assert_cmd::cargo::cargo_bin("custody"));
         // Both locations, always: without CUSTODY_RUNTIME_DIR a developer's
         // own unlocked broker (and its vault) would answer these tests.
         c.env("CUSTODY_HOME", self.home())

@@ -38,7 +38,10 @@ impl Sandbox {
 
     /// `custody mcp install ARGS` with no custody or XDG location set.
     fn install(&self, args: &[&str]) -> Command {
-        let mut c = Command::cargo_bin("custody").unwrap();
+        // In a session of its own: no controlling terminal, so a test never
+        // prompts on (or waits for) the terminal the suite runs in.
+        let mut c = Command::new("setsid");
+        c.arg("-w").arg(assert_cmd::cargo::cargo_bin("custody"));
         c.env("HOME", self.home())
             .env_remove("CUSTODY_HOME")
             .env_remove("CUSTODY_RUNTIME_DIR")

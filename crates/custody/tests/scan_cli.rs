@@ -71,7 +71,10 @@ impl Env {
     }
 
     fn cmd(&self) -> Command {
-        let mut c = Command::cargo_bin("custody").unwrap();
+        // In a session of its own: no controlling terminal, so a test never
+        // prompts on (or waits for) the terminal the suite runs in.
+        let mut c = Command::new("setsid");
+        c.arg("-w").arg(assert_cmd::cargo::cargo_bin("custody"));
         c.env("CUSTODY_HOME", self.dir.path().join("home"))
             .env("CUSTODY_RUNTIME_DIR", self.dir.path().join("run"))
             .env_remove("XDG_DATA_HOME")
