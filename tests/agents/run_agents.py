@@ -23,6 +23,7 @@ Usage: run_agents.py PATH_TO_CUSTODY AGENTS_DIR [codex|claude|gemini ...]
 Prints one line per check, a per-client timing line and, last, 'N passed, N failed';
 exits 1 if any check failed (130 if interrupted).
 """
+import atexit
 import base64
 import hashlib
 import json
@@ -362,6 +363,36 @@ def prepare_claude(v, url):
     return ["claude", "-p", PROMPT], harness
 
 
+def insecure_ancestor(path):
+    """The first ancestor of `path` that others may write to (Gemini CLI skips a system
+    settings file below one, e.g. in a clone under /tmp), or None."""
+    p = os.path.dirname(os.path.abspath(path))
+    while True:
+        if os.stat(p).st_mode & 0o022:
+            return p
+        parent = os.path.dirname(p)
+        if parent == p:
+            return None
+        p = parent
+
+
+_SETTINGS_DIRS = []
+
+
+def settings_dir(run_dir):
+    """`run_dir`, or (when one of its ancestors is writable by others) a private directory
+    under the invoking user's own ~/.cache, removed when the runner exits."""
+    if insecure_ancestor(os.path.join(run_dir, "x")) is None:
+        return run_dir
+    base = os.path.join(os.path.expanduser("~"), ".cache")
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    d = tempfile.mkdtemp(prefix="custody-agent-tests-", dir=base)
+    if not _SETTINGS_DIRS:
+        atexit.register(lambda: [shutil.rmtree(x, ignore_errors=True) for x in _SETTINGS_DIRS])
+    _SETTINGS_DIRS.append(d)
+    return d
+
+
 def prepare_gemini(v, url):
     """`gemini -p`. Harness settings go in a system settings file outside HOME, so ~/.gemini
     holds only what the installer wrote."""
@@ -371,7 +402,7 @@ def prepare_gemini(v, url):
               "privacy": {"usageStatisticsEnabled": False},
               "telemetry": {"enabled": False},
               "general": {"enableAutoUpdate": False, "enableAutoUpdateNotification": False}}
-    path = f"{v.tmp}/gemini-system-settings.json"
+    path = f"{settings_dir(v.tmp)}/gemini-system-settings.json"
     with open(path, "w") as f:
         json.dump(system, f, indent=2)
     v.env.update(GEMINI_API_KEY="scripted-model-key", GOOGLE_GEMINI_BASE_URL=url,
