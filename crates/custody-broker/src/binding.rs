@@ -11,8 +11,13 @@
 //!   rename or `touch`, and no unprivileged process can set it back);
 //! - the passed-through environment (`PATH`, `HOME`, …), shown to the
 //!   approver where it differs from their own;
-//! - the SHA-256 of every argument that names a regular file under the
-//!   working directory (the script an interpreter runs).
+//! - the SHA-256 of every argument that names a regular file (the script an
+//!   interpreter runs), up to [`MAX_HASHED_TOTAL`] bytes per request; larger
+//!   files are bound by identity.
+//!
+//! Binding reads files, so it runs off the broker's state lock and its async
+//! threads; files are opened without blocking (a FIFO swapped in cannot hang
+//! it) and must be regular files once open.
 //!
 //! A grant covers a later run only if all of it is unchanged, and a run
 //! starts only if the binding still holds just before the spawn (so an
@@ -32,6 +37,9 @@ use crate::protocol::{RunSpec, WireError};
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// Argument files larger than this are bound by identity, not content.
 const MAX_HASHED: u64 = 8 << 20;
+/// Most bytes hashed for one request (argument files past it are bound by
+/// identity): a request naming one big file 4,096 times costs no more.
+pub const MAX_HASHED_TOTAL: u64 = 64 << 20;
 
 /// A file's identity: replaced, edited, renamed over or touched, it differs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -89,9 +97,12 @@ pub fn bind(spec: &RunSpec) -> Result<Binding, WireError> {
     let meta = std::fs::metadata(&program)
         .map_err(|_| bad(format!("'{}' cannot be read", program.display())))?;
     let mut files = BTreeMap::new();
-    let root = std::fs::canonicalize(cwd).unwrap_or_else(|_| cwd.to_owned());
+    let mut budget = MAX_HASHED_TOTAL;
     for arg in spec.argv.iter().skip(1) {
-        if let Some(b) = file_binding(&root, cwd, arg) {
+        if files.contains_key(arg) {
+            continue;
+        }
+        if let Some(b) = file_binding(cwd, arg, &mut budget) {
             files.insert(arg.clone(), b);
         }
     }
@@ -103,8 +114,8 @@ pub fn bind(spec: &RunSpec) -> Result<Binding, WireError> {
     })
 }
 
-/// Whether `binding` still describes the files on disk: the check made just
-/// before a spawn.
+/// Whether `binding` still describes the files on disk (the broker makes
+/// this check just before a spawn).
 pub fn still_holds(spec: &RunSpec, binding: &Binding) -> bool {
     bind(spec).is_ok_and(|now| &now == binding)
 }
@@ -143,30 +154,42 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// The binding of `arg` if it names a regular file under `root` (the
-/// canonical working directory).
-fn file_binding(root: &Path, cwd: &Path, arg: &str) -> Option<FileBinding> {
+/// The binding of `arg` if it names a regular file (relative to `cwd`),
+/// hashing at most what is left of `budget`.
+fn file_binding(cwd: &Path, arg: &str, budget: &mut u64) -> Option<FileBinding> {
+    use std::os::unix::fs::OpenOptionsExt;
     if arg.is_empty() || arg.starts_with('-') {
         return None;
     }
-    let path = std::fs::canonicalize(cwd.join(arg)).ok()?;
-    if !path.starts_with(root) {
-        return None;
-    }
-    let meta = std::fs::metadata(&path).ok()?;
+    // Non-blocking, so a FIFO (or a device) named here cannot hang the
+    // broker; what counts is what the open descriptor is.
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(cwd.join(arg))
+        .ok()?;
+    let meta = f.metadata().ok()?;
     if !meta.is_file() {
         return None;
     }
-    if meta.len() > MAX_HASHED {
+    if meta.len() > MAX_HASHED || meta.len() > *budget {
         return Some(FileBinding::Identity(FileId::of(&meta)));
     }
-    let mut f = std::fs::File::open(&path).ok()?;
+    *budget -= meta.len();
     let mut hasher = Sha256::new();
     let mut buf = [0u8; 64 * 1024];
+    let mut read = 0u64;
     loop {
         match f.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
+            Ok(n) => {
+                read += n as u64;
+                if read > MAX_HASHED {
+                    // It grew while being read: bind what it is now.
+                    return Some(FileBinding::Identity(FileId::of(&meta)));
+                }
+                hasher.update(&buf[..n]);
+            }
             Err(_) => return None,
         }
     }
@@ -222,9 +245,27 @@ mod tests {
             &format!("{}:/usr/bin:/bin", bin.display()),
         );
         assert_eq!(bind(&s2).unwrap().program, fake);
-        // Files outside the working directory and flags are not bound.
-        let s3 = spec(dir.path(), &["cat", "/etc/hostname", "-n"], "/usr/bin:/bin");
-        assert!(bind(&s3).unwrap().files.is_empty());
+        // Files anywhere are bound (a script outside the cwd too); flags and
+        // FIFOs are not, and a FIFO does not block.
+        let outside = tempfile::tempdir().unwrap();
+        let script = outside.path().join("s.sh");
+        std::fs::write(&script, "echo hi\n").unwrap();
+        let s3 = spec(
+            dir.path(),
+            &["bash", script.to_str().unwrap(), "-n"],
+            "/usr/bin:/bin",
+        );
+        assert_eq!(bind(&s3).unwrap().files.len(), 1);
+        let fifo = dir.path().join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let s4 = spec(dir.path(), &["cat", "fifo"], "/usr/bin:/bin");
+        assert!(bind(&s4).unwrap().files.is_empty());
         // Unknown programs are refused at request time.
         assert!(bind(&spec(dir.path(), &["no-such-program-x"], "/usr/bin")).is_err());
     }

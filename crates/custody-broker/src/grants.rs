@@ -65,7 +65,8 @@ pub struct Scope {
 
 impl Scope {
     /// The scope a run asks for, given its resolved variable set (the
-    /// binding is left empty: [`Scope::bound`] fills it).
+    /// binding is left empty: the broker fills it from
+    /// [`crate::binding::bind`]).
     pub fn of(spec: &RunSpec, variables: BTreeSet<String>) -> Scope {
         Scope {
             argv: spec.argv.clone(),
@@ -74,16 +75,6 @@ impl Scope {
             variables,
             binding: Default::default(),
         }
-    }
-
-    /// [`Scope::of`] with the program, environment and files bound.
-    pub fn bound(
-        spec: &RunSpec,
-        variables: BTreeSet<String>,
-    ) -> Result<Scope, crate::protocol::WireError> {
-        let mut s = Scope::of(spec, variables);
-        s.binding = crate::binding::bind(spec)?;
-        Ok(s)
     }
 }
 

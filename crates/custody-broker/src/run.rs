@@ -64,7 +64,9 @@ pub async fn run(
 ) -> Result<Value, WireError> {
     validate(&spec)?;
     let requester = broker.requester(peer);
-    let grant_id = match broker.admit(&requester, &spec)? {
+    // Binding reads files: off the async threads and the state lock.
+    let binding = bind_blocking(&spec).await?;
+    let grant_id = match broker.admit(&requester, &spec, binding)? {
         Ok(g) => g,
         Err((request_id, decision)) => {
             let _ = events
@@ -106,17 +108,6 @@ pub async fn run(
         }
     };
     let grant = broker.use_grant(&grant_id)?;
-    // The files may have changed since the request was shown to the human
-    // (or since a timed grant was made): what runs must be what was bound.
-    if !crate::binding::still_holds(&spec, &grant.scope.binding) {
-        return Err(WireError::new(
-            "changed",
-            format!(
-                "'{}' or a file it was given changed since it was approved (or its PATH or environment differs); nothing ran: ask again",
-                spec.argv.first().map(String::as_str).unwrap_or_default()
-            ),
-        ));
-    }
 
     // Reveal the values: the only place they leave the vault, straight into
     // the plan that goes to the child. Dynamic variables name a source
@@ -201,6 +192,19 @@ pub async fn run(
         engine,
         runtime_dir: broker.cfg.runtime_dir.clone(),
     };
+    // The files may have changed since the request was shown to the human
+    // (or since a timed grant was made), or while credentials were minted:
+    // what runs must be what was bound, checked as late as possible.
+    if bind_blocking(&spec).await.ok().as_ref() != Some(&grant.scope.binding) {
+        sources::settle(broker, &lease_id).await;
+        return Err(WireError::new(
+            "changed",
+            format!(
+                "'{}' or a file it was given changed since it was approved (or its PATH or environment differs); nothing ran: ask again",
+                spec.argv.first().map(String::as_str).unwrap_or_default()
+            ),
+        ));
+    }
     let (child, started, dir) = match lease::spawn(&plan) {
         Ok(x) => x,
         Err(e) => {
@@ -321,6 +325,14 @@ fn json_len(c: char) -> usize {
         c if u32::from(c) < 0x20 => 6,
         c => c.len_utf8(),
     }
+}
+
+/// [`crate::binding::bind`] on a blocking thread.
+async fn bind_blocking(spec: &RunSpec) -> Result<crate::binding::Binding, WireError> {
+    let s = spec.clone();
+    tokio::task::spawn_blocking(move || crate::binding::bind(&s))
+        .await
+        .map_err(|_| WireError::new("internal", "binding the command failed"))?
 }
 
 async fn wait_true(rx: &mut watch::Receiver<bool>) {

@@ -410,7 +410,11 @@ async fn dispatch(
                 .await
         }
         Request::Deny { request_id } => broker.deny(peer, &request_id),
-        Request::Pending => Ok(broker.pending()),
+        Request::Pending => {
+            let me = broker.requester(peer);
+            let only = matches!(me, crate::grants::Requester::Agent { .. }).then_some(&me);
+            Ok(broker.pending(only))
+        }
         Request::RequestStatus { request_id } => broker.request_status(&request_id),
         Request::Cancel { request_id } => broker.cancel(&request_id, &broker.requester(peer)),
         Request::Grants => {

@@ -1170,6 +1170,18 @@ fn attack_denying_the_humans_own_requests_is_refused() {
     });
     assert_eq!(code(&r), "forbidden", "{r:?}");
     assert_eq!(b.request_status(&id)["status"], "pending");
+    // Nor by "approving" it from the agent's tree, which used to deny it
+    // (review finding): refused, still pending, and not even listed.
+    let r = agent.call_with_secret(
+        Request::Approve {
+            request_id: id.clone(),
+            scope: ApprovalScope::Once,
+        },
+        b"000000",
+    );
+    assert_eq!(code(&r), "forbidden", "{r:?}");
+    assert_eq!(b.request_status(&id)["status"], "pending");
+    assert_eq!(agent.call(Request::Pending).unwrap(), json!([]));
     assert!(
         h.try_join(Duration::from_millis(100)).is_none(),
         "the run ended"
@@ -1185,7 +1197,8 @@ fn attack_denying_the_humans_own_requests_is_refused() {
             request_id: own.clone(),
         })
         .expect("deny own");
-    assert_eq!(b.request_status(&own)["status"], "denied");
+    // Withdrawn: a cancellation, not a human's denial.
+    assert_eq!(b.request_status(&own)["status"], "cancelled");
 }
 
 /// Attack class 10b, "declaring loader variables": an agent declares (or

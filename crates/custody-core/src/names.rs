@@ -202,13 +202,41 @@ pub const LOADER_VARIABLES: &[&str] = &[
     "RUSTC_WRAPPER",
     "RUSTFLAGS",
     "CARGO_BUILD_RUSTC_WRAPPER",
-    "NPM_CONFIG_SCRIPT_SHELL",
+    "GIT_PAGER",
+    "GIT_EDITOR",
+    "GIT_EXTERNAL_DIFF",
+    "GIT_PROXY_COMMAND",
+    "GIT_TEMPLATE_DIR",
+    "LESSOPEN",
+    "LESSCLOSE",
+    "MANPAGER",
+    "BROWSER",
+    "SHELL",
+    "ZDOTDIR",
+    "XDG_CONFIG_HOME",
+    "KUBECONFIG",
+    "AWS_CONFIG_FILE",
+    "RUSTC",
+    "CC",
+    "CXX",
+    "LD",
+    "MAKEFLAGS",
 ];
 
 /// Name prefixes of the same kind: the dynamic loader's (`LD_PRELOAD`,
 /// `LD_LIBRARY_PATH`, …, and macOS's `DYLD_*`), glibc's tunables and
-/// malloc hooks, and git's per-invocation config (`GIT_CONFIG_KEY_0`, …).
-pub const LOADER_PREFIXES: &[&str] = &["LD_", "DYLD_", "GLIBC_", "MALLOC_", "GIT_CONFIG_"];
+/// malloc hooks, git's per-invocation config (`GIT_CONFIG_KEY_0`, …), npm's
+/// config (`NPM_CONFIG_SCRIPT_SHELL`, …) and cargo's runners and wrappers.
+pub const LOADER_PREFIXES: &[&str] = &[
+    "LD_",
+    "DYLD_",
+    "GLIBC_",
+    "MALLOC_",
+    "GIT_CONFIG_",
+    "NPM_CONFIG_",
+    "CARGO_TARGET_",
+    "CARGO_BUILD_",
+];
 
 /// Whether `name` is a [`LOADER_VARIABLES`] entry or starts with one of the
 /// [`LOADER_PREFIXES`] (case-insensitively: some tools read either).

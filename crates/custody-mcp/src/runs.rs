@@ -24,8 +24,9 @@ use crate::link::{Link, LinkError, Streamed, sort};
 use crate::types::{LeakView, RunOutcome};
 
 /// Runs answered `pending` and still followed (oldest dropped, and so
-/// cancelled, first).
-const MAX_IN_FLIGHT: usize = 256;
+/// cancelled, first). Each holds a broker connection, and the broker allows
+/// one process 64.
+const MAX_IN_FLIGHT: usize = 32;
 /// Results already handed out, kept for a repeated `request_status`.
 const MAX_FINISHED: usize = 32;
 
@@ -61,6 +62,9 @@ pub enum Waited {
     Done(Box<Result<RunOutcome, LinkError>>),
     /// The approval wait passed; request `.0` still waits for a human.
     StillPending(String),
+    /// The wait passed while the approved run goes on under lease `.0`
+    /// (only when the caller asked not to wait for a running command).
+    StillRunning(String),
     /// Time for a progress notification; the run is in this phase.
     Tick(Phase),
 }
@@ -112,22 +116,29 @@ impl Flight {
     }
 
     /// Waits until the run is over, until `until` has passed while it
-    /// still waits for a human (a run that started keeps being waited for:
-    /// its lease deadline bounds it), or until there is news for a progress
-    /// notification: a phase `rx` has not seen, or a tick of `ticker`.
+    /// still waits for a human (a run that started keeps being waited for,
+    /// its lease deadline bounding it, unless `stop_running`), or until there
+    /// is news for a progress notification: a phase `rx` has not seen, or a
+    /// tick of `ticker`.
     pub async fn wait(
         rx: &mut watch::Receiver<Phase>,
         until: Instant,
+        stop_running: bool,
         ticker: &mut tokio::time::Interval,
     ) -> Waited {
         let mut news = false;
         loop {
             news |= rx.has_changed().unwrap_or(false);
             let phase = rx.borrow_and_update().clone();
+            let timed = matches!(phase, Phase::Pending(_))
+                || (stop_running && matches!(phase, Phase::Running(_)));
             match &phase {
                 Phase::Done(r) => return Waited::Done(r.clone()),
                 Phase::Pending(r) if Instant::now() >= until => {
                     return Waited::StillPending(r.clone());
+                }
+                Phase::Running(l) if stop_running && Instant::now() >= until => {
+                    return Waited::StillRunning(l.clone());
                 }
                 _ if news => return Waited::Tick(phase),
                 _ => {}
@@ -140,7 +151,7 @@ impl Flight {
                     }
                     news = true;
                 }
-                _ = tokio::time::sleep_until(until), if matches!(phase, Phase::Pending(_)) => {}
+                _ = tokio::time::sleep_until(until), if timed => {}
                 _ = ticker.tick() => return Waited::Tick(phase),
             }
         }

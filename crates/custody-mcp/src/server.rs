@@ -211,10 +211,13 @@ impl CustodyMcp {
     /// Waits for `flight` on behalf of this tool call, with progress
     /// notifications: its result, or `pending` once the approval wait has
     /// passed (the flight is then kept, and `request_status` picks it up).
+    /// `following` (a `request_status` call for that request) also stops
+    /// waiting for a command that runs longer, answering `running`.
     async fn follow(
         &self,
         flight: Arc<Flight>,
         ctx: &RequestContext<RoleServer>,
+        following: Option<&str>,
     ) -> Result<RunOutcome, LinkError> {
         let token = ctx.meta.get_progress_token();
         let until = tokio::time::Instant::now() + self.inner.cfg.approval_wait;
@@ -224,7 +227,7 @@ impl CustodyMcp {
         let mut step = 0.0;
         loop {
             let w = tokio::select! {
-                w = Flight::wait(&mut phases, until, &mut ticker) => w,
+                w = Flight::wait(&mut phases, until, following.is_some(), &mut ticker) => w,
                 _ = ctx.ct.cancelled() => return Err(LinkError::Cancelled),
             };
             let phase = match w {
@@ -245,6 +248,21 @@ impl CustodyMcp {
                             "waiting for the user's approval: ask them to run `custody approve {r}` in their terminal, then call request_status with request_id {r} (it waits for the decision and returns the run's result)"
                         ),
                     ));
+                }
+                Waited::StillRunning(lease) => {
+                    let id = following.map(str::to_owned);
+                    if let Some(r) = &id {
+                        self.inner.runs.keep(r, flight);
+                    }
+                    return Ok(RunOutcome {
+                        status: "running".into(),
+                        message: Some(format!(
+                            "approved and running under lease {lease}; call request_status again for its result"
+                        )),
+                        lease_id: Some(lease),
+                        request_id: id,
+                        ..RunOutcome::default()
+                    });
                 }
                 Waited::Tick(phase) => phase,
             };
@@ -517,7 +535,7 @@ impl CustodyMcp {
             wait_secs: None,
         };
         let r = match Flight::start(&self.inner.link, spec).await {
-            Ok(flight) => self.follow(flight, &ctx).await,
+            Ok(flight) => self.follow(flight, &ctx, None).await,
             Err(e) => Err(e),
         };
         Self::run_result(r)
@@ -547,7 +565,9 @@ impl CustodyMcp {
         let id = a.request_id;
         // A run this server follows: wait for it like `run` does.
         if let Some(flight) = self.inner.runs.get(&id) {
-            let r = self.follow(flight, &ctx).await;
+            // A long run answers `running` after the wait (clients time out
+            // tool calls); the next call picks it up again.
+            let r = self.follow(flight, &ctx, Some(&id)).await;
             if matches!(&r, Err(e) if !matches!(e, LinkError::Cancelled)) {
                 self.inner.runs.finish(&id, None);
             }

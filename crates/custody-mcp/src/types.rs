@@ -201,7 +201,8 @@ pub struct LeakView {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct RunOutcome {
     /// `finished`, `pending` (ask the user to approve, then call
-    /// `request_status`), `denied`, `expired`, `cancelled` or `locked`.
+    /// `request_status`), `running` (approved, still running: call
+    /// `request_status` again), `denied`, `expired`, `cancelled` or `locked`.
     pub status: String,
     /// The approval request, while one exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]

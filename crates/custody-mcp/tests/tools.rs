@@ -654,3 +654,34 @@ async fn run_result_reports_leaks_to_the_agent() {
     assert!(text(&r).contains("LEAK: out.txt"), "{}", text(&r));
     a.stop().await;
 }
+
+/// Review finding: `request_status` on an approved command that runs longer
+/// than the wait blocked until it ended (clients time tool calls out). It
+/// answers `running` with the lease, and the next call returns the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_status_answers_running_for_a_long_approved_command() {
+    let e = env_with_secret();
+    let a = Agent::start(&e, Era::Initialize, "1s").await;
+    let r = a
+        .call("run", run_args(&e, &["sh", "-c", "sleep 3; echo $TOKEN"]))
+        .await;
+    let id = structured(&r)["request_id"].as_str().unwrap().to_owned();
+    tokio::task::block_in_place(|| e.approve(&id));
+    let r = a.call("request_status", json!({"request_id": id})).await;
+    let v = structured(&r);
+    assert_eq!(v["status"], "running", "{v}");
+    assert!(v["lease_id"].as_str().unwrap().starts_with("l-"));
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = a.call("request_status", json!({"request_id": id})).await;
+        let v = structured(&r);
+        if v["status"] == "finished" {
+            assert_eq!(v["stdout"], "[masked:TOKEN]\n");
+            break;
+        }
+        assert_eq!(v["status"], "running", "{v}");
+        assert!(Instant::now() < until, "never finished");
+    }
+    assert_eq!(audit_of(&e, "lease_start").len(), 1);
+    a.stop().await;
+}

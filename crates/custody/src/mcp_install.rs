@@ -514,7 +514,8 @@ fn update_toml_entry(
         changes,
     );
     set_toml(t, prefix, "args", toml_array(&entry.args), changes);
-    if entry.approve_tools {
+    // Added when missing; a value the user chose is kept.
+    if entry.approve_tools && !t.contains_key(CODEX_APPROVAL_KEY) {
         set_toml(
             t,
             prefix,

@@ -473,6 +473,12 @@ fn codex_entry_leaves_tool_confirmations_to_custody() {
     let (text, changes) = apply(Client::Codex, Some(&old), &e, Action::Updated);
     assert!(text.contains("default_tools_approval_mode"));
     assert_eq!(changes.len(), 1, "{changes:?}");
+    // A value the user chose is kept.
+    let mine = format!(
+        "[mcp_servers.custody]\ncommand = \"{EXE}\"\nargs = [\"mcp\"]\ndefault_tools_approval_mode = \"prompt\"\n"
+    );
+    let p = plan(Client::Codex, Some(&mine), &e).unwrap();
+    assert_eq!(p.action, Action::Unchanged, "{:?}", p.changes);
 }
 
 #[test]

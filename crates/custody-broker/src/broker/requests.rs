@@ -8,13 +8,14 @@ const ONCE_GRANT_LIFETIME: Duration = Duration::from_secs(60);
 
 impl Broker {
     /// Resolves a run's variable set and decides: run under a grant now, or
-    /// wait for a human. Returns `Ok(Ok(grant_id))` or `Ok(Err((request_id,
+    /// wait for a human. `binding` is [`crate::binding::bind`] of `spec`. Returns `Ok(Ok(grant_id))` or `Ok(Err((request_id,
     /// receiver)))`.
     #[allow(clippy::type_complexity)] // the two outcomes are spelled out above
     pub fn admit(
         &self,
         requester: &Requester,
         spec: &RunSpec,
+        binding: crate::binding::Binding,
     ) -> Result<Result<String, (String, oneshot::Receiver<Decision>)>, WireError> {
         let policy = Policy::load(&self.cfg.home.join(custody_core::policy::POLICY_FILE))
             .map_err(|e| WireError::new("policy_error", e.to_string()))?;
@@ -66,19 +67,23 @@ impl Broker {
                 }
             }
         }
-        // What runs is bound now: the program as the child's PATH finds it,
-        // the passed-through environment, the argument files (G11).
-        let scope = Scope::bound(spec, variables)?;
+        // What runs is bound (computed by the caller, off this lock): the
+        // program as the child's PATH finds it, the passed-through
+        // environment, the argument files (G11).
+        let mut scope = Scope::of(spec, variables);
+        scope.binding = binding;
         let always = spec
             .environments
             .iter()
             .any(|e| policy.always_approve(&client, e));
         let now = Instant::now();
         if !always {
+            // A once-grant belongs to the run that asked for it (it takes
+            // it at approval); it never covers another request.
             let hit = st
                 .grants
                 .iter()
-                .find(|(_, g)| g.covers(requester, &scope, ttl, now))
+                .find(|(_, g)| g.uses_left.is_none() && g.covers(requester, &scope, ttl, now))
                 .map(|(id, _)| id.clone());
             if let Some(id) = hit {
                 return Ok(Ok(id));
@@ -165,12 +170,14 @@ impl Broker {
         Ok(copy)
     }
 
-    /// Pending requests, for `custody approve --list`.
-    pub fn pending(&self) -> Value {
+    /// Pending requests, for `custody approve --list`; an agent sees only
+    /// its own (`only`).
+    pub fn pending(&self, only: Option<&Requester>) -> Value {
         let st = self.state();
         Value::Array(
             st.pending
                 .iter()
+                .filter(|(_, p)| only.is_none_or(|r| &p.requester == r))
                 .map(|(id, p)| {
                     json!({
                         "id": id,
@@ -262,13 +269,29 @@ impl Broker {
         let approver = peer
             .pid
             .ok_or_else(|| WireError::new("forbidden", "cannot identify the approving process"))?;
+        let me = self.requester(peer);
         let phc_check = {
             let mut st = self.state();
             st.vault()?;
-            if !st.pending.contains_key(request_id) {
+            let Some(p) = st.pending.get(request_id) else {
                 return Err(Self::not_pending(&st, request_id));
-            }
+            };
             if peer.session.is_some() || st.is_agent_process(approver).is_some() {
+                // An agent approving someone else's request must not be
+                // able to deny it that way either: refused, left pending.
+                if p.requester != me {
+                    let _ = st.audit(AuditEvent::Revoke {
+                        target: request_id.to_owned(),
+                        by: format!(
+                            "refused: {} tried to approve another's request",
+                            me.describe()
+                        ),
+                    });
+                    return Err(WireError::new(
+                        "forbidden",
+                        "approvals cannot come from an agent's process tree, and this is not your request",
+                    ));
+                }
                 st.audit(AuditEvent::Denial {
                     request_id: request_id.to_owned(),
                     approver_pid: Some(approver),
@@ -428,11 +451,17 @@ impl Broker {
         let Some(p) = st.pending.get(request_id) else {
             return Err(Self::not_pending(&st, request_id));
         };
-        if matches!(me, Requester::Agent { .. }) && p.requester != me {
-            return Err(WireError::new(
-                "forbidden",
-                "agents can deny or cancel only their own requests",
-            ));
+        if matches!(me, Requester::Agent { .. }) {
+            if p.requester != me {
+                return Err(WireError::new(
+                    "forbidden",
+                    "agents can deny or cancel only their own requests",
+                ));
+            }
+            // An agent withdrawing its own request: a cancellation, not a
+            // human's denial.
+            drop(st);
+            return self.cancel(request_id, &me);
         }
         if st.audit.is_some() {
             st.audit(AuditEvent::Denial {

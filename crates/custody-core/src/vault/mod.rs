@@ -325,8 +325,12 @@ impl Vault {
             .map_err(|_| corrupt(path, "KDF salt malformed"))?;
         let wrapped = meta(&conn, path, "wrapped_key")?;
         let kek = crypto::derive_kek(passphrase, &salt, &params)?;
-        let vault_key = unwrap_vault_key(&kek, &vault_id, &wrapped)?;
-        Self::finish_open(conn, path, vault_id, vault_key)
+        let (vault_key, legacy) = unwrap_vault_key(&kek, &vault_id, &wrapped)?;
+        let mut vault = Self::finish_open(conn, path, vault_id, vault_key)?;
+        if legacy {
+            vault.seal_legacy_pin(&kek)?;
+        }
+        Ok(vault)
     }
 
     /// Opens the vault at `path` with an already unwrapped vault key (the
@@ -347,7 +351,7 @@ impl Vault {
         .map_err(|e| storage(e, path))?;
         let seal_key = crypto::derive_subkey(&vault_key, &vault_id, Subkey::Seal);
         let index_key = crypto::derive_subkey(&vault_key, &vault_id, Subkey::NameIndex);
-        let mut vault = Vault {
+        Ok(Vault {
             conn,
             path: path.to_owned(),
             vault_id,
@@ -355,15 +359,15 @@ impl Vault {
             seal_key,
             index_key,
             listings: RefCell::default(),
-        };
-        vault.seal_legacy_pin()?;
-        Ok(vault)
+        })
     }
 
-    /// Format 3: a vault from an older build keeps its PIN verifier in
-    /// plaintext (`pin_hash`); with the key at hand, seal it and remove the
-    /// plaintext, leaving no copy in the file or its write-ahead log.
-    fn seal_legacy_pin(&mut self) -> Result<()> {
+    /// Format 3, for a vault whose key was wrapped the legacy way (only an
+    /// older build, with the passphrase, wrote it so): seal its plaintext PIN
+    /// verifier (`pin_hash`), re-wrap the key under the format-3 label in the
+    /// same transaction, and erase the plaintext from the file and its log.
+    /// A `pin_hash` row in a format-3 vault is never read: someone planted it.
+    fn seal_legacy_pin(&mut self, kek: &Key) -> Result<()> {
         let legacy: Option<Vec<u8>> = self
             .conn
             .query_row("SELECT value FROM meta WHERE key = 'pin_hash'", [], |r| {
@@ -372,10 +376,18 @@ impl Vault {
             .optional()
             .map_err(|e| storage(e, &self.path))?;
         let Some(phc) = legacy else {
-            return Ok(());
+            return Err(corrupt(
+                &self.path,
+                "an older vault without its PIN verifier",
+            ));
         };
         let phc = String::from_utf8(phc).map_err(|_| corrupt(&self.path, "PIN hash"))?;
         let sealed = seal_pin(&self.vault_key, &self.vault_id, &phc)?;
+        let rewrapped = crypto::seal(
+            kek,
+            &aad(WRAP_LABEL, &[&self.vault_id]),
+            self.vault_key.expose(),
+        )?;
         let path = self.path.clone();
         // Deleted content is overwritten, and the log is emptied after, so
         // the plaintext verifier is gone from every file.
@@ -386,6 +398,11 @@ impl Vault {
         tx.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('sealed_pin', ?1)",
             params![sealed],
+        )
+        .map_err(|e| storage(e, &path))?;
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'wrapped_key'",
+            params![rewrapped],
         )
         .map_err(|e| storage(e, &path))?;
         tx.execute("DELETE FROM meta WHERE key = 'pin_hash'", [])
@@ -578,6 +595,14 @@ fn key_check(vault_key: &Key, vault_id: &Id) -> [u8; 32] {
     crypto::keyed_hash(&k, &[b"key-check"])
 }
 
+/// The wrapped key's label since format 3 (the PIN verifier is sealed).
+/// Only a holder of the passphrase can wrap under it, so a vault file cannot
+/// be made to look older (and its PIN replaced by a planted plaintext hash)
+/// without the passphrase.
+const WRAP_LABEL: &[u8] = b"vault-key v3";
+/// The label of formats 1 and 2 (plaintext PIN verifier).
+const LEGACY_WRAP_LABEL: &[u8] = b"vault-key";
+
 fn wrap_vault_key(
     vault_key: &Key,
     vault_id: &Id,
@@ -586,23 +611,33 @@ fn wrap_vault_key(
 ) -> Result<([u8; SALT_LEN], Vec<u8>)> {
     let salt: [u8; SALT_LEN] = crypto::random_array()?;
     let kek = crypto::derive_kek(passphrase, &salt, params)?;
-    let wrapped = crypto::seal(&kek, &aad(b"vault-key", &[vault_id]), vault_key.expose())?;
+    let wrapped = crypto::seal(&kek, &aad(WRAP_LABEL, &[vault_id]), vault_key.expose())?;
     Ok((salt, wrapped))
 }
 
-fn unwrap_vault_key(kek: &Key, vault_id: &Id, wrapped: &[u8]) -> Result<Key> {
-    let plain =
-        crypto::open(kek, &aad(b"vault-key", &[vault_id]), wrapped).map_err(|e| match e {
-            crypto::CryptoError::Authentication => VaultError::WrongPassphrase,
-            other => VaultError::Crypto(other),
-        })?;
+/// Unwraps the vault key; the flag says it was wrapped the legacy way (a
+/// vault from before format 3, whose plaintext PIN verifier may be sealed).
+fn unwrap_vault_key(kek: &Key, vault_id: &Id, wrapped: &[u8]) -> Result<(Key, bool)> {
+    let (plain, legacy) = match crypto::open(kek, &aad(WRAP_LABEL, &[vault_id]), wrapped) {
+        Ok(p) => (p, false),
+        Err(crypto::CryptoError::Authentication) => (
+            crypto::open(kek, &aad(LEGACY_WRAP_LABEL, &[vault_id]), wrapped).map_err(
+                |e| match e {
+                    crypto::CryptoError::Authentication => VaultError::WrongPassphrase,
+                    other => VaultError::Crypto(other),
+                },
+            )?,
+            true,
+        ),
+        Err(other) => return Err(VaultError::Crypto(other)),
+    };
     let bytes: Zeroizing<[u8; 32]> = Zeroizing::new(
         plain
             .as_slice()
             .try_into()
             .map_err(|_| VaultError::Storage("wrapped key has the wrong length".into()))?,
     );
-    Ok(Key::from_bytes(*bytes))
+    Ok((Key::from_bytes(*bytes), legacy))
 }
 
 fn create_private_dir(dir: &Path) -> Result<()> {

@@ -513,15 +513,31 @@ fn a_plaintext_pin_verifier_is_sealed_at_the_first_unlock() {
     let v = new_vault(&dir);
     let path = v.path().to_owned();
     let phc = v.pin_phc().unwrap().to_string();
+    let (kdf, salt) = (
+        v.kdf_params().unwrap(),
+        meta(&v.conn, &path, "kdf_salt").unwrap(),
+    );
+    let kek = crypto::derive_kek(PASS, salt.as_slice().try_into().unwrap(), &kdf).unwrap();
+    let legacy_wrap = crypto::seal(
+        &kek,
+        &aad(LEGACY_WRAP_LABEL, &[&v.vault_id]),
+        v.vault_key.expose(),
+    )
+    .unwrap();
     drop(v);
     {
-        // Rewrite the file the way format 2 stored the PIN.
+        // Rewrite the file the way format 2 stored the PIN and wrapped the key.
         let c = rusqlite::Connection::open(&path).unwrap();
         c.execute("DELETE FROM meta WHERE key = 'sealed_pin'", [])
             .unwrap();
         c.execute(
             "INSERT INTO meta (key, value) VALUES ('pin_hash', ?1)",
             params![phc.as_bytes()],
+        )
+        .unwrap();
+        c.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'wrapped_key'",
+            params![legacy_wrap],
         )
         .unwrap();
         c.execute_batch("PRAGMA user_version = 2; PRAGMA wal_checkpoint(TRUNCATE);")
@@ -541,4 +557,39 @@ fn a_plaintext_pin_verifier_is_sealed_at_the_first_unlock() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
     assert_eq!(version, FORMAT_VERSION);
+}
+
+/// Review finding: an agent that can write `vault.db` plants a plaintext
+/// verifier of a PIN it chose (and makes the file look like format 2). It is
+/// never adopted: only a key wrapped the legacy way, which needs the
+/// passphrase, marks a vault whose plaintext verifier may be sealed.
+#[test]
+fn attack_a_planted_plaintext_pin_verifier_is_never_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = new_vault(&dir);
+    let path = v.path().to_owned();
+    let planted = crypto::hash_pin(b"000000", &KdfParams::INSECURE_FAST).unwrap();
+    drop(v);
+    for downgrade in [false, true] {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('pin_hash', ?1)",
+            params![planted.as_bytes()],
+        )
+        .unwrap();
+        if downgrade {
+            c.execute("DELETE FROM meta WHERE key = 'sealed_pin'", [])
+                .unwrap();
+            c.execute_batch("PRAGMA user_version = 2;").unwrap();
+        }
+        drop(c);
+        let v = Vault::unlock(&path, PASS).unwrap();
+        assert!(
+            !v.verify_pin(b"000000").unwrap_or(false),
+            "the planted PIN was adopted (downgrade: {downgrade})"
+        );
+        if !downgrade {
+            assert!(v.verify_pin(PIN).unwrap());
+        }
+    }
 }

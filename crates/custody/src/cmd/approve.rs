@@ -50,21 +50,40 @@ fn scope(a: &ApproveArgs) -> anyhow::Result<ApprovalScope> {
 
 /// The passed-through variables whose value differs from this terminal's
 /// (an agent's own `PATH` first, say), one per line.
+/// `text` with every character that could rewrite a terminal (C0/C1
+/// controls, ESC, DEL, bidi overrides and isolates, zero-width characters)
+/// shown as a visible escape, so what the human reads is what will run.
+fn shown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let hidden = c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}');
+        if hidden {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn differing_env(p: &Value) -> String {
     let mut out = String::new();
     for (k, v) in p["passthrough"].as_object().into_iter().flatten() {
         let theirs = v.as_str().unwrap_or_default();
         if std::env::var(k).ok().as_deref() != Some(theirs) {
             out.push_str(&format!(
-                "\n  env differs:  {k}={theirs} (yours: {})",
-                std::env::var(k).unwrap_or_else(|_| "unset".into())
+                "\n  env differs:  {}={} (yours: {})",
+                shown(k),
+                shown(theirs),
+                shown(&std::env::var(k).unwrap_or_else(|_| "unset".into()))
             ));
         }
     }
     for f in p["files"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "\n  file bound:   {} (its content as of now)",
-            f.as_str().unwrap_or_default()
+            shown(f.as_str().unwrap_or_default())
         ));
     }
     out
@@ -73,12 +92,12 @@ fn differing_env(p: &Value) -> String {
 fn describe(p: &Value) -> String {
     format!(
         "request {}\n  from:         {}\n  command:      {}\n  program:      {}{}\n  in:           {}\n  environments: {}\n  variables:    {}\n  timeout:      {}s{}",
-        p["id"].as_str().unwrap_or_default(),
-        p["requester"].as_str().unwrap_or_default(),
-        argv_line(&p["argv"]),
-        p["program"].as_str().unwrap_or("(not resolved)"),
+        shown(p["id"].as_str().unwrap_or_default()),
+        shown(p["requester"].as_str().unwrap_or_default()),
+        shown(&argv_line(&p["argv"])),
+        shown(p["program"].as_str().unwrap_or("(not resolved)")),
         differing_env(p),
-        p["cwd"].as_str().unwrap_or_default(),
+        shown(p["cwd"].as_str().unwrap_or_default()),
         list(&p["environments"]),
         list(&p["variables"]),
         p["timeout_secs"],
@@ -273,6 +292,34 @@ fn queue(_g: &Global) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             _ => continue,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Untrusted text in the approval cannot rewrite the human's screen.
+    #[test]
+    fn escapes_hide_nothing_on_the_approval_screen() {
+        assert_eq!(shown("cargo test"), "cargo test");
+        assert_eq!(shown("päss"), "päss");
+        for hostile in [
+            "\u{1b}[1A\u{1b}[2K",
+            "a\rb",
+            "x\u{202e}y",
+            "z\u{200b}",
+            "\u{7f}",
+            "\u{9b}",
+        ] {
+            let s = shown(hostile);
+            assert!(
+                !s.chars()
+                    .any(|c| c.is_control() || ('\u{200b}'..='\u{202e}').contains(&c)),
+                "{s:?}"
+            );
+            assert!(s.contains("\\u{"), "{s:?}");
         }
     }
 }

@@ -294,7 +294,7 @@ fn print_companion(client: Client, path: &Path, new_file: bool, dry_run: bool, p
 /// What the human should know about the client beyond the files.
 fn print_notes(client: Client, scope: Scope) {
     println!(
-        "custody asks you to approve every run itself (PIN, exact command), so {} runs custody's tools without a prompt of its own.",
+        "custody asks you to approve every run itself (PIN, exact command), so {} calls custody's tools without a prompt of its own (the others only list, declare empty slots or generate values nobody sees, as policy allows).",
         client.title()
     );
     match (client, scope) {
