@@ -47,9 +47,11 @@ def connect():
         return None
 
 
-def worker():
+def worker(parent):
     sel = selectors.DefaultSelector()
     while True:
+        if os.getppid() != parent:
+            return  # the agent is gone (the test killed it): so are we
         while len(sel.get_map()) < PER_WORKER:
             s = connect()
             if s is None:
@@ -67,7 +69,7 @@ for _ in range(WORKERS):
     pid = os.fork()
     if pid == 0:
         try:
-            worker()
+            worker(os.getppid())
         finally:
             os._exit(0)
     pids.append(pid)
