@@ -239,6 +239,23 @@ pub struct AgentClient {
     pub version: String,
 }
 
+/// How often a session the broker closed tries to register again.
+const REREGISTER_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Registers `link`'s session again as soon as a broker answers (boxed: it
+/// is spawned from inside [`Link::ensure_session`]).
+fn reregister(link: std::sync::Weak<Link>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        loop {
+            tokio::time::sleep(REREGISTER_EVERY).await;
+            let Some(link) = link.upgrade() else { return };
+            if link.ensure_session().await.is_ok() {
+                return;
+            }
+        }
+    })
+}
+
 /// The registered session: its connection stays open (the broker ends the
 /// session when it closes); a task watches it so a broker restart is noticed
 /// and the next tool call registers again.
@@ -302,8 +319,10 @@ impl Link {
     /// Registers the session unless it is registered and its connection is
     /// still open. Every tool calls this first: until the broker knows this
     /// process as an agent's, its other connections would count as a
-    /// terminal's.
-    pub async fn ensure_session(&self) -> Result<(), LinkError> {
+    /// terminal's. When the broker closes the session (it stopped, or was
+    /// killed), this registers again as soon as a broker answers, without
+    /// waiting for the next tool call.
+    pub async fn ensure_session(self: &Arc<Self>) -> Result<(), LinkError> {
         let mut s = self.session.lock().await;
         if s.as_ref().is_some_and(|s| s.alive.load(Ordering::SeqCst)) {
             return Ok(());
@@ -331,14 +350,18 @@ impl Link {
         );
         let alive = Arc::new(AtomicBool::new(true));
         let flag = alive.clone();
+        let link = Arc::downgrade(self);
         let task = tokio::spawn(async move {
             // The broker sends nothing on this connection unless asked; any
             // read result means it closed or broke.
             let _ = conn.read().await;
             flag.store(false, Ordering::SeqCst);
             eprintln!(
-                "custody mcp: the broker closed the session; it is registered again on the next tool call"
+                "custody mcp: the broker closed the session; registering again as soon as it is back"
             );
+            // A new task does the retrying: this one is owned by the session
+            // it would replace.
+            tokio::spawn(reregister(link));
         });
         *s = Some(Session { alive, task });
         Ok(())
@@ -346,13 +369,13 @@ impl Link {
 
     /// A new connection for one tool call, after making sure the session is
     /// registered.
-    pub async fn connect(&self) -> Result<Conn, LinkError> {
+    pub async fn connect(self: &Arc<Self>) -> Result<Conn, LinkError> {
         self.ensure_session().await?;
         Conn::connect(&self.socket, self.info()).await
     }
 
     /// A request and its answer on a fresh connection.
-    pub async fn call(&self, request: Request) -> Result<Value, LinkError> {
+    pub async fn call(self: &Arc<Self>, request: Request) -> Result<Value, LinkError> {
         self.connect().await?.call(request).await
     }
 }

@@ -71,7 +71,7 @@ pub enum Waited {
 
 impl Flight {
     /// Sends `spec` and starts following it.
-    pub async fn start(link: &Link, spec: RunSpec) -> Result<Arc<Flight>, LinkError> {
+    pub async fn start(link: &Arc<Link>, spec: RunSpec) -> Result<Arc<Flight>, LinkError> {
         let mut conn = link.connect().await?;
         let id = conn.send(Request::Run(spec)).await?;
         let (mut frames, writer) = conn.into_frames();

@@ -55,7 +55,7 @@ pub struct McpConfig {
 
 struct Inner {
     cfg: McpConfig,
-    link: Link,
+    link: Arc<Link>,
     /// Runs answered `pending`, still followed for `request_status`.
     runs: Runs,
 }
@@ -145,7 +145,7 @@ impl CustodyMcp {
     pub fn new(cfg: McpConfig) -> CustodyMcp {
         CustodyMcp {
             inner: Arc::new(Inner {
-                link: Link::new(cfg.socket.clone()),
+                link: Arc::new(Link::new(cfg.socket.clone())),
                 cfg,
                 runs: Runs::default(),
             }),

@@ -685,3 +685,38 @@ async fn request_status_answers_running_for_a_long_approved_command() {
     assert_eq!(audit_of(&e, "lease_start").len(), 1);
     a.stop().await;
 }
+
+/// Part of attack class 12, "killing the broker to be forgotten": after the
+/// broker dies and the human starts it again, `custody mcp` registers its
+/// session at once, not at its next tool call, so the agent's processes are
+/// an agent's again without the agent doing anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custody_mcp_registers_again_as_soon_as_the_broker_is_back() {
+    let e = env_with_secret();
+    let a = Agent::start(&e, Era::Initialize, "5s").await;
+    let st = tokio::task::block_in_place(|| e.json(&["status"]));
+    assert_eq!(st["sessions"].as_array().unwrap().len(), 1, "{st}");
+    let agent_pid = st["sessions"][0]["agent_pid"].clone();
+    let pid = st["pid"].as_i64().unwrap() as i32;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::task::block_in_place(|| e.unlock());
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = tokio::task::block_in_place(|| e.json(&["status"]));
+        if let Some(s) = st["sessions"].as_array().and_then(|s| s.first()) {
+            assert_eq!(s["agent_pid"], agent_pid, "{st}");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "no session without a tool call: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.stop().await;
+}
