@@ -32,14 +32,19 @@ pub(crate) fn all_forms(value: &[u8], out: &mut Vec<Form>) {
     if value.contains(&b'\n') {
         // The masker searches the stream's joined view (`wrap.rs`), where a
         // multi-line value whose lines are wrapped base64 (a PEM body) reads
-        // without those line breaks: its exact form there too.
-        let mut joined = Zeroizing::new(Vec::with_capacity(value.len() + 1));
-        let mut breaks = std::collections::VecDeque::new();
-        let view = super::wrap::Joiner::new().feed(value, &mut joined, &mut breaks);
-        if !breaks.is_empty() {
-            push(out, Zeroizing::new(view.to_vec()));
+        // without those line breaks: its exact form (and its trimmed one)
+        // there too, both as a line of its own and right after base64 or hex
+        // text (where its first line break may be left out as well).
+        for v in [value, trimmed] {
+            for start in [0, super::wrap::MIN_WRAP] {
+                let mut joined = Zeroizing::new(Vec::with_capacity(v.len() + 1));
+                let mut breaks = std::collections::VecDeque::new();
+                let view = super::wrap::Joiner::continuing(start).feed(v, &mut joined, &mut breaks);
+                if !breaks.is_empty() {
+                    push(out, Zeroizing::new(view.to_vec()));
+                }
+            }
         }
-        drop(view);
         for line in value.split(|&b| b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             // PEM armour lines carry no secret, and masking them would hide

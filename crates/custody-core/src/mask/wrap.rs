@@ -89,6 +89,15 @@ impl Joiner {
         Joiner::default()
     }
 
+    /// A view that starts in the middle of a line ending in `run` encoding
+    /// characters (for a value printed right after base64 or hex text).
+    pub(crate) fn continuing(run: usize) -> Joiner {
+        Joiner {
+            run: run.min(MIN_WRAP),
+            ..Joiner::default()
+        }
+    }
+
     /// Whether the break ending the current line is left out of the view.
     fn joins(&self) -> bool {
         self.run >= MIN_WRAP
