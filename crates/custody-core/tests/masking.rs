@@ -204,6 +204,11 @@ proptest! {
         let out = stream(&engine, &input, &sizes);
         prop_assert_eq!(&out, &engine.mask_all(&input).0);
         for v in &values {
+            // Values under 8 bytes without their surrounding whitespace are
+            // not masked (documented; the engine lists them as too short).
+            if v.trim_ascii().len() < MIN_MASKABLE_LEN {
+                continue;
+            }
             for form in forms(v) {
                 prop_assert!(!contains(&out, &form));
             }
@@ -217,7 +222,8 @@ proptest! {
 /// (`\"` at the end) included.
 #[test]
 fn value_ending_in_a_quote_is_masked_in_every_form() {
-    let value = b" a0a  A\"".to_vec();
+    // (9 bytes: a value is at least 8 without its surrounding whitespace.)
+    let value = b" a0a  AA\"".to_vec();
     let engine = Arc::new(MaskingEngine::new([("V0", &value)]));
     for form in forms(&value) {
         let input = [b"x ".as_slice(), &form, b" y"].concat();

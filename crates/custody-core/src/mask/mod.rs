@@ -84,7 +84,8 @@ use patterns::{PatternSet, PatternTable};
 use prefilter::Prefilter;
 use stream::StreamState;
 
-/// Values (and encoded forms) shorter than this are not masked: a short
+/// Values (not counting surrounding whitespace) and encoded forms shorter
+/// than this are not masked: a short
 /// pattern such as `admin` or `1234` occurs in ordinary output, so masking it
 /// would mangle the text and, by showing where it was masked, confirm the
 /// value to the agent. 8 bytes is also what the prefilter relies on.

@@ -36,7 +36,10 @@ impl PatternSet {
             let (name, value) = (name.as_ref(), value.as_ref());
             let var = u32::try_from(names.len()).unwrap_or(u32::MAX);
             names.push(name.to_owned());
-            if value.len() < MIN_MASKABLE_LEN {
+            // Surrounding whitespace is no part of a secret: a value of 6
+            // characters and a newline is too short to mask (and its line
+            // break may be left out of the joined view).
+            if value.trim_ascii().len() < MIN_MASKABLE_LEN {
                 short.push(name.to_owned());
                 continue;
             }

@@ -461,7 +461,8 @@ proptest! {
         prop_assert_eq!(&got, &expected);
         prop_assert_eq!(&e.mask_all(&input), &expected);
         for v in &values {
-            if !v.contains(&b'[') && !v.contains(&b']') {
+            // Too short without surrounding whitespace: not masked, by design.
+            if !v.contains(&b'[') && !v.contains(&b']') && v.trim_ascii().len() >= MIN_MASKABLE_LEN {
                 prop_assert!(!contains(&got.0, v));
                 prop_assert!(!contains(&got.0, hex::encode(v).as_bytes()));
             }
