@@ -200,7 +200,7 @@ pub fn vault_request(
             )?;
             Ok(
                 json!({"environment": env, "variable": var, "created": created,
-                      "too_short_to_mask": value.trim_ascii().len() < custody_core::mask::MIN_MASKABLE_LEN}),
+                      "too_short_to_mask": !custody_core::mask::long_enough(&value)}),
             )
         }
         Request::Declare {

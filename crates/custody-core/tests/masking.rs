@@ -204,9 +204,9 @@ proptest! {
         let out = stream(&engine, &input, &sizes);
         prop_assert_eq!(&out, &engine.mask_all(&input).0);
         for v in &values {
-            // Values under 8 bytes without their surrounding whitespace are
-            // not masked (documented; the engine lists them as too short).
-            if v.trim_ascii().len() < MIN_MASKABLE_LEN {
+            // Values under 8 bytes without surrounding whitespace and line
+            // breaks are not masked (documented; listed as too short).
+            if !custody_core::mask::long_enough(v) {
                 continue;
             }
             for form in forms(v) {
@@ -414,4 +414,19 @@ fn a_multi_line_value_right_after_base64_text_is_masked() {
             }
         }
     }
+}
+
+/// Regression (two `mask` fuzz crashes): a value of 8 bytes only thanks to a
+/// line break (`Y4Zjhm\r\n`, `Fh\n__5c%`) lost it in the joined view and then
+/// was too short to match. Line breaks and surrounding whitespace do not
+/// count toward the minimum: such values are listed as too short, the rest
+/// are masked.
+#[test]
+fn line_breaks_do_not_count_toward_the_minimum_length() {
+    assert!(!custody_core::mask::long_enough(b"Y4Zjhm\r\n"));
+    assert!(!custody_core::mask::long_enough(b"Fh\n__5c%"));
+    assert!(!custody_core::mask::long_enough(b" abcdefg "));
+    assert!(custody_core::mask::long_enough(b"abcd\nefgh"));
+    let engine = MaskingEngine::new([("A", b"Y4Zjhm\r\n".as_slice()), ("B", b"abcd\nefgh")]);
+    assert_eq!(engine.unmasked_short(), ["A"]);
 }

@@ -78,14 +78,15 @@ mod stream;
 mod tests;
 mod wrap;
 
+pub use patterns::long_enough;
 pub use stream::Masker;
 
 use patterns::{PatternSet, PatternTable};
 use prefilter::Prefilter;
 use stream::StreamState;
 
-/// Values (not counting surrounding whitespace) and encoded forms shorter
-/// than this are not masked: a short
+/// Values (not counting surrounding whitespace and line breaks, see
+/// [`long_enough`]) and encoded forms shorter than this are not masked: a short
 /// pattern such as `admin` or `1234` occurs in ordinary output, so masking it
 /// would mangle the text and, by showing where it was masked, confirm the
 /// value to the agent. 8 bytes is also what the prefilter relies on.

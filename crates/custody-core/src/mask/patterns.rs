@@ -13,6 +13,17 @@ use zeroize::Zeroizing;
 use super::MIN_MASKABLE_LEN;
 use super::forms::{self, Form};
 
+/// Whether `value` is long enough to mask: at least [`MIN_MASKABLE_LEN`]
+/// bytes without its surrounding whitespace and without line breaks.
+pub fn long_enough(value: &[u8]) -> bool {
+    value
+        .trim_ascii()
+        .iter()
+        .filter(|&&b| b != b'\n' && b != b'\r')
+        .count()
+        >= MIN_MASKABLE_LEN
+}
+
 /// The deduplicated patterns and, for each, the variables that have it.
 pub(crate) struct PatternSet {
     /// Variable names, by variable index.
@@ -36,10 +47,10 @@ impl PatternSet {
             let (name, value) = (name.as_ref(), value.as_ref());
             let var = u32::try_from(names.len()).unwrap_or(u32::MAX);
             names.push(name.to_owned());
-            // Surrounding whitespace is no part of a secret: a value of 6
-            // characters and a newline is too short to mask (and its line
-            // break may be left out of the joined view).
-            if value.trim_ascii().len() < MIN_MASKABLE_LEN {
+            // Surrounding whitespace and line breaks are no part of a
+            // secret's length: the joined view may leave a break out, and
+            // what is left must still be long enough to match.
+            if !long_enough(value) {
                 short.push(name.to_owned());
                 continue;
             }
