@@ -217,19 +217,8 @@ fn gemini_policy(tools: &[&str]) -> String {
 /// Adds `mcp__custody__TOOL` to `permissions.allow` in a Claude Code
 /// settings file; every other key and rule stays.
 fn merge_claude_permissions(existing: Option<&str>, tools: &[&str]) -> Result<Plan, InstallError> {
-    let mut root = match existing {
-        Some(text) if !text.trim().is_empty() => {
-            serde_json::from_str::<Json>(text).map_err(|e| InstallError::Malformed {
-                format: "JSON",
-                detail: e.to_string(),
-            })?
-        }
-        _ => Json::Object(Map::new()),
-    };
-    let wrong = |key: &str| InstallError::WrongShape {
-        key: key.to_owned(),
-        kind: "object",
-    };
+    let mut root = parse_json(existing)?;
+    let wrong = wrong_object;
     let allow = root
         .as_object_mut()
         .ok_or_else(|| wrong("(the top level)"))?
@@ -653,25 +642,35 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 // JSON (Claude Code, Gemini CLI, Cursor): serde_json with preserve_order
 // keeps key order; the file is re-printed with two-space indentation.
 
-fn merge_json(
-    client: Client,
-    existing: Option<&str>,
-    entry: &ServerEntry,
-) -> Result<Plan, InstallError> {
-    let mut root = match existing {
+/// A JSON config's text as a tree (no file, or an empty one: an empty
+/// object).
+fn parse_json(existing: Option<&str>) -> Result<Json, InstallError> {
+    match existing {
         Some(text) if !text.trim().is_empty() => {
             serde_json::from_str::<Json>(text).map_err(|e| InstallError::Malformed {
                 format: "JSON",
                 // serde_json's message names the position, never the text.
                 detail: e.to_string(),
-            })?
+            })
         }
-        _ => Json::Object(Map::new()),
-    };
-    let wrong = |key: &str| InstallError::WrongShape {
+        _ => Ok(Json::Object(Map::new())),
+    }
+}
+
+fn wrong_object(key: &str) -> InstallError {
+    InstallError::WrongShape {
         key: key.to_owned(),
         kind: "object",
-    };
+    }
+}
+
+fn merge_json(
+    client: Client,
+    existing: Option<&str>,
+    entry: &ServerEntry,
+) -> Result<Plan, InstallError> {
+    let mut root = parse_json(existing)?;
+    let wrong = wrong_object;
     let prefix = client.entry_key();
     let servers = root
         .as_object_mut()
