@@ -720,8 +720,12 @@ struct Tmux {
 
 impl Tmux {
     fn start(e: &Env, command: &str) -> Tmux {
+        // A socket of its own per server: a killed server's socket may
+        // linger for a moment.
+        static SERVERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let t = Tmux {
-            socket: e.dir.path().join("tmux.sock"),
+            socket: e.dir.path().join(format!("tmux-{n}.sock")),
         };
         // Keep the pane after the command ends, with its exit code shown.
         // `custody` in `command` is this build's binary.
