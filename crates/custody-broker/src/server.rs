@@ -31,6 +31,23 @@ async fn send(w: &mut (impl AsyncWrite + Unpin), frame: &ServerFrame) -> Result<
     protocol::write_frame_async(w, &bytes).await
 }
 
+/// Sends a connection-level error (id 0): the reason the broker is about to
+/// close the connection, or why it cannot take a frame.
+async fn refuse(
+    w: &mut (impl AsyncWrite + Unpin),
+    code: &str,
+    message: impl Into<String>,
+) -> Result<(), FrameError> {
+    send(
+        w,
+        &ServerFrame::Err {
+            id: 0,
+            error: WireError::new(code, message),
+        },
+    )
+    .await
+}
+
 async fn send_result(
     w: &mut OwnedWriteHalf,
     id: u64,
@@ -90,10 +107,7 @@ pub async fn serve(
                 let slot = per_process.take(pid, broker.cfg.max_per_process);
                 let permit = pool.clone().try_acquire_owned();
                 let (Some(slot), Ok(permit)) = (slot, permit) else {
-                    let _ = send(&mut stream, &ServerFrame::Err {
-                        id: 0,
-                        error: WireError::new("busy", "too many connections to the broker from this process or its agent; try again"),
-                    }).await;
+                    let _ = refuse(&mut stream, "busy", "too many connections to the broker from this process or its agent; try again").await;
                     continue;
                 };
                 let b = broker.clone();
@@ -156,12 +170,10 @@ async fn handle(broker: Arc<Broker>, mut stream: UnixStream, own_uid: u32) {
         Err(_) => return,
     };
     if cred.uid() != own_uid {
-        let _ = send(
+        let _ = refuse(
             &mut stream,
-            &ServerFrame::Err {
-                id: 0,
-                error: WireError::new("forbidden", "connections from other users are refused"),
-            },
+            "forbidden",
+            "connections from other users are refused",
         )
         .await;
         return;
@@ -178,14 +190,7 @@ async fn handle(broker: Arc<Broker>, mut stream: UnixStream, own_uid: u32) {
     {
         Ok(f) => f,
         Err(_) => {
-            let _ = send(
-                &mut wr,
-                &ServerFrame::Err {
-                    id: 0,
-                    error: WireError::new("timeout", "no hello in time; closing"),
-                },
-            )
-            .await;
+            let _ = refuse(&mut wr, "timeout", "no hello in time; closing").await;
             return;
         }
     };
@@ -225,27 +230,15 @@ async fn handle(broker: Arc<Broker>, mut stream: UnixStream, own_uid: u32) {
                 return;
             }
             _ => {
-                let _ = send(
-                    &mut wr,
-                    &ServerFrame::Err {
-                        id: 0,
-                        error: WireError::new("bad_request", "the first frame must be hello"),
-                    },
-                )
-                .await;
+                let _ = refuse(&mut wr, "bad_request", "the first frame must be hello").await;
                 return;
             }
         },
         Err(FrameError::TooLarge(n)) => {
-            let _ = send(
+            let _ = refuse(
                 &mut wr,
-                &ServerFrame::Err {
-                    id: 0,
-                    error: WireError::new(
-                        "too_large",
-                        format!("frame of {n} bytes exceeds the limit"),
-                    ),
-                },
+                "too_large",
+                format!("frame of {n} bytes exceeds the limit"),
             )
             .await;
             return;
@@ -263,18 +256,13 @@ async fn handle(broker: Arc<Broker>, mut stream: UnixStream, own_uid: u32) {
         let frame = match protocol::read_frame_async(&mut rd).await {
             Ok(f) => f,
             Err(FrameError::TooLarge(n)) => {
-                let _ = send(
+                let _ = refuse(
                     &mut wr,
-                    &ServerFrame::Err {
-                        id: 0,
-                        error: WireError::new(
-                            "too_large",
-                            format!(
-                                "frame of {n} bytes exceeds the {}-byte limit; closing",
-                                protocol::MAX_FRAME
-                            ),
-                        ),
-                    },
+                    "too_large",
+                    format!(
+                        "frame of {n} bytes exceeds the {}-byte limit; closing",
+                        protocol::MAX_FRAME
+                    ),
                 )
                 .await;
                 break;
