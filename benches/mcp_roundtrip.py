@@ -122,6 +122,11 @@ def measure(custody, client, runs):
             for e in ("app", "bench"):
                 f.write(f'[[clients."*".preapproved]]\nargv = ["true"]\nenvironments = ["{e}"]\n'
                         'expires = "2099-01-01T00:00:00Z"\n')
+        # Sealed policy (builds since the sealed policy); an older baseline
+        # build reads the file and has no `policy apply`.
+        subprocess.run([custody, "policy", "apply", f"{tmp}/home/policy.toml", "--pin-stdin"],
+                       input=b"135790\n", env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
         command = ["sh", "-c", f'"{custody}" mcp; exit $?']
         results = {}
         if client in ("raw", "both"):

@@ -41,6 +41,11 @@ class Setup:
         with open(f"{tmp}/home/policy.toml", "w") as f:
             f.write('[[clients.cli.preapproved]]\nargv = ["true"]\n'
                     'environments = ["bench"]\nexpires = "2099-01-01T00:00:00Z"\n')
+        # Sealed policy (builds since the sealed policy); an older baseline
+        # build reads the file and has no `policy apply`.
+        subprocess.run([custody, "policy", "apply", f"{tmp}/home/policy.toml", "--pin-stdin"],
+                       input=b"135790\n", env=self.env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
 
     def c(self, *a, stdin=""):
         subprocess.run([self.custody, *a], input=stdin.encode(), env=self.env, check=True,

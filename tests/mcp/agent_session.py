@@ -217,6 +217,7 @@ def main():
         f.write('[[clients."*".preapproved]]\n'
                 f'argv = {json.dumps(["sh", "-c", script])}\n'
                 f'environments = ["{ENV}"]\nexpires = "2099-01-01T00:00:00Z"\n')
+    env.custody("policy", "apply", f"{env.tmp}/home/policy.toml", "--pin-stdin", stdin=f"{PIN}\n")
     try:
         for mode in ("legacy", "auto"):
             try:

@@ -25,6 +25,7 @@ argv = ["sh", "-c", "echo \$TOKEN"]
 environments = ["insp"]
 expires = "2099-01-01T00:00:00Z"
 TOML
+printf '135790\n' | "$custody" policy apply "$CUSTODY_HOME/policy.toml" --pin-stdin >/dev/null
 insp() { mcp-inspector --cli -e CUSTODY_HOME="$CUSTODY_HOME" -e CUSTODY_RUNTIME_DIR="$CUSTODY_RUNTIME_DIR" "$custody" mcp "$@" 2>&1; }
 out=$(insp --method tools/list)
 echo "$out" | grep -q '"list_environments"' && echo "$out" | grep -q '"run"'; check "inspector tools/list lists the tools" $?

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use custody_core::audit::{AuditEvent, VaultAction};
 use custody_core::names::{EnvName, VarName};
-use custody_core::policy::Policy;
 use custody_core::vault::{VarKind, VariableUpdate};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
@@ -61,8 +60,7 @@ fn humans_only(requester: &Requester, what: &str) -> Result<(), WireError> {
 /// it without building a JSON tree first.
 pub fn catalog(broker: &Arc<Broker>, peer: &Peer) -> Result<Vec<CatalogEnvironment>, WireError> {
     let client = broker.requester(peer).client_name().to_owned();
-    let policy = Policy::load(&broker.cfg.home.join(custody_core::policy::POLICY_FILE))
-        .map_err(|e| WireError::new("policy_error", e.to_string()))?;
+    let policy = broker.policy();
     broker.with_vault(|v| {
         let mut out = Vec::new();
         for e in v.environments()? {
@@ -100,8 +98,7 @@ pub fn vault_request(
     let requester = broker.requester(peer);
     let by = requester.describe();
     let client = requester.client_name().to_owned();
-    let policy = Policy::load(&broker.cfg.home.join(custody_core::policy::POLICY_FILE))
-        .map_err(|e| WireError::new("policy_error", e.to_string()))?;
+    let policy = broker.policy();
     let visible = |env: &str| -> Result<(), WireError> {
         if policy.visible(&client, env) {
             Ok(())

@@ -332,6 +332,13 @@ pub enum Request {
         #[serde(flatten)]
         scope: ApprovalScope,
     },
+    /// The sealed policy's text (humans only).
+    PolicyShow,
+    /// Replace the sealed policy (humans only; the PIN in the secret frame).
+    PolicyApply {
+        /// The new policy, TOML.
+        text: String,
+    },
     /// Deny a pending request.
     Deny {
         /// The request.

@@ -529,10 +529,7 @@ pub(crate) async fn handle(
         ));
     }
     let client = broker.requester(peer).client_name().to_owned();
-    let policy = custody_core::policy::Policy::load(
-        &broker.cfg.home.join(custody_core::policy::POLICY_FILE),
-    )
-    .map_err(|e| WireError::new("policy_error", e.to_string()))?;
+    let policy = broker.policy();
     let values = broker.with_vault(|v| vault_values(v, &|env| policy.visible(&client, env)))?;
     let task = tokio::task::spawn_blocking(move || {
         let engine = MaskingEngine::new(values.iter().map(|(n, v)| (n.as_str(), v.as_slice())));

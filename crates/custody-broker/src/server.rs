@@ -398,6 +398,12 @@ async fn dispatch(
                 .await
         }
         Request::Deny { request_id } => broker.deny(peer, &request_id),
+        Request::PolicyShow => broker.policy_show(&broker.requester(peer)),
+        Request::PolicyApply { text } => {
+            broker
+                .policy_apply(peer, text, secret_required(secret, "the PIN")?)
+                .await
+        }
         Request::Pending => {
             let me = broker.requester(peer);
             let only = matches!(me, crate::grants::Requester::Agent { .. }).then_some(&me);

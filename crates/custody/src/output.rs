@@ -37,6 +37,23 @@ pub fn cell(text: &str, max: usize) -> String {
     }
 }
 
+/// `text` with every character that could rewrite a terminal (C0/C1
+/// controls, ESC, DEL, bidi overrides and isolates, zero-width characters)
+/// shown as a visible escape, so what the human reads is what will run.
+pub fn shown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let hidden = c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}');
+        if hidden {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -92,8 +92,19 @@ impl Env {
         v["pid"].as_u64().map(|p| p as u32)
     }
 
+    /// Seals `text` as the policy in force (`custody policy apply`, PIN on
+    /// stdin).
     fn policy(&self, text: &str) {
-        fs::write(self.home().join("policy.toml"), text).unwrap();
+        let file = self.home().join("policy.toml");
+        fs::write(&file, text).unwrap();
+        self.cmd()
+            .arg("policy")
+            .arg("apply")
+            .arg(&file)
+            .arg("--pin-stdin")
+            .write_stdin(format!("{PIN}\n"))
+            .assert()
+            .success();
     }
 
     /// A policy pre-approving exactly `argv` in `env` from any cwd.

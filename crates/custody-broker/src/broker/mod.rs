@@ -26,6 +26,8 @@ use crate::{procs, reaper};
 
 mod dynamic;
 mod leases;
+mod pin;
+mod policy;
 mod requests;
 
 /// Broker settings.
@@ -181,6 +183,9 @@ pub(crate) struct State {
     recent_leaks: VecDeque<Value>,
     /// Dynamic credentials by lease, from planning until revoked.
     pub(crate) dynamic: BTreeMap<String, crate::sources::DynamicEntry>,
+    /// The policy sealed in the vault, parsed at unlock and replaced by
+    /// `policy apply` (never read from a file the agent could write, G9).
+    policy: Arc<Policy>,
 }
 
 /// Leak reports kept for `custody status`.
@@ -310,6 +315,7 @@ impl Broker {
                 last_activity: Instant::now(),
                 recent_leaks: VecDeque::new(),
                 dynamic: BTreeMap::new(),
+                policy: Arc::new(Policy::default()),
             }),
             events,
         })
@@ -319,6 +325,11 @@ impl Broker {
         // A panic while holding the lock must not wedge the broker forever;
         // the state is still consistent at every await-free step.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The policy in force (the sealed one; the default while locked).
+    pub fn policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.state().policy)
     }
 
     /// Subscribes to pushed events.
@@ -448,12 +459,14 @@ impl Broker {
             vault.set_audit_head(&chain.head()).map_err(vault_error)?;
         }
         crate::sys::lock_in_memory(vault.vault_key().expose());
+        let (policy, policy_note) = self.sealed_policy(&vault)?;
         let mut st = self.state();
         if st.vault.is_some() {
             return Ok(json!({"unlocked": true, "already": true}));
         }
         st.vault = Some(vault);
         st.audit = Some(chain);
+        st.policy = Arc::new(policy);
         st.pin_failures = 0;
         st.last_activity = Instant::now();
         let deferred = std::mem::take(&mut st.deferred);
@@ -471,7 +484,11 @@ impl Broker {
         drop(st);
         // Credentials a crashed broker left, and this vault's orphaned roles.
         tokio::spawn(crate::sources::recover(Arc::clone(self)));
-        Ok(json!({"unlocked": true}))
+        let mut out = json!({"unlocked": true});
+        if let Some(note) = policy_note {
+            out["policy_note"] = json!(note);
+        }
+        Ok(out)
     }
 
     /// Locks: stops every lease (waits for them to end, so their ends are
@@ -513,6 +530,7 @@ impl Broker {
         let mut st = self.state();
         let _ = st.audit(AuditEvent::Lock { reason });
         st.dynamic.clear(); // Their records stay on disk for the next unlock.
+        st.policy = Arc::new(Policy::default());
         st.vault = None; // Vault's keys zeroize on drop.
         st.audit = None;
         drop(st);

@@ -17,8 +17,7 @@ impl Broker {
         spec: &RunSpec,
         binding: crate::binding::Binding,
     ) -> Result<Result<String, (String, oneshot::Receiver<Decision>)>, WireError> {
-        let policy = Policy::load(&self.cfg.home.join(custody_core::policy::POLICY_FILE))
-            .map_err(|e| WireError::new("policy_error", e.to_string()))?;
+        let policy = self.policy();
         let client = requester.client_name().to_owned();
         let max_ttl = policy.max_ttl(&client);
         let ttl = Duration::from_secs(spec.timeout_secs);
@@ -316,42 +315,8 @@ impl Broker {
                 .pin_checker()
                 .map_err(vault_error)?
         };
-        let ok = tokio::task::spawn_blocking(move || phc_check.verify(&pin))
-            .await
-            .map_err(|_| WireError::new("internal", "PIN check failed"))?;
-        if !ok {
-            let failures = {
-                let mut st = self.state();
-                st.pin_failures += 1;
-                st.pin_failures
-            };
-            let out = failures >= self.cfg.max_pin_failures;
-            {
-                let mut st = self.state();
-                let _ = st.audit(AuditEvent::PinFailure {
-                    attempt: failures,
-                    locked_out: out,
-                });
-            }
-            if out {
-                self.lock(audit::LockReason::PinLockout).await;
-                return Err(WireError::new(
-                    "locked",
-                    format!(
-                        "wrong PIN {failures} times in a row: the vault is now locked; run `custody unlock`"
-                    ),
-                ));
-            }
-            return Err(WireError::new(
-                "wrong_pin",
-                format!(
-                    "wrong PIN ({failures} of {} attempts before the vault locks)",
-                    self.cfg.max_pin_failures
-                ),
-            ));
-        }
+        self.check_pin(phc_check, pin).await?;
         let mut st = self.state();
-        st.pin_failures = 0;
         let Some(p) = st.pending.get(request_id) else {
             return Err(Self::not_pending(&st, request_id));
         };
@@ -375,9 +340,7 @@ impl Broker {
         let requester = p.requester.clone();
         let req_scope = p.scope.clone();
         let client = requester.client_name().to_owned();
-        let max_ttl = Policy::load(&self.cfg.home.join(custody_core::policy::POLICY_FILE))
-            .map(|pol| pol.max_ttl(&client))
-            .unwrap_or(custody_core::policy::DEFAULT_MAX_TTL);
+        let max_ttl = st.policy.max_ttl(&client);
         let (lifetime, uses, audit_scope) = match scope {
             // A once-grant goes to the run waiting for it, which takes it
             // at once; the lifetime only bounds a start that never comes.

@@ -198,9 +198,17 @@ impl TestBroker {
             .expect("set");
     }
 
-    /// Writes `$CUSTODY_HOME/policy.toml` (read by the broker on every request).
+    /// Seals `text` as the policy in force, with the PIN, as
+    /// `custody policy apply` does (the broker must be unlocked).
     pub fn write_policy(&self, text: &str) {
-        std::fs::write(self.home.join(custody_core::policy::POLICY_FILE), text).expect("policy");
+        self.client()
+            .call_with_secret(
+                Request::PolicyApply {
+                    text: text.to_owned(),
+                },
+                PIN,
+            )
+            .expect("policy apply");
     }
 
     /// A run spec: `argv` in the work dir with `environments`, PATH handed

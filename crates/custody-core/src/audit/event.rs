@@ -250,6 +250,26 @@ pub enum AuditEvent {
         /// The credential's public id.
         credential: String,
     },
+    /// The sealed policy was replaced (`custody policy apply|edit`).
+    PolicyChange {
+        /// SHA-256 (hex) of the policy text before, if one was sealed.
+        previous_sha256: Option<String>,
+        /// SHA-256 (hex) of the new policy text.
+        sha256: String,
+        /// Who applied it (`terminal session …`).
+        by: String,
+        /// Grants withdrawn because the new policy no longer makes or
+        /// allows them.
+        grants_withdrawn: Vec<String>,
+    },
+    /// A lease record did not open under the vault key (edited, moved from
+    /// another lease, or planted): nothing in it was acted on.
+    LeaseRecordRejected {
+        /// The id it was stored under.
+        lease_id: String,
+        /// Where it was found: `vault` or `file`.
+        place: String,
+    },
 }
 
 impl AuditEvent {
@@ -281,6 +301,8 @@ impl AuditEvent {
             AuditEvent::CredentialRevoked { .. } => "credential_revoked",
             AuditEvent::CredentialIrrevocable { .. } => "credential_irrevocable",
             AuditEvent::CredentialReaped { .. } => "credential_reaped",
+            AuditEvent::PolicyChange { .. } => "policy_change",
+            AuditEvent::LeaseRecordRejected { .. } => "lease_record_rejected",
         }
     }
 }

@@ -10,6 +10,7 @@
 mod environments;
 mod error;
 mod label;
+mod records;
 mod schema;
 mod sources;
 mod variables;
@@ -32,6 +33,7 @@ use crate::names::{EnvName, VarName};
 
 pub use error::VaultError;
 pub use label::{Label, LabelError};
+pub use records::{LeaseRecordEntry, MAX_LEASE_RECORD, MAX_POLICY_TEXT};
 pub use schema::CURRENT_VERSION as FORMAT_VERSION;
 
 /// Shorthand for vault results.

@@ -10,7 +10,7 @@ use rusqlite::{Connection, Transaction};
 pub const APPLICATION_ID: i64 = 0x4353_5459;
 
 /// The newest format this build writes and reads.
-pub const CURRENT_VERSION: i64 = 3;
+pub const CURRENT_VERSION: i64 = 4;
 
 /// Migrations, in order: `MIGRATIONS[i]` takes the format from `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -60,6 +60,15 @@ const MIGRATIONS: &[&str] = &[
     // key (`Vault::seal_legacy_pin`); this step only marks the format, so an
     // older build refuses the file instead of finding no PIN.
     "SELECT 1;",
+    // 3 → 4: live leases are recorded in the vault too (sealed, bound to the
+    // lease id), so deleting or forging the files beside it hides nothing;
+    // the policy is sealed in `meta.sealed_policy` (no table needed).
+    "
+    CREATE TABLE IF NOT EXISTS leases (
+        id            TEXT PRIMARY KEY,
+        sealed_record BLOB NOT NULL
+    ) STRICT;
+    ",
 ];
 
 /// Brings a vault at format `from` up to [`CURRENT_VERSION`].

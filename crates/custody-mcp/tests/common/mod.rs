@@ -110,8 +110,19 @@ impl Env {
             .success();
     }
 
+    /// Seals `text` as the policy in force (`custody policy apply`, PIN on
+    /// stdin).
     pub fn policy(&self, text: &str) {
-        std::fs::write(self.home().join("policy.toml"), text).unwrap();
+        let file = self.home().join("policy.toml");
+        std::fs::write(&file, text).unwrap();
+        self.cmd()
+            .arg("policy")
+            .arg("apply")
+            .arg(&file)
+            .arg("--pin-stdin")
+            .write_stdin(format!("{PIN}\n"))
+            .assert()
+            .success();
     }
 
     /// Waits for one pending request and returns its id.

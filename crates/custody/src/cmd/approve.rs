@@ -50,23 +50,6 @@ fn scope(a: &ApproveArgs) -> anyhow::Result<ApprovalScope> {
 
 /// The passed-through variables whose value differs from this terminal's
 /// (an agent's own `PATH` first, say), one per line.
-/// `text` with every character that could rewrite a terminal (C0/C1
-/// controls, ESC, DEL, bidi overrides and isolates, zero-width characters)
-/// shown as a visible escape, so what the human reads is what will run.
-fn shown(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        let hidden = c.is_control()
-            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}');
-        if hidden {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn differing_env(p: &Value) -> String {
     let mut out = String::new();
     for (k, v) in p["passthrough"].as_object().into_iter().flatten() {
@@ -74,16 +57,16 @@ fn differing_env(p: &Value) -> String {
         if std::env::var(k).ok().as_deref() != Some(theirs) {
             out.push_str(&format!(
                 "\n  env differs:  {}={} (yours: {})",
-                shown(k),
-                shown(theirs),
-                shown(&std::env::var(k).unwrap_or_else(|_| "unset".into()))
+                output::shown(k),
+                output::shown(theirs),
+                output::shown(&std::env::var(k).unwrap_or_else(|_| "unset".into()))
             ));
         }
     }
     for f in p["files"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "\n  file bound:   {} (its content as of now)",
-            shown(f.as_str().unwrap_or_default())
+            output::shown(f.as_str().unwrap_or_default())
         ));
     }
     out
@@ -92,12 +75,12 @@ fn differing_env(p: &Value) -> String {
 fn describe(p: &Value) -> String {
     format!(
         "request {}\n  from:         {}\n  command:      {}\n  program:      {}{}\n  in:           {}\n  environments: {}\n  variables:    {}\n  timeout:      {}s{}",
-        shown(p["id"].as_str().unwrap_or_default()),
-        shown(p["requester"].as_str().unwrap_or_default()),
-        shown(&argv_line(&p["argv"])),
-        shown(p["program"].as_str().unwrap_or("(not resolved)")),
+        output::shown(p["id"].as_str().unwrap_or_default()),
+        output::shown(p["requester"].as_str().unwrap_or_default()),
+        output::shown(&argv_line(&p["argv"])),
+        output::shown(p["program"].as_str().unwrap_or("(not resolved)")),
         differing_env(p),
-        shown(p["cwd"].as_str().unwrap_or_default()),
+        output::shown(p["cwd"].as_str().unwrap_or_default()),
         list(&p["environments"]),
         list(&p["variables"]),
         p["timeout_secs"],
@@ -303,8 +286,8 @@ mod tests {
     /// Untrusted text in the approval cannot rewrite the human's screen.
     #[test]
     fn escapes_hide_nothing_on_the_approval_screen() {
-        assert_eq!(shown("cargo test"), "cargo test");
-        assert_eq!(shown("päss"), "päss");
+        assert_eq!(output::shown("cargo test"), "cargo test");
+        assert_eq!(output::shown("päss"), "päss");
         for hostile in [
             "\u{1b}[1A\u{1b}[2K",
             "a\rb",
@@ -313,7 +296,7 @@ mod tests {
             "\u{7f}",
             "\u{9b}",
         ] {
-            let s = shown(hostile);
+            let s = output::shown(hostile);
             assert!(
                 !s.chars()
                     .any(|c| c.is_control() || ('\u{200b}'..='\u{202e}').contains(&c)),

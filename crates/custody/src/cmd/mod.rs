@@ -67,7 +67,8 @@ pub enum Command {
     Source(source::SourceCommand),
     /// Store a random value that nobody sees.
     Generate(generate::GenerateArgs),
-    /// Check the policy file; list the agent clients policy can name.
+    /// The policy in force (sealed in the vault): show, apply, edit, check;
+    /// list the agent clients policy can name.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
     /// Remove a variable.

@@ -76,9 +76,11 @@ pub fn unlock(g: &Global, secrets: &mut SecretInput, _a: UnlockArgs) -> anyhow::
         .call_with_secret(Request::Unlock, &passphrase)
         .map_err(broker_err)?;
     if g.json {
-        output::json(
-            &json!({"unlocked": true, "daemon_started": started, "already": v["already"]}),
-        )?;
+        let mut out = json!({"unlocked": true, "daemon_started": started, "already": v["already"]});
+        if let Some(note) = v.get("policy_note") {
+            out["policy_note"] = note.clone();
+        }
+        output::json(&out)?;
     } else if v["already"].as_bool() == Some(true) {
         println!("Already unlocked.");
     } else {
@@ -86,6 +88,9 @@ pub fn unlock(g: &Global, secrets: &mut SecretInput, _a: UnlockArgs) -> anyhow::
             "Unlocked{}.",
             if started { " (broker started)" } else { "" }
         );
+    }
+    if let Some(note) = v["policy_note"].as_str() {
+        eprintln!("custody: warning: {}", crate::output::shown(note));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,126 @@
+//! The sealed policy and the sealed lease records: what decides access and
+//! what the broker must clean up, kept where only the vault key can write
+//! them (an agent that can write files cannot grant itself anything, G9).
+
+use rusqlite::{OptionalExtension, params};
+
+use super::*;
+
+/// Largest policy text stored (a request frame must hold it).
+pub const MAX_POLICY_TEXT: usize = 256 * 1024;
+/// Largest lease record stored.
+pub const MAX_LEASE_RECORD: usize = 64 * 1024;
+
+/// A stored lease record: its id and its bytes, or the error for one that
+/// does not open.
+pub type LeaseRecordEntry = (String, Result<Zeroizing<Vec<u8>>>);
+
+impl Vault {
+    /// The sealed policy text, if one was applied. A record that does not
+    /// open under this vault's key is an error, never the default policy.
+    pub fn policy_text(&self) -> Result<Option<Zeroizing<String>>> {
+        let sealed: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'sealed_policy'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| storage(e, &self.path))?;
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        let tampered = || VaultError::Tampered {
+            what: "policy".into(),
+        };
+        let plain = crypto::open(&self.seal_key, &aad(b"policy", &[&self.vault_id]), &sealed)
+            .map_err(|_| tampered())?;
+        String::from_utf8(plain.to_vec())
+            .map(|s| Some(Zeroizing::new(s)))
+            .map_err(|_| tampered())
+    }
+
+    /// Seals `text` as the vault's policy (the caller has parsed it).
+    pub fn set_policy_text(&self, text: &str) -> Result<()> {
+        if text.len() > MAX_POLICY_TEXT {
+            return Err(VaultError::ValueTooLarge {
+                len: text.len(),
+                max: MAX_POLICY_TEXT,
+            });
+        }
+        let sealed = crypto::seal(
+            &self.seal_key,
+            &aad(b"policy", &[&self.vault_id]),
+            text.as_bytes(),
+        )?;
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('sealed_policy', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![sealed],
+            )
+            .map_err(|e| storage(e, &self.path))?;
+        Ok(())
+    }
+
+    /// Records a live lease (`record` is the broker's serialized record,
+    /// sealed and bound to `id`).
+    pub fn put_lease_record(&self, id: &str, record: &[u8]) -> Result<()> {
+        if record.len() > MAX_LEASE_RECORD {
+            return Err(VaultError::ValueTooLarge {
+                len: record.len(),
+                max: MAX_LEASE_RECORD,
+            });
+        }
+        let sealed = crypto::seal(
+            &self.seal_key,
+            &aad(b"lease", &[&self.vault_id, id.as_bytes()]),
+            record,
+        )?;
+        self.conn
+            .execute(
+                "INSERT INTO leases (id, sealed_record) VALUES (?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET sealed_record = excluded.sealed_record",
+                params![id, sealed],
+            )
+            .map_err(|e| storage(e, &self.path))?;
+        Ok(())
+    }
+
+    /// Forgets a lease record.
+    pub fn remove_lease_record(&self, id: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM leases WHERE id = ?1", params![id])
+            .map_err(|e| storage(e, &self.path))?;
+        Ok(())
+    }
+
+    /// Every lease record: `(id, Ok(record))`, or `(id, Err)` for one that
+    /// does not open (moved from another lease, edited, or planted).
+    pub fn lease_records(&self) -> Result<Vec<LeaseRecordEntry>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, sealed_record FROM leases ORDER BY id")
+            .map_err(|e| storage(e, &self.path))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(|e| storage(e, &self.path))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, sealed) = row.map_err(|e| storage(e, &self.path))?;
+            let opened = crypto::open(
+                &self.seal_key,
+                &aad(b"lease", &[&self.vault_id, id.as_bytes()]),
+                &sealed,
+            )
+            .map_err(|_| VaultError::Tampered {
+                what: "lease record".into(),
+            });
+            out.push((id, opened));
+        }
+        Ok(out)
+    }
+}

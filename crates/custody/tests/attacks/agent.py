@@ -1,0 +1,84 @@
+"""A hostile coding agent, scripted: an MCP client that starts `custody mcp`
+as its child (so the broker registers this process as an agent client) and
+whose shell children attack custody as the same user.
+
+Usage: agent.py CUSTODY CLIENT_NAME STEPS_JSON
+
+STEPS_JSON is a list of steps, run in order:
+  {"shell": "..."}            `sh -c` as this agent's child (its cwd is the
+                              agent's; CUSTODY_HOME/CUSTODY_RUNTIME_DIR are
+                              inherited, as an agent's shell inherits them)
+  {"tool": NAME, "args": {}}  an MCP tools/call
+  {"sleep": SECONDS}
+  {"signal": PATH}            create PATH (tells the test a point is reached)
+  {"wait_file": PATH}         wait (up to 60 s) until PATH exists
+Prints one JSON line: the list of results (for a shell step
+{"rc", "stdout", "stderr"}; for a tool step the structured result, or
+{"error": text} for a tool error).
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+custody, client_name, steps = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+mcp = subprocess.Popen([custody, "mcp"], stdin=subprocess.PIPE,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+next_id = 1
+
+
+def rpc(method, params=None, notify=False):
+    global next_id
+    msg = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        msg["params"] = params
+    if not notify:
+        msg["id"] = next_id
+        next_id += 1
+    mcp.stdin.write((json.dumps(msg) + "\n").encode())
+    mcp.stdin.flush()
+    if notify:
+        return None
+    while True:
+        line = mcp.stdout.readline()
+        if not line:
+            raise SystemExit("custody mcp closed its output")
+        reply = json.loads(line)
+        if reply.get("id") == msg["id"]:
+            return reply
+
+
+rpc("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                   "clientInfo": {"name": client_name, "version": "1"}})
+rpc("notifications/initialized", notify=True)
+while b"registered session" not in mcp.stderr.readline():
+    pass
+
+results = []
+for step in steps:
+    if "shell" in step:
+        p = subprocess.run(["sh", "-c", step["shell"]], capture_output=True, timeout=120)
+        results.append({"rc": p.returncode, "stdout": p.stdout.decode(errors="replace"),
+                        "stderr": p.stderr.decode(errors="replace")})
+    elif "tool" in step:
+        reply = rpc("tools/call", {"name": step["tool"], "arguments": step.get("args", {})})
+        res = reply.get("result", {})
+        if "error" in reply or res.get("isError"):
+            text = json.dumps(reply.get("error") or res.get("content"))
+            results.append({"error": text})
+        else:
+            results.append(res.get("structuredContent", res))
+    elif "sleep" in step:
+        time.sleep(step["sleep"])
+    elif "signal" in step:
+        open(step["signal"], "w").close()
+        results.append({})
+    elif "wait_file" in step:
+        until = time.monotonic() + 60
+        while not os.path.exists(step["wait_file"]) and time.monotonic() < until:
+            time.sleep(0.02)
+        results.append({})
+print(json.dumps(results), flush=True)
+mcp.stdin.close()
+mcp.wait(timeout=30)
