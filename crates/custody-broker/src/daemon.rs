@@ -54,7 +54,10 @@ pub async fn run(
     listener: UnixListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let weak = crate::sys::harden_process();
+    let mut weak = crate::sys::harden_process();
+    if !crate::contain::enable() {
+        weak.push("lease containment (child subreaper)");
+    }
     for w in weak {
         eprintln!("custody daemon: warning: could not apply protection: {w}");
     }
@@ -65,6 +68,7 @@ pub async fn run(
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 b.tick().await;
+                let _ = tokio::task::spawn_blocking(crate::contain::sweep_if_dirty).await;
             }
         })
     };

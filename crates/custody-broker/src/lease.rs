@@ -30,6 +30,10 @@ use crate::protocol::{self, Event};
 /// the requester's (or the broker's) environment reaches the child.
 pub const PASSTHROUGH: &[&str] = &["PATH", "HOME", "USER", "LANG", "TERM", "TMPDIR"];
 
+/// How long the output pipes may stay open after the lease's process group
+/// is gone before the broker looks for escaped descendants holding them.
+const PIPES_CLOSE: Duration = Duration::from_millis(50);
+
 /// Why a lease ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -218,7 +222,7 @@ impl Tail {
 
 /// Starts the process. Returns the started facts and a future-like handle
 /// (`supervise`) to await its end.
-pub fn spawn(plan: &LeasePlan) -> Result<(tokio::process::Child, Started, PathBuf), LeaseError> {
+pub fn spawn(plan: &LeasePlan) -> Result<(Spawned, Started, PathBuf), LeaseError> {
     let dir = lease_dir(&plan.runtime_dir, &plan.id);
     let files = write_secret_files(&dir, &plan.injected).map_err(LeaseError::Files)?;
     let program = plan.argv.first().cloned().unwrap_or_default();
@@ -248,7 +252,8 @@ pub fn spawn(plan: &LeasePlan) -> Result<(tokio::process::Child, Started, PathBu
     for (name, path) in &files {
         cmd.env(name, path);
     }
-    let child = cmd.spawn().map_err(|source| {
+    // The child is a subreaper: nothing it starts can leave the lease.
+    let (child, own) = crate::contain::spawn(&mut cmd).map_err(|source| {
         let _ = std::fs::remove_dir_all(&dir);
         LeaseError::Spawn {
             program: program.clone(),
@@ -258,7 +263,13 @@ pub fn spawn(plan: &LeasePlan) -> Result<(tokio::process::Child, Started, PathBu
     drop(cmd);
     let pid = child.id().unwrap_or(0);
     let start_ticks = crate::procs::stat(pid).map(|(_, s)| s).unwrap_or(0);
-    Ok((child, Started { pid, start_ticks }, dir))
+    Ok((Spawned { child, own }, Started { pid, start_ticks }, dir))
+}
+
+/// A started lease process, registered as the broker's own child.
+pub struct Spawned {
+    child: tokio::process::Child,
+    own: crate::contain::Own,
 }
 
 /// Byte-safe `OsStr` from bytes (Unix: any bytes except NUL are valid).
@@ -323,7 +334,7 @@ async fn emit(events: &mpsc::Sender<Event>, stream: &str, bytes: &[u8], tail: &m
 /// stop signal enforced, the group cleaned up, the lease directory removed.
 pub async fn supervise(
     plan: LeasePlan,
-    mut child: tokio::process::Child,
+    spawned: Spawned,
     started: Started,
     dir: PathBuf,
     events: mpsc::Sender<Event>,
@@ -331,6 +342,7 @@ pub async fn supervise(
 ) -> LeaseOutcome {
     let t0 = Instant::now();
     let pgid = started.pid;
+    let Spawned { mut child, own } = spawned;
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let out_task = stdout.map(|s| {
@@ -388,18 +400,50 @@ pub async fn supervise(
             signal_group(pgid, Signal::KILL);
         }
     }
+    // Reaped: its pid is no longer ours to keep.
+    drop(own);
+    // What it started outside its group (`setsid`, double forks) was
+    // re-parented to it (a subreaper) and, now that it is gone, to the
+    // broker. One that holds the output open would keep the lease going
+    // past its end: when the pipes stay open, sweep at once; otherwise
+    // sweep in the background (daemons close their output).
+    let pumps = async {
+        let mut out = Vec::new();
+        for task in [out_task, err_task] {
+            out.push(match task {
+                Some(t) => t.await.ok(),
+                None => None,
+            });
+        }
+        out
+    };
+    tokio::pin!(pumps);
+    let results = match tokio::time::timeout(PIPES_CLOSE, &mut pumps).await {
+        Ok(r) => {
+            tokio::task::spawn_blocking(crate::contain::sweep);
+            r
+        }
+        Err(_) => {
+            let _ = tokio::task::spawn_blocking(crate::contain::sweep).await;
+            // Without containment (no subreaper), an escaped process keeps
+            // the pipes: the lease still ends, its late output is dropped.
+            tokio::time::timeout(plan.grace, &mut pumps)
+                .await
+                .unwrap_or_default()
+        }
+    };
     let mut counts = MaskCounts::new();
     let mut truncated = false;
     let mut captured = [String::new(), String::new()];
-    for (i, task) in [out_task, err_task].into_iter().enumerate() {
-        if let Some(task) = task
-            && let Ok((c, tail)) = task.await
-        {
+    for (i, r) in results.into_iter().enumerate() {
+        if let Some((c, tail)) = r {
             for (k, v) in c {
                 *counts.entry(k).or_insert(0) += v;
             }
             truncated |= tail.cut;
-            captured[i] = String::from_utf8_lossy(&tail.buf).into_owned();
+            if let Some(slot) = captured.get_mut(i) {
+                *slot = String::from_utf8_lossy(&tail.buf).into_owned();
+            }
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -15,6 +15,7 @@
 pub mod binding;
 pub mod broker;
 pub mod client;
+pub mod contain;
 pub mod daemon;
 pub mod grants;
 pub mod lease;

@@ -17,6 +17,32 @@ pub fn stat(pid: u32) -> Option<(u32, u64)> {
     Some((ppid, start))
 }
 
+/// The children of `parent` (pid, whether it is a zombie), from a scan of
+/// `/proc` (this kernel may lack `/proc/PID/task/TID/children`).
+pub fn children_of(parent: u32) -> Vec<(u32, bool)> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = text.rfind(')').map(|i| &text[i + 1..]) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        if fields.next().and_then(|p| p.parse::<u32>().ok()) == Some(parent) {
+            out.push((pid, state == Some("Z")));
+        }
+    }
+    out
+}
+
 /// Deepest process chain walked: a bound against a pid cycle from a racing
 /// /proc.
 pub const MAX_DEPTH: usize = 256;

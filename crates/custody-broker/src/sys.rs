@@ -36,3 +36,18 @@ pub fn lock_in_memory(bytes: &[u8]) -> bool {
     // any more once the allocation is freed and reused).
     unsafe { rustix::mm::mlock(bytes.as_ptr() as *mut core::ffi::c_void, bytes.len()).is_ok() }
 }
+
+/// Makes the process `cmd` starts a child subreaper, between its fork and
+/// its exec (the attribute survives `execve`): see [`crate::contain`].
+pub fn subreaper_before_exec(cmd: &mut tokio::process::Command) {
+    // SAFETY: the hook runs in the forked child before exec, where only
+    // async-signal-safe work is allowed. It makes one `prctl` system call
+    // (no allocation, no lock, no access to the parent's memory) and
+    // returns its result; `Pid::from_raw(1)` is a constant conversion.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_child_subreaper(rustix::process::Pid::from_raw(1))
+                .map_err(std::io::Error::from)
+        });
+    }
+}

@@ -365,3 +365,131 @@ fn attack_applying_a_policy_from_the_agents_tree_is_refused() {
         assert_eq!(shown["sealed"], false, "{shown}");
     });
 }
+
+/// Whether `pid` is a live process (a zombie is dead).
+fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// Waits until `pid` is dead; false if it still lives after `limit`.
+fn dies_within(pid: u32, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    while alive(pid) {
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// The pid an escaped process wrote into the work dir.
+fn escaped_pid(e: &Env, name: &str) -> u32 {
+    let path = e.work().join(name);
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(pid) = fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return pid;
+        }
+        assert!(Instant::now() < until, "{name} was never written");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts a process that leaves the lease's process group and session and
+/// keeps `$TOKEN` in its environment, writing its pid to `name`.
+fn escape(how: &str, name: &str, keep_output: bool) -> String {
+    let out = if keep_output {
+        ""
+    } else {
+        " </dev/null >/dev/null 2>&1"
+    };
+    let body = format!("echo $$ > {name}.tmp; mv {name}.tmp {name}; exec sleep 120");
+    // The command goes on once the escapee is up.
+    let wait = format!("while [ ! -s {name} ]; do sleep 0.05; done;");
+    match how {
+        "setsid" => format!("setsid sh -c '{body}'{out} & {wait}"),
+        // A double fork: the middle process exits at once, so the escapee
+        // is an orphan from the start.
+        _ => format!("(sh -c '{body}'{out} &) ; {wait}"),
+    }
+}
+
+/// Attack class 7, "escaping the deadline": lease commands start processes
+/// that leave with `setsid` or a double fork, holding the value in their
+/// environment. Each dies when its lease ends: at the deadline, when the
+/// command exits (even one holding the output open, which no longer keeps
+/// the lease running), on `revoke --all` and on `lock`.
+#[test]
+fn attack_escaping_the_deadline() {
+    as_each_user(|e| {
+        let at_deadline = format!("{} sleep 60", escape("setsid", "deadline.pid", false));
+        let on_exit = format!("{} true", escape("fork", "exit.pid", false));
+        let holding = format!("{} true", escape("setsid", "holding.pid", true));
+        let revoked = format!("{} sleep 60", escape("fork", "revoked.pid", false));
+        let locked = format!("{} sleep 60", escape("setsid", "locked.pid", false));
+        let mut policy = String::new();
+        for c in [&at_deadline, &on_exit, &holding, &revoked, &locked] {
+            policy.push_str(&preapproving(&["sh", "-c", c]));
+        }
+        e.apply_policy(&policy);
+        let step = |c: &str, timeout: u64| {
+            json!({"tool": "run", "args": {
+                "environments": ["dev"], "command": ["sh", "-c", c],
+                "cwd": e.work().to_str().unwrap(), "timeout_seconds": timeout}})
+        };
+        let r = e.agent(
+            "codex-mcp-client",
+            json!([
+                step(&at_deadline, 2),
+                step(&on_exit, 30),
+                step(&holding, 30)
+            ]),
+        );
+        assert_eq!(r[0]["ended_by"], "deadline", "{r:?}");
+        for (i, name) in ["deadline.pid", "exit.pid", "holding.pid"]
+            .iter()
+            .enumerate()
+        {
+            let pid = escaped_pid(e, name);
+            assert!(
+                dies_within(pid, Duration::from_secs(10)),
+                "the process escaped by {name} outlived its lease: {:?}",
+                r[i]
+            );
+        }
+        // Holding the output open no longer keeps the lease running: it
+        // ended when its command did, not when the escapee would have.
+        assert_eq!(r[2]["ended_by"], "exited", "{r:?}");
+        assert!(r[2]["duration_ms"].as_u64().unwrap() < 30_000, "{r:?}");
+
+        // Revoked and locked while running.
+        for (c, name, how) in [
+            (&revoked, "revoked.pid", ["revoke", "--all"]),
+            (&locked, "locked.pid", ["lock", ""]),
+        ] {
+            e.ok(&["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
+            let agent = e.spawn_agent("codex-mcp-client", json!([step(c, 60)]));
+            let pid = escaped_pid(e, name);
+            let args: Vec<&str> = how.iter().copied().filter(|a| !a.is_empty()).collect();
+            e.ok(&args, "");
+            let r = agent_results(agent);
+            assert!(
+                dies_within(pid, Duration::from_secs(10)),
+                "the process escaped by {name} outlived `custody {}`: {r:?}",
+                args.join(" ")
+            );
+        }
+    });
+}

@@ -62,18 +62,17 @@ pub async fn mint(
     expires: &str,
 ) -> Result<Zeroizing<Vec<u8>>, CommandFailure> {
     let ttl = ttl_secs.to_string();
-    let mut child = command(
+    let mut cmd = command(
         &source.mint,
         &[
             ("CUSTODY_LEASE_ID", lease_id),
             ("CUSTODY_TTL_SECONDS", &ttl),
             ("CUSTODY_EXPIRES_AT", expires),
         ],
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .spawn()
-    .map_err(|e| CommandFailure(format!("cannot start the mint command ({})", e.kind())))?;
+    );
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+    let (mut child, _own) = crate::contain::spawn(&mut cmd)
+        .map_err(|e| CommandFailure(format!("cannot start the mint command ({})", e.kind())))?;
     let mut out = child
         .stdout
         .take()
@@ -125,10 +124,9 @@ pub async fn revoke(source: &CommandSource, token: &[u8]) -> Result<(), CommandF
     };
     let text = std::str::from_utf8(token)
         .map_err(|_| CommandFailure("the token is not UTF-8; it cannot be passed on".into()))?;
-    let mut child = command(script, &[("CUSTODY_TOKEN", text)])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
+    let mut cmd = command(script, &[("CUSTODY_TOKEN", text)]);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::null());
+    let (mut child, _own) = crate::contain::spawn(&mut cmd)
         .map_err(|e| CommandFailure(format!("cannot start the revoke command ({})", e.kind())))?;
     let run = async {
         if let Some(mut stdin) = child.stdin.take() {
