@@ -94,6 +94,12 @@ pub fn sweep() -> usize {
     n
 }
 
+/// Asks the next [`sweep_if_dirty`] to sweep (a lease just ended: whatever
+/// it left is the broker's now).
+pub fn mark_dirty() {
+    DIRTY.store(true, Ordering::Relaxed);
+}
+
 /// Sweeps again only if the last sweep found something (for the broker's
 /// periodic tick: an idle broker does not scan `/proc`).
 pub fn sweep_if_dirty() {

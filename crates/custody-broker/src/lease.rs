@@ -405,8 +405,9 @@ pub async fn supervise(
     // What it started outside its group (`setsid`, double forks) was
     // re-parented to it (a subreaper) and, now that it is gone, to the
     // broker. One that holds the output open would keep the lease going
-    // past its end: when the pipes stay open, sweep at once; otherwise
-    // sweep in the background (daemons close their output).
+    // past its end: when the pipes stay open, sweep at once; otherwise the
+    // broker's next tick (within a second) sweeps, off the run's path
+    // (daemons close their output).
     let pumps = async {
         let mut out = Vec::new();
         for task in [out_task, err_task] {
@@ -420,7 +421,7 @@ pub async fn supervise(
     tokio::pin!(pumps);
     let results = match tokio::time::timeout(PIPES_CLOSE, &mut pumps).await {
         Ok(r) => {
-            tokio::task::spawn_blocking(crate::contain::sweep);
+            crate::contain::mark_dirty();
             r
         }
         Err(_) => {
