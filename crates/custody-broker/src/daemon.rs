@@ -55,7 +55,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut weak = crate::sys::harden_process();
-    if !crate::contain::enable() {
+    if cfg.contain && !crate::contain::enable() {
         weak.push("lease containment (child subreaper)");
     }
     for w in weak {

@@ -1,17 +1,24 @@
-//! Lease records on disk, so a broker that crashed (or was killed) can end
-//! what it left running when it starts again (G5).
+//! Lease records, so a broker that crashed (or was killed) can end what it
+//! left running when it starts again (G5), and revoke what it minted (G10).
 //!
-//! One small JSON file per running lease in `$CUSTODY_HOME/leases/`, written
-//! atomically (temp file + rename) before the lease is reported started and
-//! removed when it ends. They hold pids, start times and paths: never values.
-//! A lease with dynamic credentials keeps its record until they are revoked
-//! (a command token in it is sealed with the vault's lease-token key).
+//! Each running lease is recorded twice: sealed in the vault (AEAD under the
+//! vault key, bound to the lease id: the authority, read at unlock) and as a
+//! small JSON file in `$CUSTODY_HOME/leases/` (read when a broker starts,
+//! before any key is there, only to kill what is still running). Files are
+//! untrusted input: an agent can write them. So a file is only ever used to
+//! kill the very process it names (pid and start time must match, pid > 1)
+//! and to remove that lease's own directory (`RUNTIME/leases/ID`, nothing
+//! else); its credentials are never read. Credentials, and processes whose
+//! files were deleted, are handled at unlock from the sealed records.
+//! Records hold pids, start times and paths: never values (a command token
+//! in one is sealed with the vault's lease-token key).
 
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use custody_core::vault::Vault;
 use rustix::process::Signal;
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +43,54 @@ pub struct LeaseRecord {
     pub dynamic: Vec<crate::sources::Minted>,
 }
 
+/// Largest pid Linux hands out (`PID_MAX_LIMIT`).
+const PID_MAX: u32 = 4_194_304;
+
+/// Whether `id` has the shape the broker gives lease ids (`l-` and 12
+/// lowercase hex digits).
+pub fn is_lease_id(id: &str) -> bool {
+    id.strip_prefix("l-").is_some_and(|h| {
+        h.len() == 12
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+impl LeaseRecord {
+    /// Whether every field is one the broker could have written for lease
+    /// `id` under `runtime_dir`: the id's shape, a pid that is no one's but
+    /// a child's (or 0: none yet), and the lease's own directory (or none).
+    pub fn is_valid(&self, id: &str, runtime_dir: &Path) -> bool {
+        self.id == id
+            && is_lease_id(id)
+            && (self.pid == 0
+                || (self.pid > 1 && self.pid <= PID_MAX && self.pid != std::process::id()))
+            && (self.dir.as_os_str().is_empty()
+                || self.dir == crate::lease::lease_dir(runtime_dir, id))
+    }
+
+    /// Kills the record's process group if the process is still the very
+    /// one it names (pid and start time), and removes the lease's own
+    /// directory. Returns whether it killed. Call only on a valid record.
+    pub fn end(&self) -> bool {
+        // Same pid and start time: our child, kill its group. No process with
+        // that pid but the group still exists: the leader died and left
+        // children behind; Linux never hands out a pid still used as a
+        // process-group id, so those members can only be ours. A pid reused
+        // by a different process means the old group is gone: touch nothing.
+        let killed = self.pid > 1
+            && (procs::same_process(self.pid, self.start_ticks)
+                || (procs::stat(self.pid).is_none() && group_alive(self.pid)));
+        if killed {
+            signal_group(self.pid, Signal::KILL);
+        }
+        if !self.dir.as_os_str().is_empty() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+        killed
+    }
+}
+
 /// What the reaper did with one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reaped {
@@ -49,8 +104,18 @@ fn dir(home: &Path) -> PathBuf {
     home.join("leases")
 }
 
-/// Persists a record (atomically).
-pub fn persist(home: &Path, rec: &LeaseRecord) -> std::io::Result<()> {
+/// Records a lease: sealed in the vault (when it is open) and as a file.
+pub fn persist(home: &Path, vault: Option<&Vault>, rec: &LeaseRecord) -> std::io::Result<()> {
+    if let Some(v) = vault {
+        let json = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
+        v.put_lease_record(&rec.id, &json)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+    }
+    persist_file(home, rec)
+}
+
+/// Writes a record's file (atomically).
+fn persist_file(home: &Path, rec: &LeaseRecord) -> std::io::Result<()> {
     let d = dir(home);
     crate::paths::ensure_private_dir(&d)?;
     let tmp = d.join(format!(".{}.tmp", rec.id));
@@ -68,22 +133,30 @@ pub fn persist(home: &Path, rec: &LeaseRecord) -> std::io::Result<()> {
     fs::rename(&tmp, d.join(format!("{}.json", rec.id)))
 }
 
-/// Removes a record (the lease ended normally).
-pub fn forget(home: &Path, id: &str) {
+/// Removes a record, file and sealed copy (the lease ended normally).
+pub fn forget(home: &Path, vault: Option<&Vault>, id: &str) {
+    if let Some(v) = vault {
+        let _ = v.remove_lease_record(id);
+    }
     let _ = fs::remove_file(dir(home).join(format!("{id}.json")));
 }
 
-/// Records that still hold dynamic credentials (read at unlock).
-pub fn dynamic_leftovers(home: &Path) -> Vec<LeaseRecord> {
-    let Ok(entries) = fs::read_dir(dir(home)) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .filter_map(|e| read_record(&e.path()))
-        .filter(|r| !r.dynamic.is_empty())
-        .collect()
+/// The sealed records of a just-unlocked vault: those that open and are
+/// valid, and the ids of those that are not (edited, moved from another
+/// lease, or planted in the vault file).
+pub fn sealed_records(vault: &Vault, runtime_dir: &Path) -> (Vec<LeaseRecord>, Vec<String>) {
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for (id, opened) in vault.lease_records().unwrap_or_default() {
+        match opened
+            .ok()
+            .and_then(|b| serde_json::from_slice::<LeaseRecord>(&b).ok())
+        {
+            Some(rec) if rec.is_valid(&id, runtime_dir) => good.push(rec),
+            _ => bad.push(id),
+        }
+    }
+    (good, bad)
 }
 
 /// One record, if it is readable, small and well-formed.
@@ -94,56 +167,44 @@ fn read_record(path: &Path) -> Option<LeaseRecord> {
         .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
-/// Ends everything a previous broker left: for each record whose process is
-/// still the same process (pid and start time match), kills its group;
-/// removes its directory and the record. Unreadable records are removed.
-pub fn reap(home: &Path) -> Vec<Reaped> {
-    let mut out = Vec::new();
+/// What the reaper did when the broker started.
+#[derive(Debug, Default)]
+pub struct ReapReport {
+    /// Records whose lease it ended.
+    pub reaped: Vec<Reaped>,
+    /// Files that were not records the broker could have written (their
+    /// names): removed, nothing in them acted on.
+    pub rejected: Vec<String>,
+}
+
+/// Ends what a previous broker left, from the files alone (no key yet): for
+/// each valid record whose process is still the same process, kills its
+/// group and removes its directory. Every file is removed: the sealed copy
+/// in the vault, read at unlock, carries the credentials to revoke.
+pub fn reap(home: &Path, runtime_dir: &Path) -> ReapReport {
+    let mut out = ReapReport::default();
     let Ok(entries) = fs::read_dir(dir(home)) else {
         return out;
     };
     for entry in entries.flatten() {
         let path = entry.path();
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
         if path.extension().is_none_or(|e| e != "json") {
             let _ = fs::remove_file(&path);
             continue;
         }
-        let Some(rec) = read_record(&path) else {
-            let _ = fs::remove_file(&path);
+        let rec = read_record(&path).filter(|r| r.is_valid(&stem, runtime_dir));
+        let _ = fs::remove_file(&path);
+        let Some(rec) = rec else {
+            out.rejected.push(stem.chars().take(64).collect());
             continue;
         };
-        if rec.pid == 0 && !rec.dynamic.is_empty() {
-            // Reaped before; waits for an unlock to revoke its credentials.
-            continue;
-        }
-        // Same pid and start time: our child, kill its group. No process with
-        // that pid but the group still exists: the leader died and left
-        // children behind; Linux never hands out a pid still used as a
-        // process-group id, so those members can only be ours. A pid reused
-        // by a different process means the old group is gone: touch nothing.
-        let killed = rec.pid > 1
-            && (procs::same_process(rec.pid, rec.start_ticks)
-                || (procs::stat(rec.pid).is_none() && group_alive(rec.pid)));
-        if killed {
-            signal_group(rec.pid, Signal::KILL);
-        }
-        if rec.dir.starts_with("/") && rec.dir.components().count() > 2 {
-            let _ = fs::remove_dir_all(&rec.dir);
-        }
-        if rec.dynamic.is_empty() {
-            let _ = fs::remove_file(&path);
-        } else {
-            // The processes are gone; the credentials are revoked at the next
-            // unlock (the vault holds what revoking them needs).
-            let kept = LeaseRecord {
-                pid: 0,
-                start_ticks: 0,
-                dir: PathBuf::new(),
-                ..rec.clone()
-            };
-            let _ = persist(home, &kept);
-        }
-        out.push(Reaped {
+        let killed = rec.end();
+        out.reaped.push(Reaped {
             record: rec,
             killed,
         });

@@ -493,3 +493,112 @@ fn attack_escaping_the_deadline() {
         }
     });
 }
+
+impl Env {
+    /// The daemon's pid, from `custody status`.
+    fn daemon_pid(&self) -> u32 {
+        self.json(&["status"])["pid"].as_u64().unwrap() as u32
+    }
+}
+
+/// Start time (clock ticks since boot) of `pid`, as `/proc` tells anyone.
+fn start_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 1..];
+    rest.split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
+/// Attack class 8, "forged or deleted lease records".
+///
+/// Forged: the agent plants a lease record whose directory is the human's
+/// project, whose pid is the human's editor (with its true start time), and
+/// whose credentials carry SQL; then kills the broker. At the next start
+/// and unlock nothing in it is acted on: the project and the editor are
+/// untouched, no credential is revoked, and the record is audited as
+/// rejected.
+///
+/// Deleted: a lease is running; the agent kills the broker and deletes the
+/// record files. The sealed copy in the vault ends the lease at unlock.
+#[test]
+fn attack_forged_or_deleted_lease_records() {
+    as_each_user(|e| {
+        // The human's project and editor.
+        let project = e.dir.path().join("project");
+        fs::create_dir(&project).unwrap();
+        fs::write(project.join("main.rs"), "fn main() {}\n").unwrap();
+        let mut editor = e.command(Path::new("/bin/sleep"));
+        editor.arg("300");
+        let mut editor = editor.spawn().unwrap();
+        // `setsid` and `setpriv` exec in place (the test process is no group
+        // leader), so the child is the editor itself once it has exec'd.
+        let editor_pid = editor.id();
+        let until = Instant::now() + Duration::from_secs(10);
+        while fs::read_to_string(format!("/proc/{editor_pid}/comm")).unwrap_or_default()
+            != "sleep\n"
+        {
+            assert!(Instant::now() < until, "the editor did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let forged = json!({
+            "id": "l-0123456789ab",
+            "pid": editor_pid,
+            "start_ticks": start_ticks(editor_pid),
+            "dir": project,
+            "program": "sh",
+            "dynamic": [{"source": "main", "reference": "postgres:main",
+                         "credential": "x\"; CREATE ROLE pwned SUPERUSER; --",
+                         "expires": "2099-01-01T00:00:00Z"}],
+        });
+        // The agent's lease, which it will try to make the broker forget.
+        let runner = "echo $$ > lease.pid; exec sleep 120";
+        e.apply_policy(&preapproving(&["sh", "-c", runner]));
+        let agent = e.spawn_agent(
+            "codex-mcp-client",
+            json!([{"tool": "run", "args": {
+                "environments": ["dev"], "command": ["sh", "-c", runner],
+                "cwd": e.work().to_str().unwrap(), "timeout_seconds": 300}}]),
+        );
+        let lease_pid = escaped_pid(e, "lease.pid");
+        let broker = e.daemon_pid();
+        let leases = e.home().join("leases");
+        let r = e.agent(
+            "codex-mcp-client",
+            json!([{"shell": format!(
+                "kill -9 {broker}; while kill -0 {broker} 2>/dev/null; do sleep 0.05; done; \
+                 rm -f '{leases}'/*.json && printf '%s' '{forged}' > '{leases}/l-0123456789ab.json'",
+                leases = leases.display(),
+                forged = forged.to_string().replace('\'', "'\\''"),
+            )}]),
+        );
+        assert_eq!(r[0]["rc"], 0, "{r:?}");
+        let _ = agent.wait_with_output();
+        assert!(alive(lease_pid), "the lease died with the broker");
+        // The human starts the broker again.
+        e.ok(&["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
+        assert!(
+            dies_within(lease_pid, Duration::from_secs(10)),
+            "a lease whose record files were deleted outlived the broker"
+        );
+        assert!(
+            alive(editor_pid),
+            "a forged record killed the human's editor"
+        );
+        assert!(
+            project.join("main.rs").exists(),
+            "a forged record removed the human's project"
+        );
+        let rejected = e.audit("lease_record_rejected");
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert_eq!(rejected[0]["event"]["lease_id"], "l-0123456789ab");
+        assert!(e.audit("credential_revoked").is_empty());
+        assert!(e.audit("credential_irrevocable").is_empty());
+        assert!(
+            e.audit("reaped")
+                .iter()
+                .any(|r| r["event"]["pgid"] == json!(lease_pid)),
+            "the lease's end was not audited"
+        );
+        let _ = editor.kill();
+        let _ = editor.wait();
+    });
+}

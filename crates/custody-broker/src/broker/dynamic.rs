@@ -6,11 +6,15 @@ use std::path::Path;
 use super::*;
 use crate::sources::{DynamicEntry, Irrevocable, Minted};
 
-/// Rewrites a lease's record with the credentials it still holds (a small
-/// file, written under the state lock so records never go out of order).
-fn persist_entry(home: &Path, e: &mut DynamicEntry) {
-    e.record.dynamic = e.minted.clone();
-    let _ = reaper::persist(home, &e.record);
+/// Rewrites a lease's record with the credentials it still holds (sealed
+/// in the vault and a small file, written under the state lock so records
+/// never go out of order).
+fn persist_entry(home: &Path, st: &mut State, lease_id: &str) {
+    let State { vault, dynamic, .. } = st;
+    if let Some(e) = dynamic.get_mut(lease_id) {
+        e.record.dynamic = e.minted.clone();
+        let _ = reaper::persist(home, vault.as_ref(), &e.record);
+    }
 }
 
 impl Broker {
@@ -31,13 +35,16 @@ impl Broker {
             program: program.to_owned(),
             dynamic: minted.clone(),
         };
-        reaper::persist(&self.cfg.home, &record).map_err(|e| {
+        // Recorded and tracked under one hold of the lock, so the unlock's
+        // recovery never takes the record for a previous broker's.
+        let mut st = self.state();
+        reaper::persist(&self.cfg.home, st.vault.as_ref(), &record).map_err(|e| {
             WireError::new(
                 "internal",
                 format!("cannot record the lease ({e}); nothing was minted"),
             )
         })?;
-        self.state().dynamic.insert(
+        st.dynamic.insert(
             lease_id.to_owned(),
             DynamicEntry {
                 minted,
@@ -69,6 +76,49 @@ impl Broker {
             .dynamic
             .values()
             .any(|e| e.minted.iter().any(|m| m.credential == credential))
+    }
+
+    /// At unlock: the sealed lease records a previous broker left. A record
+    /// that does not open or is not one the broker could have written is
+    /// dropped (audited) and nothing in it is acted on; a lease still
+    /// running (its file deleted, so the start-up reaper missed it) is
+    /// killed (audited); records with credentials are returned for
+    /// revocation; the rest are forgotten.
+    pub(crate) fn recover_records(&self) -> Vec<reaper::LeaseRecord> {
+        let mut st = self.state();
+        let Some(vault) = st.vault.as_ref() else {
+            return Vec::new();
+        };
+        let (records, rejected) = reaper::sealed_records(vault, &self.cfg.runtime_dir);
+        for id in &rejected {
+            let _ = vault.remove_lease_record(id);
+        }
+        for lease_id in rejected {
+            let _ = st.audit(AuditEvent::LeaseRecordRejected {
+                lease_id,
+                place: "vault".into(),
+            });
+        }
+        let mut leftovers = Vec::new();
+        for rec in records {
+            if st.leases.contains_key(&rec.id) || st.dynamic.contains_key(&rec.id) {
+                continue; // This broker's own.
+            }
+            if rec.end() {
+                let _ = st.audit(AuditEvent::Reaped {
+                    lease_id: rec.id.clone(),
+                    pgid: Some(rec.pid),
+                    files_removed: 0,
+                    credentials_revoked: 0,
+                });
+            }
+            if rec.dynamic.is_empty() {
+                reaper::forget(&self.cfg.home, st.vault.as_ref(), &rec.id);
+            } else {
+                leftovers.push(rec);
+            }
+        }
+        leftovers
     }
 
     /// Takes over a record a previous broker left (at unlock). False if this
@@ -112,12 +162,12 @@ impl Broker {
     /// A command token was minted: keep it sealed in the record.
     pub(crate) fn credential_sealed(&self, lease_id: &str, credential: &str, sealed: String) {
         let mut st = self.state();
-        if let Some(e) = st.dynamic.get_mut(lease_id) {
-            if let Some(m) = e.minted.iter_mut().find(|m| m.credential == credential) {
-                m.sealed_token = Some(sealed);
-            }
-            persist_entry(&self.cfg.home, e);
+        if let Some(e) = st.dynamic.get_mut(lease_id)
+            && let Some(m) = e.minted.iter_mut().find(|m| m.credential == credential)
+        {
+            m.sealed_token = Some(sealed);
         }
+        persist_entry(&self.cfg.home, &mut st, lease_id);
     }
 
     /// Audits a mint.
@@ -147,8 +197,8 @@ impl Broker {
         });
         if let Some(e) = st.dynamic.get_mut(lease_id) {
             e.minted.retain(|x| x.credential != m.credential);
-            persist_entry(&self.cfg.home, e);
         }
+        persist_entry(&self.cfg.home, &mut st, lease_id);
     }
 
     /// Every credential of `lease_id` is revoked: forget the lease.
@@ -158,7 +208,7 @@ impl Broker {
         // The process may still be running (a failed mint before spawn has
         // none); its record goes with the lease's end otherwise.
         if !st.leases.contains_key(lease_id) {
-            reaper::forget(&self.cfg.home, lease_id);
+            reaper::forget(&self.cfg.home, st.vault.as_ref(), lease_id);
         }
     }
 

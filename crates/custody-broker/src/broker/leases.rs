@@ -149,13 +149,15 @@ impl Broker {
             dynamic: Vec::new(),
         };
         let record = self.dynamic_record(&record);
-        reaper::persist(&self.cfg.home, &record).map_err(|e| {
+        // Recorded, audited and tracked under one hold of the lock, so the
+        // unlock's recovery never takes it for a previous broker's lease.
+        let mut st = self.state();
+        reaper::persist(&self.cfg.home, st.vault.as_ref(), &record).map_err(|e| {
             WireError::new(
                 "internal",
                 format!("cannot record the lease ({e}); not running"),
             )
         })?;
-        let mut st = self.state();
         let deadline_at = SystemTime::now() + ttl;
         st.audit(AuditEvent::LeaseStart {
             lease_id: lease_id.to_owned(),
@@ -185,7 +187,7 @@ impl Broker {
         match st.dynamic.get_mut(&outcome.lease_id) {
             // With credentials, the record goes once they are revoked.
             Some(e) => e.ending = true,
-            None => reaper::forget(&self.cfg.home, &outcome.lease_id),
+            None => reaper::forget(&self.cfg.home, st.vault.as_ref(), &outcome.lease_id),
         }
         let reason = match outcome.reason {
             EndReason::Exited => audit::LeaseEndReason::Exited,

@@ -58,6 +58,11 @@ pub struct BrokerConfig {
     pub pending_lifetime: Duration,
     /// Longest pause between retries of a failed credential revocation.
     pub revoke_retry_max: Duration,
+    /// Make the broker process a child subreaper and kill every child it
+    /// did not start itself (leftovers of ended leases): see
+    /// [`crate::contain`]. Only for a process that is the broker alone (a
+    /// test embedding the broker has children of its own).
+    pub contain: bool,
 }
 
 impl BrokerConfig {
@@ -76,6 +81,7 @@ impl BrokerConfig {
             max_pin_failures: 5,
             pending_lifetime: Duration::from_secs(15 * 60),
             revoke_retry_max: Duration::from_secs(60),
+            contain: true,
         }
     }
 
@@ -288,16 +294,24 @@ impl Broker {
     /// Makes a broker: reaps what a previous broker left running (G5) and
     /// keeps the reaper's audit records for the next unlock.
     pub fn new(cfg: BrokerConfig) -> Arc<Broker> {
-        let reaped = reaper::reap(&cfg.home);
-        let deferred = reaped
-            .into_iter()
-            .map(|r| AuditEvent::Reaped {
-                lease_id: r.record.id,
-                pgid: r.killed.then_some(r.record.pid),
-                files_removed: 1,
-                credentials_revoked: 0,
-            })
-            .collect();
+        let report = reaper::reap(&cfg.home, &cfg.runtime_dir);
+        let deferred =
+            report
+                .reaped
+                .into_iter()
+                .map(|r| AuditEvent::Reaped {
+                    lease_id: r.record.id,
+                    pgid: r.killed.then_some(r.record.pid),
+                    files_removed: 1,
+                    credentials_revoked: 0,
+                })
+                .chain(report.rejected.into_iter().map(|lease_id| {
+                    AuditEvent::LeaseRecordRejected {
+                        lease_id,
+                        place: "file".into(),
+                    }
+                }))
+                .collect();
         let (events, _) = broadcast::channel(256);
         Arc::new(Broker {
             cfg,

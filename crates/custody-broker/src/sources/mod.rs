@@ -419,11 +419,11 @@ async fn retry(broker: Arc<Broker>, lease_id: String) {
     }
 }
 
-/// At unlock: revokes the credentials of leases a previous broker left
-/// (their records are still on disk), then drops this vault's roles that no
-/// lease owns, at every PostgreSQL source. Audited.
+/// At unlock: ends what a previous broker left and revokes the credentials
+/// of its leases (from their sealed records in the vault), then drops this
+/// vault's roles that no lease owns, at every PostgreSQL source. Audited.
 pub(crate) async fn recover(broker: Arc<Broker>) {
-    for rec in reaper::dynamic_leftovers(&broker.cfg.home) {
+    for rec in broker.recover_records() {
         if broker.adopt(rec.clone()) {
             let b = Arc::clone(&broker);
             tokio::spawn(async move {

@@ -92,6 +92,11 @@ impl TestBroker {
         cfg.kill_grace = self.kill_grace;
         // Failed revocations retry within a second or two in tests.
         cfg.revoke_retry_max = Duration::from_secs(1);
+        // This test process has children of its own (PostgreSQL servers):
+        // containment, which kills every child the broker did not start,
+        // is for a process that is the broker alone. The CLI tests run the
+        // real daemon with it (`same_user::attack_escaping_the_deadline`).
+        cfg.contain = false;
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let join = std::thread::Builder::new()

@@ -78,21 +78,31 @@ impl Vault {
             &aad(b"lease", &[&self.vault_id, id.as_bytes()]),
             record,
         )?;
-        self.conn
-            .execute(
-                "INSERT INTO leases (id, sealed_record) VALUES (?1, ?2)
-                 ON CONFLICT (id) DO UPDATE SET sealed_record = excluded.sealed_record",
-                params![id, sealed],
-            )
-            .map_err(|e| storage(e, &self.path))?;
-        Ok(())
+        self.write_normal_sync(
+            "INSERT INTO leases (id, sealed_record) VALUES (?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET sealed_record = excluded.sealed_record",
+            params![id, sealed],
+        )
     }
 
     /// Forgets a lease record.
     pub fn remove_lease_record(&self, id: &str) -> Result<()> {
+        self.write_normal_sync("DELETE FROM leases WHERE id = ?1", params![id])
+    }
+
+    /// One statement with `synchronous = NORMAL`: durable across a crash of
+    /// the broker process (what lease records must survive), without an
+    /// fsync per lease start and end.
+    fn write_normal_sync(&self, sql: &str, args: impl rusqlite::Params) -> Result<()> {
+        let path = &self.path;
         self.conn
-            .execute("DELETE FROM leases WHERE id = ?1", params![id])
-            .map_err(|e| storage(e, &self.path))?;
+            .execute_batch("PRAGMA synchronous = NORMAL;")
+            .map_err(|e| storage(e, path))?;
+        let res = self.conn.execute(sql, args);
+        self.conn
+            .execute_batch("PRAGMA synchronous = FULL;")
+            .map_err(|e| storage(e, path))?;
+        res.map_err(|e| storage(e, path))?;
         Ok(())
     }
 

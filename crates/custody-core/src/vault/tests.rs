@@ -593,3 +593,34 @@ fn attack_a_planted_plaintext_pin_verifier_is_never_adopted() {
         }
     }
 }
+
+/// Attack class 8, "forged lease records", at the vault: a sealed lease
+/// record opens only under the id it was sealed for, so copying one row
+/// to another id (or editing its bytes) yields a rejected record, never a
+/// record the broker acts on. Planted policy text does not open either.
+#[test]
+fn attack_moved_or_edited_sealed_records_do_not_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = new_vault(&dir);
+    v.put_lease_record("l-000000000001", br#"{"id":"l-000000000001"}"#)
+        .unwrap();
+    v.set_policy_text("[defaults]\nmax_ttl = \"1h\"\n").unwrap();
+    let c = rusqlite::Connection::open(v.path()).unwrap();
+    c.execute(
+        "INSERT INTO leases (id, sealed_record) SELECT 'l-000000000002', sealed_record FROM leases",
+        [],
+    )
+    .unwrap();
+    let records = v.lease_records().unwrap();
+    assert_eq!(records.len(), 2);
+    assert!(records[0].1.is_ok(), "the genuine record");
+    assert!(records[1].1.is_err(), "a record moved to another id opened");
+    c.execute(
+        "UPDATE meta SET value = CAST('planted' AS BLOB) WHERE key = 'sealed_policy'",
+        [],
+    )
+    .unwrap();
+    assert!(matches!(v.policy_text(), Err(VaultError::Tampered { .. })));
+    v.remove_lease_record("l-000000000002").unwrap();
+    assert_eq!(v.lease_records().unwrap().len(), 1);
+}
