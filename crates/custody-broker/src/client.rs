@@ -4,6 +4,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use custody_core::pake;
 use serde_json::Value;
 
 use crate::protocol::{
@@ -29,6 +30,12 @@ pub enum ClientError {
     /// The broker sent something unexpected.
     #[error("unexpected answer from the broker")]
     Protocol,
+    /// The peer on the socket could not prove it is the broker (it does
+    /// not hold the PIN verifier): nothing secret was sent.
+    #[error(
+        "refusing to go on: the process on the broker socket did not prove it is custody's broker ({0}); nothing secret was sent. Check `custody status` and the socket's owner"
+    )]
+    NotTheBroker(String),
 }
 
 impl ClientError {
@@ -71,11 +78,21 @@ impl Client {
     }
 
     fn send(&mut self, request: Request, secret: Option<&[u8]>) -> Result<u64, ClientError> {
+        self.send_frame(request, secret, None)
+    }
+
+    fn send_frame(
+        &mut self,
+        request: Request,
+        secret: Option<&[u8]>,
+        pin_proof: Option<String>,
+    ) -> Result<u64, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         let frame = ClientFrame {
             id,
             secret_len: secret.map(|s| s.len() as u32),
+            pin_proof,
             request,
         };
         let bytes = serde_json::to_vec(&frame).map_err(|_| ClientError::Protocol)?;
@@ -116,6 +133,62 @@ impl Client {
         self.call_inner(request, None, on_event)
     }
 
+    /// A request that needs the approval PIN. The PIN never leaves this
+    /// process: a PIN exchange (`custody_core::pake`) proves it, the broker
+    /// proves it holds the verifier before anything else is sent (so a fake
+    /// socket learns neither the PIN nor `secret`), and `secret` travels
+    /// sealed under the exchange's key.
+    pub fn call_with_pin(
+        &mut self,
+        request: Request,
+        pin: &[u8],
+        secret: Option<&[u8]>,
+    ) -> Result<Value, ClientError> {
+        let params = self.call(Request::PinChallenge)?;
+        let params = params["params"].as_str().ok_or(ClientError::Protocol)?;
+        let hash =
+            pake::pin_hash(pin, params).map_err(|e| ClientError::NotTheBroker(e.to_string()))?;
+        let (exchange, msg) = pake::CliExchange::start(&hash);
+        drop(hash);
+        let reply = self.call(Request::PinExchange {
+            msg: hex::encode(msg),
+        })?;
+        let field = |k: &str| {
+            reply[k]
+                .as_str()
+                .and_then(|h| hex::decode(h).ok())
+                .ok_or(ClientError::Protocol)
+        };
+        let (broker_msg, confirm) = (field("msg")?, field("confirm")?);
+        let session = match exchange.finish(&broker_msg, &confirm) {
+            Ok(s) => s,
+            Err(_) => {
+                // Wrong PIN, or not the broker: the real broker counts it
+                // and says how many attempts are left; nothing else is sent.
+                return Err(match self.call(Request::PinAbort) {
+                    Err(ClientError::Broker(e)) => ClientError::Broker(WireError::new(
+                        &e.code,
+                        format!(
+                            "{} (if the PIN is right, the socket may not be custody's broker: nothing was sent)",
+                            e.message
+                        ),
+                    )),
+                    _ => ClientError::NotTheBroker(
+                        "the peer did not prove it holds the PIN verifier".into(),
+                    ),
+                });
+            }
+        };
+        let bytes = serde_json::to_vec(&request).map_err(|_| ClientError::Protocol)?;
+        let proof = hex::encode(session.proof(&bytes));
+        let sealed = match secret {
+            Some(s) => Some(session.seal(&bytes, s).map_err(|_| ClientError::Protocol)?),
+            None => None,
+        };
+        let id = self.send_frame(request, sealed.as_deref(), Some(proof))?;
+        self.answer(id, &mut |_| {})
+    }
+
     fn call_inner(
         &mut self,
         request: Request,
@@ -123,6 +196,10 @@ impl Client {
         on_event: &mut dyn FnMut(Event),
     ) -> Result<Value, ClientError> {
         let id = self.send(request, secret)?;
+        self.answer(id, on_event)
+    }
+
+    fn answer(&mut self, id: u64, on_event: &mut dyn FnMut(Event)) -> Result<Value, ClientError> {
         loop {
             match self.read()? {
                 ServerFrame::Ok { id: got, ok } if got == id => return Ok(ok),

@@ -128,6 +128,12 @@ pub struct ClientFrame {
     /// Length of the secret frame that follows this one, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_len: Option<u32>,
+    /// For a request that needs the PIN: the proof (hex) from the PIN
+    /// exchange just made on this connection, over the request's exact
+    /// JSON bytes (`custody_core::pake`). With it, the secret frame is
+    /// sealed under the exchange's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_proof: Option<String>,
     /// What is asked.
     #[serde(flatten)]
     pub request: Request,
@@ -332,6 +338,18 @@ pub enum Request {
         #[serde(flatten)]
         scope: ApprovalScope,
     },
+    /// The PIN verifier's public parameters (Argon2id costs and salt), to
+    /// start a PIN exchange.
+    PinChallenge,
+    /// A PIN exchange: the CLI's SPAKE2 message (hex). Answered with the
+    /// broker's message and confirmation (`msg`, `confirm`, hex).
+    PinExchange {
+        /// The CLI's message, hex.
+        msg: String,
+    },
+    /// The CLI found the exchange failed (wrong PIN, or not the broker):
+    /// counted as a wrong PIN, answered with the `wrong_pin` error.
+    PinAbort,
     /// The sealed policy's text (humans only).
     PolicyShow,
     /// Replace the sealed policy (humans only; the PIN in the secret frame).
@@ -585,6 +603,7 @@ mod tests {
         let f = ClientFrame {
             id: 3,
             secret_len: Some(6),
+            pin_proof: None,
             request: Request::Approve {
                 request_id: "r1".into(),
                 scope: ApprovalScope::For { secs: 900 },
@@ -600,6 +619,7 @@ mod tests {
         let revoke = ClientFrame {
             id: 4,
             secret_len: None,
+            pin_proof: None,
             request: Request::Revoke(RevokeTarget::Grant("g-1".into())),
         };
         let json = serde_json::to_value(&revoke).unwrap();

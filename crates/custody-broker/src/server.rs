@@ -251,6 +251,9 @@ async fn handle(broker: Arc<Broker>, mut stream: UnixStream, own_uid: u32) {
         client,
         session: None,
     };
+    // A PIN exchange made on this connection, waiting for the request it
+    // proves (`custody_core::pake`).
+    let mut pin: Option<custody_core::pake::PinSession> = None;
 
     loop {
         let frame = match protocol::read_frame_async(&mut rd).await {
@@ -315,7 +318,59 @@ async fn handle(broker: Arc<Broker>, mut stream: UnixStream, own_uid: u32) {
         };
         broker.touch();
         let id = msg.id;
+        // A PIN proof covers the request's exact bytes and unseals its
+        // secret; any other use of the exchange counts as a wrong PIN.
+        let mut secret = secret;
+        let mut verified = None;
+        if let Some(proof) = &msg.pin_proof {
+            let bytes = serde_json::to_vec(&msg.request).unwrap_or_default();
+            let opened = pin.take().and_then(|s| {
+                let ok = hex::decode(proof).is_ok_and(|p| s.check(&bytes, &p));
+                match (ok, secret.take()) {
+                    (false, _) => None,
+                    (true, None) => Some(None),
+                    (true, Some(sealed)) => s.open(&bytes, &sealed).ok().map(Some),
+                }
+            });
+            match opened {
+                Some(plain) => {
+                    broker.pin_confirmed();
+                    secret = plain;
+                    verified = Some(crate::broker::pin::PinVerified::new());
+                }
+                None => {
+                    let err = broker.pin_failed().await;
+                    if send(&mut wr, &ServerFrame::Err { id, error: err })
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
         let outcome = match msg.request {
+            Request::PinChallenge => send_result(&mut wr, id, broker.pin_challenge()).await,
+            Request::PinExchange { msg } => {
+                if pin.take().is_some() {
+                    // A second exchange before the first was used.
+                    let _ = broker.pin_failed().await;
+                }
+                let res = match broker.pin_exchange(&msg).await {
+                    Ok((reply, session)) => {
+                        pin = Some(session);
+                        Ok(reply)
+                    }
+                    Err(e) => Err(e),
+                };
+                send_result(&mut wr, id, res).await
+            }
+            Request::PinAbort => {
+                pin = None;
+                let err = broker.pin_failed().await;
+                send_result(&mut wr, id, Err(err)).await
+            }
             Request::Run(spec) => run_streaming(&broker, &peer, id, spec, &mut rd, &mut wr).await,
             Request::Watch => {
                 watch_events(&broker, id, &mut rd, &mut wr).await;
@@ -323,13 +378,17 @@ async fn handle(broker: Arc<Broker>, mut stream: UnixStream, own_uid: u32) {
             }
             Request::Catalog => send_typed(&mut wr, id, crate::ops::catalog(&broker, &peer)).await,
             other => {
-                let res = dispatch(&broker, &mut peer, other, secret).await;
+                let res = dispatch(&broker, &mut peer, other, secret, verified).await;
                 send_result(&mut wr, id, res).await
             }
         };
         if outcome.is_err() {
             break;
         }
+    }
+    if pin.is_some() {
+        // An exchange nobody proved a request with: a wrong PIN (or a probe).
+        let _ = broker.pin_failed().await;
     }
     if let Some(s) = &peer.session {
         broker.end_session(s);
@@ -370,6 +429,7 @@ async fn dispatch(
     peer: &mut Peer,
     req: Request,
     secret: Option<Zeroizing<Vec<u8>>>,
+    verified: Option<crate::broker::pin::PinVerified>,
 ) -> Result<Value, WireError> {
     use crate::ops;
     match req {
@@ -388,22 +448,14 @@ async fn dispatch(
             ..
         } => broker.register_session(peer, &client_name, &client_version, parent_pid),
         Request::Approve { request_id, scope } => {
-            broker
-                .approve(
-                    peer,
-                    &request_id,
-                    scope,
-                    secret_required(secret, "the PIN")?,
-                )
-                .await
+            broker.approve(peer, &request_id, scope, verified).await
         }
         Request::Deny { request_id } => broker.deny(peer, &request_id),
         Request::PolicyShow => broker.policy_show(&broker.requester(peer)),
-        Request::PolicyApply { text } => {
-            broker
-                .policy_apply(peer, text, secret_required(secret, "the PIN")?)
-                .await
-        }
+        Request::PolicyApply { text } => broker.policy_apply(peer, text, verified).await,
+        Request::PinChallenge | Request::PinExchange { .. } | Request::PinAbort => Err(
+            WireError::new("bad_request", "PIN exchanges are handled by the connection"),
+        ),
         Request::Pending => {
             let me = broker.requester(peer);
             let only = matches!(me, crate::grants::Requester::Agent { .. }).then_some(&me);

@@ -143,12 +143,21 @@ fn approval_needs_the_right_pin_and_once_means_once() {
     let h = b.start_run(spec.clone());
     let id = h.wait_pending();
 
-    // No PIN (no secret frame): refused, still pending.
+    // No PIN proof: refused, still pending. Nor does a PIN sent in the
+    // clear (the old way) count: the PIN only ever proves itself.
     let r = b.client().call(Request::Approve {
         request_id: id.clone(),
         scope: ApprovalScope::Once,
     });
-    assert_eq!(code(&r), "bad_request");
+    assert_eq!(code(&r), "pin_required");
+    let r = b.client().call_with_secret(
+        Request::Approve {
+            request_id: id.clone(),
+            scope: ApprovalScope::Once,
+        },
+        PIN,
+    );
+    assert_eq!(code(&r), "pin_required");
     assert_eq!(b.request_status(&id)["status"], "pending");
 
     // Wrong PIN: wrong_pin, still pending, counted.
@@ -278,12 +287,13 @@ fn g3_approvals_from_an_agent_process_tree_are_refused_and_deny_the_request() {
     let v = agent.call(Request::Run(spec.clone())).expect("run");
     assert_eq!(v["status"], "pending", "{v}");
     let a = v["request_id"].as_str().unwrap().to_owned();
-    let r = agent.call_with_secret(
+    let r = agent.call_with_pin(
         Request::Approve {
             request_id: a.clone(),
             scope: ApprovalScope::Once,
         },
         PIN,
+        None,
     );
     assert_eq!(code(&r), "forbidden");
     let st = b.request_status(&a);

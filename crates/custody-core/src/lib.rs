@@ -20,6 +20,7 @@ pub mod generate;
 pub mod import;
 pub mod mask;
 pub mod names;
+pub mod pake;
 pub mod paths;
 pub mod policy;
 pub mod scan;

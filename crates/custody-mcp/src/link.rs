@@ -87,6 +87,7 @@ impl Conn {
         let frame = ClientFrame {
             id,
             secret_len: None,
+            pin_proof: None,
             request,
         };
         let bytes = serde_json::to_vec(&frame)

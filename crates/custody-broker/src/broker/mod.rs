@@ -26,7 +26,7 @@ use crate::{procs, reaper};
 
 mod dynamic;
 mod leases;
-mod pin;
+pub mod pin;
 mod policy;
 mod requests;
 

@@ -1,12 +1,34 @@
-//! The approval PIN: checked against the sealed verifier off the async
-//! threads; wrong PINs in a row lock the vault (audited). Approvals and
-//! every human-only change go through [`Broker::check_pin`].
+//! The approval PIN, proven without being sent (`custody_core::pake`): the
+//! connection makes a PIN exchange, then sends the request with a proof.
+//! Every exchange counts as a wrong PIN until its proof checks, so wrong
+//! PINs and guesses probed through exchanges meet the same lockout (five in
+//! a row lock the vault, audited).
+
+use custody_core::pake::PinSession;
 
 use super::*;
 
+/// A request's PIN proof checked out (made only by the connection handler,
+/// after [`Broker::pin_confirmed`]).
+#[derive(Debug)]
+pub struct PinVerified(());
+
+impl PinVerified {
+    pub(crate) fn new() -> PinVerified {
+        PinVerified(())
+    }
+}
+
+/// The error for a request that needs the PIN and came without a proof.
+pub(crate) fn pin_required() -> WireError {
+    WireError::new(
+        "pin_required",
+        "this request needs the approval PIN, proven through a PIN exchange (use the custody CLI)",
+    )
+}
+
 impl Broker {
-    /// The verifier, taken under the lock (cheap; the check itself is slow).
-    pub(crate) fn pin_checker(&self) -> Result<custody_core::vault::PinChecker, WireError> {
+    fn pin_checker(&self) -> Result<custody_core::vault::PinChecker, WireError> {
         let st = self.state();
         st.vault
             .as_ref()
@@ -15,46 +37,78 @@ impl Broker {
             .map_err(vault_error)
     }
 
-    /// Checks `pin`. A wrong one is audited and counts toward the lockout;
-    /// a right one resets the count.
-    pub(crate) async fn check_pin(
+    /// The verifier's public parameters.
+    pub fn pin_challenge(&self) -> Result<Value, WireError> {
+        let params = self
+            .pin_checker()?
+            .public_params()
+            .map_err(|e| WireError::new("vault_damaged", e.to_string()))?;
+        Ok(json!({ "params": params }))
+    }
+
+    /// Answers a PIN exchange; counts it as a wrong PIN until its proof
+    /// arrives ([`pin_confirmed`](Self::pin_confirmed)).
+    pub async fn pin_exchange(
         self: &Arc<Self>,
-        checker: custody_core::vault::PinChecker,
-        pin: Zeroizing<Vec<u8>>,
-    ) -> Result<(), WireError> {
-        let ok = tokio::task::spawn_blocking(move || checker.verify(&pin))
-            .await
-            .map_err(|_| WireError::new("internal", "PIN check failed"))?;
-        if ok {
-            self.state().pin_failures = 0;
-            return Ok(());
+        cli_msg: &str,
+    ) -> Result<(Value, PinSession), WireError> {
+        let msg = hex::decode(cli_msg).map_err(|_| bad("the PIN exchange message is not hex"))?;
+        let checker = self.pin_checker()?;
+        let spent = {
+            let mut st = self.state();
+            let spent = st.pin_failures >= self.cfg.max_pin_failures;
+            if !spent {
+                st.pin_failures += 1;
+            }
+            spent
+        };
+        if spent {
+            self.lock(audit::LockReason::PinLockout).await;
+            return Err(locked());
         }
+        let (reply, confirm, session) = checker.exchange(&msg).map_err(|e| bad(e.to_string()))?;
+        Ok((
+            json!({"msg": hex::encode(reply), "confirm": hex::encode(confirm)}),
+            session,
+        ))
+    }
+
+    /// A proof checked: the PIN was right.
+    pub(crate) fn pin_confirmed(&self) {
+        self.state().pin_failures = 0;
+    }
+
+    /// An exchange ended without a valid proof (a wrong PIN, a bad proof,
+    /// or an exchange abandoned): audited; the lockout applies. Returns the
+    /// error to answer with.
+    pub async fn pin_failed(self: &Arc<Self>) -> WireError {
         let (failures, out) = {
             let mut st = self.state();
-            st.pin_failures += 1;
             let failures = st.pin_failures;
             let out = failures >= self.cfg.max_pin_failures;
-            let _ = st.audit(AuditEvent::PinFailure {
-                attempt: failures,
-                locked_out: out,
-            });
+            if st.audit.is_some() {
+                let _ = st.audit(AuditEvent::PinFailure {
+                    attempt: failures,
+                    locked_out: out,
+                });
+            }
             (failures, out)
         };
         if out {
             self.lock(audit::LockReason::PinLockout).await;
-            return Err(WireError::new(
+            return WireError::new(
                 "locked",
                 format!(
                     "wrong PIN {failures} times in a row: the vault is now locked; run `custody unlock`"
                 ),
-            ));
+            );
         }
-        Err(WireError::new(
+        WireError::new(
             "wrong_pin",
             format!(
                 "wrong PIN ({failures} of {} attempts before the vault locks)",
                 self.cfg.max_pin_failures
             ),
-        ))
+        )
     }
 }

@@ -72,7 +72,7 @@ impl Broker {
         self: &Arc<Self>,
         peer: &Peer,
         text: String,
-        pin: Zeroizing<Vec<u8>>,
+        verified: Option<super::pin::PinVerified>,
     ) -> Result<Value, WireError> {
         let requester = self.requester(peer);
         if matches!(requester, Requester::Agent { .. }) || peer.session.is_some() {
@@ -85,8 +85,7 @@ impl Broker {
             return Err(bad("the policy is larger than 256 KiB"));
         }
         let policy = Policy::parse(&text).map_err(|e| bad(format!("invalid policy: {e}")))?;
-        let checker = self.pin_checker()?;
-        self.check_pin(checker, pin).await?;
+        verified.ok_or_else(super::pin::pin_required)?;
         let mut st = self.state();
         let previous = st.vault()?.policy_text().map_err(vault_error)?;
         let sha256 = digest(&text);

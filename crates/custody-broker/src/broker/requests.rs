@@ -255,21 +255,21 @@ impl Broker {
     }
 
     /// Approves a pending request: refused for processes descending from an
-    /// agent (G3), then the PIN (Argon2id, off the async threads), with
-    /// lockout after repeated failures.
+    /// agent (G3), then only with the PIN proven (a PIN exchange on this
+    /// connection, with lockout after repeated failures).
     pub async fn approve(
         self: &Arc<Self>,
         peer: &Peer,
         request_id: &str,
         scope: crate::protocol::ApprovalScope,
-        pin: Zeroizing<Vec<u8>>,
+        verified: Option<pin::PinVerified>,
     ) -> Result<Value, WireError> {
         use crate::protocol::ApprovalScope as S;
         let approver = peer
             .pid
             .ok_or_else(|| WireError::new("forbidden", "cannot identify the approving process"))?;
         let me = self.requester(peer);
-        let phc_check = {
+        {
             let mut st = self.state();
             st.vault()?;
             let Some(p) = st.pending.get(request_id) else {
@@ -309,13 +309,10 @@ impl Broker {
                     "policy requires a fresh approval for every run in this environment: approve with --once",
                 ));
             }
-            st.vault
-                .as_ref()
-                .ok_or_else(locked)?
-                .pin_checker()
-                .map_err(vault_error)?
-        };
-        self.check_pin(phc_check, pin).await?;
+        }
+        // The PIN was proven on this connection before the request came
+        // (see `pin`); without the proof, nothing is approved.
+        verified.ok_or_else(pin::pin_required)?;
         let mut st = self.state();
         let Some(p) = st.pending.get(request_id) else {
             return Err(Self::not_pending(&st, request_id));

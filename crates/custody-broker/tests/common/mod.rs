@@ -207,11 +207,12 @@ impl TestBroker {
     /// `custody policy apply` does (the broker must be unlocked).
     pub fn write_policy(&self, text: &str) {
         self.client()
-            .call_with_secret(
+            .call_with_pin(
                 Request::PolicyApply {
                     text: text.to_owned(),
                 },
                 PIN,
+                None,
             )
             .expect("policy apply");
     }
@@ -271,12 +272,13 @@ impl TestBroker {
         scope: ApprovalScope,
         pin: &[u8],
     ) -> Result<Value, ClientError> {
-        self.client().call_with_secret(
+        self.client().call_with_pin(
             Request::Approve {
                 request_id: id.into(),
                 scope,
             },
             pin,
+            None,
         )
     }
 

@@ -170,6 +170,22 @@ impl PinChecker {
     pub fn verify(&self, pin: &[u8]) -> bool {
         crypto::verify_pin(pin, &self.0).unwrap_or(false)
     }
+
+    /// The verifier's public parameters (costs and salt), for a PIN
+    /// exchange (`crate::pake`).
+    pub fn public_params(&self) -> std::result::Result<String, crate::pake::PakeError> {
+        crate::pake::public_params(&self.0)
+    }
+
+    /// The broker's side of a PIN exchange: answers the CLI's message.
+    pub fn exchange(
+        &self,
+        cli_msg: &[u8],
+    ) -> std::result::Result<(Vec<u8>, [u8; 32], crate::pake::PinSession), crate::pake::PakeError>
+    {
+        let hash = crate::pake::verifier_hash(&self.0)?;
+        crate::pake::broker_exchange(&hash, cli_msg)
+    }
 }
 
 impl fmt::Debug for PinChecker {

@@ -105,12 +105,13 @@ fn list(v: &Value) -> String {
 
 fn send_approval(id: &str, scope: ApprovalScope, pin: &[u8]) -> anyhow::Result<Value> {
     let mut c = access::require_broker()?;
-    c.call_with_secret(
+    c.call_with_pin(
         Request::Approve {
             request_id: id.to_owned(),
             scope,
         },
         pin,
+        None,
     )
     .map_err(broker_err)
 }

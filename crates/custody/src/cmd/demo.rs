@@ -379,12 +379,13 @@ fn tour_run(t: &Tour) -> anyhow::Result<()> {
         String::from_utf8_lossy(&p).into_owned()
     };
     broker
-        .call_with_secret(
+        .call_with_pin(
             Request::Approve {
                 request_id: id,
                 scope: ApprovalScope::Once,
             },
             typed_pin.as_bytes(),
+            None,
         )
         .map_err(crate::access::broker_err)?;
     let result = agent.response(run_id, Duration::from_secs(60))?;

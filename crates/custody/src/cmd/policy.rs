@@ -80,11 +80,12 @@ fn apply(
         input::prompt_hidden("Approval PIN: ", "--pin-stdin")?
     };
     let v = c
-        .call_with_secret(
+        .call_with_pin(
             Request::PolicyApply {
                 text: text.to_owned(),
             },
             &pin,
+            None,
         )
         .map_err(broker_err)?;
     if g.json {
