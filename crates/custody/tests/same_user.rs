@@ -602,3 +602,69 @@ fn attack_forged_or_deleted_lease_records() {
         let _ = editor.wait();
     });
 }
+
+/// Attack class 3, "a fake broker socket": after asking for a run, the
+/// agent's shell starts (outside its own process tree, with `setsid`) a
+/// relay that moves `broker.sock` aside, listens in its place and forwards
+/// to the real broker, recording every byte. The human approves the
+/// request and applies a policy with the PIN through it. The PIN never
+/// crosses the socket (it is proven by a PIN exchange), so the recording
+/// holds no PIN, nor anything to test guesses against offline.
+#[test]
+fn attack_a_fake_broker_socket_records_no_pin() {
+    as_each_user(|e| {
+        let log = e.dir.path().join("relay.log");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/attacks/fake_broker.py");
+        let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("python3");
+        let relay = format!(
+            "setsid {python} '{}' '{}' '{}' '{}' </dev/null >/dev/null 2>&1 & \
+             while [ ! -e '{ready}' ]; do sleep 0.05; done",
+            script.display(),
+            e.runtime().join("broker.sock").display(),
+            log.display(),
+            e.mark("relay-up"),
+            ready = e.mark("relay-up"),
+        );
+        let agent = e.spawn_agent(
+            "codex-mcp-client",
+            json!([
+                run_step(e, &["sh", "-c", "echo approved-run"]),
+                {"shell": relay},
+                {"wait_file": e.mark("human-done")},
+            ]),
+        );
+        e.wait_mark("relay-up");
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let id = e.json(&["approve", "--list"])[0]["id"]
+                .as_str()
+                .expect("a pending request")
+                .to_owned();
+            e.ok(&["approve", &id, "--once", "--pin-stdin"], &format!("{PIN}\n"));
+            e.apply_policy("[defaults]\nmax_ttl = \"2h\"\n");
+        }));
+        e.release("human-done");
+        let _ = agent_results(agent);
+        // The relay: found by its socket's recording, killed with its group.
+        let _ = StdCommand::new("pkill")
+            .args(["-f", &format!("fake_broker.py {}", e.runtime().join("broker.sock").display())])
+            .status();
+        if let Err(p) = outcome {
+            std::panic::resume_unwind(p);
+        }
+        let recorded = fs::read(&log).unwrap();
+        let text = String::from_utf8_lossy(&recorded);
+        assert!(
+            text.contains("pin_exchange") && text.contains("\"op\":\"approve\""),
+            "the relay saw no approval: {text}"
+        );
+        assert!(
+            !recorded.windows(PIN.len()).any(|w| w == PIN.as_bytes()),
+            "the PIN crossed the fake socket:\n{text}"
+        );
+        assert_eq!(e.audit("approval").len(), 1);
+        assert_eq!(e.audit("policy_change").len(), 1);
+    });
+}
