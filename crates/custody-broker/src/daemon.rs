@@ -47,13 +47,32 @@ pub fn bind(cfg: &BrokerConfig) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
-/// Runs the broker until `shutdown` completes: hardens the process, reaps
-/// leftovers, serves, and on the way out ends every lease.
-pub async fn run(
-    cfg: BrokerConfig,
-    listener: UnixListener,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
+/// Binds the socket in place of whatever is at its path: a live broker
+/// (locked: the human's `custody unlock` starts a fresh, unlocked one
+/// rather than send a passphrase to a socket it cannot verify) or another
+/// process that took the path. The new socket is bound under a temporary
+/// name in the private runtime directory and renamed over the path, so the
+/// path always names a listening socket. A broker whose path is taken over
+/// exits (see [`serve`]).
+pub fn bind_replacing(cfg: &BrokerConfig) -> Result<UnixListener, DaemonError> {
+    let io = |path: &std::path::Path| {
+        let path = path.display().to_string();
+        move |source| DaemonError::Io { path, source }
+    };
+    ensure_private_dir(&cfg.runtime_dir).map_err(io(&cfg.runtime_dir))?;
+    let sock = cfg.runtime_dir.join(SOCKET_FILE);
+    let tmp = cfg
+        .runtime_dir
+        .join(format!(".{SOCKET_FILE}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(io(&tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &sock).map_err(io(&sock))?;
+    Ok(listener)
+}
+
+/// Hardens this process and makes the broker (the lease reaper runs here).
+pub fn start(cfg: BrokerConfig) -> Arc<Broker> {
     let mut weak = crate::sys::harden_process();
     if cfg.contain && !crate::contain::enable() {
         weak.push("lease containment (child subreaper)");
@@ -61,7 +80,59 @@ pub async fn run(
     for w in weak {
         eprintln!("custody daemon: warning: could not apply protection: {w}");
     }
-    let broker: Arc<Broker> = Broker::new(cfg);
+    Broker::new(cfg)
+}
+
+/// Runs the broker until `shutdown` completes: hardens the process, reaps
+/// leftovers, serves, and on the way out ends every lease.
+pub async fn run(
+    cfg: BrokerConfig,
+    listener: UnixListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    serve(start(cfg), listener, shutdown).await
+}
+
+/// The identity (device, inode) of the socket file at `path`.
+fn socket_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Serves `listener` until `shutdown` completes, or, while locked, the
+/// socket's path stops naming it (a newer broker took the path: this one
+/// holds nothing and nobody reaches it any more, so it exits).
+pub async fn serve(
+    broker: Arc<Broker>,
+    listener: UnixListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let sock = broker.cfg.runtime_dir.join(SOCKET_FILE);
+    let ours = socket_id(&sock);
+    let lost = {
+        let sock = sock.clone();
+        let b = broker.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if ours.is_some() && socket_id(&sock) != ours && b.is_locked() {
+                    eprintln!(
+                        "custody daemon: {} no longer names this broker's socket: exiting",
+                        sock.display()
+                    );
+                    return;
+                }
+            }
+        }
+    };
+    let shutdown = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = lost => {}
+        }
+    };
     let ticker = {
         let b = broker.clone();
         tokio::spawn(async move {
@@ -72,11 +143,12 @@ pub async fn run(
             }
         })
     };
-    let sock = broker.cfg.runtime_dir.join(SOCKET_FILE);
     let res = crate::server::serve(listener, broker, shutdown).await;
     ticker.abort();
-    // Only remove the socket if it is still ours (a second broker may have
-    // replaced a socket it found dead).
-    let _ = std::fs::remove_file(&sock);
+    // Only remove the socket if it is still ours (a newer broker may have
+    // taken the path).
+    if ours.is_some() && socket_id(&sock) == ours {
+        let _ = std::fs::remove_file(&sock);
+    }
     res
 }

@@ -607,9 +607,11 @@ fn attack_forged_or_deleted_lease_records() {
 /// agent's shell starts (outside its own process tree, with `setsid`) a
 /// relay that moves `broker.sock` aside, listens in its place and forwards
 /// to the real broker, recording every byte. The human approves the
-/// request and applies a policy with the PIN through it. The PIN never
+/// request and applies a policy with the PIN through it. (A double fork:
+/// the relay is an orphan, outside the agent's tree, from the start.) The PIN never
 /// crosses the socket (it is proven by a PIN exchange), so the recording
-/// holds no PIN, nor anything to test guesses against offline.
+/// holds no PIN, nor anything to test guesses against offline. Nor does
+/// the passphrase of a later `custody unlock` cross it.
 #[test]
 fn attack_a_fake_broker_socket_records_no_pin() {
     as_each_user(|e| {
@@ -620,7 +622,7 @@ fn attack_a_fake_broker_socket_records_no_pin() {
             .find(|p| Path::new(p).exists())
             .unwrap_or("python3");
         let relay = format!(
-            "setsid {python} '{}' '{}' '{}' '{}' </dev/null >/dev/null 2>&1 & \
+            "( setsid {python} '{}' '{}' '{}' '{}' </dev/null >/dev/null 2>&1 & ) ; \
              while [ ! -e '{ready}' ]; do sleep 0.05; done",
             script.display(),
             e.runtime().join("broker.sock").display(),
@@ -642,14 +644,28 @@ fn attack_a_fake_broker_socket_records_no_pin() {
                 .as_str()
                 .expect("a pending request")
                 .to_owned();
-            e.ok(&["approve", &id, "--once", "--pin-stdin"], &format!("{PIN}\n"));
+            e.ok(
+                &["approve", &id, "--once", "--pin-stdin"],
+                &format!("{PIN}\n"),
+            );
             e.apply_policy("[defaults]\nmax_ttl = \"2h\"\n");
+            // Locked, then unlocked again with the relay still on the path:
+            // `custody unlock` hands the passphrase to a broker it starts.
+            e.ok(&["lock"], "");
+            e.ok(&["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
+            assert_eq!(e.json(&["status"])["locked"], false);
         }));
         e.release("human-done");
         let _ = agent_results(agent);
         // The relay: found by its socket's recording, killed with its group.
         let _ = StdCommand::new("pkill")
-            .args(["-f", &format!("fake_broker.py {}", e.runtime().join("broker.sock").display())])
+            .args([
+                "-f",
+                &format!(
+                    "fake_broker.py {}",
+                    e.runtime().join("broker.sock").display()
+                ),
+            ])
             .status();
         if let Err(p) = outcome {
             std::panic::resume_unwind(p);
@@ -657,12 +673,17 @@ fn attack_a_fake_broker_socket_records_no_pin() {
         let recorded = fs::read(&log).unwrap();
         let text = String::from_utf8_lossy(&recorded);
         assert!(
-            text.contains("pin_exchange") && text.contains("\"op\":\"approve\""),
+            text.contains("\"op\":\"approve\""),
             "the relay saw no approval: {text}"
         );
         assert!(
             !recorded.windows(PIN.len()).any(|w| w == PIN.as_bytes()),
             "the PIN crossed the fake socket:\n{text}"
+        );
+        assert!(text.contains("pin_exchange"), "{text}");
+        assert!(
+            !text.contains(PASS),
+            "the passphrase crossed the fake socket:\n{text}"
         );
         assert_eq!(e.audit("approval").len(), 1);
         assert_eq!(e.audit("policy_change").len(), 1);

@@ -341,6 +341,11 @@ impl Broker {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether the vault is locked (no key held).
+    pub fn is_locked(&self) -> bool {
+        self.state().vault.is_none()
+    }
+
     /// The policy in force (the sealed one; the default while locked).
     pub fn policy(&self) -> Arc<Policy> {
         Arc::clone(&self.state().policy)

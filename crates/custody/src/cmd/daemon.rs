@@ -17,9 +17,21 @@ pub struct DaemonArgs {
     /// Time between SIGTERM and SIGKILL when a lease ends early.
     #[arg(long, default_value = "5s")]
     kill_grace: String,
+    /// Read the passphrase from the first line of stdin, unlock before
+    /// serving, report `ok` (or `error CODE MESSAGE`) on one line of
+    /// stdout, then take over the socket path. This is how `custody unlock`
+    /// starts a broker: the passphrase goes only to a process it started
+    /// itself, never to whatever listens on the socket.
+    #[arg(long)]
+    unlock_stdin: bool,
 }
 
-pub fn run(_g: &Global, _s: &mut SecretInput, a: DaemonArgs) -> anyhow::Result<ExitCode> {
+pub fn run(_g: &Global, secrets: &mut SecretInput, a: DaemonArgs) -> anyhow::Result<ExitCode> {
+    let passphrase = if a.unlock_stdin {
+        Some(secrets.line("passphrase")?)
+    } else {
+        None
+    };
     let home = custody_core::paths::home_dir()
         .context("cannot tell where the vault lives: set CUSTODY_HOME (or HOME)")?;
     let mut cfg = BrokerConfig::new(home, custody_broker::paths::runtime_dir());
@@ -37,7 +49,27 @@ pub fn run(_g: &Global, _s: &mut SecretInput, a: DaemonArgs) -> anyhow::Result<E
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let listener = custody_broker::daemon::bind(&cfg)?;
+        let (broker, listener) = match passphrase {
+            None => {
+                let listener = custody_broker::daemon::bind(&cfg)?;
+                (custody_broker::daemon::start(cfg.clone()), listener)
+            }
+            Some(passphrase) => {
+                let broker = custody_broker::daemon::start(cfg.clone());
+                let unlocked = broker.unlock(passphrase).await;
+                let listener = match &unlocked {
+                    Ok(_) => custody_broker::daemon::bind_replacing(&cfg).map_err(|e| {
+                        custody_broker::protocol::WireError::new("internal", e.to_string())
+                    }),
+                    Err(e) => Err(e.clone()),
+                };
+                report_unlock(&listener, unlocked.as_ref().ok());
+                match listener {
+                    Ok(l) => (broker, l),
+                    Err(_) => return anyhow::Ok(ExitCode::from(2)),
+                }
+            }
+        };
         eprintln!(
             "custody daemon: serving {} (pid {})",
             cfg.runtime_dir
@@ -57,8 +89,32 @@ pub fn run(_g: &Global, _s: &mut SecretInput, a: DaemonArgs) -> anyhow::Result<E
                 _ => std::future::pending::<()>().await,
             }
         };
-        custody_broker::daemon::run(cfg, listener, shutdown).await?;
-        anyhow::Ok(())
-    })?;
-    Ok(ExitCode::SUCCESS)
+        custody_broker::daemon::serve(broker, listener, shutdown).await?;
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Tells the `custody unlock` that started this daemon how the unlock went
+/// (one line on stdout), then lets go of stdout.
+fn report_unlock(
+    bound: &Result<tokio::net::UnixListener, custody_broker::protocol::WireError>,
+    unlocked: Option<&serde_json::Value>,
+) {
+    use std::io::Write;
+    let line = match (bound, unlocked) {
+        (Ok(_), Some(v)) => serde_json::json!({"ok": v}),
+        (Err(e), _) => serde_json::json!({"error": {"code": e.code, "message": e.message}}),
+        (Ok(_), None) => {
+            serde_json::json!({"error": {"code": "internal", "message": "unlock failed"}})
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+    drop(out);
+    // The pipe to `custody unlock` closes; nothing more goes there.
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        use std::os::fd::AsFd;
+        let _ = rustix::stdio::dup2_stdout(null.as_fd());
+    }
 }

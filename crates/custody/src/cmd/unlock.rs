@@ -1,10 +1,8 @@
 //! `custody unlock`, `custody lock`, `custody status`.
 
 use std::process::{ExitCode, Stdio};
-use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use custody_broker::Client;
+use anyhow::Context;
 use custody_broker::protocol::Request;
 use serde_json::{Value, json};
 
@@ -22,9 +20,14 @@ pub struct LockArgs {}
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {}
 
-/// Starts `custody daemon` in the background (its own process group, no
-/// terminal) and waits for its socket.
-pub fn start_daemon() -> anyhow::Result<()> {
+/// Starts `custody daemon --unlock-stdin` in the background (its own
+/// process group, no terminal) and hands it the passphrase through a pipe:
+/// the passphrase goes only to a process this command started itself, never
+/// to whatever listens on the socket (an agent can put a process there). The
+/// new broker unlocks, then takes over the socket path; a locked broker that
+/// had it exits. Returns the broker's unlock answer.
+fn start_unlocked_daemon(passphrase: &[u8]) -> anyhow::Result<Value> {
+    use std::io::{BufRead, Write};
     let exe = std::env::current_exe().context("finding the custody binary")?;
     let runtime = custody_broker::paths::runtime_dir();
     custody_broker::paths::ensure_private_dir(&runtime)
@@ -37,26 +40,40 @@ pub fn start_daemon() -> anyhow::Result<()> {
         .open(runtime.join("daemon.log"))
         .context("opening the daemon log")?;
     use std::os::unix::process::CommandExt;
-    std::process::Command::new(exe)
-        .arg("daemon")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
+    let mut child = std::process::Command::new(exe)
+        .args(["daemon", "--unlock-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
         .stderr(log)
         .process_group(0)
         .spawn()
         .context("starting `custody daemon`")?;
-    let sock = access::socket_path();
-    let until = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < until {
-        if Client::is_running(&sock) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    {
+        let mut stdin = child.stdin.take().context("the daemon's stdin")?;
+        stdin.write_all(passphrase)?;
+        stdin.write_all(b"\n")?;
     }
-    bail!(
-        "the broker did not start within 10 s; see {}",
-        runtime.join("daemon.log").display()
-    )
+    let stdout = child.stdout.take().context("the daemon's stdout")?;
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    let answer: Value = serde_json::from_str(&line).map_err(|_| {
+        anyhow::anyhow!(
+            "the broker did not start; see {}",
+            runtime.join("daemon.log").display()
+        )
+    })?;
+    if let Some(e) = answer.get("error") {
+        let _ = child.wait();
+        return Err(broker_err(custody_broker::ClientError::Broker(
+            custody_broker::protocol::WireError::new(
+                e["code"].as_str().unwrap_or("internal"),
+                e["message"].as_str().unwrap_or("unlock failed"),
+            ),
+        )));
+    }
+    // The daemon runs on in its own process group; it is not waited for.
+    drop(child);
+    Ok(answer["ok"].clone())
 }
 
 pub fn unlock(g: &Global, secrets: &mut SecretInput, _a: UnlockArgs) -> anyhow::Result<ExitCode> {
@@ -65,16 +82,17 @@ pub fn unlock(g: &Global, secrets: &mut SecretInput, _a: UnlockArgs) -> anyhow::
         return Err(custody_core::vault::VaultError::NotFound { path: vault }.into());
     }
     let passphrase = access::read_passphrase(g, secrets)?;
-    let started = if access::broker()?.is_none() {
-        start_daemon()?;
-        true
+    // A broker that says it is unlocked gets nothing; any other (a locked
+    // one, or a process posing as one) is replaced by a broker we start.
+    let already = access::broker()?
+        .and_then(|mut c| c.call(Request::Status).ok())
+        .is_some_and(|s| s["locked"] == json!(false));
+    let (v, started) = if already {
+        (json!({"unlocked": true, "already": true}), false)
     } else {
-        false
+        (start_unlocked_daemon(&passphrase)?, true)
     };
-    let mut client = access::require_broker()?;
-    let v = client
-        .call_with_secret(Request::Unlock, &passphrase)
-        .map_err(broker_err)?;
+    drop(passphrase);
     if g.json {
         let mut out = json!({"unlocked": true, "daemon_started": started, "already": v["already"]});
         if let Some(note) = v.get("policy_note") {
@@ -84,10 +102,7 @@ pub fn unlock(g: &Global, secrets: &mut SecretInput, _a: UnlockArgs) -> anyhow::
     } else if v["already"].as_bool() == Some(true) {
         println!("Already unlocked.");
     } else {
-        println!(
-            "Unlocked{}.",
-            if started { " (broker started)" } else { "" }
-        );
+        println!("Unlocked (broker started).");
     }
     if let Some(note) = v["policy_note"].as_str() {
         eprintln!("custody: warning: {}", crate::output::shown(note));
