@@ -689,3 +689,42 @@ fn attack_a_fake_broker_socket_records_no_pin() {
         assert_eq!(e.audit("policy_change").len(), 1);
     });
 }
+
+/// Attack class 12, "killing the broker to be forgotten": a registered
+/// agent kills the broker and its own `custody mcp` (so nothing registers
+/// it again), waits for the human to unlock a new broker, then has its
+/// shell remove an environment and approve its own request as if it were
+/// the human's terminal. The new broker knows the agent from the sealed
+/// record the old one kept: both are refused.
+#[test]
+fn attack_killing_the_broker_to_be_forgotten() {
+    as_each_user(|e| {
+        let custody = assert_cmd::cargo::cargo_bin("custody");
+        let broker = e.daemon_pid();
+        let agent = e.spawn_agent(
+            "codex-mcp-client",
+            json!([
+                {"kill_mcp": true},
+                {"shell": format!("kill -9 {broker}; while kill -0 {broker} 2>/dev/null; do sleep 0.05; done")},
+                {"signal": e.mark("broker-killed")},
+                {"wait_file": e.mark("unlocked")},
+                {"shell": format!("'{}' env rm dev --yes", custody.display())},
+                {"shell": format!("'{}' --json status", custody.display())},
+            ]),
+        );
+        e.wait_mark("broker-killed");
+        e.ok(&["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
+        e.release("unlocked");
+        let r = agent_results(agent);
+        assert_ne!(
+            r[4]["rc"], 0,
+            "the forgotten agent removed an environment: {r:?}"
+        );
+        assert!(
+            r[4]["stderr"].as_str().unwrap().contains("agents cannot"),
+            "{r:?}"
+        );
+        let envs = e.json(&["env", "ls"]);
+        assert!(envs.to_string().contains("\"dev\""), "{envs}");
+    });
+}

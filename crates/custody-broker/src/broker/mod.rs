@@ -178,6 +178,10 @@ pub(crate) struct State {
     /// Agent processes ever seen (pid → start ticks), kept after their
     /// session ends: a process descending from one never approves (G3).
     agents: HashMap<u32, u64>,
+    /// Policy names of agent processes known from the sealed record of a
+    /// previous broker, until their sessions register again (G9: killing
+    /// the broker does not make an agent's children terminals).
+    recorded: HashMap<u32, String>,
     pending: BTreeMap<String, Pending>,
     decided: BTreeMap<String, (Decision, Instant)>,
     pub(crate) grants: BTreeMap<String, Grant>,
@@ -283,6 +287,51 @@ impl State {
         None
     }
 
+    /// Seals the agent processes still alive into the vault (pid, start,
+    /// policy name), so a broker started after this one was killed still
+    /// knows them. Best effort: without an open vault it waits for unlock.
+    fn record_agents(&mut self) {
+        let Some(vault) = self.vault.as_ref() else {
+            return;
+        };
+        let mut out = Vec::new();
+        self.agents
+            .retain(|pid, start| procs::same_process(*pid, *start));
+        for (pid, start) in &self.agents {
+            let name = self
+                .session_for_agent(*pid)
+                .map(|s| s.policy_name.clone())
+                .or_else(|| self.recorded.get(pid).cloned())
+                .unwrap_or_else(|| "agent".to_owned());
+            out.push(json!([pid, start, name]));
+        }
+        if let Ok(bytes) = serde_json::to_vec(&out) {
+            let _ = vault.set_agents_record(&bytes);
+        }
+    }
+
+    /// Takes in the agent processes a previous broker recorded, those still
+    /// the same processes (pid and start time): their descendants are that
+    /// agent's until its session registers again.
+    fn recall_agents(&mut self) {
+        let Some(bytes) = self
+            .vault
+            .as_ref()
+            .and_then(|v| v.agents_record().ok().flatten())
+        else {
+            return;
+        };
+        let Ok(list) = serde_json::from_slice::<Vec<(u32, u64, String)>>(&bytes) else {
+            return;
+        };
+        for (pid, start, name) in list.into_iter().take(4096) {
+            if pid > 1 && procs::same_process(pid, start) {
+                self.agents.insert(pid, start);
+                self.recorded.insert(pid, name);
+            }
+        }
+    }
+
     fn session_for_agent(&self, agent_pid: u32) -> Option<&Session> {
         self.sessions
             .values()
@@ -321,6 +370,7 @@ impl Broker {
                 pin_failures: 0,
                 sessions: BTreeMap::new(),
                 agents: HashMap::new(),
+                recorded: HashMap::new(),
                 pending: BTreeMap::new(),
                 decided: BTreeMap::new(),
                 grants: BTreeMap::new(),
@@ -486,6 +536,8 @@ impl Broker {
         st.vault = Some(vault);
         st.audit = Some(chain);
         st.policy = Arc::new(policy);
+        st.recall_agents();
+        st.record_agents();
         st.pin_failures = 0;
         st.last_activity = Instant::now();
         let deferred = std::mem::take(&mut st.deferred);
@@ -627,6 +679,7 @@ impl Broker {
                 started: SystemTime::now(),
             },
         );
+        st.record_agents();
         peer.session = Some(id.clone());
         Ok(json!({"session_id": id, "agent_pid": ppid}))
     }
@@ -703,7 +756,10 @@ impl Broker {
             // processes; either way the identity is the agent client's, so
             // every connection of a session shares its grants.
             let (client, agent_pid) = st.session_for_agent(hit).map_or_else(
-                || ("agent".to_owned(), hit),
+                || {
+                    let name = st.recorded.get(&hit).cloned();
+                    (name.unwrap_or_else(|| "agent".to_owned()), hit)
+                },
                 |s| (s.policy_name.clone(), s.agent_pid),
             );
             return Requester::Agent { client, agent_pid };

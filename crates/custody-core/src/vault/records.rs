@@ -64,6 +64,44 @@ impl Vault {
         Ok(())
     }
 
+    /// The sealed record of the agent processes the broker knows (the
+    /// broker's own serialization), if any.
+    pub fn agents_record(&self) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        let sealed: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'sealed_agents'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| storage(e, &self.path))?;
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        crypto::open(&self.seal_key, &aad(b"agents", &[&self.vault_id]), &sealed)
+            .map(Some)
+            .map_err(|_| VaultError::Tampered {
+                what: "agent record".into(),
+            })
+    }
+
+    /// Seals the record of known agent processes.
+    pub fn set_agents_record(&self, record: &[u8]) -> Result<()> {
+        if record.len() > MAX_LEASE_RECORD {
+            return Err(VaultError::ValueTooLarge {
+                len: record.len(),
+                max: MAX_LEASE_RECORD,
+            });
+        }
+        let sealed = crypto::seal(&self.seal_key, &aad(b"agents", &[&self.vault_id]), record)?;
+        self.write_normal_sync(
+            "INSERT INTO meta (key, value) VALUES ('sealed_agents', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![sealed],
+        )
+    }
+
     /// Records a live lease (`record` is the broker's serialized record,
     /// sealed and bound to `id`).
     pub fn put_lease_record(&self, id: &str, record: &[u8]) -> Result<()> {

@@ -12,6 +12,8 @@ STEPS_JSON is a list of steps, run in order:
   {"sleep": SECONDS}
   {"signal": PATH}            create PATH (tells the test a point is reached)
   {"wait_file": PATH}         wait (up to 60 s) until PATH exists
+  {"kill_mcp": true}          SIGKILL its `custody mcp` (so nothing registers
+                              this agent again)
 Prints one JSON line: the list of results (for a shell step
 {"rc", "stdout", "stderr"}; for a tool step the structured result, or
 {"error": text} for a tool error).
@@ -71,6 +73,10 @@ for step in steps:
             results.append(res.get("structuredContent", res))
     elif "sleep" in step:
         time.sleep(step["sleep"])
+    elif "kill_mcp" in step:
+        mcp.kill()
+        mcp.wait()
+        results.append({})
     elif "signal" in step:
         open(step["signal"], "w").close()
         results.append({})
@@ -80,5 +86,6 @@ for step in steps:
             time.sleep(0.02)
         results.append({})
 print(json.dumps(results), flush=True)
-mcp.stdin.close()
-mcp.wait(timeout=30)
+if mcp.poll() is None:
+    mcp.stdin.close()
+    mcp.wait(timeout=30)
