@@ -179,6 +179,33 @@ impl Client {
                 });
             }
         };
+        self.send_proven(request, &session, secret)
+    }
+
+    /// A change proven with the vault's change-proof subkey (derived from
+    /// the passphrase by opening the vault file) instead of the PIN;
+    /// `secret` travels sealed.
+    pub fn call_with_vault_key(
+        &mut self,
+        request: Request,
+        subkey: &custody_core::crypto::Key,
+        secret: Option<&[u8]>,
+    ) -> Result<Value, ClientError> {
+        let v = self.call(Request::KeyChallenge)?;
+        let nonce = v["nonce"]
+            .as_str()
+            .and_then(|h| hex::decode(h).ok())
+            .ok_or(ClientError::Protocol)?;
+        let session = pake::PinSession::from_vault_subkey(subkey, &nonce);
+        self.send_proven(request, &session, secret)
+    }
+
+    fn send_proven(
+        &mut self,
+        request: Request,
+        session: &pake::PinSession,
+        secret: Option<&[u8]>,
+    ) -> Result<Value, ClientError> {
         let bytes = serde_json::to_vec(&request).map_err(|_| ClientError::Protocol)?;
         let proof = hex::encode(session.proof(&bytes));
         let sealed = match secret {

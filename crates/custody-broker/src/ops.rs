@@ -45,6 +45,27 @@ fn no_loader_variable(requester: &Requester, var: &str) -> Result<(), WireError>
     }
 }
 
+/// A change by anyone but an agent needs the PIN, proven on this connection
+/// (`crate::broker::pin`): a process that left an agent's tree (and so
+/// looks like a terminal) cannot change secrets, sources or policy without
+/// it. Agents make only the changes their own rules allow (they never hold
+/// the PIN).
+fn pin_for_change(
+    requester: &Requester,
+    verified: &Option<crate::broker::pin::PinVerified>,
+    what: &str,
+) -> Result<(), WireError> {
+    match (requester, verified) {
+        (Requester::Agent { .. }, _) | (_, Some(_)) => Ok(()),
+        (Requester::Terminal { .. }, None) => Err(WireError::new(
+            "pin_required",
+            format!(
+                "{what} needs the approval PIN: custody asks for it on a terminal; scripts pass --pin-stdin (the PIN on its own line of stdin, after the passphrase line if there is one)"
+            ),
+        )),
+    }
+}
+
 fn humans_only(requester: &Requester, what: &str) -> Result<(), WireError> {
     match requester {
         Requester::Agent { .. } => Err(WireError::new(
@@ -94,8 +115,10 @@ pub fn vault_request(
     peer: &Peer,
     req: Request,
     secret: Option<Zeroizing<Vec<u8>>>,
+    verified: Option<crate::broker::pin::PinVerified>,
 ) -> Result<Value, WireError> {
     let requester = broker.requester(peer);
+    let pin = |what: &str| pin_for_change(&requester, &verified, what);
     let by = requester.describe();
     let client = requester.client_name().to_owned();
     let policy = broker.policy();
@@ -124,6 +147,7 @@ pub fn vault_request(
     };
     match req {
         Request::EnvCreate { name, description } => {
+            pin("creating an environment")?;
             let env = EnvName::new(&name).map_err(bad)?;
             visible(&name)?;
             unprotected(&name)?;
@@ -143,11 +167,13 @@ pub fn vault_request(
         }
         Request::SourceAdd { source } => {
             humans_only(&requester, "configure dynamic sources")?;
+            pin("configuring a dynamic source")?;
             crate::sources::define(broker, source, &by)
         }
         Request::SourceList => crate::sources::list(broker),
         Request::SourceRemove { name } => {
             humans_only(&requester, "remove dynamic sources")?;
+            pin("removing a dynamic source")?;
             crate::sources::remove(broker, &name, &by)
         }
         Request::EnvDescribe { name, description } => {
@@ -155,6 +181,7 @@ pub fn vault_request(
             visible(&name)?;
             if let Some(d) = description {
                 humans_only(&requester, "change descriptions")?;
+                pin("changing a description")?;
                 broker.change_vault(
                     change(&by, VaultAction::DescribeEnvironment, &name, None),
                     |v| v.describe_environment(&env, &d),
@@ -167,6 +194,7 @@ pub fn vault_request(
         }
         Request::EnvRemove { name } => {
             humans_only(&requester, "remove environments")?;
+            pin("removing an environment")?;
             let env = EnvName::new(&name).map_err(bad)?;
             let n = broker.change_vault(
                 change(&by, VaultAction::RemoveEnvironment, &name, None),
@@ -181,6 +209,7 @@ pub fn vault_request(
             kind,
         } => {
             humans_only(&requester, "set values")?;
+            pin("setting a value")?;
             let value = secret.ok_or_else(|| bad("the value must be sent in a secret frame"))?;
             let (e, v) = (
                 EnvName::new(&env).map_err(bad)?,
@@ -209,11 +238,28 @@ pub fn vault_request(
         } => {
             visible(&env)?;
             unprotected(&env)?;
+            pin("declaring a variable")?;
             let (e, v) = (
                 EnvName::new(&env).map_err(bad)?,
                 VarName::new(&var).map_err(bad)?,
             );
             no_loader_variable(&requester, &var)?;
+            if matches!(requester, Requester::Agent { .. }) {
+                // Re-declaring would change a human's variable (its kind,
+                // its description): agents declare new slots only.
+                let exists = broker
+                    .with_vault(|vault| vault.variables(&e))?
+                    .iter()
+                    .any(|x| x.name == var);
+                if exists {
+                    return Err(WireError::new(
+                        "exists",
+                        format!(
+                            "'{env}/{var}' already exists; agents cannot change it: ask the user"
+                        ),
+                    ));
+                }
+            }
             let source = match kind {
                 Some(VarKind::Dynamic) => {
                     // A dynamic variable mints credentials with a source's
@@ -244,6 +290,7 @@ pub fn vault_request(
         } => {
             visible(&env)?;
             unprotected(&env)?;
+            pin("generating a value")?;
             let (e, v) = (
                 EnvName::new(&env).map_err(bad)?,
                 VarName::new(&var).map_err(bad)?,
@@ -281,6 +328,7 @@ pub fn vault_request(
         }
         Request::Unset { env, var } => {
             humans_only(&requester, "remove variables")?;
+            pin("removing a variable")?;
             let (e, v) = (
                 EnvName::new(&env).map_err(bad)?,
                 VarName::new(&var).map_err(bad)?,
@@ -317,6 +365,7 @@ pub fn vault_request(
         }
         Request::Import { env } => {
             humans_only(&requester, "import files")?;
+            pin("importing a file")?;
             let text = secret.ok_or_else(|| bad("the file must be sent in a secret frame"))?;
             let e = EnvName::new(&env).map_err(bad)?;
             let outcome = broker

@@ -347,6 +347,10 @@ pub enum Request {
         /// The CLI's message, hex.
         msg: String,
     },
+    /// Instead of a PIN exchange: a nonce (`nonce`, hex) for a proof keyed
+    /// by the vault's change-proof subkey, which the CLI derives from the
+    /// passphrase (`--passphrase-stdin` scripts).
+    KeyChallenge,
     /// The CLI found the exchange failed (wrong PIN, or not the broker):
     /// counted as a wrong PIN, answered with the `wrong_pin` error.
     PinAbort,

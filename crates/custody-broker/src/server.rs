@@ -366,6 +366,19 @@ async fn handle(broker: Arc<Broker>, mut stream: UnixStream, own_uid: u32) {
                 };
                 send_result(&mut wr, id, res).await
             }
+            Request::KeyChallenge => {
+                if pin.take().is_some() {
+                    let _ = broker.pin_failed().await;
+                }
+                let res = match broker.key_challenge().await {
+                    Ok((reply, session)) => {
+                        pin = Some(session);
+                        Ok(reply)
+                    }
+                    Err(e) => Err(e),
+                };
+                send_result(&mut wr, id, res).await
+            }
             Request::PinAbort => {
                 pin = None;
                 let err = broker.pin_failed().await;
@@ -453,9 +466,13 @@ async fn dispatch(
         Request::Deny { request_id } => broker.deny(peer, &request_id),
         Request::PolicyShow => broker.policy_show(&broker.requester(peer)),
         Request::PolicyApply { text } => broker.policy_apply(peer, text, verified).await,
-        Request::PinChallenge | Request::PinExchange { .. } | Request::PinAbort => Err(
-            WireError::new("bad_request", "PIN exchanges are handled by the connection"),
-        ),
+        Request::PinChallenge
+        | Request::PinExchange { .. }
+        | Request::KeyChallenge
+        | Request::PinAbort => Err(WireError::new(
+            "bad_request",
+            "PIN exchanges are handled by the connection",
+        )),
         Request::Pending => {
             let me = broker.requester(peer);
             let only = matches!(me, crate::grants::Requester::Agent { .. }).then_some(&me);
@@ -487,7 +504,7 @@ async fn dispatch(
         Request::Run(_) | Request::Watch => {
             Err(WireError::new("internal", "handled by the connection"))
         }
-        other => ops::vault_request(broker, peer, other, secret),
+        other => ops::vault_request(broker, peer, other, secret, verified),
     }
 }
 

@@ -1070,15 +1070,14 @@ fn catalog_lists_visible_names_never_values() {
             format!("catalog-secret-{env}-5f1c9e").as_bytes(),
         );
     }
-    b.client()
-        .call(Request::Declare {
-            env: "app-dev".into(),
-            var: "EMPTY_SLOT".into(),
-            description: Some("fill me".into()),
-            kind: None,
-            source: None,
-        })
-        .expect("declare");
+    b.change(Request::Declare {
+        env: "app-dev".into(),
+        var: "EMPTY_SLOT".into(),
+        description: Some("fill me".into()),
+        kind: None,
+        source: None,
+    })
+    .expect("declare");
     b.write_policy(
         "[defaults]\nalways_approve = [\"*-prod\"]\n[clients.cli]\nenvironments = [\"app-*\"]\n",
     );

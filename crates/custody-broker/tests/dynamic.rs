@@ -34,7 +34,7 @@ fn with_postgres(pg: &Pg) -> TestBroker {
             revocation: DEFAULT_REVOCATION.iter().map(|s| (*s).to_owned()).collect(),
         }),
     };
-    let v = b.client().call(Request::SourceAdd { source: def }).unwrap();
+    let v = b.change(Request::SourceAdd { source: def }).unwrap();
     assert_eq!(v["source"], "postgres:main", "{v}");
     b.env_create("app");
     declare_dynamic(&b, "app", "DATABASE_URL", "postgres:main");
@@ -42,15 +42,14 @@ fn with_postgres(pg: &Pg) -> TestBroker {
 }
 
 fn declare_dynamic(b: &TestBroker, env: &str, var: &str, source: &str) {
-    b.client()
-        .call(Request::Declare {
-            env: env.into(),
-            var: var.into(),
-            description: Some("minted per lease".into()),
-            kind: Some(VarKind::Dynamic),
-            source: Some(source.into()),
-        })
-        .expect("declare dynamic");
+    b.change(Request::Declare {
+        env: env.into(),
+        var: var.into(),
+        description: Some("minted per lease".into()),
+        kind: Some(VarKind::Dynamic),
+        source: Some(source.into()),
+    })
+    .expect("declare dynamic");
 }
 
 fn psql_env(b: &TestBroker, pg: &Pg, script: &str) -> custody_broker::protocol::RunSpec {
@@ -270,7 +269,7 @@ fn a_command_source_mints_a_token_per_lease_and_revokes_it() {
             ttl_secs: 20,
         }),
     };
-    b.client().call(Request::SourceAdd { source: def }).unwrap();
+    b.change(Request::SourceAdd { source: def }).unwrap();
     b.env_create("app");
     declare_dynamic(&b, "app", "GH_TOKEN", "command:gh");
     let mut spec = b.spec(
@@ -312,11 +311,10 @@ fn agents_cannot_configure_sources_or_declare_dynamic_variables() {
             ttl_secs: 60,
         }),
     };
-    b.client()
-        .call(Request::SourceAdd {
-            source: def.clone(),
-        })
-        .unwrap();
+    b.change(Request::SourceAdd {
+        source: def.clone(),
+    })
+    .unwrap();
     let mut agent = b.client();
     agent
         .call(Request::RegisterSession {

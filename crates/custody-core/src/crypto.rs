@@ -228,6 +228,9 @@ pub enum Subkey {
     /// Seals the approval PIN's verifier, so only a holder of the vault key
     /// can check a guess (no offline guessing from a copy of the file).
     PinVerifier,
+    /// Keys the proof that a change comes from a holder of the passphrase
+    /// (`crate::pake::PinSession::from_vault_subkey`).
+    ChangeProof,
 }
 
 impl Subkey {
@@ -239,6 +242,7 @@ impl Subkey {
             Subkey::KeyCheck => b"custody v1 key-check",
             Subkey::LeaseToken => b"custody v1 lease-token",
             Subkey::PinVerifier => b"custody v1 pin-verifier",
+            Subkey::ChangeProof => b"custody v1 change-proof",
         }
     }
 }

@@ -171,11 +171,24 @@ impl PinSession {
                 .try_into()
                 .map_err(|_| PakeError::Malformed("key length"))?,
         );
-        let derive = |label: &[u8]| Key::from_bytes(crypto::keyed_hash(&root, &[label]));
-        Ok(PinSession {
+        Ok(PinSession::from_root(&root))
+    }
+
+    fn from_root(root: &Key) -> PinSession {
+        let derive = |label: &[u8]| Key::from_bytes(crypto::keyed_hash(root, &[label]));
+        PinSession {
             mac_key: derive(b"custody pin mac"),
             seal_key: derive(b"custody pin seal"),
-        })
+        }
+    }
+
+    /// A session keyed by the vault's change-proof subkey and a nonce the
+    /// broker chose: how a holder of the passphrase proves a change (the
+    /// CLI derives the subkey by opening the vault file with it). Like a
+    /// PIN exchange, a process posing as the broker learns nothing from it.
+    pub fn from_vault_subkey(subkey: &Key, nonce: &[u8]) -> PinSession {
+        let root = Key::from_bytes(crypto::keyed_hash(subkey, &[b"change proof", nonce]));
+        PinSession::from_root(&root)
     }
 
     fn mac(&self, purpose: &[u8], data: &[u8]) -> [u8; 32] {

@@ -74,8 +74,90 @@ pub struct BrokerFailure(pub ClientError);
 pub enum Backend {
     /// The vault file, opened with the passphrase.
     Direct(Box<Vault>),
-    /// The running broker.
-    Broker(Client),
+    /// The running broker, and how a change is proven to it.
+    Broker(Client, ChangeAuth),
+}
+
+/// How a change through the broker is proven: the approval PIN (a line of
+/// stdin with `--pin-stdin`, or asked on the terminal when needed), or the
+/// passphrase given with `--passphrase-stdin` (the vault file opened with
+/// it yields the key the proof is made with). Neither crosses the socket.
+pub enum ChangeAuth {
+    /// The PIN, read or asked.
+    Pin(Option<Zeroizing<Vec<u8>>>),
+    /// The vault's change-proof subkey, from the passphrase.
+    VaultKey(custody_core::crypto::Key),
+}
+
+impl ChangeAuth {
+    /// For a command that talks to the broker only: reads the passphrase
+    /// line (with `--passphrase-stdin`) and then the PIN line (with
+    /// `pin_stdin`), in the documented stdin order.
+    pub fn read(
+        global: &Global,
+        secrets: &mut SecretInput,
+        pin_stdin: bool,
+    ) -> anyhow::Result<ChangeAuth> {
+        let passphrase = if global.passphrase_stdin {
+            Some(secrets.line("passphrase")?)
+        } else {
+            None
+        };
+        let pin = if pin_stdin {
+            Some(secrets.line("approval PIN")?)
+        } else {
+            None
+        };
+        ChangeAuth::from_inputs(pin, passphrase)
+    }
+
+    fn from_inputs(
+        pin: Option<Zeroizing<Vec<u8>>>,
+        passphrase: Option<Zeroizing<Vec<u8>>>,
+    ) -> anyhow::Result<ChangeAuth> {
+        Ok(match (pin, passphrase) {
+            (Some(pin), _) => ChangeAuth::Pin(Some(pin)),
+            (None, Some(passphrase)) => {
+                let vault = Vault::unlock(&vault_path()?, &passphrase)?;
+                ChangeAuth::VaultKey(vault.subkey(custody_core::crypto::Subkey::ChangeProof))
+            }
+            (None, None) => ChangeAuth::Pin(None),
+        })
+    }
+
+    /// Sends a change, proven.
+    pub fn call(
+        &mut self,
+        client: &mut Client,
+        req: Request,
+        secret: Option<&[u8]>,
+    ) -> anyhow::Result<Value> {
+        match self {
+            ChangeAuth::Pin(stored) => {
+                let pin = change_pin(stored)?;
+                client.call_with_pin(req, &pin, secret)
+            }
+            ChangeAuth::VaultKey(key) => client.call_with_vault_key(req, key, secret),
+        }
+        .map_err(broker_err)
+    }
+}
+
+/// The approval PIN for a change through the broker: the line of stdin
+/// read with `--pin-stdin`, or a hidden prompt on the terminal; without
+/// either, an error that says how to give it.
+pub fn change_pin(stored: &mut Option<Zeroizing<Vec<u8>>>) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    if let Some(p) = stored {
+        return Ok(p.clone());
+    }
+    if !input::has_tty() {
+        return Err(anyhow!(
+            "changing the vault through the broker needs the approval PIN: pass --pin-stdin (the PIN on its own line of stdin, after the passphrase line if --passphrase-stdin is given too)"
+        ));
+    }
+    let pin = input::prompt_hidden("Approval PIN (to change the vault): ", "--pin-stdin")?;
+    *stored = Some(pin.clone());
+    Ok(pin)
 }
 
 /// Opens the backend for a vault command. With `--passphrase-stdin` the
@@ -88,11 +170,48 @@ pub fn open(global: &Global, secrets: &mut SecretInput) -> anyhow::Result<Backen
         None
     };
     if let Some(client) = broker()? {
-        return Ok(Backend::Broker(client));
+        return Ok(Backend::Broker(client, ChangeAuth::Pin(None)));
     }
     let path = vault_path()?;
     if !path.exists() {
         // Say so before asking for a passphrase that cannot help.
+        return Err(VaultError::NotFound { path }.into());
+    }
+    let passphrase = match passphrase {
+        Some(p) => p,
+        None => input::prompt_hidden("Vault passphrase: ", "--passphrase-stdin")?,
+    };
+    Ok(Backend::Direct(Box::new(Vault::unlock(
+        &path,
+        &passphrase,
+    )?)))
+}
+
+/// [`open`] for a command that changes the vault: with `pin_stdin`, the
+/// line after the passphrase line (if any) is the approval PIN, read
+/// whether or not the broker runs (so a script's stdin layout does not
+/// depend on it); the direct path needs the passphrase instead.
+pub fn open_to_change(
+    global: &Global,
+    secrets: &mut SecretInput,
+    pin_stdin: bool,
+) -> anyhow::Result<Backend> {
+    let passphrase = if global.passphrase_stdin {
+        Some(secrets.line("passphrase")?)
+    } else {
+        None
+    };
+    let pin = if pin_stdin {
+        Some(secrets.line("approval PIN")?)
+    } else {
+        None
+    };
+    if let Some(client) = broker()? {
+        let auth = ChangeAuth::from_inputs(pin, passphrase)?;
+        return Ok(Backend::Broker(client, auth));
+    }
+    let path = vault_path()?;
+    if !path.exists() {
         return Err(VaultError::NotFound { path }.into());
     }
     let passphrase = match passphrase {
@@ -134,7 +253,15 @@ fn parse<T: DeserializeOwned>(v: Value) -> anyhow::Result<T> {
 impl Backend {
     fn call(&mut self, req: Request) -> anyhow::Result<Value> {
         match self {
-            Backend::Broker(c) => c.call(req).map_err(broker_err),
+            Backend::Broker(c, _) => c.call(req).map_err(broker_err),
+            Backend::Direct(_) => Err(anyhow!("internal: broker call on a direct backend")),
+        }
+    }
+
+    /// A change through the broker: the PIN proven, `secret` sealed.
+    fn change(&mut self, req: Request, secret: Option<&[u8]>) -> anyhow::Result<Value> {
+        match self {
+            Backend::Broker(c, auth) => auth.call(c, req, secret),
             Backend::Direct(_) => Err(anyhow!("internal: broker call on a direct backend")),
         }
     }
@@ -142,11 +269,14 @@ impl Backend {
     pub fn create_environment(&mut self, env: &EnvName, description: &str) -> anyhow::Result<()> {
         match self {
             Backend::Direct(v) => Ok(v.create_environment(env, description)?),
-            Backend::Broker(_) => self
-                .call(Request::EnvCreate {
-                    name: env.to_string(),
-                    description: description.to_owned(),
-                })
+            Backend::Broker(..) => self
+                .change(
+                    Request::EnvCreate {
+                        name: env.to_string(),
+                        description: description.to_owned(),
+                    },
+                    None,
+                )
                 .map(|_| ()),
         }
     }
@@ -154,14 +284,14 @@ impl Backend {
     pub fn environments(&mut self) -> anyhow::Result<Vec<EnvironmentInfo>> {
         match self {
             Backend::Direct(v) => Ok(v.environments()?),
-            Backend::Broker(_) => parse(self.call(Request::EnvList)?),
+            Backend::Broker(..) => parse(self.call(Request::EnvList)?),
         }
     }
 
     pub fn environment(&mut self, env: &EnvName) -> anyhow::Result<EnvironmentInfo> {
         match self {
             Backend::Direct(v) => Ok(v.environment(env)?),
-            Backend::Broker(_) => {
+            Backend::Broker(..) => {
                 let mut v = self.call(Request::EnvDescribe {
                     name: env.to_string(),
                     description: None,
@@ -174,11 +304,14 @@ impl Backend {
     pub fn describe_environment(&mut self, env: &EnvName, description: &str) -> anyhow::Result<()> {
         match self {
             Backend::Direct(v) => Ok(v.describe_environment(env, description)?),
-            Backend::Broker(_) => self
-                .call(Request::EnvDescribe {
-                    name: env.to_string(),
-                    description: Some(description.to_owned()),
-                })
+            Backend::Broker(..) => self
+                .change(
+                    Request::EnvDescribe {
+                        name: env.to_string(),
+                        description: Some(description.to_owned()),
+                    },
+                    None,
+                )
                 .map(|_| ()),
         }
     }
@@ -186,10 +319,13 @@ impl Backend {
     pub fn remove_environment(&mut self, env: &EnvName) -> anyhow::Result<usize> {
         match self {
             Backend::Direct(v) => Ok(v.remove_environment(env)?),
-            Backend::Broker(_) => {
-                let v = self.call(Request::EnvRemove {
-                    name: env.to_string(),
-                })?;
+            Backend::Broker(..) => {
+                let v = self.change(
+                    Request::EnvRemove {
+                        name: env.to_string(),
+                    },
+                    None,
+                )?;
                 Ok(v["variables"].as_u64().unwrap_or(0) as usize)
             }
         }
@@ -198,7 +334,7 @@ impl Backend {
     pub fn variables(&mut self, env: &EnvName) -> anyhow::Result<Vec<VariableInfo>> {
         match self {
             Backend::Direct(v) => Ok(v.variables(env)?),
-            Backend::Broker(_) => {
+            Backend::Broker(..) => {
                 let mut v = self.call(Request::EnvDescribe {
                     name: env.to_string(),
                     description: None,
@@ -217,14 +353,14 @@ impl Backend {
     ) -> anyhow::Result<bool> {
         match self {
             Backend::Direct(v) => Ok(v.set_variable(env, var, value, update)?),
-            Backend::Broker(c) => {
+            Backend::Broker(..) => {
                 let req = Request::Set {
                     env: env.to_string(),
                     var: var.to_string(),
                     description: update.description.clone(),
                     kind: update.kind,
                 };
-                let v = c.call_with_secret(req, value).map_err(broker_err)?;
+                let v = self.change(req, Some(value))?;
                 Ok(v["created"].as_bool().unwrap_or(false))
             }
         }
@@ -245,15 +381,18 @@ impl Backend {
                 let value = custody_core::generate::random_value(length, alphabet)?;
                 Ok(v.set_variable(env, var, &value, update)?)
             }
-            Backend::Broker(_) => {
-                let v = self.call(Request::Generate {
-                    env: env.to_string(),
-                    var: var.to_string(),
-                    length,
-                    alphabet,
-                    description: update.description.clone(),
-                    kind: update.kind,
-                })?;
+            Backend::Broker(..) => {
+                let v = self.change(
+                    Request::Generate {
+                        env: env.to_string(),
+                        var: var.to_string(),
+                        length,
+                        alphabet,
+                        description: update.description.clone(),
+                        kind: update.kind,
+                    },
+                    None,
+                )?;
                 Ok(v["created"].as_bool().unwrap_or(false))
             }
         }
@@ -262,11 +401,14 @@ impl Backend {
     pub fn unset_variable(&mut self, env: &EnvName, var: &VarName) -> anyhow::Result<()> {
         match self {
             Backend::Direct(v) => Ok(v.unset_variable(env, var)?),
-            Backend::Broker(_) => self
-                .call(Request::Unset {
-                    env: env.to_string(),
-                    var: var.to_string(),
-                })
+            Backend::Broker(..) => self
+                .change(
+                    Request::Unset {
+                        env: env.to_string(),
+                        var: var.to_string(),
+                    },
+                    None,
+                )
                 .map(|_| ()),
         }
     }
@@ -280,21 +422,19 @@ impl Backend {
     ) -> anyhow::Result<ImportOutcome> {
         match self {
             Backend::Direct(v) => Ok(custody_core::import::import_dotenv(v, env, text, progress)?),
-            Backend::Broker(c) => {
-                if text.len() > custody_broker::protocol::MAX_FRAME {
+            Backend::Broker(..) => {
+                if text.len() > custody_broker::protocol::MAX_FRAME - 64 {
                     return Err(anyhow!(
                         "the file is larger than {} bytes, the most the broker takes in one import: split it, or stop the broker (`custody lock` keeps it running; stop the daemon) and import directly",
                         custody_broker::protocol::MAX_FRAME
                     ));
                 }
-                let v = c
-                    .call_with_secret(
-                        Request::Import {
-                            env: env.to_string(),
-                        },
-                        text,
-                    )
-                    .map_err(broker_err)?;
+                let v = self.change(
+                    Request::Import {
+                        env: env.to_string(),
+                    },
+                    Some(text),
+                )?;
                 parse(v)
             }
         }

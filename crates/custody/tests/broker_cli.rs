@@ -67,6 +67,18 @@ impl Env {
         c
     }
 
+    /// A change to the vault, as a script makes it: `args` and
+    /// `--pin-stdin`, the PIN on the first line of stdin, then `stdin`.
+    fn change(&self, args: &[&str], stdin: impl Into<Vec<u8>>) -> assert_cmd::assert::Assert {
+        let mut input = format!("{PIN}\n").into_bytes();
+        input.extend(stdin.into());
+        self.cmd()
+            .args(args)
+            .arg("--pin-stdin")
+            .write_stdin(input)
+            .assert()
+    }
+
     fn std_cmd(&self) -> StdCommand {
         let mut c = StdCommand::new(assert_cmd::cargo::cargo_bin("custody"));
         self.apply(&mut c);
@@ -219,19 +231,10 @@ fn unlock_starts_the_broker_and_lock_status_report_it() {
 fn vault_commands_go_through_the_broker() {
     let e = Env::new();
     e.unlock();
-    e.cmd()
-        .args(["env", "create", "shop-dev"])
-        .assert()
+    e.change(&["env", "create", "shop-dev"], "").success();
+    e.change(&["set", "shop-dev", "API_TOKEN"], "tok-0123456789abcdef\n")
         .success();
-    e.cmd()
-        .args(["set", "shop-dev", "API_TOKEN"])
-        .write_stdin("tok-0123456789abcdef\n")
-        .assert()
-        .success();
-    e.cmd()
-        .args(["generate", "shop-dev", "SESSION"])
-        .assert()
-        .success();
+    e.change(&["generate", "shop-dev", "SESSION"], "").success();
     let ls = e.json(&["ls", "shop-dev"]);
     assert_eq!(ls.as_array().unwrap().len(), 2);
     assert!(!ls.to_string().contains("tok-0123"));
@@ -246,21 +249,15 @@ fn vault_commands_go_through_the_broker() {
         .write_stdin(format!("{PASS}\nother-value-123\n"))
         .assert()
         .success();
-    e.cmd()
-        .args(["unset", "shop-dev", "OTHER"])
-        .assert()
-        .success();
+    e.change(&["unset", "shop-dev", "OTHER"], "").success();
 }
 
 #[test]
 fn run_masks_output_and_passes_the_exit_code_through() {
     let e = Env::new();
     e.unlock();
-    e.cmd().args(["env", "create", "e"]).assert().success();
-    e.cmd()
-        .args(["set", "e", "TOKEN"])
-        .write_stdin("s3cr3t-t0k3n-value-xyz")
-        .assert()
+    e.change(&["env", "create", "e"], "").success();
+    e.change(&["set", "e", "TOKEN"], "s3cr3t-t0k3n-value-xyz")
         .success();
     let script = "echo token=$TOKEN; echo err=$TOKEN >&2; printf %s \"$TOKEN\" | base64; exit 7";
     e.preapprove("e", &["sh", "-c", script]);
@@ -294,12 +291,8 @@ fn run_masks_output_and_passes_the_exit_code_through() {
 fn approve_by_id_with_pin_on_stdin() {
     let e = Env::new();
     e.unlock();
-    e.cmd().args(["env", "create", "e"]).assert().success();
-    e.cmd()
-        .args(["set", "e", "K"])
-        .write_stdin("value-of-k-0001")
-        .assert()
-        .success();
+    e.change(&["env", "create", "e"], "").success();
+    e.change(&["set", "e", "K"], "value-of-k-0001").success();
     let child = spawn_run(&e, &["-e", "e", "--", "sh", "-c", "echo got:$K; exit 3"]);
     let mut id = String::new();
     assert!(wait_until(Duration::from_secs(20), || {
@@ -352,12 +345,8 @@ fn approve_by_id_with_pin_on_stdin() {
 fn deny_makes_the_run_fail() {
     let e = Env::new();
     e.unlock();
-    e.cmd().args(["env", "create", "e"]).assert().success();
-    e.cmd()
-        .args(["set", "e", "K"])
-        .write_stdin("value-of-k-0001")
-        .assert()
-        .success();
+    e.change(&["env", "create", "e"], "").success();
+    e.change(&["set", "e", "K"], "value-of-k-0001").success();
     let child = spawn_run(&e, &["-e", "e", "--", "true"]);
     let mut id = String::new();
     assert!(wait_until(Duration::from_secs(20), || {
@@ -377,12 +366,8 @@ fn deny_makes_the_run_fail() {
 fn revoke_all_and_timeout_kill_running_commands() {
     let e = Env::new();
     e.unlock();
-    e.cmd().args(["env", "create", "e"]).assert().success();
-    e.cmd()
-        .args(["set", "e", "K"])
-        .write_stdin("value-of-k-0001")
-        .assert()
-        .success();
+    e.change(&["env", "create", "e"], "").success();
+    e.change(&["set", "e", "K"], "value-of-k-0001").success();
     e.preapprove("e", &["sleep", "3600"]);
     // Deadline: a 2 s timeout ends a `sleep 3600`.
     let t0 = Instant::now();
@@ -424,12 +409,8 @@ fn revoke_all_and_timeout_kill_running_commands() {
 fn killed_daemon_leaves_nothing_running_after_restart() {
     let e = Env::new();
     e.unlock();
-    e.cmd().args(["env", "create", "e"]).assert().success();
-    e.cmd()
-        .args(["set", "e", "K"])
-        .write_stdin("value-of-k-0001")
-        .assert()
-        .success();
+    e.change(&["env", "create", "e"], "").success();
+    e.change(&["set", "e", "K"], "value-of-k-0001").success();
     let script = "sleep 3600 & echo started; wait";
     e.preapprove("e", &["sh", "-c", script]);
     let mut child = spawn_run(&e, &["-e", "e", "--", "sh", "-c", script]);
@@ -512,7 +493,7 @@ fn audit_verify_names_the_first_bad_record() {
     let e = Env::new();
     e.unlock();
     for name in ["a", "b", "c"] {
-        e.cmd().args(["env", "create", name]).assert().success();
+        e.change(&["env", "create", name], "").success();
     }
     e.cmd().arg("lock").assert().success();
     // Stop the daemon so the log is quiet, then tamper with record 3.
@@ -551,12 +532,12 @@ fn audit_verify_names_the_first_bad_record() {
 fn file_kind_variables_are_ephemeral_private_files() {
     let e = Env::new();
     e.unlock();
-    e.cmd().args(["env", "create", "e"]).assert().success();
-    e.cmd()
-        .args(["set", "e", "TLS_KEY", "--kind", "file"])
-        .write_stdin("-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END KEY-----\n")
-        .assert()
-        .success();
+    e.change(&["env", "create", "e"], "").success();
+    e.change(
+        &["set", "e", "TLS_KEY", "--kind", "file"],
+        "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END KEY-----\n",
+    )
+    .success();
     let script = "echo path=$TLS_KEY; stat -c %a \"$TLS_KEY\"; stat -c %a \"$(dirname \"$TLS_KEY\")\"; cat \"$TLS_KEY\"";
     e.preapprove("e", &["sh", "-c", script]);
     let out = e
@@ -625,30 +606,29 @@ fn killed_daemon_mid_lease_role_is_dropped_at_the_next_unlock() {
     let db = pg::Pg::start();
     let e = Env::new();
     e.unlock();
-    e.cmd().args(["env", "create", "infra"]).assert().success();
-    e.cmd().args(["env", "create", "app"]).assert().success();
-    e.cmd()
-        .args(["set", "infra", "PG_ADMIN_URL"])
-        .write_stdin(db.admin_url())
-        .assert()
+    e.change(&["env", "create", "infra"], "").success();
+    e.change(&["env", "create", "app"], "").success();
+    e.change(&["set", "infra", "PG_ADMIN_URL"], db.admin_url())
         .success();
-    e.cmd()
-        .args([
+    e.change(
+        &[
             "source",
             "add",
             "postgres",
             "main",
             "--admin-from",
             "infra/PG_ADMIN_URL",
-        ])
-        .assert()
-        .success()
-        .stdout(contains("postgres:main"));
-    e.cmd()
-        .args(["set", "app", "DATABASE_URL", "--kind", "postgres:main"])
-        .assert()
-        .success()
-        .stdout(contains("minted per lease"));
+        ],
+        "",
+    )
+    .success()
+    .stdout(contains("postgres:main"));
+    e.change(
+        &["set", "app", "DATABASE_URL", "--kind", "postgres:main"],
+        "",
+    )
+    .success()
+    .stdout(contains("minted per lease"));
     let ls = e.cmd().args(["ls", "app"]).assert().success();
     assert!(String::from_utf8_lossy(&ls.get_output().stdout).contains("postgres:main"));
     e.cmd()
@@ -696,11 +676,8 @@ fn killed_daemon_mid_lease_role_is_dropped_at_the_next_unlock() {
 fn cli_run_reports_a_file_the_command_wrote_the_value_into() {
     let e = Env::new();
     e.unlock();
-    e.cmd().args(["env", "create", "e"]).assert().success();
-    e.cmd()
-        .args(["set", "e", "TOKEN"])
-        .write_stdin("s3cr3t-t0k3n-value-xyz")
-        .assert()
+    e.change(&["env", "create", "e"], "").success();
+    e.change(&["set", "e", "TOKEN"], "s3cr3t-t0k3n-value-xyz")
         .success();
     let script = "printf %s \"$TOKEN\" > dump.txt";
     e.preapprove("e", &["sh", "-c", script]);
@@ -812,11 +789,8 @@ impl Drop for Tmux {
 fn env_with_token() -> Env {
     let e = Env::new();
     e.unlock();
-    e.cmd().args(["env", "create", "e"]).assert().success();
-    e.cmd()
-        .args(["set", "e", "TOKEN"])
-        .write_stdin("tty-s3cr3t-value-0042")
-        .assert()
+    e.change(&["env", "create", "e"], "").success();
+    e.change(&["set", "e", "TOKEN"], "tty-s3cr3t-value-0042")
         .success();
     e
 }

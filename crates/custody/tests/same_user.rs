@@ -51,8 +51,14 @@ impl Env {
             &format!("{PASS}\n{PIN}\n"),
         );
         e.ok(&["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
-        e.ok(&["env", "create", "dev"], "");
-        e.ok(&["set", "dev", "TOKEN"], TOKEN);
+        e.ok(
+            &["env", "create", "dev", "--pin-stdin"],
+            &format!("{PIN}\n"),
+        );
+        e.ok(
+            &["set", "dev", "TOKEN", "--pin-stdin"],
+            &format!("{PIN}\n{TOKEN}"),
+        );
         e
     }
 
@@ -693,9 +699,9 @@ fn attack_a_fake_broker_socket_records_no_pin() {
 /// Attack class 12, "killing the broker to be forgotten": a registered
 /// agent kills the broker and its own `custody mcp` (so nothing registers
 /// it again), waits for the human to unlock a new broker, then has its
-/// shell remove an environment and approve its own request as if it were
-/// the human's terminal. The new broker knows the agent from the sealed
-/// record the old one kept: both are refused.
+/// shell remove an environment as if it were the human's terminal, with a
+/// PIN it learned. The new broker knows the agent from the sealed record
+/// the old one kept: refused as an agent's request.
 #[test]
 fn attack_killing_the_broker_to_be_forgotten() {
     as_each_user(|e| {
@@ -708,7 +714,8 @@ fn attack_killing_the_broker_to_be_forgotten() {
                 {"shell": format!("kill -9 {broker}; while kill -0 {broker} 2>/dev/null; do sleep 0.05; done")},
                 {"signal": e.mark("broker-killed")},
                 {"wait_file": e.mark("unlocked")},
-                {"shell": format!("'{}' env rm dev --yes", custody.display())},
+                // Even with the PIN (learned somehow): it is an agent's request.
+                {"shell": format!("printf '{PIN}\\n' | '{}' env rm dev --yes --pin-stdin", custody.display())},
                 {"shell": format!("'{}' --json status", custody.display())},
             ]),
         );
@@ -727,4 +734,78 @@ fn attack_killing_the_broker_to_be_forgotten() {
         let envs = e.json(&["env", "ls"]);
         assert!(envs.to_string().contains("\"dev\""), "{envs}");
     });
+}
+
+/// Attack class 2, "leaving the agent's process tree": the agent's shell
+/// double-forks a process into a session of its own (re-parented away from
+/// the agent, so the broker sees a terminal), which then tries to change
+/// secrets: overwrite and remove a value, generate one, remove and create
+/// environments, add a dynamic source, with a guessed passphrase too. Every
+/// change needs the PIN (or the passphrase), whoever asks: all refused,
+/// nothing in the vault changes.
+#[test]
+fn attack_leaving_the_agents_process_tree() {
+    as_each_user(|e| {
+        let custody = assert_cmd::cargo::cargo_bin("custody");
+        let c = custody.display();
+        let raw = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/attacks/raw_change.py");
+        let python = system_python();
+        let tries = [
+            format!("printf stolen | '{c}' set dev TOKEN"),
+            format!("'{c}' unset dev TOKEN"),
+            format!("'{c}' generate dev NEW_KEY"),
+            format!("'{c}' env rm dev --yes"),
+            format!("'{c}' env create evil"),
+            format!("'{c}' env describe dev -d pwned"),
+            format!("'{c}' source add command x --mint 'echo t'"),
+            format!("printf 'guess\\nstolen' | '{c}' --passphrase-stdin set dev TOKEN"),
+            format!("printf '000000\\nstolen' | '{c}' set dev TOKEN --pin-stdin"),
+            // Its own client, so nothing on the CLI's side can stop it.
+            format!(
+                "{python} '{}' '{}' '{{\"op\":\"unset\",\"env\":\"dev\",\"var\":\"TOKEN\"}}'",
+                raw.display(),
+                e.runtime().join("broker.sock").display()
+            ),
+            format!(
+                "{python} '{}' '{}' '{{\"op\":\"env_remove\",\"name\":\"dev\"}}'",
+                raw.display(),
+                e.runtime().join("broker.sock").display()
+            ),
+        ];
+        let mut script = String::new();
+        for (i, t) in tries.iter().enumerate() {
+            script.push_str(&format!("{t} </dev/null >out.{i} 2>&1; echo $? > rc.{i}; "));
+        }
+        script.push_str("touch escaped.done");
+        let escape = format!(
+            "( setsid sh -c {} </dev/null >/dev/null 2>&1 & ) ; while [ ! -e escaped.done ]; do sleep 0.05; done",
+            shell_quote(&script.replace(" </dev/null >out.", " >out.")),
+        );
+        let before = e.audit("vault_change").len();
+        let r = e.agent("codex-mcp-client", json!([{"shell": escape}]));
+        assert_eq!(r[0]["rc"], 0, "{r:?}");
+        for (i, t) in tries.iter().enumerate() {
+            let rc = fs::read_to_string(e.work().join(format!("rc.{i}"))).unwrap();
+            let out = fs::read_to_string(e.work().join(format!("out.{i}"))).unwrap();
+            assert_ne!(rc.trim(), "0", "an escaped agent process ran `{t}`: {out}");
+        }
+        assert_eq!(e.audit("vault_change").len(), before, "the vault changed");
+        let ls = e.json(&["ls", "dev"]);
+        assert_eq!(ls.as_array().unwrap().len(), 1, "{ls}");
+        assert_eq!(e.json(&["env", "ls"]).as_array().unwrap().len(), 1);
+    });
+}
+
+/// The system Python: the attack scripts need only its standard library,
+/// and a per-user install (pyenv under /root) is not reachable by `nobody`.
+fn system_python() -> &'static str {
+    ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("python3")
+}
+
+/// `text` as one single-quoted shell word.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
 }

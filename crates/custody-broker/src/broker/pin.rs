@@ -73,6 +73,33 @@ impl Broker {
         ))
     }
 
+    /// A nonce for a passphrase holder's proof; the session it keys
+    /// counts as a wrong PIN until its proof arrives, like an exchange.
+    pub async fn key_challenge(self: &Arc<Self>) -> Result<(Value, PinSession), WireError> {
+        let subkey = {
+            let mut st = self.state();
+            let subkey = st
+                .vault()?
+                .subkey(custody_core::crypto::Subkey::ChangeProof);
+            if st.pin_failures >= self.cfg.max_pin_failures {
+                None
+            } else {
+                st.pin_failures += 1;
+                Some(subkey)
+            }
+        };
+        let Some(subkey) = subkey else {
+            self.lock(audit::LockReason::PinLockout).await;
+            return Err(locked());
+        };
+        let nonce: [u8; 32] = custody_core::crypto::random_array()
+            .map_err(|e| WireError::new("internal", e.to_string()))?;
+        Ok((
+            json!({ "nonce": hex::encode(nonce) }),
+            PinSession::from_vault_subkey(&subkey, &nonce),
+        ))
+    }
+
     /// A proof checked: the PIN was right.
     pub(crate) fn pin_confirmed(&self) {
         self.state().pin_failures = 0;

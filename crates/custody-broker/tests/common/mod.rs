@@ -180,25 +180,30 @@ impl TestBroker {
         self.client().call(Request::Status).expect("status")
     }
 
+    /// A change as the human's terminal makes it: the PIN proven.
+    pub fn change(&self, req: Request) -> Result<Value, ClientError> {
+        self.client().call_with_pin(req, PIN, None)
+    }
+
     pub fn env_create(&self, name: &str) {
-        self.client()
-            .call(Request::EnvCreate {
-                name: name.into(),
-                description: String::new(),
-            })
-            .expect("env create");
+        self.change(Request::EnvCreate {
+            name: name.into(),
+            description: String::new(),
+        })
+        .expect("env create");
     }
 
     pub fn set(&self, env: &str, var: &str, value: &[u8]) {
         self.client()
-            .call_with_secret(
+            .call_with_pin(
                 Request::Set {
                     env: env.into(),
                     var: var.into(),
                     description: None,
                     kind: None,
                 },
-                value,
+                PIN,
+                Some(value),
             )
             .expect("set");
     }

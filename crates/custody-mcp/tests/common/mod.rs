@@ -99,13 +99,17 @@ impl Env {
     }
 
     pub fn env_create(&self, name: &str) {
-        self.cmd().args(["env", "create", name]).assert().success();
+        self.cmd()
+            .args(["env", "create", name, "--pin-stdin"])
+            .write_stdin(format!("{PIN}\n"))
+            .assert()
+            .success();
     }
 
     pub fn set(&self, env: &str, var: &str, value: &str) {
         self.cmd()
-            .args(["set", env, var])
-            .write_stdin(value.to_owned())
+            .args(["set", env, var, "--pin-stdin"])
+            .write_stdin(format!("{PIN}\n{value}"))
             .assert()
             .success();
     }

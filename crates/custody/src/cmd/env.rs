@@ -19,6 +19,9 @@ pub enum EnvCommand {
         /// What the environment is for (agents can read it).
         #[arg(long, short = 'd', default_value = "")]
         description: String,
+        /// Read the approval PIN from a line of stdin.
+        #[arg(long)]
+        pin_stdin: bool,
     },
     /// List environments.
     Ls,
@@ -29,6 +32,9 @@ pub enum EnvCommand {
         /// Do not ask for confirmation.
         #[arg(long, short = 'y')]
         yes: bool,
+        /// Read the approval PIN from a line of stdin.
+        #[arg(long)]
+        pin_stdin: bool,
     },
     /// Show an environment, or change its description.
     Describe {
@@ -37,14 +43,21 @@ pub enum EnvCommand {
         /// Set a new description instead of showing.
         #[arg(long, short = 'd')]
         description: Option<String>,
+        /// Read the approval PIN from a line of stdin (with `-d`).
+        #[arg(long)]
+        pin_stdin: bool,
     },
 }
 
 pub fn run(g: &Global, secrets: &mut SecretInput, c: EnvCommand) -> anyhow::Result<ExitCode> {
     match c {
-        EnvCommand::Create { name, description } => {
+        EnvCommand::Create {
+            name,
+            description,
+            pin_stdin,
+        } => {
             let name = env_name(&name)?;
-            let mut vault = access::open(g, secrets)?;
+            let mut vault = access::open_to_change(g, secrets, pin_stdin)?;
             vault.create_environment(&name, &description)?;
             if g.json {
                 output::json(&json!({ "created": name.as_str() }))?;
@@ -75,9 +88,13 @@ pub fn run(g: &Global, secrets: &mut SecretInput, c: EnvCommand) -> anyhow::Resu
                 }
             }
         }
-        EnvCommand::Rm { name, yes } => {
+        EnvCommand::Rm {
+            name,
+            yes,
+            pin_stdin,
+        } => {
             let name = env_name(&name)?;
-            let mut vault = access::open(g, secrets)?;
+            let mut vault = access::open_to_change(g, secrets, pin_stdin)?;
             let info = vault.environment(&name)?;
             if !yes {
                 if !input::has_tty() {
@@ -100,9 +117,13 @@ pub fn run(g: &Global, secrets: &mut SecretInput, c: EnvCommand) -> anyhow::Resu
                 println!("Removed environment {name} and {removed} variable(s)");
             }
         }
-        EnvCommand::Describe { name, description } => {
+        EnvCommand::Describe {
+            name,
+            description,
+            pin_stdin,
+        } => {
             let name = env_name(&name)?;
-            let mut vault = access::open(g, secrets)?;
+            let mut vault = access::open_to_change(g, secrets, pin_stdin)?;
             if let Some(d) = description {
                 vault.describe_environment(&name, &d)?;
                 if !g.json {

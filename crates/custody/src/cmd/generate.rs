@@ -48,6 +48,10 @@ pub struct GenerateArgs {
     /// How the value reaches a process.
     #[arg(long, value_enum)]
     kind: Option<KindArg>,
+    /// Read the approval PIN from a line of stdin (after the passphrase
+    /// line with `--passphrase-stdin`; before a value read from stdin).
+    #[arg(long)]
+    pin_stdin: bool,
 }
 
 pub fn run(g: &Global, secrets: &mut SecretInput, a: GenerateArgs) -> anyhow::Result<ExitCode> {
@@ -58,7 +62,7 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: GenerateArgs) -> anyhow::Re
         // Say so before asking for the passphrase.
         return Err(generate::GenerateError::Length(a.length).into());
     }
-    let mut vault = access::open(g, secrets)?;
+    let mut vault = access::open_to_change(g, secrets, a.pin_stdin)?;
     let update = VariableUpdate {
         description: a.description,
         kind: a.kind.map(Into::into),

@@ -24,12 +24,16 @@ pub struct ImportArgs {
     /// remove it. Refused when any line was skipped.
     #[arg(long)]
     shred: bool,
+    /// Read the approval PIN from a line of stdin (after the passphrase
+    /// line with `--passphrase-stdin`; before a value read from stdin).
+    #[arg(long)]
+    pin_stdin: bool,
 }
 
 pub fn run(g: &Global, secrets: &mut SecretInput, a: ImportArgs) -> anyhow::Result<ExitCode> {
     let env = env_name(&a.env)?;
     let text = read_bounded(&a.file)?;
-    let mut backend = access::open(g, secrets)?;
+    let mut backend = access::open_to_change(g, secrets, a.pin_stdin)?;
     let tty = std::io::stderr().is_terminal();
     let outcome = backend.import(&env, &text, &mut |done, total| {
         if tty {

@@ -30,6 +30,10 @@ pub struct SetArgs {
     /// Keep a trailing newline read from stdin (by default one is stripped).
     #[arg(long)]
     keep_newline: bool,
+    /// Read the approval PIN from a line of stdin (after the passphrase
+    /// line with `--passphrase-stdin`; before a value read from stdin).
+    #[arg(long)]
+    pin_stdin: bool,
 }
 
 pub fn run(g: &Global, secrets: &mut SecretInput, a: SetArgs) -> anyhow::Result<ExitCode> {
@@ -37,14 +41,14 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: SetArgs) -> anyhow::Result<
     let var = var_name(&a.var)?;
     let kind = match a.kind.as_deref() {
         None => None,
-        Some(k) if k.contains(':') => return declare_dynamic(g, &a, k),
+        Some(k) if k.contains(':') => return declare_dynamic(g, secrets, &a, k),
         Some(k) => Some(
             <KindArg as clap::ValueEnum>::from_str(k, true).map_err(|_| {
                 anyhow::anyhow!("--kind is env, file, postgres:NAME or command:NAME")
             })?,
         ),
     };
-    let mut vault = access::open(g, secrets)?;
+    let mut vault = access::open_to_change(g, secrets, a.pin_stdin)?;
     // Fail on a missing environment before asking for the value.
     vault.environment(&env)?;
     let value = read_value(
@@ -85,17 +89,25 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: SetArgs) -> anyhow::Result<
 }
 
 /// A dynamic variable: no value is read; the broker checks the source.
-fn declare_dynamic(g: &Global, a: &SetArgs, reference: &str) -> anyhow::Result<ExitCode> {
+fn declare_dynamic(
+    g: &Global,
+    secrets: &mut SecretInput,
+    a: &SetArgs,
+    reference: &str,
+) -> anyhow::Result<ExitCode> {
     custody_core::sources::parse_reference(reference)?;
-    let v = access::require_broker()?
-        .call(custody_broker::protocol::Request::Declare {
+    let mut client = access::require_broker()?;
+    let v = access::ChangeAuth::read(g, secrets, a.pin_stdin)?.call(
+        &mut client,
+        custody_broker::protocol::Request::Declare {
             env: a.env.clone(),
             var: a.var.clone(),
             description: a.description.clone(),
             kind: Some(custody_core::vault::VarKind::Dynamic),
             source: Some(reference.to_owned()),
-        })
-        .map_err(access::broker_err)?;
+        },
+        None,
+    )?;
     if g.json {
         output::json(&v)?;
     } else {

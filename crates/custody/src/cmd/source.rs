@@ -26,6 +26,9 @@ pub enum SourceCommand {
     Rm {
         /// The source's name.
         name: String,
+        /// Read the approval PIN from a line of stdin.
+        #[arg(long)]
+        pin_stdin: bool,
     },
 }
 
@@ -55,6 +58,9 @@ pub struct PostgresArgs {
     /// Revocation statements, one per line (`{{name}}`).
     #[arg(long, value_name = "FILE")]
     revocation_file: Option<std::path::PathBuf>,
+    /// Read the approval PIN from a line of stdin.
+    #[arg(long)]
+    pin_stdin: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -71,6 +77,9 @@ pub struct CommandArgs {
     /// Longest life of a token (a lease using it ends by then).
     #[arg(long, default_value = "15m")]
     ttl: String,
+    /// Read the approval PIN from a line of stdin.
+    #[arg(long)]
+    pin_stdin: bool,
 }
 
 fn statements(file: Option<&std::path::Path>, default: &[&str]) -> anyhow::Result<Vec<String>> {
@@ -94,8 +103,19 @@ fn quote_ident(role: &str) -> String {
     format!("\"{}\"", role.replace('"', "\"\""))
 }
 
-pub fn run(g: &Global, _s: &mut SecretInput, c: SourceCommand) -> anyhow::Result<ExitCode> {
+pub fn run(g: &Global, s: &mut SecretInput, c: SourceCommand) -> anyhow::Result<ExitCode> {
     let mut client = access::require_broker()?;
+    let pin_stdin = match &c {
+        SourceCommand::Add(AddCommand::Postgres(a)) => a.pin_stdin,
+        SourceCommand::Add(AddCommand::Command(a)) => a.pin_stdin,
+        SourceCommand::Rm { pin_stdin, .. } => *pin_stdin,
+        SourceCommand::Ls => false,
+    };
+    let mut auth = if matches!(c, SourceCommand::Ls) {
+        None
+    } else {
+        Some(access::ChangeAuth::read(g, s, pin_stdin)?)
+    };
     match c {
         SourceCommand::Add(add) => {
             let def = match add {
@@ -129,9 +149,8 @@ pub fn run(g: &Global, _s: &mut SecretInput, c: SourceCommand) -> anyhow::Result
                     }
                 }
             };
-            let v = client
-                .call(Request::SourceAdd { source: def })
-                .map_err(broker_err)?;
+            let auth = auth.as_mut().context("internal: no change proof")?;
+            let v = auth.call(&mut client, Request::SourceAdd { source: def }, None)?;
             if g.json {
                 output::json(&v)?;
             } else {
@@ -156,10 +175,9 @@ pub fn run(g: &Global, _s: &mut SecretInput, c: SourceCommand) -> anyhow::Result
                 }
             }
         }
-        SourceCommand::Rm { name } => {
-            let v = client
-                .call(Request::SourceRemove { name })
-                .map_err(broker_err)?;
+        SourceCommand::Rm { name, .. } => {
+            let auth = auth.as_mut().context("internal: no change proof")?;
+            let v = auth.call(&mut client, Request::SourceRemove { name }, None)?;
             if g.json {
                 output::json(&v)?;
             } else {

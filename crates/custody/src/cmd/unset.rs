@@ -15,12 +15,16 @@ pub struct UnsetArgs {
     env: String,
     /// The variable.
     var: String,
+    /// Read the approval PIN from a line of stdin (after the passphrase
+    /// line with `--passphrase-stdin`; before a value read from stdin).
+    #[arg(long)]
+    pin_stdin: bool,
 }
 
 pub fn run(g: &Global, secrets: &mut SecretInput, a: UnsetArgs) -> anyhow::Result<ExitCode> {
     let env = env_name(&a.env)?;
     let var = var_name(&a.var)?;
-    let mut vault = access::open(g, secrets)?;
+    let mut vault = access::open_to_change(g, secrets, a.pin_stdin)?;
     vault.unset_variable(&env, &var)?;
     if g.json {
         output::json(&json!({ "environment": env.as_str(), "removed": var.as_str() }))?;
