@@ -36,8 +36,10 @@ class Setup:
         self.c("init", "--passphrase-stdin", "--pin-stdin", "--insecure-fast-kdf",
                stdin="bench passphrase\n135790\n")
         self.c("unlock", "--passphrase-stdin", stdin="bench passphrase\n")
-        self.c("env", "create", "bench")
-        self.c("set", "bench", "TOKEN", stdin=TOKEN)
+        # With the broker up, a change is proven with the passphrase (this
+        # build) or the line is skipped (older baselines): both accept it.
+        self.c("--passphrase-stdin", "env", "create", "bench", stdin="bench passphrase\n")
+        self.c("--passphrase-stdin", "set", "bench", "TOKEN", stdin=f"bench passphrase\n{TOKEN}")
         with open(f"{tmp}/home/policy.toml", "w") as f:
             f.write('[[clients.cli.preapproved]]\nargv = ["true"]\n'
                     'environments = ["bench"]\nexpires = "2099-01-01T00:00:00Z"\n')

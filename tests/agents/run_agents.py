@@ -243,9 +243,12 @@ class Vault:
             self.broker_pid = json.loads(self.custody("--json", "status").stdout).get("pid")
         except ValueError:
             pass
-        self.custody("env", "create", ENV, "-d", "the web shop, dev stage")
-        # The broker is unlocked: `set` goes through it and reads the value from stdin.
-        self.custody("set", ENV, "API_KEY", "-d", "the shop's payment API key", stdin=self.value)
+        self.custody("env", "create", ENV, "-d", "the web shop, dev stage", "--pin-stdin",
+                     stdin=f"{PIN}\n")
+        # The broker is unlocked: `set` goes through it; the PIN proves the change
+        # (first line of stdin), the value follows.
+        self.custody("set", ENV, "API_KEY", "-d", "the shop's payment API key", "--pin-stdin",
+                     stdin=f"{PIN}\n{self.value}")
 
     def teardown(self):
         """`custody lock`, then SIGTERM to the broker (SIGKILL after 3 s). Idempotent."""

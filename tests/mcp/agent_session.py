@@ -209,9 +209,9 @@ def main():
               "DB_PASSWORD": "pw-" + secrets.token_hex(12) + "/+&\"\\"}
     env.custody("init", "--passphrase-stdin", "--pin-stdin", "--insecure-fast-kdf", stdin=f"{PASS}\n{PIN}\n")
     env.custody("unlock", "--passphrase-stdin", stdin=PASS + "\n")
-    env.custody("env", "create", ENV, "-d", "the shop, dev stage")
+    env.custody("env", "create", ENV, "-d", "the shop, dev stage", "--pin-stdin", stdin=f"{PIN}\n")
     for k, v in values.items():
-        env.custody("set", ENV, k, stdin=v)
+        env.custody("set", ENV, k, "--pin-stdin", stdin=f"{PIN}\n{v}")
     script = 'echo "tok=$API_TOKEN"; printf %s "$API_TOKEN" | base64; echo "$DB_PASSWORD" >&2'
     with open(f"{env.tmp}/home/policy.toml", "w") as f:
         f.write('[[clients."*".preapproved]]\n'

@@ -17,8 +17,8 @@ trap cleanup EXIT
 secret="inspector-secret-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 printf 'inspector pass\n135790\n' | "$custody" init --passphrase-stdin --pin-stdin --insecure-fast-kdf >/dev/null
 printf 'inspector pass\n' | "$custody" unlock --passphrase-stdin >/dev/null
-"$custody" env create insp -d "inspector test" >/dev/null
-printf '%s' "$secret" | "$custody" set insp TOKEN >/dev/null
+printf '135790\n' | "$custody" env create insp -d "inspector test" --pin-stdin >/dev/null
+printf '135790\n%s' "$secret" | "$custody" set insp TOKEN --pin-stdin >/dev/null
 cat > "$CUSTODY_HOME/policy.toml" <<TOML
 [[clients."*".preapproved]]
 argv = ["sh", "-c", "echo \$TOKEN"]
