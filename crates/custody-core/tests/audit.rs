@@ -112,6 +112,7 @@ fn event(i: u64) -> AuditEvent {
             previous_seq: Some(i),
             previous_hash: None,
             reason: ChainStartReason::Archived,
+            first_bad_seq: None,
         },
         19 => AuditEvent::TornTail {
             fragment_bytes: i,
@@ -449,11 +450,12 @@ fn open_refuses_damage_it_must_not_hide() {
 fn start_over_needs_the_old_file_gone() {
     let (d, path, head) = chain(3);
     assert!(matches!(
-        AuditChain::start_over(&path, &key(), Some(&head), ChainStartReason::Archived),
+        AuditChain::start_over(&path, &key(), Some(&head), ChainStartReason::Archived, None),
         Err(AuditError::Exists { .. })
     ));
     fs::rename(&path, d.path().join("audit.log.1")).unwrap();
-    let c = AuditChain::start_over(&path, &key(), Some(&head), ChainStartReason::Archived).unwrap();
+    let c = AuditChain::start_over(&path, &key(), Some(&head), ChainStartReason::Archived, None)
+        .unwrap();
     assert_eq!(c.head().seq, 1);
     let new_head = c.head();
     drop(c);
@@ -467,6 +469,7 @@ fn start_over_needs_the_old_file_gone() {
             previous_seq: Some(3),
             previous_hash: Some(head.hash_hex()),
             reason: ChainStartReason::Archived,
+            first_bad_seq: None,
         }
     );
     assert!(audit::verify(&path, &key(), Some(&new_head)).is_ok());

@@ -526,6 +526,91 @@ fn audit_verify_names_the_first_bad_record() {
         .stdout(contains("\"intact\": false"));
 }
 
+/// A log that does not verify keeps unlock refused; `custody audit repair`
+/// (passphrase and PIN) keeps the damaged file, starts a new chain that
+/// names the break, and unlock works again. `audit verify` then says the
+/// log is intact since the break, and fails with `--strict`.
+#[test]
+fn a_damaged_audit_log_is_repaired_and_the_break_stays_visible() {
+    let e = Env::new();
+    e.unlock();
+    for name in ["a", "b", "c"] {
+        e.change(&["env", "create", name], "").success();
+    }
+    e.cmd().arg("lock").assert().success();
+    let log = e.home().join("audit.log");
+    let text = fs::read_to_string(&log).unwrap();
+    fs::write(
+        &log,
+        text.replacen("\"environment\":\"b\"", "\"environment\":\"x\"", 1),
+    )
+    .unwrap();
+    e.cmd()
+        .args(["unlock", "--passphrase-stdin"])
+        .write_stdin(format!("{PASS}\n"))
+        .assert()
+        .failure()
+        .stderr(contains("audit log does not verify"));
+    // A wrong PIN repairs nothing.
+    e.cmd()
+        .args(["--passphrase-stdin", "audit", "repair", "--pin-stdin"])
+        .write_stdin(format!("{PASS}\n000000\n"))
+        .assert()
+        .failure();
+    assert!(log.exists(), "the log moved");
+    assert!(
+        !fs::read_dir(e.home())
+            .unwrap()
+            .flatten()
+            .any(|f| f.file_name().to_string_lossy().contains("damaged")),
+        "a wrong PIN repaired"
+    );
+    let out = e
+        .cmd()
+        .args([
+            "--passphrase-stdin",
+            "--json",
+            "audit",
+            "repair",
+            "--pin-stdin",
+        ])
+        .write_stdin(format!("{PASS}\n{PIN}\n"))
+        .assert()
+        .success();
+    let v: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(v["repaired"], true, "{v}");
+    let bad = v["first_bad_seq"].as_u64().unwrap();
+    assert_eq!(v["last_good_seq"].as_u64(), Some(bad - 1));
+    let kept = fs::read_to_string(v["kept"].as_str().unwrap()).unwrap();
+    assert!(
+        kept.contains("\"environment\":\"x\""),
+        "the evidence was not kept"
+    );
+    e.cmd()
+        .args(["--passphrase-stdin", "audit", "verify"])
+        .write_stdin(format!("{PASS}\n"))
+        .assert()
+        .success()
+        .stdout(contains(format!("intact since the break at seq {bad}")));
+    e.cmd()
+        .args(["--passphrase-stdin", "audit", "verify", "--strict"])
+        .write_stdin(format!("{PASS}\n"))
+        .assert()
+        .code(1);
+    e.unlock();
+    let first = e.cmd().args(["--json", "audit"]).assert().success();
+    let first: Value = serde_json::from_str(
+        String::from_utf8_lossy(&first.get_output().stdout)
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["event"]["type"], "chain_start", "{first}");
+    assert_eq!(first["event"]["reason"], "repaired", "{first}");
+    assert_eq!(first["event"]["first_bad_seq"], bad, "{first}");
+}
+
 /// File-kind variables arrive as the path of a 0600 file in a private
 /// per-lease directory, which is gone when the lease ends.
 #[test]

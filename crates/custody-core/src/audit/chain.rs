@@ -121,6 +121,7 @@ impl AuditChain {
         key: &Key,
         previous: Option<&AuditHead>,
         reason: ChainStartReason,
+        first_bad_seq: Option<u64>,
     ) -> Result<AuditChain, AuditError> {
         let file = OpenOptions::new()
             .read(true)
@@ -143,6 +144,7 @@ impl AuditChain {
             previous_seq: previous.map(|h| h.seq),
             previous_hash: previous.map(AuditHead::hash_hex),
             reason,
+            first_bad_seq,
         })?;
         Ok(chain)
     }

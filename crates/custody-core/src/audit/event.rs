@@ -187,6 +187,10 @@ pub enum AuditEvent {
         previous_hash: Option<String>,
         /// Why the chain was restarted.
         reason: ChainStartReason,
+        /// For a repair: the first seq of the damaged log that did not
+        /// verify (the records from there on are in the kept copy only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        first_bad_seq: Option<u64>,
     },
     /// Written on open after a crash left a torn last line: attests the exact
     /// bytes that were left in place between the last good record and this
@@ -412,4 +416,7 @@ pub enum ChainStartReason {
     NewVault,
     /// The human archived the old log (for example after verify failed).
     Archived,
+    /// `custody audit repair`: the log did not verify; it was kept aside
+    /// and this chain goes on from its last good record.
+    Repaired,
 }

@@ -31,8 +31,23 @@ pub struct AuditArgs {
 #[derive(Debug, clap::Subcommand)]
 enum AuditCommand {
     /// Check the hash chain and MACs; exit 0 when intact, 1 naming the
-    /// first bad record otherwise.
-    Verify,
+    /// first bad record otherwise. A chain started by `audit repair` is
+    /// reported as intact since its break.
+    Verify {
+        /// Exit 1 also for a chain intact only since a repaired break.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// The log does not verify, so unlock refuses: keep the damaged file
+    /// aside (`audit.log.damaged-TIME`) and start a new chain whose first
+    /// record names the break (last good seq and hash, first bad seq).
+    /// Needs the passphrase and the PIN; the broker must be locked.
+    Repair {
+        /// Read the PIN from stdin (after the passphrase line with
+        /// `--passphrase-stdin`).
+        #[arg(long)]
+        pin_stdin: bool,
+    },
 }
 
 fn since(raw: &str) -> anyhow::Result<Since> {
@@ -71,8 +86,10 @@ fn print(g: &Global, r: &AuditRecord) -> anyhow::Result<()> {
 }
 
 pub fn run(g: &Global, secrets: &mut SecretInput, a: AuditArgs) -> anyhow::Result<ExitCode> {
-    if let Some(AuditCommand::Verify) = a.command {
-        return verify(g, secrets);
+    match a.command {
+        Some(AuditCommand::Verify { strict }) => return verify(g, secrets, strict),
+        Some(AuditCommand::Repair { pin_stdin }) => return repair(g, secrets, pin_stdin),
+        None => {}
     }
     let path = log_path()?;
     let since = a.since.as_deref().map(since).transpose()?;
@@ -102,7 +119,112 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: AuditArgs) -> anyhow::Resul
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(g: &Global, secrets: &mut SecretInput) -> anyhow::Result<ExitCode> {
+/// The break a repaired chain starts after: its first record, if that is a
+/// `chain_start` of a repair (seq of the first bad record, and the last good
+/// seq before it).
+fn repaired_break(path: &std::path::Path) -> Option<(u64, Option<u64>)> {
+    let first = audit::read(path, None).ok()?.next()?.ok()?;
+    match first.event {
+        audit::AuditEvent::ChainStart {
+            reason: audit::ChainStartReason::Repaired,
+            first_bad_seq,
+            previous_seq,
+            ..
+        } => Some((first_bad_seq.unwrap_or(0), previous_seq)),
+        _ => None,
+    }
+}
+
+fn repair(g: &Global, secrets: &mut SecretInput, pin_stdin: bool) -> anyhow::Result<ExitCode> {
+    if let Some(mut c) = access::broker()?
+        && c.call(Request::Status)
+            .is_ok_and(|s| s["locked"] == json!(false))
+    {
+        anyhow::bail!(
+            "the broker is unlocked and writing the audit log: `custody lock` first, then repair"
+        );
+    }
+    let vault = access::open_vault(g, secrets)?;
+    let pin = if pin_stdin {
+        secrets.line("approval PIN")?
+    } else {
+        crate::input::prompt_hidden("Approval PIN: ", "--pin-stdin")?
+    };
+    if !vault.verify_pin(&pin)? {
+        return Err(access::broker_err(custody_broker::ClientError::Broker(
+            custody_broker::protocol::WireError::new(
+                "wrong_pin",
+                "wrong PIN: nothing was repaired",
+            ),
+        )));
+    }
+    let path = log_path()?;
+    let key = vault.subkey(Subkey::Audit);
+    let head = vault.audit_head()?;
+    let (first_bad, offset) = match audit::verify(&path, &key, head.as_ref()) {
+        Ok(r) => {
+            if g.json {
+                output::json(&json!({"repaired": false, "intact": true, "records": r.records}))?;
+            } else {
+                println!(
+                    "audit log intact ({} records): nothing to repair",
+                    r.records
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(audit::VerifyError::Bad { seq, offset, .. }) => (seq, offset),
+        Err(e) => return Err(e.into()),
+    };
+    // The last good record: verify the part before the first bad line.
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let good = bytes
+        .get(
+            ..usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len()),
+        )
+        .unwrap_or_default();
+    let last_good = if good.is_empty() {
+        None
+    } else {
+        let tmp =
+            tempfile::NamedTempFile::new_in(path.parent().unwrap_or(std::path::Path::new(".")))?;
+        std::fs::write(tmp.path(), good)?;
+        Some(audit::verify(tmp.path(), &key, None)?.head)
+    };
+    let stamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let kept = path.with_file_name(format!("{}.damaged-{stamp}", audit::AUDIT_FILE));
+    std::fs::rename(&path, &kept).with_context(|| format!("keeping {}", kept.display()))?;
+    let chain = audit::AuditChain::start_over(
+        &path,
+        &key,
+        last_good.as_ref(),
+        audit::ChainStartReason::Repaired,
+        Some(first_bad),
+    )?;
+    vault.set_audit_head(&chain.head())?;
+    if g.json {
+        output::json(&json!({
+            "repaired": true,
+            "first_bad_seq": first_bad,
+            "last_good_seq": last_good.map(|h| h.seq),
+            "kept": kept,
+        }))?;
+    } else {
+        println!(
+            "audit log repaired: the damaged log is kept at {}; a new chain starts after seq {} (first bad record: seq {first_bad})",
+            kept.display(),
+            last_good.map_or(0, |h| h.seq)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(g: &Global, secrets: &mut SecretInput, strict: bool) -> anyhow::Result<ExitCode> {
     // The broker holds the key while unlocked; otherwise use the passphrase.
     let via_broker: Option<Value> = match access::broker()? {
         Some(mut c) => match c.call(Request::AuditVerify) {
@@ -126,9 +248,23 @@ fn verify(g: &Global, secrets: &mut SecretInput) -> anyhow::Result<ExitCode> {
             }
         }
     };
+    let mut v = v;
     let intact = v["intact"] == json!(true);
+    let repaired = if intact {
+        repaired_break(&log_path()?)
+    } else {
+        None
+    };
+    if let Some((bad, good)) = repaired {
+        v["repaired_break"] = json!({"first_bad_seq": bad, "last_good_seq": good});
+    }
     if g.json {
         output::json(&v)?;
+    } else if let Some((bad, _)) = repaired {
+        println!(
+            "audit log intact since the break at seq {bad} ({} records since; the damaged log was kept by `custody audit repair`)",
+            v["records"]
+        );
     } else if intact {
         println!("audit log intact: {} records", v["records"]);
     } else {
@@ -138,7 +274,7 @@ fn verify(g: &Global, secrets: &mut SecretInput) -> anyhow::Result<ExitCode> {
             v["problem"].as_str().unwrap_or_default()
         );
     }
-    Ok(if intact {
+    Ok(if intact && !(strict && repaired.is_some()) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
