@@ -1160,6 +1160,9 @@ fn an_agent_that_calls_itself_cli_gets_no_terminal_preapproval() {
         "an agent used the terminal's rule: {v}"
     );
     assert_eq!(b.status()["sessions"][0]["policy_name"], "unknown");
+    // Next to the claimed name, the kernel's: the agent's executable.
+    let exe = b.status()["sessions"][0]["agent_exe"].clone();
+    assert!(exe.as_str().is_some_and(|p| p.starts_with('/')), "{exe}");
 }
 
 // ----- same-user agent: attack classes (issue "same-user agent, part 1") --------

@@ -116,6 +116,9 @@ struct Session {
     /// The canonical name policy applies (`custody_core::clients`).
     policy_name: String,
     client_version: String,
+    /// The agent client's executable, from `/proc` (what the kernel says,
+    /// next to the name the client claims); `None` when unreadable.
+    agent_exe: Option<String>,
     mcp_pid: u32,
     agent_pid: u32,
     started: SystemTime,
@@ -487,7 +490,7 @@ impl Broker {
             "vault": self.cfg.vault_path(),
             "sessions": st.sessions.iter().map(|(id, s)| json!({
                 "session_id": id, "client_name": s.client_name, "policy_name": s.policy_name,
-                "client_version": s.client_version,
+                "client_version": s.client_version, "agent_exe": s.agent_exe,
                 "pid": s.mcp_pid, "agent_pid": s.agent_pid, "started_at": rfc3339(s.started)})).collect::<Vec<_>>(),
             "pending": st.pending.len(),
             "grants": st.grants.len(),
@@ -674,6 +677,9 @@ impl Broker {
                 client_name: client_name.to_owned(),
                 policy_name: custody_core::clients::canonical(client_name),
                 client_version: client_version.to_owned(),
+                agent_exe: std::fs::read_link(format!("/proc/{ppid}/exe"))
+                    .ok()
+                    .map(|p| p.display().to_string()),
                 mcp_pid: pid,
                 agent_pid: ppid,
                 started: SystemTime::now(),

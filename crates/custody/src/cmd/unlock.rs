@@ -173,13 +173,14 @@ pub fn status(g: &Global, _s: &mut SecretInput, _a: StatusArgs) -> anyhow::Resul
     );
     for s in v["sessions"].as_array().into_iter().flatten() {
         println!(
-            "  {} {} {} (policy name: {}; pid {}, agent pid {})",
-            s["session_id"].as_str().unwrap_or_default(),
-            s["client_name"].as_str().unwrap_or_default(),
-            s["client_version"].as_str().unwrap_or_default(),
+            "  {} {} {} (policy name: {}; pid {}, agent pid {}, agent program {})",
+            crate::output::shown(s["session_id"].as_str().unwrap_or_default()),
+            crate::output::shown(s["client_name"].as_str().unwrap_or_default()),
+            crate::output::shown(s["client_version"].as_str().unwrap_or_default()),
             s["policy_name"].as_str().unwrap_or_default(),
             s["pid"],
-            s["agent_pid"]
+            s["agent_pid"],
+            crate::output::shown(s["agent_exe"].as_str().unwrap_or("unknown"))
         );
     }
     println!(
