@@ -137,17 +137,29 @@ fn resolve_program(spec: &RunSpec) -> Result<PathBuf, WireError> {
         .get("PATH")
         .map(String::as_str)
         .unwrap_or(DEFAULT_PATH);
+    resolve_in(name, cwd, path).ok_or_else(|| {
+        bad(format!(
+            "command '{name}' not found in the PATH the command would run with"
+        ))
+    })
+}
+
+/// Where `name` (no `/` in it) is found along `path`, as `execvp` would
+/// find it from `cwd`.
+pub fn resolve_in(name: &str, cwd: &Path, path: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        let p = cwd.join(name);
+        return is_executable(&p).then_some(p);
+    }
     for dir in path.split(':') {
         // An empty entry means the current directory, as for execvp.
         let dir = if dir.is_empty() { "." } else { dir };
         let candidate = cwd.join(dir).join(name);
         if is_executable(&candidate) {
-            return Ok(candidate);
+            return Some(candidate);
         }
     }
-    Err(bad(format!(
-        "command '{name}' not found in the PATH the command would run with"
-    )))
+    None
 }
 
 fn is_executable(p: &Path) -> bool {

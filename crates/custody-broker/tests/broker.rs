@@ -1315,6 +1315,42 @@ fn attack_swapped_programs_through_path_need_a_new_approval() {
     assert!(!std::path::Path::new(&format!("{}/pwned", b.workdir())).exists());
 }
 
+/// Attack class 5, with a pre-approval: the human pre-approved `date` in
+/// policy; the requester puts its own `date` first in the PATH it passes.
+/// The rule means `date` as the broker's own PATH finds it (or the rule's
+/// `program`), so the agent's `date` gets no pre-approval: the request waits
+/// for a human, and the real `date` still runs without asking.
+#[test]
+fn attack_swapped_programs_get_no_preapproval() {
+    use std::os::unix::fs::PermissionsExt;
+    let b = broker_with_secret();
+    b.write_policy(
+        "[[clients.cli.preapproved]]\nargv = [\"date\"]\nenvironments = [\"dev\"]\nexpires = \"2099-01-01T00:00:00Z\"\n",
+    );
+    let evil = format!("{}/evil-bin", b.workdir());
+    std::fs::create_dir(&evil).unwrap();
+    let fake = format!("{evil}/date");
+    std::fs::write(&fake, "#!/bin/sh\necho evil > pwned\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let mut spec = b.spec(&["date"], &["dev"]);
+    spec.wait_secs = Some(1);
+    let (_, res) = b.run(spec.clone());
+    assert_eq!(res.unwrap()["exit_code"], 0, "the rule did not apply");
+    let mut swapped = spec.clone();
+    let path = swapped.passthrough["PATH"].clone();
+    swapped
+        .passthrough
+        .insert("PATH".into(), format!("{evil}:{path}"));
+    let (_, res) = b.run(swapped);
+    let v = res.unwrap();
+    assert_eq!(
+        v["status"], "pending",
+        "the agent's date was pre-approved: {v}"
+    );
+    assert!(!std::path::Path::new(&format!("{}/pwned", b.workdir())).exists());
+}
+
 /// Attack class 11, "swapping what was reviewed": the human read
 /// `deploy.sh` and approved `sh deploy.sh`; the requester then rewrites it.
 /// A timed grant does not cover the edited script, and an edit between the

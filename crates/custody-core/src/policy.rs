@@ -14,6 +14,7 @@
 //!
 //! [[clients.codex.preapproved]]  # runs without asking, until `expires`
 //! argv = ["cargo", "test"]
+//! program = "/home/me/.cargo/bin/cargo"   # optional; default: argv[0] as the broker's PATH finds it
 //! cwd = "/home/me/shop"
 //! environments = ["shop-dev"]
 //! expires = "2026-12-31T00:00:00Z"
@@ -83,6 +84,7 @@ struct RawRules {
 #[serde(deny_unknown_fields)]
 struct RawPreapproved {
     argv: Vec<String>,
+    program: Option<String>,
     cwd: Option<String>,
     environments: Vec<String>,
     expires: String,
@@ -93,6 +95,9 @@ struct RawPreapproved {
 pub struct Preapproved {
     /// Exact argv.
     pub argv: Vec<String>,
+    /// The absolute path `argv[0]` must resolve to (`None`: wherever it
+    /// resolves with the broker's own `PATH`, never the requester's).
+    pub program: Option<String>,
     /// Exact cwd (`None`: any).
     pub cwd: Option<String>,
     /// Exact set of environments.
@@ -260,8 +265,16 @@ fn rules(raw: RawRules, at: &str) -> Result<Rules, String> {
                 p.expires
             )
         })?;
+        if let Some(prog) = &p.program
+            && !prog.starts_with('/')
+        {
+            return Err(format!(
+                "{at}.preapproved[{i}].program: '{prog}' is not an absolute path"
+            ));
+        }
         pre.push(Preapproved {
             argv: p.argv,
+            program: p.program,
             cwd: p.cwd,
             environments: p.environments.into_iter().collect(),
             expires,

@@ -3,6 +3,27 @@
 
 use super::*;
 
+/// Whether the program a run would start is the one a pre-approval means:
+/// the rule's `program`, or else `argv[0]` as the broker's own `PATH` finds
+/// it. A requester's `PATH` that finds another program first (its own
+/// `date`) gets no pre-approval: the request goes to a human, who sees it.
+fn preapproved_program(
+    pre: &custody_core::policy::Preapproved,
+    spec: &RunSpec,
+    program: &std::path::Path,
+) -> bool {
+    match &pre.program {
+        Some(p) => std::path::Path::new(p) == program,
+        None => {
+            let name = spec.argv.first().map(String::as_str).unwrap_or_default();
+            let path =
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+            crate::binding::resolve_in(name, std::path::Path::new(&spec.cwd), &path)
+                .is_some_and(|p| p == program)
+        }
+    }
+}
+
 /// Longest a once-grant waits for the run it was made for to take it.
 const ONCE_GRANT_LIFETIME: Duration = Duration::from_secs(60);
 
@@ -93,7 +114,8 @@ impl Broker {
                 &spec.cwd,
                 &scope.environments,
                 SystemTime::now(),
-            ) {
+            ) && preapproved_program(pre, spec, &scope.binding.program)
+            {
                 let id = new_id("g");
                 let left = pre
                     .expires
