@@ -386,7 +386,8 @@ async fn handle(broker: Arc<Broker>, mut stream: UnixStream, own_uid: u32) {
             }
             Request::Run(spec) => run_streaming(&broker, &peer, id, spec, &mut rd, &mut wr).await,
             Request::Watch => {
-                watch_events(&broker, id, &mut rd, &mut wr).await;
+                let me = broker.requester(&peer);
+                watch_events(&broker, &me, id, &mut rd, &mut wr).await;
                 break;
             }
             Request::Catalog => send_typed(&mut wr, id, crate::ops::catalog(&broker, &peer)).await,
@@ -555,6 +556,7 @@ async fn run_streaming(
 /// (with id 0) until the watcher closes the connection.
 async fn watch_events(
     broker: &Arc<Broker>,
+    me: &crate::grants::Requester,
     id: u64,
     rd: &mut tokio::net::unix::OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
@@ -576,6 +578,14 @@ async fn watch_events(
         tokio::select! {
             ev = rx.recv() => match ev {
                 Ok((id, event)) => {
+                    // An agent hears of its own requests only, as it lists
+                    // only its own pending ones.
+                    if let Event::Pending { request_id, .. } = &event
+                        && matches!(me, crate::grants::Requester::Agent { .. })
+                        && !broker.is_requester_of(request_id, me)
+                    {
+                        continue;
+                    }
                     if send(wr, &ServerFrame::Event { id, event }).await.is_err() { return; }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,

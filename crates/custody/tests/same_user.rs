@@ -809,3 +809,70 @@ fn system_python() -> &'static str {
 fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "'\\''"))
 }
+
+/// An agent hears only of its own requests: its watcher on the broker's
+/// events sees the pending request it made, not the human's (whose id it
+/// could otherwise try to decide).
+#[test]
+fn an_agents_watch_hears_only_its_own_requests() {
+    as_each_user(|e| {
+        let watch = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/attacks/watch.py");
+        let out = e.mark("heard");
+        // The watcher starts in the agent's tree (it says hello and asks to
+        // watch from there), as an agent's helper would.
+        let agent = e.spawn_agent(
+            "codex-mcp-client",
+            json!([
+                {"shell": format!(
+                    "{} '{}' '{}' '{out}' 8 </dev/null >/dev/null 2>&1 & while [ ! -e '{out}.ready' ]; do sleep 0.05; done",
+                    system_python(),
+                    watch.display(),
+                    e.runtime().join("broker.sock").display()
+                )},
+                {"signal": e.mark("watching")},
+                {"wait_file": e.mark("human-asked")},
+                run_step(e, &["sh", "-c", "echo agents-own"]),
+                {"sleep": 8},
+            ]),
+        );
+        e.wait_mark("watching");
+        // The human's own request, from the human's terminal.
+        let mut human = e.command(&assert_cmd::cargo::cargo_bin("custody"));
+        human
+            .args([
+                "run",
+                "--no-prompt",
+                "-e",
+                "dev",
+                "--",
+                "sh",
+                "-c",
+                "echo humans",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut human = human.spawn().unwrap();
+        let until = Instant::now() + Duration::from_secs(20);
+        let humans_id = loop {
+            if let Some(id) = e.json(&["approve", "--list"])[0]["id"].as_str() {
+                break id.to_owned();
+            }
+            assert!(Instant::now() < until, "no pending request");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        e.release("human-asked");
+        let _ = agent_results(agent);
+        let _ = human.kill();
+        let _ = human.wait();
+        let heard = fs::read_to_string(&out).unwrap_or_default();
+        assert!(
+            !heard.contains(&humans_id),
+            "the agent heard the human's request: {heard}"
+        );
+        assert_eq!(
+            heard.lines().count(),
+            1,
+            "the agent did not hear its own: {heard}"
+        );
+    });
+}

@@ -220,6 +220,14 @@ impl Broker {
         )
     }
 
+    /// Whether `who` made the pending request `request_id`.
+    pub fn is_requester_of(&self, request_id: &str, who: &Requester) -> bool {
+        self.state()
+            .pending
+            .get(request_id)
+            .is_some_and(|p| &p.requester == who)
+    }
+
     /// A request's state: pending, or how it was decided.
     pub fn request_status(&self, request_id: &str) -> Result<Value, WireError> {
         let st = self.state();
