@@ -145,6 +145,17 @@ impl Env {
 
     /// Starts the scripted agent in the background.
     fn spawn_agent(&self, client: &str, steps: Value) -> std::process::Child {
+        self.spawn_agent_with_path(client, steps, None)
+    }
+
+    /// [`spawn_agent`](Self::spawn_agent) with the agent's own `PATH` (which
+    /// its `custody mcp` passes on with every run).
+    fn spawn_agent_with_path(
+        &self,
+        client: &str,
+        steps: Value,
+        path: Option<&str>,
+    ) -> std::process::Child {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/attacks/agent.py");
         // The system Python: the agent needs only its standard library, and
         // a per-user install (pyenv under /root) is not reachable by `nobody`.
@@ -154,6 +165,9 @@ impl Env {
             .find(|p| p.exists())
             .unwrap_or(Path::new("python3"));
         let mut c = self.command(python);
+        if let Some(path) = path {
+            c.env("PATH", path);
+        }
         c.arg(script)
             .arg(assert_cmd::cargo::cargo_bin("custody"))
             .arg(client)
@@ -874,5 +888,221 @@ fn an_agents_watch_hears_only_its_own_requests() {
             1,
             "the agent did not hear its own: {heard}"
         );
+    });
+}
+
+/// Attack class 4, "offline PIN guessing": the agent reads `vault.db` with
+/// SQLite and looks for the PIN's Argon2 verifier to guess against with no
+/// lockout. There is none in the clear: it is sealed under a vault subkey.
+#[test]
+fn attack_offline_pin_guessing() {
+    as_each_user(|e| {
+        let script = format!(
+            "import sqlite3\n\
+             db = sqlite3.connect('file:{}?mode=ro', uri=True)\n\
+             found = [k for k, v in db.execute('select key, value from meta') \
+                      if k == 'pin_hash' or b'$argon2' in bytes(v)]\n\
+             print('found' if found else 'none')\n",
+            e.home().join("vault.db").display()
+        );
+        let r = e.agent(
+            "codex-mcp-client",
+            json!([{"shell": format!("{} -c {}", system_python(), shell_quote(&script))}]),
+        );
+        assert_eq!(r[0]["rc"], 0, "{r:?}");
+        assert_eq!(
+            r[0]["stdout"], "none\n",
+            "a PIN verifier is readable: {r:?}"
+        );
+    });
+}
+
+/// Attack class 5, "swapped programs": the human pre-approved `date`; the
+/// agent puts its own `date` first in its PATH (which its `custody mcp`
+/// passes on) and asks to run `date`. Not pre-approved: it waits for a
+/// human, who would see the agent's program by its path; nothing ran.
+#[test]
+fn attack_swapped_programs() {
+    as_each_user(|e| {
+        use std::os::unix::fs::PermissionsExt;
+        e.apply_policy(&preapproving(&["date"]));
+        let evil = e.work().join("bin");
+        fs::create_dir(&evil).unwrap();
+        let date = evil.join("date");
+        fs::write(&date, format!("#!/bin/sh\n{LOOT}\n")).unwrap();
+        fs::set_permissions(&date, fs::Permissions::from_mode(0o755)).unwrap();
+        if let Some(uid) = e.uid {
+            for p in [&evil, &date] {
+                std::os::unix::fs::chown(p, Some(uid), Some(uid)).unwrap();
+            }
+        }
+        let path = format!("{}:/usr/local/bin:/usr/bin:/bin", evil.display());
+        let r = agent_results(e.spawn_agent_with_path(
+            "codex-mcp-client",
+            json!([run_step(e, &["date"])]),
+            Some(&path),
+        ));
+        assert_eq!(
+            r[0]["status"], "pending",
+            "the agent's date was pre-approved: {r:?}"
+        );
+        assert!(!e.work().join("loot").exists(), "the agent's date ran");
+    });
+}
+
+/// Attack class 6, "chosen identity": the agent calls itself `cli` (to
+/// inherit the terminal's pre-approvals) or gives no name. Either way it
+/// gets the policy name `unknown` and the rules of `*`: here, no access to
+/// `dev` at all, and certainly not the terminal's pre-approval.
+#[test]
+fn attack_chosen_identity() {
+    as_each_user(|e| {
+        let mut policy = String::from("[clients.\"*\"]\nenvironments = [\"other\"]\n");
+        policy.push_str(&preapproving(&["sh", "-c", LOOT]).replace("clients.\"*\"", "clients.cli"));
+        e.apply_policy(&policy);
+        for name in ["cli", ""] {
+            let r = e.agent(name, json!([run_step(e, &["sh", "-c", LOOT])]));
+            let text = r[0].to_string();
+            assert!(
+                text.contains("not available to unknown by policy"),
+                "agent named {name:?}: {r:?}"
+            );
+            assert!(!e.work().join("loot").exists(), "it ran as {name:?}");
+        }
+    });
+}
+
+/// Attack class 10, "denying the human's own requests" and "declaring
+/// loader variables": the agent's shell denies the human's pending request
+/// (refused; it stays pending), and the agent declares `LD_PRELOAD` and
+/// `BASH_ENV` for the human to fill in (refused).
+#[test]
+fn attack_denying_the_human_and_declaring_loader_variables() {
+    as_each_user(|e| {
+        let mut human = e.command(&assert_cmd::cargo::cargo_bin("custody"));
+        human
+            .args(["run", "--no-prompt", "-e", "dev", "--", "true"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut human = human.spawn().unwrap();
+        let until = Instant::now() + Duration::from_secs(20);
+        let id = loop {
+            if let Some(id) = e.json(&["approve", "--list"])[0]["id"].as_str() {
+                break id.to_owned();
+            }
+            assert!(Instant::now() < until, "no pending request");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let custody = assert_cmd::cargo::cargo_bin("custody");
+        let declare = |name: &str| {
+            json!({"tool": "declare_variable", "args": {
+                "environment": "dev", "name": name, "description": "fill me in"}})
+        };
+        let r = e.agent(
+            "claude-code",
+            json!([
+                {"shell": format!("'{}' deny {id}", custody.display())},
+                declare("LD_PRELOAD"),
+                declare("BASH_ENV"),
+            ]),
+        );
+        assert_ne!(r[0]["rc"], 0, "the agent denied the human's request: {r:?}");
+        assert!(
+            r[1]["error"].is_string() && r[2]["error"].is_string(),
+            "{r:?}"
+        );
+        let pending = e.json(&["approve", "--list"]);
+        assert_eq!(pending[0]["id"], id.as_str(), "{pending}");
+        let ls = e.json(&["ls", "dev"]).to_string();
+        assert!(
+            !ls.contains("LD_PRELOAD") && !ls.contains("BASH_ENV"),
+            "{ls}"
+        );
+        let _ = human.kill();
+        let _ = human.wait();
+    });
+}
+
+/// Attack class 11, "swapping what was reviewed": the human read
+/// `deploy.sh` and approved `sh deploy.sh` for a minute; the agent then
+/// rewrites it and runs it again. The grant does not cover the edited
+/// script: the run waits for a human, the new text never ran.
+#[test]
+fn attack_swapping_what_was_reviewed() {
+    as_each_user(|e| {
+        let script = e.work().join("deploy.sh");
+        fs::write(&script, "echo deployed\n").unwrap();
+        if let Some(uid) = e.uid {
+            std::os::unix::fs::chown(&script, Some(uid), Some(uid)).unwrap();
+        }
+        let agent = e.spawn_agent(
+            "codex-mcp-client",
+            json!([
+                run_step(e, &["sh", "deploy.sh"]),
+                {"signal": e.mark("asked")},
+                {"wait_file": e.mark("approved")},
+                {"tool": "request_status", "args": {"request_id": "$last"}},
+                {"shell": format!("printf '%s\\n' '{LOOT}' > deploy.sh")},
+                run_step(e, &["sh", "deploy.sh"]),
+            ]),
+        );
+        e.wait_mark("asked");
+        let id = e.json(&["approve", "--list"])[0]["id"]
+            .as_str()
+            .expect("pending")
+            .to_owned();
+        e.ok(
+            &["approve", &id, "--for", "1m", "--pin-stdin"],
+            &format!("{PIN}\n"),
+        );
+        e.release("approved");
+        let r = agent_results(agent);
+        assert_eq!(
+            r[3]["exit_code"], 0,
+            "the reviewed script did not run: {r:?}"
+        );
+        assert_eq!(
+            r[5]["status"], "pending",
+            "the grant covered the edited script: {r:?}"
+        );
+        assert!(!e.work().join("loot").exists(), "the edited script ran");
+    });
+}
+
+/// Attack class 9, "starving the broker", as the unprivileged user too:
+/// see `broker_cli::attack_starving_the_broker_with_idle_agent_connections`.
+#[test]
+fn attack_starving_the_broker() {
+    as_each_user(|e| {
+        let ready = e.dir.path().join("starver.ready");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/attacks/starve.py");
+        let mut starver = e
+            .command(Path::new(system_python()))
+            .arg(script)
+            .arg(assert_cmd::cargo::cargo_bin("custody"))
+            .arg(e.runtime().join("broker.sock"))
+            .arg(&ready)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(30);
+        while !ready.exists() {
+            assert!(Instant::now() < until, "the starving agent did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            assert_eq!(e.json(&["status"])["sessions"][0]["client_name"], "starver");
+            e.ok(&["revoke", "--all"], "");
+            e.ok(&["lock"], "");
+        }));
+        // The agent, its workers and its `custody mcp`: its whole session.
+        let _ = StdCommand::new("pkill")
+            .args(["-KILL", "-s", &starver.id().to_string()])
+            .status();
+        let _ = starver.kill();
+        let _ = starver.wait();
+        if let Err(p) = outcome {
+            std::panic::resume_unwind(p);
+        }
     });
 }

@@ -8,7 +8,8 @@ STEPS_JSON is a list of steps, run in order:
   {"shell": "..."}            `sh -c` as this agent's child (its cwd is the
                               agent's; CUSTODY_HOME/CUSTODY_RUNTIME_DIR are
                               inherited, as an agent's shell inherits them)
-  {"tool": NAME, "args": {}}  an MCP tools/call
+  {"tool": NAME, "args": {}}  an MCP tools/call (an argument "$last" stands
+                              for the last request_id a tool answered with)
   {"sleep": SECONDS}
   {"signal": PATH}            create PATH (tells the test a point is reached)
   {"wait_file": PATH}         wait (up to 60 s) until PATH exists
@@ -58,19 +59,24 @@ while b"registered session" not in mcp.stderr.readline():
     pass
 
 results = []
+last_request = ""
 for step in steps:
     if "shell" in step:
         p = subprocess.run(["sh", "-c", step["shell"]], capture_output=True, timeout=120)
         results.append({"rc": p.returncode, "stdout": p.stdout.decode(errors="replace"),
                         "stderr": p.stderr.decode(errors="replace")})
     elif "tool" in step:
-        reply = rpc("tools/call", {"name": step["tool"], "arguments": step.get("args", {})})
+        args = {k: (last_request if v == "$last" else v) for k, v in step.get("args", {}).items()}
+        reply = rpc("tools/call", {"name": step["tool"], "arguments": args})
         res = reply.get("result", {})
         if "error" in reply or res.get("isError"):
             text = json.dumps(reply.get("error") or res.get("content"))
             results.append({"error": text})
         else:
-            results.append(res.get("structuredContent", res))
+            out = res.get("structuredContent", res)
+            if isinstance(out, dict) and out.get("request_id"):
+                last_request = out["request_id"]
+            results.append(out)
     elif "sleep" in step:
         time.sleep(step["sleep"])
     elif "kill_mcp" in step:
