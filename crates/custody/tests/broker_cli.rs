@@ -996,3 +996,57 @@ fn attack_starving_the_broker_with_idle_agent_connections() {
         std::panic::resume_unwind(p);
     }
 }
+
+/// `custody policy edit` opens the policy in force in `$EDITOR` on a private
+/// copy, applies it with the PIN once it parses, and applies nothing when
+/// the edit does not parse; `policy show` prints the one in force.
+#[test]
+fn policy_edit_applies_a_checked_edit_and_nothing_else() {
+    let e = Env::new();
+    e.unlock();
+    let file = e.dir.path().join("p.toml");
+    fs::write(&file, "[defaults]\nmax_ttl = \"1h\"\n").unwrap();
+    e.cmd()
+        .args(["policy", "apply", file.to_str().unwrap(), "--pin-stdin"])
+        .write_stdin(format!("{PIN}\n"))
+        .assert()
+        .success();
+    e.cmd()
+        .env("EDITOR", "sed -i s/1h/2h/")
+        .args(["policy", "edit", "--pin-stdin"])
+        .write_stdin(format!("{PIN}\n"))
+        .assert()
+        .success()
+        .stdout(contains("Policy applied"));
+    e.cmd()
+        .args(["policy", "show"])
+        .assert()
+        .success()
+        .stdout(contains("max_ttl = \"2h\""));
+    e.cmd()
+        .env("EDITOR", "sed -i s/max_ttl/max_tll/")
+        .args(["policy", "edit", "--pin-stdin"])
+        .write_stdin(format!("{PIN}\n"))
+        .assert()
+        .failure()
+        .stderr(contains("invalid policy"));
+    e.cmd()
+        .args(["policy", "show"])
+        .assert()
+        .success()
+        .stdout(contains("max_ttl = \"2h\""));
+    // No private copy is left behind.
+    let left: Vec<_> = fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|d| {
+            d.file_name()
+                .to_string_lossy()
+                .starts_with("custody-policy-")
+        })
+        .filter(|d| {
+            fs::read_to_string(d.path().join("policy.toml")).is_ok_and(|t| t.contains("max_tll"))
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
