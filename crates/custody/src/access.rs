@@ -70,6 +70,27 @@ pub fn broker_err(e: ClientError) -> anyhow::Error {
 #[error("{0}")]
 pub struct BrokerFailure(pub ClientError);
 
+/// The passphrase line (with `--passphrase-stdin`) and the PIN line (with
+/// `pin_stdin`), in that order.
+#[allow(clippy::type_complexity)] // two optional secrets, named at the call
+fn stdin_lines(
+    global: &Global,
+    secrets: &mut SecretInput,
+    pin_stdin: bool,
+) -> anyhow::Result<(Option<Zeroizing<Vec<u8>>>, Option<Zeroizing<Vec<u8>>>)> {
+    let passphrase = if global.passphrase_stdin {
+        Some(secrets.line("passphrase")?)
+    } else {
+        None
+    };
+    let pin = if pin_stdin {
+        Some(secrets.line("approval PIN")?)
+    } else {
+        None
+    };
+    Ok((passphrase, pin))
+}
+
 /// Where vault operations go.
 pub enum Backend {
     /// The vault file, opened with the passphrase.
@@ -98,16 +119,7 @@ impl ChangeAuth {
         secrets: &mut SecretInput,
         pin_stdin: bool,
     ) -> anyhow::Result<ChangeAuth> {
-        let passphrase = if global.passphrase_stdin {
-            Some(secrets.line("passphrase")?)
-        } else {
-            None
-        };
-        let pin = if pin_stdin {
-            Some(secrets.line("approval PIN")?)
-        } else {
-            None
-        };
+        let (passphrase, pin) = stdin_lines(global, secrets, pin_stdin)?;
         ChangeAuth::from_inputs(pin, passphrase)
     }
 
@@ -164,14 +176,16 @@ pub fn change_pin(stored: &mut Option<Zeroizing<Vec<u8>>>) -> anyhow::Result<Zer
 /// first stdin line is the passphrase either way (so a script's stdin layout
 /// does not depend on whether the broker runs).
 pub fn open(global: &Global, secrets: &mut SecretInput) -> anyhow::Result<Backend> {
-    let passphrase = if global.passphrase_stdin {
-        Some(secrets.line("passphrase")?)
-    } else {
-        None
-    };
-    if let Some(client) = broker()? {
-        return Ok(Backend::Broker(client, ChangeAuth::Pin(None)));
+    let (passphrase, _) = stdin_lines(global, secrets, false)?;
+    match broker()? {
+        // Reading needs no proof: the passphrase line is not used.
+        Some(client) => Ok(Backend::Broker(client, ChangeAuth::Pin(None))),
+        None => open_direct(passphrase),
     }
+}
+
+/// The vault file, opened with the passphrase (read, or asked for).
+fn open_direct(passphrase: Option<Zeroizing<Vec<u8>>>) -> anyhow::Result<Backend> {
     let path = vault_path()?;
     if !path.exists() {
         // Say so before asking for a passphrase that cannot help.
@@ -196,32 +210,14 @@ pub fn open_to_change(
     secrets: &mut SecretInput,
     pin_stdin: bool,
 ) -> anyhow::Result<Backend> {
-    let passphrase = if global.passphrase_stdin {
-        Some(secrets.line("passphrase")?)
-    } else {
-        None
-    };
-    let pin = if pin_stdin {
-        Some(secrets.line("approval PIN")?)
-    } else {
-        None
-    };
-    if let Some(client) = broker()? {
-        let auth = ChangeAuth::from_inputs(pin, passphrase)?;
-        return Ok(Backend::Broker(client, auth));
+    let (passphrase, pin) = stdin_lines(global, secrets, pin_stdin)?;
+    match broker()? {
+        Some(client) => Ok(Backend::Broker(
+            client,
+            ChangeAuth::from_inputs(pin, passphrase)?,
+        )),
+        None => open_direct(passphrase),
     }
-    let path = vault_path()?;
-    if !path.exists() {
-        return Err(VaultError::NotFound { path }.into());
-    }
-    let passphrase = match passphrase {
-        Some(p) => p,
-        None => input::prompt_hidden("Vault passphrase: ", "--passphrase-stdin")?,
-    };
-    Ok(Backend::Direct(Box::new(Vault::unlock(
-        &path,
-        &passphrase,
-    )?)))
 }
 
 /// Opens the vault file itself (commands that must: `passwd`).

@@ -819,6 +819,18 @@ fn system_python() -> &'static str {
         .unwrap_or("python3")
 }
 
+/// The id of the first pending request, once there is one.
+fn pending_id(e: &Env) -> String {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(id) = e.json(&["approve", "--list"])[0]["id"].as_str() {
+            return id.to_owned();
+        }
+        assert!(Instant::now() < until, "no pending request");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `text` as one single-quoted shell word.
 fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "'\\''"))
@@ -866,14 +878,7 @@ fn an_agents_watch_hears_only_its_own_requests() {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         let mut human = human.spawn().unwrap();
-        let until = Instant::now() + Duration::from_secs(20);
-        let humans_id = loop {
-            if let Some(id) = e.json(&["approve", "--list"])[0]["id"].as_str() {
-                break id.to_owned();
-            }
-            assert!(Instant::now() < until, "no pending request");
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let humans_id = pending_id(e);
         e.release("human-asked");
         let _ = agent_results(agent);
         let _ = human.kill();
@@ -985,14 +990,7 @@ fn attack_denying_the_human_and_declaring_loader_variables() {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         let mut human = human.spawn().unwrap();
-        let until = Instant::now() + Duration::from_secs(20);
-        let id = loop {
-            if let Some(id) = e.json(&["approve", "--list"])[0]["id"].as_str() {
-                break id.to_owned();
-            }
-            assert!(Instant::now() < until, "no pending request");
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let id = pending_id(e);
         let custody = assert_cmd::cargo::cargo_bin("custody");
         let declare = |name: &str| {
             json!({"tool": "declare_variable", "args": {
