@@ -32,3 +32,10 @@ mod sys;
 
 pub use broker::{Broker, BrokerConfig};
 pub use client::{Client, ClientError};
+
+/// Hardens the calling process before it handles a secret: non-dumpable
+/// (same-user processes can no longer ptrace it or read its memory) and no
+/// core dumps. Returns the protections that could not be applied.
+pub fn harden_process() -> Vec<&'static str> {
+    sys::harden_process()
+}

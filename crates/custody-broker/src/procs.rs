@@ -77,6 +77,26 @@ pub fn session_id(pid: u32) -> Option<u32> {
     rest.split_whitespace().nth(3)?.parse().ok()
 }
 
+/// The process tracing this one (`TracerPid` in `/proc/self/status`), and
+/// its command name, if any. A tracer can read every byte this process
+/// reads, so custody reads no secret while one is attached.
+pub fn tracer_of_self() -> Option<(u32, String)> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let pid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    if pid == 0 {
+        return None;
+    }
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_owned())
+        .unwrap_or_else(|_| "?".into());
+    Some((pid, comm))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -528,9 +528,24 @@ pub(crate) async fn handle(
             "choose one of --git-history and --staged",
         ));
     }
-    let client = broker.requester(peer).client_name().to_owned();
+    let requester = broker.requester(peer);
+    let client = requester.client_name().to_owned();
+    let agent = match &requester {
+        crate::grants::Requester::Agent { agent_pid, .. } => Some(*agent_pid),
+        crate::grants::Requester::Terminal { .. } => None,
+    };
+    if let Some(pid) = agent {
+        broker.scan_allowance(pid)?;
+    }
     let policy = broker.policy();
-    let values = broker.with_vault(|v| vault_values(v, &|env| policy.visible(&client, env)))?;
+    // An agent's scan covers only what it may run without a fresh approval
+    // each time: never an always-approve environment (G14).
+    let values = broker.with_vault(|v| {
+        vault_values(v, &|env| {
+            policy.visible(&client, env)
+                && (agent.is_none() || !policy.always_approve(&client, env))
+        })
+    })?;
     let task = tokio::task::spawn_blocking(move || {
         let engine = MaskingEngine::new(values.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
         drop(values);
@@ -547,6 +562,17 @@ pub(crate) async fn handle(
         .await
         .map_err(|_| WireError::new("internal", "the scan failed"))?
         .map_err(|e| WireError::new("scan_failed", e.to_string()))?;
+    if let Some(pid) = agent {
+        // Names and files only: a line (or a count per line) would tell
+        // which of an agent's guesses matched. Audited, and counted.
+        for f in &mut report.findings {
+            f.line = None;
+        }
+        report
+            .findings
+            .dedup_by(|a, b| a.path == b.path && a.variable == b.variable && a.rule == b.rule);
+        broker.scanned_by_agent(&requester, pid, &path, report.bytes, report.findings.len())?;
+    }
     if report.findings.len() > MAX_FINDINGS {
         report.findings.truncate(MAX_FINDINGS);
         report.truncated = true;

@@ -369,6 +369,9 @@ proptest! {
         style in 0..5usize,
         sizes in proptest::collection::vec(1..200usize, 1..6),
     ) {
+        // Too short to mask once line breaks and surrounding whitespace are
+        // left out (custody warns about such values): not this test's case.
+        prop_assume!(custody_core::mask::long_enough(&value));
         let engine = Arc::new(MaskingEngine::new([("KEY", &value)]));
         let plain = [prefix.as_slice(), &value, b"\n"].concat();
         let (wrapped, inner) = if style == 4 {

@@ -27,6 +27,7 @@ impl SecretInput {
 
     fn buffer(&mut self) -> anyhow::Result<&[u8]> {
         if self.buf.is_none() {
+            refuse_if_traced("secrets on stdin")?;
             let mut data = Zeroizing::new(Vec::with_capacity(4096));
             std::io::stdin()
                 .lock()
@@ -84,9 +85,21 @@ pub fn stdin_is_tty() -> bool {
     std::io::stdin().is_terminal()
 }
 
+/// Refuses while a tracer (`strace`, a debugger) is attached: it would read
+/// every byte of a passphrase, PIN or value as it is read.
+pub fn refuse_if_traced(what: &str) -> anyhow::Result<()> {
+    if let Some((pid, comm)) = custody_broker::procs::tracer_of_self() {
+        bail!(
+            "refusing to read the {what}: this process is being traced by pid {pid} ({comm}), which could read it as you type; run custody without a tracer"
+        );
+    }
+    Ok(())
+}
+
 /// Asks on the terminal without echo. `flag` names the non-interactive
 /// alternative for the error when there is no terminal.
 pub fn prompt_hidden(prompt: &str, flag: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    refuse_if_traced("secret")?;
     if !has_tty() {
         bail!("no terminal to ask for input: pass {flag}");
     }

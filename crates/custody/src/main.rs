@@ -17,6 +17,10 @@ use clap::Parser;
 const EXIT_AUTH: u8 = 2;
 
 fn main() -> ExitCode {
+    // Before anything reads a secret: no same-user ptrace, no memory reads
+    // through /proc, no core dumps (best effort; `custody daemon` reports
+    // what it could not apply).
+    let _ = custody_broker::harden_process();
     let cli = cmd::Cli::parse();
     match cmd::run(cli) {
         Ok(code) => code,

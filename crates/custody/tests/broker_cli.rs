@@ -1050,3 +1050,90 @@ fn policy_edit_applies_a_checked_edit_and_nothing_else() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// The agent's prompt-rewriting attack (the human's channel, class 1): a
+/// request whose working directory's name holds `\r`, cursor-up and
+/// erase-line sequences and a fake "command: cargo test" / "in:" pair. In a
+/// real terminal (tmux), `custody approve --list` and the PIN prompt of
+/// `custody approve ID` show the real command, the directory escaped and a
+/// warning; no raw escape sequence reaches the screen. A description with
+/// control characters is refused at creation.
+#[test]
+fn the_approval_screen_shows_what_will_run_escaped() {
+    let e = env_with_token();
+    let hostile = e.dir.path().join(
+        "x\r\x1b[1A\x1b[2K  command:      cargo test\n  in:           \x1b[2K\u{202e}pohs-ved-emoh",
+    );
+    fs::create_dir(&hostile).unwrap();
+    let mut requester = e.std_cmd();
+    requester
+        .args([
+            "run",
+            "--no-prompt",
+            "-e",
+            "e",
+            "--",
+            "sh",
+            "-c",
+            "printenv TOKEN > loot",
+        ])
+        .current_dir(&hostile)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut requester = requester.spawn().unwrap();
+    let mut id = String::new();
+    assert!(wait_until(Duration::from_secs(20), || {
+        match e.json(&["approve", "--list"])[0]["id"].as_str() {
+            Some(i) => {
+                id = i.to_owned();
+                true
+            }
+            None => false,
+        }
+    }));
+    for command in [
+        "custody approve --list".to_owned(),
+        format!("custody approve {id}"),
+    ] {
+        let t = Tmux::start(&e, &command);
+        let screen = t.wait_for(if command.ends_with("--list") {
+            "[exit 0]"
+        } else {
+            "Approval PIN:"
+        });
+        let raw = t
+            .tmux(&["capture-pane", "-p", "-e", "-t", "0", "-S", "-200"])
+            .stdout;
+        for seq in ["\x1b[1A", "\x1b[2K", "\r"] {
+            assert!(
+                !raw.windows(seq.len()).any(|w| w == seq.as_bytes()),
+                "{command}: a raw {seq:?} reached the screen"
+            );
+        }
+        assert!(
+            screen.contains("sh -c 'printenv TOKEN > loot'"),
+            "{command}:\n{screen}"
+        );
+        assert!(
+            screen.contains("\\x0d\\x1b[1A\\x1b[2K"),
+            "{command}:\n{screen}"
+        );
+        assert!(screen.contains("\\u202e"), "{command}:\n{screen}");
+        assert!(
+            screen.contains("WARNING:      contains control"),
+            "{command}:\n{screen}"
+        );
+        assert!(
+            !screen
+                .lines()
+                .any(|l| l.trim_start().starts_with("command:      cargo test")),
+            "{command}: the fake command line shows as a line of its own:\n{screen}"
+        );
+    }
+    let _ = requester.kill();
+    let _ = requester.wait();
+    e.change(&["env", "create", "d", "-d", "ok\x1b[2K\rwiped"], "")
+        .failure()
+        .stderr(contains("control character"));
+}

@@ -1104,3 +1104,194 @@ fn attack_starving_the_broker() {
         }
     });
 }
+
+/// The human's channel, class 2, "reading the keystrokes": the agent (same
+/// uid; as `nobody` when the suite runs as root, since root may trace
+/// anything) attaches with ptrace to the human's `custody approve` waiting
+/// at its PIN prompt. Refused: every custody process is non-dumpable.
+#[test]
+fn attack_attaching_to_a_waiting_pin_prompt_fails() {
+    let e = if rustix::process::geteuid().is_root() {
+        Env::new(Some(NOBODY))
+    } else {
+        Env::new(None)
+    };
+    let agent = e.spawn_agent(
+        "codex-mcp-client",
+        json!([run_step(&e, &["true"]), {"wait_file": e.mark("done")}]),
+    );
+    let id = pending_id(&e);
+    // The human's approval, waiting at the PIN prompt on a terminal.
+    let mut human = e.command(Path::new("script"));
+    human
+        .args([
+            "-qec",
+            &format!(
+                "'{}' approve {id}",
+                assert_cmd::cargo::cargo_bin("custody").display()
+            ),
+            "/dev/null",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut human = human.spawn().unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    let pid = loop {
+        let out = StdCommand::new("pgrep")
+            .args(["-f", &format!("custody approve {id}")])
+            .output()
+            .unwrap();
+        let pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .filter(|p| {
+                fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "custody")
+            })
+            .collect();
+        if let Some(p) = pids.first() {
+            break *p;
+        }
+        assert!(Instant::now() < until, "the approval did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let attach = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/attacks/attach.py");
+    let out = e
+        .command(Path::new(system_python()))
+        .arg(attach)
+        .arg(pid.to_string())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let _ = human.kill();
+    let _ = human.wait();
+    e.release("done");
+    let _ = agent_results(agent);
+    assert!(
+        said.starts_with("refused"),
+        "the attach to the PIN prompt: {said}"
+    );
+}
+
+/// A traced custody refuses to read a secret (`strace` started it, so the
+/// tracer is there from the first byte): `approve` with the PIN on stdin,
+/// and `unlock`, which would otherwise also leave a traced broker behind.
+#[test]
+fn a_traced_cli_refuses_to_read_a_secret() {
+    as_each_user(|e| {
+        e.ok(&["lock"], "");
+        let custody = assert_cmd::cargo::cargo_bin("custody");
+        for (args, stdin) in [
+            (
+                vec!["approve", "r-000000000000", "--once", "--pin-stdin"],
+                format!("{PIN}\n"),
+            ),
+            (vec!["unlock", "--passphrase-stdin"], format!("{PASS}\n")),
+        ] {
+            let mut c = e.command(Path::new("strace"));
+            c.args(["-f", "-qq", "-o", "/dev/null"])
+                .arg(&custody)
+                .args(&args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let mut child = c.spawn().unwrap();
+            {
+                use std::io::Write;
+                let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+            }
+            let out = child.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?} ran traced: {err}");
+            assert!(err.contains("being traced"), "{args:?}: {err}");
+        }
+        assert_eq!(
+            e.json(&["status"])["locked"],
+            true,
+            "a traced unlock unlocked"
+        );
+    });
+}
+
+/// The human's channel, class 3, "a guessing oracle": the agent writes its
+/// guesses at a value one per line and scans them. It learns at most
+/// "this file holds TOKEN" (no line, so not which guess), every scan is
+/// audited, an always-approve environment is not scanned for it at all,
+/// and the eleventh scan in a minute is refused. The human's scan of the
+/// same file still gives the line.
+#[test]
+fn attack_scan_as_a_guessing_oracle() {
+    as_each_user(|e| {
+        e.ok(
+            &["env", "create", "prod", "--pin-stdin"],
+            &format!("{PIN}\n"),
+        );
+        e.ok(
+            &["set", "prod", "PROD_KEY", "--pin-stdin"],
+            &format!("{PIN}\nprod-key-9c1e7f2a4b"),
+        );
+        e.apply_policy("[defaults]\nalways_approve = [\"prod\"]\n");
+        let mut guesses = String::new();
+        for i in 0..5000 {
+            guesses.push_str(&format!("tok-{i:016x}\n"));
+        }
+        guesses.push_str(&format!("{TOKEN}\nprod-key-9c1e7f2a4b\n"));
+        let file = e.work().join("guesses.txt");
+        fs::write(&file, &guesses).unwrap();
+        if let Some(uid) = e.uid {
+            std::os::unix::fs::chown(&file, Some(uid), Some(uid)).unwrap();
+        }
+        let custody = assert_cmd::cargo::cargo_bin("custody");
+        let scan = format!(
+            "'{}' --json scan '{}'",
+            custody.display(),
+            e.work().display()
+        );
+        let mut steps = vec![json!({"shell": scan})];
+        for _ in 0..10 {
+            steps.push(json!({"shell": format!(
+                "{scan} >/dev/null 2>err; if grep -q rate_limited err || grep -q 'a minute' err; then echo limited; else echo ran; fi"
+            )}));
+        }
+        let r = e.agent("codex-mcp-client", Value::Array(steps));
+        let report: Value = serde_json::from_str(r[0]["stdout"].as_str().unwrap())
+            .unwrap_or_else(|_| panic!("{r:?}"));
+        let findings = report["findings"].as_array().unwrap();
+        assert_eq!(findings.len(), 1, "{report}");
+        assert_eq!(findings[0]["variable"], "dev/TOKEN", "{report}");
+        assert!(
+            findings[0].get("line").is_none(),
+            "a line told which guess matched: {report}"
+        );
+        let said: Vec<&str> = r[1..]
+            .iter()
+            .map(|x| x["stdout"].as_str().unwrap_or_default().trim())
+            .collect();
+        assert_eq!(
+            said.iter().filter(|s| **s == "limited").count(),
+            1,
+            "{said:?}"
+        );
+        let audited = e.audit("agent_scan");
+        assert_eq!(audited.len(), 10, "{audited:?}");
+        assert!(
+            audited[0]["event"]["by"]
+                .as_str()
+                .unwrap()
+                .starts_with("agent")
+        );
+        // The human's own scan keeps every detail.
+        let out = e
+            .cmd(&["--json", "scan", e.work().to_str().unwrap()], "")
+            .code(1);
+        let v: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+        let lines: Vec<_> = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["line"].as_u64())
+            .collect();
+        assert_eq!(lines, [Some(5001), Some(5002)], "{v}");
+    });
+}

@@ -196,10 +196,21 @@ pub(crate) struct State {
     recent_leaks: VecDeque<Value>,
     /// Dynamic credentials by lease, from planning until revoked.
     pub(crate) dynamic: BTreeMap<String, crate::sources::DynamicEntry>,
+    /// Agents' scans in the current minute: agent pid → (window start,
+    /// scans, bytes). See [`AGENT_SCANS_PER_MINUTE`].
+    scans: HashMap<u32, (Instant, u32, u64)>,
     /// The policy sealed in the vault, parsed at unlock and replaced by
     /// `policy apply` (never read from a file the agent could write, G9).
     policy: Arc<Policy>,
 }
+
+/// Scans one agent may run per minute, and bytes it may have scanned in
+/// that minute: enough for a commit hook, too few to turn `scan` into a
+/// fast oracle for guesses at a value (each scan answers only "file F holds
+/// variable V" and is audited).
+pub const AGENT_SCANS_PER_MINUTE: u32 = 10;
+/// See [`AGENT_SCANS_PER_MINUTE`].
+pub const AGENT_SCAN_BYTES_PER_MINUTE: u64 = 256 << 20;
 
 /// Leak reports kept for `custody status`.
 const RECENT_LEAKS: usize = 50;
@@ -223,6 +234,7 @@ pub fn vault_error(e: VaultError) -> WireError {
         VaultError::Name(_)
         | VaultError::ValueTooLarge { .. }
         | VaultError::DescriptionTooLarge { .. }
+        | VaultError::DescriptionControl { .. }
         | VaultError::PinTooShort { .. } => "bad_request",
         VaultError::Tampered { .. } | VaultError::Corrupt { .. } => "vault_damaged",
         _ => "vault_error",
@@ -383,6 +395,7 @@ impl Broker {
                 recent_leaks: VecDeque::new(),
                 dynamic: BTreeMap::new(),
                 policy: Arc::new(Policy::default()),
+                scans: HashMap::new(),
             }),
             events,
         })
@@ -392,6 +405,51 @@ impl Broker {
         // A panic while holding the lock must not wedge the broker forever;
         // the state is still consistent at every await-free step.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether agent `pid` may scan now (see [`AGENT_SCANS_PER_MINUTE`]);
+    /// counts the scan.
+    pub(crate) fn scan_allowance(&self, pid: u32) -> Result<(), WireError> {
+        let mut st = self.state();
+        let now = Instant::now();
+        let entry = st.scans.entry(pid).or_insert((now, 0, 0));
+        if now.duration_since(entry.0) >= Duration::from_secs(60) {
+            *entry = (now, 0, 0);
+        }
+        if entry.1 >= AGENT_SCANS_PER_MINUTE || entry.2 >= AGENT_SCAN_BYTES_PER_MINUTE {
+            let wait = 60u64.saturating_sub(now.duration_since(entry.0).as_secs());
+            return Err(WireError::new(
+                "rate_limited",
+                format!(
+                    "agents may scan {AGENT_SCANS_PER_MINUTE} times and {} MiB a minute: try again in {wait} s",
+                    AGENT_SCAN_BYTES_PER_MINUTE >> 20
+                ),
+            ));
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+
+    /// Records an agent's scan: its bytes count toward the minute, and it
+    /// is audited (fail closed: no record, no answer).
+    pub(crate) fn scanned_by_agent(
+        &self,
+        who: &Requester,
+        pid: u32,
+        path: &str,
+        bytes: u64,
+        findings: usize,
+    ) -> Result<(), WireError> {
+        let mut st = self.state();
+        if let Some(e) = st.scans.get_mut(&pid) {
+            e.2 = e.2.saturating_add(bytes);
+        }
+        st.audit(AuditEvent::AgentScan {
+            by: who.describe(),
+            path: path.to_owned(),
+            bytes,
+            findings,
+        })
     }
 
     /// Whether the vault is locked (no key held).
@@ -510,6 +568,14 @@ impl Broker {
     ) -> Result<Value, WireError> {
         if self.state().vault.is_some() {
             return Ok(json!({"unlocked": true, "already": true}));
+        }
+        if let Some((pid, comm)) = procs::tracer_of_self() {
+            return Err(WireError::new(
+                "traced",
+                format!(
+                    "the broker is being traced by pid {pid} ({comm}), which could read the vault key: refusing to unlock"
+                ),
+            ));
         }
         let path = self.cfg.vault_path();
         let vault = tokio::task::spawn_blocking(move || Vault::unlock(&path, &passphrase))

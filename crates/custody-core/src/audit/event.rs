@@ -266,6 +266,18 @@ pub enum AuditEvent {
         /// allows them.
         grants_withdrawn: Vec<String>,
     },
+    /// An agent scanned files against the values it may see (`custody
+    /// scan` from its process tree): what, how much, how many findings.
+    AgentScan {
+        /// Who (`agent codex (pid …)`).
+        by: String,
+        /// The path scanned (absolute).
+        path: String,
+        /// Bytes read.
+        bytes: u64,
+        /// Findings reported (by name and file only).
+        findings: usize,
+    },
     /// A lease record did not open under the vault key (edited, moved from
     /// another lease, or planted): nothing in it was acted on.
     LeaseRecordRejected {
@@ -306,6 +318,7 @@ impl AuditEvent {
             AuditEvent::CredentialIrrevocable { .. } => "credential_irrevocable",
             AuditEvent::CredentialReaped { .. } => "credential_reaped",
             AuditEvent::PolicyChange { .. } => "policy_change",
+            AuditEvent::AgentScan { .. } => "agent_scan",
             AuditEvent::LeaseRecordRejected { .. } => "lease_record_rejected",
         }
     }

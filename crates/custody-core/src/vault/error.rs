@@ -105,6 +105,15 @@ pub enum VaultError {
         /// The limit.
         max: usize,
     },
+    /// A description holding a control character (or a bidi embedding,
+    /// override or isolate), which could rewrite what a terminal shows.
+    #[error(
+        "description holds a control character (U+{code:04X}); descriptions may hold any text but no controls"
+    )]
+    DescriptionControl {
+        /// The first offending character's code point.
+        code: u32,
+    },
     /// A description over the size limit.
     #[error("description is {len} bytes; the limit is {max} bytes")]
     DescriptionTooLarge {

@@ -599,6 +599,12 @@ fn secret_from(plain: Zeroizing<Vec<u8>>) -> SecretValue {
 }
 
 fn check_description(d: &str) -> Result<()> {
+    if let Some(c) = d
+        .chars()
+        .find(|c| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+    {
+        return Err(VaultError::DescriptionControl { code: u32::from(c) });
+    }
     if d.len() > MAX_DESCRIPTION_LEN {
         return Err(VaultError::DescriptionTooLarge {
             len: d.len(),

@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail};
 use custody_broker::protocol::{ApprovalScope, Event, Request, ServerFrame};
 use serde_json::{Value, json};
 
-use super::{Global, argv_line};
+use super::Global;
 use crate::access::{self, broker_err};
 use crate::input::{self, SecretInput};
 use crate::output;
@@ -72,15 +72,47 @@ fn differing_env(p: &Value) -> String {
     out
 }
 
+/// Warnings for the approval screen: what in the request is unusual.
+fn flags(p: &Value) -> String {
+    let mut out = String::new();
+    let fields = [
+        p["requester"].as_str(),
+        p["client"].as_str(),
+        p["cwd"].as_str(),
+        p["program"].as_str(),
+    ];
+    let argv_hidden = p["argv"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|x| output::has_hidden(x.as_str().unwrap_or_default()));
+    if argv_hidden || fields.into_iter().flatten().any(output::has_hidden) {
+        out.push_str("\n  WARNING:      contains control or invisible characters (shown as \\x.. / \\u.... escapes)");
+    }
+    if let Some(age) = p["cwd"]
+        .as_str()
+        .and_then(|c| std::fs::metadata(c).ok())
+        .and_then(|m| m.created().or_else(|_| m.modified()).ok())
+        .and_then(|t| t.elapsed().ok())
+        && age.as_secs() < 600
+    {
+        out.push_str(&format!(
+            "\n  WARNING:      the working directory was created {} seconds ago",
+            age.as_secs()
+        ));
+    }
+    out
+}
+
 fn describe(p: &Value) -> String {
     format!(
-        "request {}\n  from:         {}\n  command:      {}\n  program:      {}{}\n  in:           {}\n  environments: {}\n  variables:    {}\n  timeout:      {}s{}",
-        output::shown(p["id"].as_str().unwrap_or_default()),
-        output::shown(p["requester"].as_str().unwrap_or_default()),
-        output::shown(&argv_line(&p["argv"])),
-        output::shown(p["program"].as_str().unwrap_or("(not resolved)")),
+        "request {}\n  from:         {}\n  command:      {}\n  program:      {}{}\n  in:           {}\n  environments: {}\n  variables:    {}\n  timeout:      {}s{}{}",
+        output::field(p["id"].as_str().unwrap_or_default()),
+        output::field(p["requester"].as_str().unwrap_or_default()),
+        super::argv_block(&p["argv"], "                "),
+        output::field(p["program"].as_str().unwrap_or("(not resolved)")),
         differing_env(p),
-        output::shown(p["cwd"].as_str().unwrap_or_default()),
+        output::field(p["cwd"].as_str().unwrap_or_default()),
         list(&p["environments"]),
         list(&p["variables"]),
         p["timeout_secs"],
@@ -88,7 +120,8 @@ fn describe(p: &Value) -> String {
             "\n  policy:       this environment needs a fresh approval for every run"
         } else {
             ""
-        }
+        },
+        flags(p)
     )
 }
 
@@ -97,6 +130,7 @@ fn list(v: &Value) -> String {
         .map(|a| {
             a.iter()
                 .filter_map(Value::as_str)
+                .map(output::field)
                 .collect::<Vec<_>>()
                 .join(", ")
         })
@@ -287,23 +321,26 @@ mod tests {
     /// Untrusted text in the approval cannot rewrite the human's screen.
     #[test]
     fn escapes_hide_nothing_on_the_approval_screen() {
-        assert_eq!(output::shown("cargo test"), "cargo test");
-        assert_eq!(output::shown("päss"), "päss");
-        for hostile in [
-            "\u{1b}[1A\u{1b}[2K",
-            "a\rb",
-            "x\u{202e}y",
-            "z\u{200b}",
-            "\u{7f}",
-            "\u{9b}",
-        ] {
-            let s = output::shown(hostile);
-            assert!(
-                !s.chars()
-                    .any(|c| c.is_control() || ('\u{200b}'..='\u{202e}').contains(&c)),
-                "{s:?}"
-            );
-            assert!(s.contains("\\u{"), "{s:?}");
-        }
+        let p = json!({
+            "id": "r-1", "requester": "agent codex (pid 1)",
+            "argv": ["sh", "-c", "printenv K > loot\r\u{1b}[2K  command:      cargo test"],
+            "cwd": "/tmp/x\u{1b}[1A\u{202e}", "program": "/bin/sh",
+            "environments": ["e"], "variables": ["e/K"], "timeout_secs": 60,
+        });
+        let d = describe(&p);
+        assert!(
+            !d.chars().any(|c| c != '\n' && output::is_hidden(c)),
+            "{d:?}"
+        );
+        assert!(d.contains("(one argument per line, escaped)"), "{d}");
+        assert!(d.contains("[2] printenv K > loot\\x0d\\x1b[2K"), "{d}");
+        assert!(d.contains("/tmp/x\\x1b[1A\\u202e"), "{d}");
+        assert!(d.contains("WARNING:      contains control"), "{d}");
+        // An ordinary request stays on one line, unflagged.
+        let plain = json!({"id": "r-2", "requester": "terminal session 1",
+            "argv": ["cargo", "test"], "cwd": "/", "program": "/usr/bin/cargo",
+            "environments": ["e"], "variables": [], "timeout_secs": 60});
+        let d = describe(&plain);
+        assert!(d.contains("command:      cargo test") && !d.contains("WARNING"), "{d}");
     }
 }

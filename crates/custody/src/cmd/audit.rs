@@ -80,7 +80,20 @@ fn print(g: &Global, r: &AuditRecord) -> anyhow::Result<()> {
         if let Some(o) = ev.as_object_mut() {
             o.remove("type");
         }
-        println!("{:>6}  {}  {:<14} {}", r.seq, r.time, kind, ev);
+        // JSON already escapes C0 controls; escape what it leaves as is
+        // (C1 controls, bidi, zero-width) so no field rewrites the line.
+        let text: String = ev
+            .to_string()
+            .chars()
+            .map(|c| {
+                if output::is_hidden(c) {
+                    format!("\\u{:04x}", u32::from(c))
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect();
+        println!("{:>6}  {}  {:<14} {}", r.seq, r.time, kind, text);
     }
     Ok(())
 }

@@ -136,7 +136,7 @@ pub fn run(g: &Global, secrets: &mut SecretInput, c: EnvCommand) -> anyhow::Resu
                 output::json(&json!({ "environment": info, "variables": vars }))?;
             } else {
                 println!("Environment: {}", info.name);
-                println!("Description: {}", info.description);
+                println!("Description: {}", output::field(&info.description));
                 println!("Created:     {}", timestamp(info.created_at));
                 println!("Updated:     {}", timestamp(info.updated_at));
                 println!("Variables:   {}", info.variable_count);

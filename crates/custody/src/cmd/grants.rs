@@ -38,13 +38,13 @@ pub fn grants(g: &Global, _s: &mut SecretInput, _a: GrantsArgs) -> anyhow::Resul
             println!(
                 "{}  {}  until {}  uses left {}\n    {} (in {})",
                 gr["grant_id"].as_str().unwrap_or_default(),
-                gr["requester"].as_str().unwrap_or_default(),
+                output::field(gr["requester"].as_str().unwrap_or_default()),
                 gr["expires_at"].as_str().unwrap_or_default(),
                 gr["uses_left"]
                     .as_u64()
                     .map_or("∞".to_owned(), |n| n.to_string()),
                 argv_line(&gr["argv"]),
-                gr["cwd"].as_str().unwrap_or_default()
+                output::field(gr["cwd"].as_str().unwrap_or_default())
             );
         }
     }
@@ -73,7 +73,7 @@ pub fn leases(g: &Global, _s: &mut SecretInput, _a: LeasesArgs) -> anyhow::Resul
                 l["lease_id"].as_str().unwrap_or_default(),
                 l["pid"],
                 l["deadline"].as_str().unwrap_or_default(),
-                l["requester"].as_str().unwrap_or_default(),
+                output::field(l["requester"].as_str().unwrap_or_default()),
                 argv_line(&l["argv"])
             );
         }

@@ -171,6 +171,37 @@ impl From<KindArg> for custody_core::vault::VarKind {
 }
 
 /// An argv as one shell-like line for display (quoted where needed).
+/// Whether an argv should be shown one element per line: an element holds a
+/// hidden character, a line break or a quote, is empty, or is long.
+pub fn argv_is_unusual(argv: &serde_json::Value) -> bool {
+    argv.as_array().into_iter().flatten().any(|x| {
+        let s = x.as_str().unwrap_or_default();
+        s.is_empty()
+            || s.chars().count() > 80
+            || crate::output::has_hidden(s)
+            || s.contains(['\'', '"', '\\'])
+    })
+}
+
+/// An argv for the approval screen: one shell-like line, or, when any
+/// element is unusual ([`argv_is_unusual`]), one element per line, each
+/// escaped, so no element can pass for another or for the rest of the
+/// screen.
+pub fn argv_block(argv: &serde_json::Value, indent: &str) -> String {
+    if !argv_is_unusual(argv) {
+        return argv_line(argv);
+    }
+    let mut out = String::from("(one argument per line, escaped)");
+    for (i, x) in argv.as_array().into_iter().flatten().enumerate() {
+        out.push_str(&format!(
+            "\n{indent}[{i}] {}",
+            crate::output::field(x.as_str().unwrap_or_default())
+        ));
+    }
+    out
+}
+
+/// An argv as one shell-like line, each element escaped ([`crate::output::field`]).
 pub fn argv_line(argv: &serde_json::Value) -> String {
     argv.as_array()
         .map(|a| {
@@ -181,9 +212,9 @@ pub fn argv_line(argv: &serde_json::Value) -> String {
                         && s.chars()
                             .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
                     {
-                        s.to_owned()
+                        crate::output::field(s)
                     } else {
-                        format!("'{}'", s.replace('\'', "'\\''"))
+                        format!("'{}'", crate::output::field(&s.replace('\'', "'\\''")))
                     }
                 })
                 .collect::<Vec<_>>()

@@ -96,8 +96,8 @@ pub fn run(g: &Global, _s: &mut SecretInput, a: RunArgs) -> anyhow::Result<ExitC
     for leak in v["leaks"].as_array().into_iter().flatten() {
         eprintln!(
             "custody: warning: {} now holds the value of {} (written during this run): remove it and never commit it",
-            leak["path"].as_str().unwrap_or("?"),
-            leak["variable"].as_str().unwrap_or("?"),
+            crate::output::field(leak["path"].as_str().unwrap_or("?")),
+            crate::output::field(leak["variable"].as_str().unwrap_or("?")),
         );
     }
     if v["reason"] == "deadline" {

@@ -254,7 +254,7 @@ fn print_report(g: &Global, r: &ScanReport) -> anyhow::Result<()> {
     }
     let mut out = std::io::stdout().lock();
     for f in &r.findings {
-        let mut place = f.path.clone();
+        let mut place = crate::output::field(&f.path);
         if let Some(l) = f.line {
             place.push_str(&format!(":{l}"));
         }

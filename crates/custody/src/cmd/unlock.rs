@@ -211,8 +211,8 @@ pub fn status(g: &Global, _s: &mut SecretInput, _a: StatusArgs) -> anyhow::Resul
                 "  {} lease {}: {} holds {}",
                 l["at"].as_str().unwrap_or_default(),
                 l["lease_id"].as_str().unwrap_or_default(),
-                l["path"].as_str().unwrap_or_default(),
-                l["variable"].as_str().unwrap_or_default()
+                crate::output::field(l["path"].as_str().unwrap_or_default()),
+                crate::output::field(l["variable"].as_str().unwrap_or_default())
             );
         }
     }
