@@ -67,7 +67,12 @@ pub fn canonical(handshake_name: &str) -> String {
         return k.canonical.to_owned();
     }
     let n = handshake_name.trim().to_ascii_lowercase();
-    if n.is_empty() || n == TERMINAL || n == "*" {
+    // The name the agent picks becomes a policy name shown on approval
+    // screens: only a safe set, or it is `unknown` (never a broader scope).
+    let safe = n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if n.is_empty() || n == TERMINAL || n == "*" || !safe {
         return UNKNOWN.to_owned();
     }
     n
@@ -85,6 +90,20 @@ pub fn canonical_policy_name(table: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_names_become_unknown() {
+        for name in [
+            "evil\x1b[2K",
+            "a b",
+            "x\u{202e}y",
+            "tool/../cli",
+            &"a".repeat(65),
+        ] {
+            assert_eq!(canonical(name), UNKNOWN, "{name:?}");
+        }
+        assert_eq!(canonical("My-Agent_2.0"), "my-agent_2.0");
+    }
 
     #[test]
     fn real_handshake_names_map_to_the_documented_policy_names() {

@@ -1053,7 +1053,8 @@ fn policy_edit_applies_a_checked_edit_and_nothing_else() {
 
 /// The agent's prompt-rewriting attack (the human's channel, class 1): a
 /// request whose working directory's name holds `\r`, cursor-up and
-/// erase-line sequences and a fake "command: cargo test" / "in:" pair. In a
+/// erase-line sequences and a fake "command: cargo test" / "in:" pair, and
+/// whose argv holds an erase-line too. In a
 /// real terminal (tmux), `custody approve --list` and the PIN prompt of
 /// `custody approve ID` show the real command, the directory escaped and a
 /// warning; no raw escape sequence reaches the screen. A description with
@@ -1076,6 +1077,7 @@ fn the_approval_screen_shows_what_will_run_escaped() {
             "sh",
             "-c",
             "printenv TOKEN > loot",
+            "--note=\x1b[2K\rok",
         ])
         .current_dir(&hostile)
         .stdin(Stdio::null())
@@ -1112,7 +1114,11 @@ fn the_approval_screen_shows_what_will_run_escaped() {
             );
         }
         assert!(
-            screen.contains("sh -c 'printenv TOKEN > loot'"),
+            screen.contains("[2] printenv TOKEN > loot"),
+            "{command}:\n{screen}"
+        );
+        assert!(
+            screen.contains("[3] --note=\\x1b[2K\\x0dok"),
             "{command}:\n{screen}"
         );
         assert!(

@@ -341,6 +341,9 @@ mod tests {
             "argv": ["cargo", "test"], "cwd": "/", "program": "/usr/bin/cargo",
             "environments": ["e"], "variables": [], "timeout_secs": 60});
         let d = describe(&plain);
-        assert!(d.contains("command:      cargo test") && !d.contains("WARNING"), "{d}");
+        assert!(
+            d.contains("command:      cargo test") && !d.contains("WARNING"),
+            "{d}"
+        );
     }
 }
