@@ -75,6 +75,29 @@ pub struct ScanReport {
     pub bytes: u64,
     /// A bound was reached: not everything was read.
     pub truncated: bool,
+    /// Dynamic variables (`ENV/VAR`), not looked for: they have no stored
+    /// value (each lease gets a fresh credential, revoked after).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_dynamic: Vec<String>,
+}
+
+/// The dynamic variables of the environments `visible` lets through.
+pub fn dynamic_variables(
+    vault: &Vault,
+    visible: &dyn Fn(&str) -> bool,
+) -> Result<Vec<String>, VaultError> {
+    let mut out = Vec::new();
+    for env in vault.environments()? {
+        if !visible(&env.name) {
+            continue;
+        }
+        for var in vault.variables(&EnvName::new(&env.name)?)? {
+            if var.kind == custody_core::vault::VarKind::Dynamic {
+                out.push(format!("{}/{}", env.name, var.name));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Errors of a scan; names and paths only.
@@ -406,6 +429,7 @@ pub fn scan_tree(
         files: walk.files.into_inner().min(opts.max_files),
         bytes: walk.bytes.into_inner(),
         truncated: walk.truncated.into_inner(),
+        skipped_dynamic: Vec::new(),
     })
 }
 
@@ -486,7 +510,9 @@ pub fn vault_values(
         }
         let e = EnvName::new(&env.name)?;
         for var in vault.variables(&e)? {
-            if !var.is_set {
+            // A dynamic variable has no stored value (it is minted per
+            // lease, and revoked after): nothing to look for.
+            if !var.is_set || var.kind == custody_core::vault::VarKind::Dynamic {
                 continue;
             }
             let v = VarName::new(&var.name)?;
@@ -540,12 +566,11 @@ pub(crate) async fn handle(
     let policy = broker.policy();
     // An agent's scan covers only what it may run without a fresh approval
     // each time: never an always-approve environment (G14).
-    let values = broker.with_vault(|v| {
-        vault_values(v, &|env| {
-            policy.visible(&client, env)
-                && (agent.is_none() || !policy.always_approve(&client, env))
-        })
-    })?;
+    let scope = |env: &str| {
+        policy.visible(&client, env) && (agent.is_none() || !policy.always_approve(&client, env))
+    };
+    let (values, skipped_dynamic) =
+        broker.with_vault(|v| Ok((vault_values(v, &scope)?, dynamic_variables(v, &scope)?)))?;
     let task = tokio::task::spawn_blocking(move || {
         let engine = MaskingEngine::new(values.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
         drop(values);
@@ -562,6 +587,7 @@ pub(crate) async fn handle(
         .await
         .map_err(|_| WireError::new("internal", "the scan failed"))?
         .map_err(|e| WireError::new("scan_failed", e.to_string()))?;
+    report.skipped_dynamic = skipped_dynamic;
     if let Some(pid) = agent {
         // Names and files only: a line (or a count per line) would tell
         // which of an agent's guesses matched. Audited, and counted.
@@ -760,6 +786,7 @@ pub fn scan_git_history(
         files,
         bytes,
         truncated: false,
+        skipped_dynamic: Vec::new(),
     })
 }
 
@@ -814,6 +841,7 @@ pub fn scan_staged(
         files,
         bytes,
         truncated: false,
+        skipped_dynamic: Vec::new(),
     })
 }
 

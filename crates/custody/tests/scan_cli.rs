@@ -409,3 +409,103 @@ fn install_hook_refuses_a_foreign_hook_unless_forced() {
         .failure()
         .stderr(predicates::str::contains("git init"));
 }
+
+/// First hour, item 1: one dynamic variable (no stored value, minted per
+/// lease) no longer breaks every scan: it is skipped, and `--json` says so,
+/// through the broker and directly.
+#[test]
+fn a_dynamic_variable_is_skipped_and_said_so() {
+    let e = Env::with_secret();
+    e.unlock();
+    for args in [
+        vec![
+            "--passphrase-stdin",
+            "source",
+            "add",
+            "command",
+            "gh",
+            "--mint",
+            "echo t",
+        ],
+        vec![
+            "--passphrase-stdin",
+            "set",
+            "dev",
+            "GH_TOKEN",
+            "--kind",
+            "command:gh",
+        ],
+    ] {
+        e.cmd()
+            .args(&args)
+            .write_stdin(format!("{PASS}\n"))
+            .assert()
+            .success();
+    }
+    fs::write(e.work().join("leak.txt"), SECRET).unwrap();
+    let (code, v) = e.scan(&[e.work().to_str().unwrap()]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(found(&v), pairs(&[("leak.txt", "dev/TOKEN")]), "{v}");
+    assert_eq!(
+        v["skipped_dynamic"],
+        serde_json::json!(["dev/GH_TOKEN"]),
+        "{v}"
+    );
+    // Directly, with the broker stopped.
+    e.cmd().arg("lock").assert().success();
+    let (code, v) = e.scan(&[e.work().to_str().unwrap()]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(
+        v["skipped_dynamic"],
+        serde_json::json!(["dev/GH_TOKEN"]),
+        "{v}"
+    );
+}
+
+/// First hour, item 2: with the broker locked and no terminal to ask for
+/// the passphrase, the pre-commit hook blocks the commit (it used to let a
+/// staged vault value through with a warning) and says how to go on.
+#[test]
+fn the_hook_blocks_when_vault_values_cannot_be_checked() {
+    let e = Env::with_secret();
+    let w = e.work();
+    e.git_ok(&["init", "-q"]);
+    e.cmd()
+        .args(["scan", "--install-hook"])
+        .arg(&w)
+        .assert()
+        .success();
+    fs::write(w.join("leak.txt"), SECRET).unwrap();
+    e.git_ok(&["add", "leak.txt"]);
+    // No broker, and no controlling terminal (a session of its own).
+    let out = StdCommand::new("setsid")
+        .arg("-w")
+        .arg("git")
+        .arg("-C")
+        .arg(&w)
+        .args([
+            "-c",
+            "user.email=a@b",
+            "-c",
+            "user.name=n",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(["commit", "-q", "-m", "leak"])
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("CUSTODY_HOME", e.dir.path().join("home"))
+        .env("CUSTODY_RUNTIME_DIR", e.dir.path().join("run"))
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the commit went through: {said}");
+    assert!(
+        said.contains("commit blocked") && said.contains("--no-verify"),
+        "{said}"
+    );
+    let log = e.git(&["log", "--format=%s"]);
+    assert!(String::from_utf8_lossy(&log.stdout).trim().is_empty());
+}

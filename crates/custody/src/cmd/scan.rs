@@ -63,9 +63,16 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: ScanArgs) -> anyhow::Result
     }
     let root = std::fs::canonicalize(&a.path)
         .with_context(|| format!("cannot scan '{}'", a.path.display()))?;
-    let report = match scan_in_broker(g, secrets, &root, &a)? {
+    // Read once: the broker needs no passphrase, but a locked one sends
+    // the scan back here, which does.
+    let passphrase = if g.passphrase_stdin {
+        Some(secrets.line("passphrase")?)
+    } else {
+        None
+    };
+    let report = match scan_in_broker(&root, &a)? {
         Some(r) => r,
-        None => match scan_here(g, secrets, &root, &a) {
+        None => match scan_here(g, passphrase, &root, &a) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("custody: error: {e:#}");
@@ -82,19 +89,10 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: ScanArgs) -> anyhow::Result
 }
 
 /// Asks the running, unlocked broker. `None`: no broker, or it is locked.
-fn scan_in_broker(
-    g: &Global,
-    secrets: &mut SecretInput,
-    root: &Path,
-    a: &ScanArgs,
-) -> anyhow::Result<Option<ScanReport>> {
+fn scan_in_broker(root: &Path, a: &ScanArgs) -> anyhow::Result<Option<ScanReport>> {
     let Some(mut client) = access::broker()? else {
         return Ok(None);
     };
-    if g.passphrase_stdin {
-        // Consume the passphrase line so stdin reads the same either way.
-        let _ = secrets.line("passphrase")?;
-    }
     let tty = std::io::stderr().is_terminal();
     if tty {
         eprint!("\rscanning in the broker…");
@@ -136,6 +134,12 @@ fn from_json(v: Value) -> anyhow::Result<ScanReport> {
         files: v["files"].as_u64().unwrap_or(0),
         bytes: v["bytes"].as_u64().unwrap_or(0),
         truncated: v["truncated"].as_bool().unwrap_or(false),
+        skipped_dynamic: v["skipped_dynamic"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(str::to_owned))
+            .collect(),
     })
 }
 
@@ -149,7 +153,11 @@ fn rule_name(name: &str) -> Option<&'static str> {
 
 /// The engine of every vault value, opened here with the passphrase; `None`
 /// (with a warning) when there is no vault or no way to ask.
-fn engine_here(g: &Global, secrets: &mut SecretInput) -> anyhow::Result<Option<MaskingEngine>> {
+fn engine_here(
+    g: &Global,
+    passphrase: Option<zeroize::Zeroizing<Vec<u8>>>,
+    hook: bool,
+) -> anyhow::Result<Option<(MaskingEngine, Vec<String>)>> {
     let path = access::vault_path()?;
     if !path.exists() {
         if !g.json {
@@ -157,10 +165,15 @@ fn engine_here(g: &Global, secrets: &mut SecretInput) -> anyhow::Result<Option<M
         }
         return Ok(None);
     }
-    let passphrase = if g.passphrase_stdin {
-        secrets.line("passphrase")?
+    let passphrase = if let Some(p) = passphrase {
+        p
     } else if input::has_tty() {
         input::prompt_hidden("Vault passphrase: ", "--passphrase-stdin")?
+    } else if hook {
+        // A commit hook never lets a commit through unchecked.
+        anyhow::bail!(
+            "commit blocked: the staged files could not be checked for vault values (the broker is locked and there is no terminal to ask for the passphrase). Run `custody unlock` and commit again, or skip the check knowingly with `git commit --no-verify`"
+        );
     } else {
         eprintln!(
             "custody: warning: vault values NOT checked (no broker unlocked, no terminal for the passphrase): run `custody unlock`; checking token shapes only"
@@ -169,19 +182,24 @@ fn engine_here(g: &Global, secrets: &mut SecretInput) -> anyhow::Result<Option<M
     };
     let vault = Vault::unlock(&path, &passphrase)?;
     let values = walk::vault_values(&vault, &|_| true)?;
+    let dynamic = walk::dynamic_variables(&vault, &|_| true)?;
     drop(vault);
-    Ok(Some(MaskingEngine::new(
-        values.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
+    Ok(Some((
+        MaskingEngine::new(values.iter().map(|(n, v)| (n.as_str(), v.as_slice()))),
+        dynamic,
     )))
 }
 
 fn scan_here(
     g: &Global,
-    secrets: &mut SecretInput,
+    passphrase: Option<zeroize::Zeroizing<Vec<u8>>>,
     root: &Path,
     a: &ScanArgs,
 ) -> anyhow::Result<ScanReport> {
-    let engine = engine_here(g, secrets)?.map(Arc::new);
+    let (engine, skipped_dynamic) = match engine_here(g, passphrase, a.staged)? {
+        Some((e, d)) => (Some(Arc::new(e)), d),
+        None => (None, Vec::new()),
+    };
     let det = Detector::new(engine, true);
     let bar = ProgressLine::new();
     let progress = |files: u64, bytes: u64| bar.show(files, bytes);
@@ -194,7 +212,9 @@ fn scan_here(
         walk::scan_tree(&det, root, &WalkOptions::tree(), progress)
     };
     bar.clear();
-    Ok(report?)
+    let mut report = report?;
+    report.skipped_dynamic = skipped_dynamic;
+    Ok(report)
 }
 
 /// The index a pre-commit hook must read (`git commit -a` and
@@ -266,6 +286,16 @@ fn print_report(g: &Global, r: &ScanReport) -> anyhow::Result<()> {
             (None, Some(rule)) => writeln!(out, "{place}: {rule} (token shape)")?,
             (None, None) => {}
         }
+    }
+    if !r.skipped_dynamic.is_empty() {
+        eprintln!(
+            "custody: not looked for (dynamic, minted per lease, no stored value): {}",
+            r.skipped_dynamic
+                .iter()
+                .map(|v| crate::output::field(v))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     let mib = r.bytes as f64 / (1024.0 * 1024.0);
     let summary = format!(
