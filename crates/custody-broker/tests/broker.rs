@@ -1395,3 +1395,44 @@ fn attack_swapping_a_reviewed_script_is_caught() {
     assert!(!events.iter().any(|e| matches!(e, Event::Started { .. })));
     assert!(!std::path::Path::new(&format!("{}/pwned", b.workdir())).exists());
 }
+
+/// First hour, item 5: a refused change is audited as refused, not as a
+/// change. An oversized `set` and a description with control characters
+/// fail, leave the vault as it was, and each appends `vault_change_refused`
+/// (with the reason), never `vault_change`. The chain still verifies.
+#[test]
+fn a_refused_change_is_audited_as_refused() {
+    let b = broker_with_secret();
+    let before = b.audit_records().len();
+    let big = vec![b'x'; custody_core::vault::MAX_VALUE_LEN + 1];
+    let r = b.client().call_with_pin(
+        Request::Set {
+            env: "dev".into(),
+            var: "HUGE".into(),
+            description: None,
+            kind: None,
+        },
+        PIN,
+        Some(&big),
+    );
+    assert_eq!(code(&r), "bad_request", "{r:?}");
+    let r = b.change(Request::EnvCreate {
+        name: "shop".into(),
+        description: "ok\u{1b}[2K".into(),
+    });
+    assert_eq!(code(&r), "bad_request", "{r:?}");
+    let new: Vec<_> = b.audit_records().into_iter().skip(before).collect();
+    let kinds: Vec<&str> = new.iter().map(|r| r.event.kind()).collect();
+    assert!(!kinds.contains(&"vault_change"), "{kinds:?}");
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == "vault_change_refused")
+            .count(),
+        2,
+        "{kinds:?}"
+    );
+    let envs = b.client().call(Request::EnvList).unwrap();
+    assert!(!envs.to_string().contains("\"shop\""), "{envs}");
+    assert_eq!(b.audit_verify()["intact"], true);
+}

@@ -242,6 +242,12 @@ pub fn vault_error(e: VaultError) -> WireError {
     WireError::new(code, e.to_string())
 }
 
+impl From<VaultError> for WireError {
+    fn from(e: VaultError) -> WireError {
+        vault_error(e)
+    }
+}
+
 fn locked() -> WireError {
     WireError::new(
         "locked",
@@ -689,16 +695,54 @@ impl Broker {
         f(st.vault()?).map_err(vault_error)
     }
 
-    /// Runs a vault change under the lock, audited first (fail closed).
+    /// Runs a vault change under the lock with its audit record, as one
+    /// unit: the record is written only if the change succeeded, and a
+    /// record that cannot be written undoes the change (fail closed). A
+    /// refused change is audited as refused.
     pub fn change_vault<T>(
         &self,
         event: AuditEvent,
         f: impl FnOnce(&mut Vault) -> Result<T, VaultError>,
     ) -> Result<T, WireError> {
-        let mut st = self.state();
-        st.vault()?;
-        st.audit(event)?;
-        f(st.vault()?).map_err(vault_error)
+        let mut guard = self.state();
+        let st = &mut *guard;
+        let vault = st.vault.as_mut().ok_or_else(locked)?;
+        let chain = st.audit.as_mut().ok_or_else(locked)?;
+        let done = vault.atomically(|v| -> Result<(T, AuditHead), WireError> {
+            let out = f(v).map_err(vault_error)?;
+            let head = chain.append(&event).map_err(|e| {
+                WireError::new(
+                    "audit_failed",
+                    format!("the audit log cannot be written ({e}); nothing was done"),
+                )
+            })?;
+            Ok((out, head))
+        });
+        match done {
+            Ok((out, head)) => {
+                vault.set_audit_head(&head).map_err(vault_error)?;
+                Ok(out)
+            }
+            Err(e) => {
+                if let AuditEvent::VaultChange {
+                    action,
+                    environment,
+                    variable,
+                    by,
+                } = event
+                    && e.code != "audit_failed"
+                {
+                    let _ = st.audit(AuditEvent::VaultChangeRefused {
+                        action,
+                        environment,
+                        variable,
+                        by,
+                        reason: e.code.clone(),
+                    });
+                }
+                Err(e)
+            }
+        }
     }
 
     // ----- sessions -----------------------------------------------------

@@ -171,6 +171,21 @@ pub enum AuditEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         by: Option<String>,
     },
+    /// A change to the vault was refused (nothing changed): too large, a
+    /// name or description against the rules, a missing environment…
+    VaultChangeRefused {
+        /// What was tried.
+        action: VaultAction,
+        /// Environment name.
+        environment: String,
+        /// Variable name, for variable-level changes.
+        variable: Option<String>,
+        /// Who tried.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+        /// Why, as an error code (`bad_request`, `not_found`, …).
+        reason: String,
+    },
     /// A wrong approval PIN was entered.
     PinFailure {
         /// Consecutive failures so far.
@@ -309,6 +324,7 @@ impl AuditEvent {
             AuditEvent::Lock { .. } => "lock",
             AuditEvent::Unlock {} => "unlock",
             AuditEvent::VaultChange { .. } => "vault_change",
+            AuditEvent::VaultChangeRefused { .. } => "vault_change_refused",
             AuditEvent::PinFailure { .. } => "pin_failure",
             AuditEvent::ChainStart { .. } => "chain_start",
             AuditEvent::TornTail { .. } => "torn_tail",

@@ -107,7 +107,7 @@ impl Vault {
     pub fn remove_environment(&mut self, name: &EnvName) -> Result<usize> {
         let id = self.env_id(name)?;
         let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(|e| storage(e, &path))?;
+        let tx = self.conn.savepoint().map_err(|e| storage(e, &path))?;
         let removed = tx
             .execute("DELETE FROM variables WHERE env_id = ?1", params![&id[..]])
             .map_err(|e| storage(e, &path))?;

@@ -128,6 +128,35 @@ impl Vault {
         self.write_normal_sync("DELETE FROM leases WHERE id = ?1", params![id])
     }
 
+    /// Runs `f` as one unit: if it fails, nothing it changed stays (a
+    /// savepoint, so the vault's own transactions nest inside it). Lets a
+    /// caller make a change and its audit record together: the record is
+    /// written only when the change succeeded, and a record that cannot be
+    /// written undoes the change.
+    pub fn atomically<T, E: From<VaultError>>(
+        &mut self,
+        f: impl FnOnce(&mut Vault) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        let path = self.path.clone();
+        self.conn
+            .execute_batch("SAVEPOINT custody_change")
+            .map_err(|e| E::from(storage(e, &path)))?;
+        match f(self) {
+            Ok(out) => {
+                self.conn
+                    .execute_batch("RELEASE custody_change")
+                    .map_err(|e| E::from(storage(e, &path)))?;
+                Ok(out)
+            }
+            Err(err) => {
+                let _ = self
+                    .conn
+                    .execute_batch("ROLLBACK TO custody_change; RELEASE custody_change");
+                Err(err)
+            }
+        }
+    }
+
     /// One statement with `synchronous = NORMAL`: durable across a crash of
     /// the broker process (what lease records must survive), without an
     /// fsync per lease start and end.

@@ -65,7 +65,7 @@ impl Vault {
     ) -> Result<bool> {
         let env_id = self.env_id(env)?;
         let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(|e| storage(e, &path))?;
+        let tx = self.conn.savepoint().map_err(|e| storage(e, &path))?;
         let created =
             upsert_variable(&tx, &keys_of!(self), &env_id, env, var, Some(value), update)?;
         tx.commit().map_err(|e| storage(e, &path))?;
@@ -83,7 +83,7 @@ impl Vault {
     ) -> Result<bool> {
         let env_id = self.env_id(env)?;
         let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(|e| storage(e, &path))?;
+        let tx = self.conn.savepoint().map_err(|e| storage(e, &path))?;
         let created = upsert_variable(&tx, &keys_of!(self), &env_id, env, var, None, update)?;
         tx.commit().map_err(|e| storage(e, &path))?;
         Ok(created)
@@ -110,7 +110,7 @@ impl Vault {
         let mut entries = entries.into_iter().peekable();
         let update = VariableUpdate::default();
         while entries.peek().is_some() {
-            let tx = self.conn.transaction().map_err(|e| storage(e, &path))?;
+            let tx = self.conn.savepoint().map_err(|e| storage(e, &path))?;
             for (var, value) in entries.by_ref().take(batch_size.max(1)) {
                 if upsert_variable(&tx, &keys, &env_id, env, var, Some(value), &update)? {
                     report.created += 1;
@@ -335,7 +335,7 @@ impl Vault {
 }
 
 fn upsert_variable(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     keys: &Keys<'_>,
     env_id: &Id,
     env: &EnvName,
