@@ -141,12 +141,14 @@ pub struct Started {
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
     /// The program could not be started.
-    #[error("could not start '{program}': {source}")]
+    #[error("could not start '{program}': {source}{hint}")]
     Spawn {
         /// argv\[0\].
         program: String,
         /// Why.
         source: std::io::Error,
+        /// Which injected variable is the likely cause, and what to do.
+        hint: String,
     },
     /// The per-lease directory or a secret file could not be made.
     #[error("could not prepare the lease directory: {0}")]
@@ -256,6 +258,7 @@ pub fn spawn(plan: &LeasePlan) -> Result<(Spawned, Started, PathBuf), LeaseError
     let (child, own) = crate::contain::spawn(&mut cmd).map_err(|source| {
         let _ = std::fs::remove_dir_all(&dir);
         LeaseError::Spawn {
+            hint: spawn_hint(&source, &plan.injected),
             program: program.clone(),
             source,
         }
@@ -270,6 +273,38 @@ pub fn spawn(plan: &LeasePlan) -> Result<(Spawned, Started, PathBuf), LeaseError
 pub struct Spawned {
     child: tokio::process::Child,
     own: crate::contain::Own,
+}
+
+/// Names the injected variable a failed start most likely comes from: a
+/// value too long for the environment (`E2BIG`), or a `PATH` (or loader
+/// variable) that replaced the one programs are found with.
+fn spawn_hint(err: &std::io::Error, injected: &[Injected]) -> String {
+    let env = injected.iter().filter(|i| !i.as_file);
+    if err.raw_os_error() == Some(7) {
+        let big: Vec<String> = env
+            .filter(|i| i.name.len() + 1 + i.value.len() > custody_core::names::MAX_ENV_STRING)
+            .map(|i| format!("{} ({} KiB)", i.name, i.value.len() / 1024))
+            .collect();
+        if !big.is_empty() {
+            return format!(
+                " — {} too large for a program's environment (at most 128 KiB each): store it with `custody set ENV VAR --kind file` (the program gets a file path)",
+                big.join(", ")
+            );
+        }
+        return String::new();
+    }
+    let loaders: Vec<&str> = env
+        .filter(|i| custody_core::names::changes_how_programs_load(&i.name))
+        .map(|i| i.name.as_str())
+        .collect();
+    if loaders.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " — the injected {} changes how programs are found or loaded: rename the variable (or remove it with `custody unset`)",
+            loaders.join(", ")
+        )
+    }
 }
 
 /// Byte-safe `OsStr` from bytes (Unix: any bytes except NUL are valid).
@@ -473,5 +508,38 @@ async fn wait_stop(stop: &mut watch::Receiver<Option<EndReason>>) -> EndReason {
             // The broker dropped the sender: treat as shutdown.
             return EndReason::Shutdown;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn injected(name: &str, len: usize) -> Injected {
+        Injected {
+            name: name.into(),
+            as_file: false,
+            value: Zeroizing::new(vec![b'v'; len]),
+        }
+    }
+
+    /// A run that cannot start names the variable behind it (an older
+    /// vault may hold what `set` now refuses).
+    #[test]
+    fn a_failed_start_names_the_variable_behind_it() {
+        let e2big = std::io::Error::from_raw_os_error(7);
+        let hint = spawn_hint(
+            &e2big,
+            &[injected("SMALL", 10), injected("CERT", 200 * 1024)],
+        );
+        assert!(
+            hint.contains("CERT (200 KiB)") && hint.contains("--kind file"),
+            "{hint}"
+        );
+        assert!(!hint.contains("SMALL"), "{hint}");
+        let enoent = std::io::Error::from_raw_os_error(2);
+        let hint = spawn_hint(&enoent, &[injected("LD_PRELOAD", 10)]);
+        assert!(hint.contains("LD_PRELOAD"), "{hint}");
+        assert_eq!(spawn_hint(&enoent, &[injected("TOKEN", 10)]), "");
     }
 }

@@ -46,13 +46,37 @@ pub fn import_dotenv(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<ImportOutcome, VaultError> {
     let parsed = dotenv::parse(text);
-    // Values the vault would refuse are skipped like any other bad line.
-    let (entries, oversized): (Vec<_>, Vec<_>) = parsed
+    // Values the vault would refuse are skipped like any other bad line:
+    // too large to store, too large for a program's environment, or under
+    // a name that changes how programs load.
+    let refusal = |e: &dotenv::Entry| -> Option<String> {
+        let len = e.value.expose_secret().len();
+        if len > MAX_VALUE_LEN {
+            Some(format!("value larger than {MAX_VALUE_LEN} bytes"))
+        } else if e.name.as_str().len() + 1 + len > crate::names::MAX_ENV_STRING {
+            Some(format!(
+                "{} is too large for a program's environment (128 KiB): store it with `custody set --kind file`",
+                e.name
+            ))
+        } else if crate::names::changes_how_programs_load(e.name.as_str()) {
+            Some(format!(
+                "{} changes how programs are found or loaded: every run would get it",
+                e.name
+            ))
+        } else {
+            None
+        }
+    };
+    let (entries, refused): (Vec<_>, Vec<_>) = parsed
         .entries
         .into_iter()
-        .partition(|e| e.value.expose_secret().len() <= MAX_VALUE_LEN);
-    let oversized_lines: Vec<usize> = oversized.iter().map(|e| e.line).collect();
-    drop(oversized); // zeroizes the values
+        .partition(|e| refusal(e).is_none());
+    let refused_lines: Vec<(usize, String)> = refused
+        .iter()
+        .map(|e| (e.line, refusal(e).unwrap_or_default()))
+        .collect();
+    let oversized_lines: Vec<usize> = refused_lines.iter().map(|(l, _)| *l).collect();
+    drop(refused); // zeroizes the values
     let mut skipped: Vec<SkippedLine> = parsed
         .skipped
         .iter()
@@ -68,10 +92,11 @@ pub fn import_dotenv(
                 r => r.to_string(),
             },
         })
-        .chain(oversized_lines.iter().map(|&line| SkippedLine {
-            line,
-            reason: format!("value larger than {MAX_VALUE_LEN} bytes"),
-        }))
+        .chain(
+            refused_lines
+                .into_iter()
+                .map(|(line, reason)| SkippedLine { line, reason }),
+        )
         .collect();
     skipped.sort_by_key(|s| s.line);
 

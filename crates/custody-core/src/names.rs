@@ -238,6 +238,10 @@ pub const LOADER_PREFIXES: &[&str] = &[
     "CARGO_BUILD_",
 ];
 
+/// Longest `NAME=value` string Linux passes in a program's environment
+/// (`MAX_ARG_STRLEN`, 32 pages of 4 KiB).
+pub const MAX_ENV_STRING: usize = 128 * 1024;
+
 /// Whether `name` is a [`LOADER_VARIABLES`] entry or starts with one of the
 /// [`LOADER_PREFIXES`] (case-insensitively: some tools read either).
 pub fn changes_how_programs_load(name: &str) -> bool {

@@ -1143,3 +1143,25 @@ fn the_approval_screen_shows_what_will_run_escaped() {
         .failure()
         .stderr(contains("control character"));
 }
+
+/// First hour, item 6: values that would break every run are refused at
+/// `set` with the reason (a loader variable such as `PATH`; a value over
+/// 128 KiB as an environment variable, pointing at `--kind file`), and a
+/// run that cannot start names the variable.
+#[test]
+fn values_that_would_break_every_run_are_refused_with_the_reason() {
+    let e = env_with_token();
+    e.change(&["set", "e", "PATH"], "/tmp/evil")
+        .failure()
+        .stderr(contains("refusing 'PATH'").and(contains("changes how programs are found")));
+    let big = "b".repeat(200 * 1024);
+    e.change(&["set", "e", "CERT"], big.clone())
+        .failure()
+        .stderr(contains("--kind file").and(contains("128 KiB")));
+    // As a file it is fine.
+    e.change(&["set", "e", "CERT", "--kind", "file"], big)
+        .success();
+    let out = e.json(&["ls", "e"]);
+    assert!(out.to_string().contains("CERT"), "{out}");
+    // (A run that cannot start names the variable: `lease::tests`.)
+}

@@ -235,6 +235,7 @@ pub fn vault_error(e: VaultError) -> WireError {
         | VaultError::ValueTooLarge { .. }
         | VaultError::DescriptionTooLarge { .. }
         | VaultError::DescriptionControl { .. }
+        | VaultError::BreaksEveryRun { .. }
         | VaultError::PinTooShort { .. } => "bad_request",
         VaultError::Tampered { .. } | VaultError::Corrupt { .. } => "vault_damaged",
         _ => "vault_error",

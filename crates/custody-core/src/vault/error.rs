@@ -114,6 +114,16 @@ pub enum VaultError {
         /// The first offending character's code point.
         code: u32,
     },
+    /// A variable that would make every run of its environment fail.
+    #[error("refusing '{var}' in environment '{env}': {why}")]
+    BreaksEveryRun {
+        /// Environment.
+        env: String,
+        /// Variable.
+        var: String,
+        /// Why, and what to do instead.
+        why: String,
+    },
     /// A description over the size limit.
     #[error("description is {len} bytes; the limit is {max} bytes")]
     DescriptionTooLarge {

@@ -334,6 +334,41 @@ impl Vault {
     }
 }
 
+/// Refuses what would break every run of the environment: an env-kind
+/// variable whose name changes how programs are found or loaded (`PATH`,
+/// `LD_PRELOAD`, … see [`crate::names::changes_how_programs_load`]), or
+/// whose `NAME=value` is longer than a program's environment takes.
+fn check_injectable(
+    env: &EnvName,
+    var: &VarName,
+    kind: VarKind,
+    value: Option<&[u8]>,
+) -> Result<()> {
+    if kind != VarKind::Env {
+        return Ok(());
+    }
+    if crate::names::changes_how_programs_load(var.as_str()) {
+        return Err(VaultError::BreaksEveryRun {
+            env: env.to_string(),
+            var: var.to_string(),
+            why: "its name changes how programs are found or loaded, so every run of the environment would get it (and most would fail): store it under another name".into(),
+        });
+    }
+    if let Some(v) = value
+        && var.as_str().len() + 1 + v.len() > crate::names::MAX_ENV_STRING
+    {
+        return Err(VaultError::BreaksEveryRun {
+            env: env.to_string(),
+            var: var.to_string(),
+            why: format!(
+                "{} KiB is more than a program's environment takes (128 KiB per variable): store it with `--kind file` (the program gets a file path)",
+                v.len() / 1024
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn upsert_variable(
     tx: &rusqlite::Connection,
     keys: &Keys<'_>,
@@ -409,6 +444,7 @@ fn upsert_variable(
                     var: var.to_string(),
                 });
             }
+            check_injectable(env, var, label.kind, value)?;
             let version = i64::from(value.is_some());
             let sealed_value = value.map(|v| seal_value(&id, version, v)).transpose()?;
             let sealed_label = seal_label(&id, &label)?;
@@ -454,6 +490,7 @@ fn upsert_variable(
                     var: var.to_string(),
                 });
             }
+            check_injectable(env, var, label.kind, value)?;
             let new_label = seal_label(&id, &label)?;
             match value {
                 // A variable turned dynamic keeps no stored value.
