@@ -222,11 +222,25 @@ pub fn open_to_change(
 
 /// Opens the vault file itself (commands that must: `passwd`).
 pub fn open_vault(global: &Global, secrets: &mut SecretInput) -> anyhow::Result<Vault> {
+    open_vault_asking(global, secrets, "Vault passphrase: ")
+}
+
+/// [`open_vault`], asking with `prompt` on a terminal (`passwd` asks for
+/// the *current* passphrase).
+pub fn open_vault_asking(
+    global: &Global,
+    secrets: &mut SecretInput,
+    prompt: &str,
+) -> anyhow::Result<Vault> {
     let path = vault_path()?;
     if !path.exists() {
         return Err(VaultError::NotFound { path }.into());
     }
-    let passphrase = read_passphrase(global, secrets)?;
+    let passphrase = if global.passphrase_stdin {
+        secrets.line("passphrase")?
+    } else {
+        input::prompt_hidden(prompt, "--passphrase-stdin")?
+    };
     Ok(Vault::unlock(&path, &passphrase)?)
 }
 

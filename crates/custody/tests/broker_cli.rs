@@ -917,8 +917,12 @@ fn run_on_a_terminal_asks_inline_then_runs_with_masked_output() {
     assert!(screen.contains("echo inline:$TOKEN"), "{screen}");
     t.line("o");
     t.wait_for("Approval PIN:");
+    // A wrong PIN says so and asks again (first hour, item 9).
+    t.line("000000");
+    t.wait_for("try again");
     t.line(PIN);
     let screen = t.wait_for("[exit 0]");
+    assert!(screen.contains("wrong PIN (1 of 5"), "{screen}");
     assert!(screen.contains("inline:[masked:TOKEN]"), "{screen}");
     assert!(!screen.contains("tty-s3cr3t"), "{screen}");
     assert!(!screen.contains(PIN), "the PIN was echoed:\n{screen}");
@@ -1164,4 +1168,17 @@ fn values_that_would_break_every_run_are_refused_with_the_reason() {
     let out = e.json(&["ls", "e"]);
     assert!(out.to_string().contains("CERT"), "{out}");
     // (A run that cannot start names the variable: `lease::tests`.)
+}
+
+/// First hour, item 9: `custody unlock` with the broker already unlocked
+/// says so without asking for the passphrase (no terminal, no stdin here:
+/// asking would fail).
+#[test]
+fn unlock_when_unlocked_does_not_ask_for_the_passphrase() {
+    let e = env_with_token();
+    e.cmd()
+        .arg("unlock")
+        .assert()
+        .success()
+        .stdout(contains("Already unlocked"));
 }

@@ -249,12 +249,34 @@ fn decide_on_tty(id: &str, details: Option<&Value>) -> anyhow::Result<Option<Str
         }
         _ => return Ok(None),
     };
-    let pin = input::prompt_hidden("Approval PIN: ", "--pin-stdin")?;
-    let v = send_approval(id, scope, &pin)?;
+    // A wrong PIN says so and asks again (each try counts toward the
+    // lockout, which ends the loop by locking the vault).
+    for _ in 0..3 {
+        let pin = input::prompt_hidden("Approval PIN: ", "--pin-stdin")?;
+        match send_approval(id, scope, &pin) {
+            Ok(v) => {
+                return Ok(Some(format!(
+                    "approved {id} (grant {})",
+                    v["grant_id"].as_str().unwrap_or_default()
+                )));
+            }
+            Err(e)
+                if e.downcast_ref::<access::BrokerFailure>()
+                    .and_then(|b| b.0.code())
+                    == Some("wrong_pin") =>
+            {
+                writeln!(tty_for_messages()?, "custody: {e:#}; try again")?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
     Ok(Some(format!(
-        "approved {id} (grant {})",
-        v["grant_id"].as_str().unwrap_or_default()
+        "not approved: three wrong PINs; approve later with `custody approve {id}`"
     )))
+}
+
+fn tty_for_messages() -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().write(true).open("/dev/tty")
 }
 
 /// Inline approval from `custody run` on a terminal.

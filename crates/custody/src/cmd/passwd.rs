@@ -12,7 +12,7 @@ use crate::input::{self, SecretInput};
 pub struct PasswdArgs {}
 
 pub fn run(g: &Global, secrets: &mut SecretInput, _a: PasswdArgs) -> anyhow::Result<ExitCode> {
-    let mut vault = access::open_vault(g, secrets)?;
+    let mut vault = access::open_vault_asking(g, secrets, "Current passphrase: ")?;
     // With --passphrase-stdin: line 1 is the current passphrase, line 2 the new one.
     let new = if g.passphrase_stdin {
         secrets.line("new passphrase")?

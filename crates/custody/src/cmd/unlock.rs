@@ -81,12 +81,22 @@ pub fn unlock(g: &Global, secrets: &mut SecretInput, _a: UnlockArgs) -> anyhow::
     if !vault.exists() {
         return Err(custody_core::vault::VaultError::NotFound { path: vault }.into());
     }
-    let passphrase = access::read_passphrase(g, secrets)?;
-    // A broker that says it is unlocked gets nothing; any other (a locked
-    // one, or a process posing as one) is replaced by a broker we start.
+    // A broker that says it is unlocked gets nothing (and the passphrase is
+    // not even asked for); any other (a locked one, or a process posing as
+    // one) is replaced by a broker we start.
     let already = access::broker()?
         .and_then(|mut c| c.call(Request::Status).ok())
         .is_some_and(|s| s["locked"] == json!(false));
+    let passphrase = if already {
+        if g.passphrase_stdin {
+            // The documented stdin layout: the line is read either way.
+            secrets.line("passphrase")?
+        } else {
+            zeroize::Zeroizing::new(Vec::new())
+        }
+    } else {
+        access::read_passphrase(g, secrets)?
+    };
     let (v, started) = if already {
         (json!({"unlocked": true, "already": true}), false)
     } else {
