@@ -134,6 +134,18 @@ impl Env {
         c.output().unwrap()
     }
 
+    /// A git repository in the work dir with custody's pre-commit hook.
+    fn hooked_repo(&self) -> PathBuf {
+        let w = self.work();
+        self.git_ok(&["init", "-q"]);
+        self.cmd()
+            .args(["scan", "--install-hook"])
+            .arg(&w)
+            .assert()
+            .success();
+        w
+    }
+
     fn git_ok(&self, args: &[&str]) {
         let out = self.git(args);
         assert!(
@@ -335,13 +347,7 @@ fn git_history_finds_a_value_only_history_holds_directly_and_through_the_broker(
 #[test]
 fn the_pre_commit_hook_blocks_a_commit_carrying_a_vault_value() {
     let e = Env::with_secret();
-    let w = e.work();
-    e.git_ok(&["init", "-q"]);
-    e.cmd()
-        .args(["scan", "--install-hook"])
-        .arg(&w)
-        .assert()
-        .success();
+    let w = e.hooked_repo();
     let hook = w.join(".git/hooks/pre-commit");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
@@ -468,13 +474,7 @@ fn a_dynamic_variable_is_skipped_and_said_so() {
 #[test]
 fn the_hook_blocks_when_vault_values_cannot_be_checked() {
     let e = Env::with_secret();
-    let w = e.work();
-    e.git_ok(&["init", "-q"]);
-    e.cmd()
-        .args(["scan", "--install-hook"])
-        .arg(&w)
-        .assert()
-        .success();
+    let w = e.hooked_repo();
     fs::write(w.join("leak.txt"), SECRET).unwrap();
     e.git_ok(&["add", "leak.txt"]);
     // No broker, and no controlling terminal (a session of its own).
