@@ -509,3 +509,43 @@ fn the_hook_blocks_when_vault_values_cannot_be_checked() {
     let log = e.git(&["log", "--format=%s"]);
     assert!(String::from_utf8_lossy(&log.stdout).trim().is_empty());
 }
+
+/// First hour, item 12: `import --shred` of a file git tracks shreds the
+/// working copy and warns that history still holds the values, pointing at
+/// `custody scan --git-history`; an untracked file gets no such warning.
+#[test]
+fn shredding_a_git_tracked_file_warns_about_history() {
+    let e = Env::with_secret();
+    let w = e.work();
+    e.git_ok(&["init", "-q"]);
+    fs::write(w.join(".env"), "API=value-0123456789\n").unwrap();
+    e.git_ok(&["add", ".env"]);
+    e.git_ok(&["commit", "-q", "-m", "oops"]);
+    let out = e
+        .cmd()
+        .args(["--passphrase-stdin", "--json", "import", "dev"])
+        .arg(w.join(".env"))
+        .arg("--shred")
+        .write_stdin(format!("{PASS}\n"))
+        .assert()
+        .success();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(
+        err.contains("tracked by git") && err.contains("custody scan --git-history"),
+        "{err}"
+    );
+    let v: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(v["tracked_by_git"], true, "{v}");
+    assert!(!w.join(".env").exists());
+    fs::write(w.join("other.env"), "B=value-0123456789\n").unwrap();
+    e.cmd()
+        .args(["--passphrase-stdin", "import", "dev"])
+        .arg(w.join("other.env"))
+        .arg("--shred")
+        .write_stdin(format!("{PASS}\n"))
+        .assert()
+        .success()
+        .stderr(predicates::prelude::PredicateBooleanExt::not(
+            predicates::str::contains("tracked by git"),
+        ));
+}

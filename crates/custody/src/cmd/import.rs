@@ -46,6 +46,14 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: ImportArgs) -> anyhow::Resu
     }
     let report = outcome.report;
     let mut shredded = false;
+    // Shredding the working copy leaves every committed copy in history.
+    let in_git = a.shred && tracked_by_git(&a.file);
+    if in_git {
+        eprintln!(
+            "warning: {} is tracked by git: its values stay in every commit that holds it, whatever happens to this copy; rotate them, and check with `custody scan --git-history`",
+            crate::output::field(&a.file.display().to_string())
+        );
+    }
     if a.shred {
         if outcome.skipped.is_empty() {
             shred(&a.file)?;
@@ -63,6 +71,7 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: ImportArgs) -> anyhow::Resu
         v["environment"] = env.as_str().into();
         v["imported"] = (report.created + report.updated).into();
         v["shredded"] = shredded.into();
+        v["tracked_by_git"] = in_git.into();
         output::json(&v)?;
     } else {
         if outcome.environment_created {
@@ -83,6 +92,28 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: ImportArgs) -> anyhow::Resu
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether git tracks `path` (in the repository around it, if any).
+fn tracked_by_git(path: &Path) -> bool {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return false;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["ls-files", "--error-unmatch", "--"])
+        .arg(name)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn read_bounded(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
