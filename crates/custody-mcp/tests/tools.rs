@@ -694,7 +694,16 @@ async fn request_status_answers_running_for_a_long_approved_command() {
 async fn custody_mcp_registers_again_as_soon_as_the_broker_is_back() {
     let e = env_with_secret();
     let a = Agent::start(&e, Era::Initialize, "5s").await;
-    let st = tokio::task::block_in_place(|| e.json(&["status"]));
+    // The session registers right after the handshake, not during it:
+    // wait for it (seen slow once under a loaded terminal run).
+    let until = Instant::now() + Duration::from_secs(10);
+    let st = loop {
+        let st = tokio::task::block_in_place(|| e.json(&["status"]));
+        if st["sessions"].as_array().is_some_and(|s| !s.is_empty()) || Instant::now() >= until {
+            break st;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(st["sessions"].as_array().unwrap().len(), 1, "{st}");
     let agent_pid = st["sessions"][0]["agent_pid"].clone();
     let pid = st["pid"].as_i64().unwrap() as i32;
