@@ -17,8 +17,11 @@ pub enum Requester {
     Agent {
         /// Client name from the MCP handshake (e.g. `codex`).
         client: String,
-        /// The agent client's pid.
+        /// The agent client's pid (for an agent under `custody agent`:
+        /// the launcher's, so its whole tree is one agent).
         agent_pid: u32,
+        /// Whether it runs inside a `custody agent` sandbox.
+        sandboxed: bool,
     },
     /// `custody run` from a human's terminal session (processes started from
     /// one terminal share a session id, so "for 15 minutes" means "from this
@@ -41,7 +44,14 @@ impl Requester {
     /// A short description for approval screens and audit records.
     pub fn describe(&self) -> String {
         match self {
-            Requester::Agent { client, agent_pid } => format!("agent {client} (pid {agent_pid})"),
+            Requester::Agent {
+                client,
+                agent_pid,
+                sandboxed: true,
+            } => format!("agent {client} (pid {agent_pid}, sandboxed)"),
+            Requester::Agent {
+                client, agent_pid, ..
+            } => format!("unsandboxed agent {client} (pid {agent_pid})"),
             Requester::Terminal { session } => format!("terminal session {session}"),
         }
     }
@@ -205,6 +215,7 @@ mod tests {
         let agent = Requester::Agent {
             client: "codex".into(),
             agent_pid: 7,
+            sandboxed: false,
         };
         assert!(!g.covers(&agent, &scope, ttl, now));
         assert!(!g.covers(&me, &scope, Duration::from_secs(601), now));

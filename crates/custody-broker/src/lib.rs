@@ -30,6 +30,8 @@ pub mod server;
 pub mod sources;
 mod sys;
 
+pub use sys::{enter_agent_pid_namespace, enter_agent_user_namespace, mount_proc_before_exec};
+
 pub use broker::{Broker, BrokerConfig};
 pub use client::{Client, ClientError};
 

@@ -450,6 +450,7 @@ fn audit_tail(
                 m
             }
             (_, AuditEvent::SessionEnd { session_id }) => sessions.contains(session_id),
+            (_, AuditEvent::AgentStart { pid, .. }) => *pid == agent_pid,
             (
                 _,
                 AuditEvent::Approval { request_id, .. }

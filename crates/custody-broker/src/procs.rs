@@ -64,6 +64,39 @@ pub fn ancestry(pid: u32) -> Vec<u32> {
     chain
 }
 
+/// When `pid` is a `custody agent` launcher (its executable is this
+/// custody binary, its arguments `custody agent … -- CMD`): the agent's name
+/// as the launcher's command line gives it (`--name`, else the command's
+/// client, see [`custody_core::clients::for_command`]). Only a human's
+/// process or an agent wrapping itself can be one, so the answer never
+/// makes a process *less* of an agent.
+pub fn launcher_name(pid: u32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let exe = fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    let own = fs::metadata("/proc/self/exe").ok()?;
+    if (exe.dev(), exe.ino()) != (own.dev(), own.ino()) {
+        return None;
+    }
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+    if args.get(1) != Some(&&b"agent"[..]) {
+        return None;
+    }
+    let mut rest = args[2..].iter().map(|a| String::from_utf8_lossy(a));
+    while let Some(a) = rest.next() {
+        if a == "--" {
+            return rest.next().map(|c| custody_core::clients::for_command(&c));
+        }
+        if a == "--name" {
+            return rest.next().map(|n| custody_core::clients::canonical(&n));
+        }
+        if let Some(n) = a.strip_prefix("--name=") {
+            return Some(custody_core::clients::canonical(n));
+        }
+    }
+    None
+}
+
 /// Whether `pid` is alive and still the process that started at `start`.
 pub fn same_process(pid: u32, start: u64) -> bool {
     stat(pid).is_some_and(|(_, s)| s == start)

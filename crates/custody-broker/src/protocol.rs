@@ -328,6 +328,18 @@ pub enum Request {
         #[serde(default)]
         cwd: String,
     },
+    /// `custody agent`: the launcher (a human's process) registers itself
+    /// before its agent runs; every process descending from it is that
+    /// agent (humans only).
+    AgentLaunch {
+        /// The agent's name (its policy name after `clients::canonical`).
+        name: String,
+        /// Whether the launcher applies the Landlock sandbox.
+        sandboxed: bool,
+        /// The protections this kernel enforces, for `status` and the audit.
+        #[serde(default)]
+        enforced: Vec<String>,
+    },
     /// Run a command with secrets injected.
     Run(RunSpec),
     /// Approve a pending request (PIN in the secret frame).

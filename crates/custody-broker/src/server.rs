@@ -461,6 +461,11 @@ async fn dispatch(
             parent_pid,
             ..
         } => broker.register_session(peer, &client_name, &client_version, parent_pid),
+        Request::AgentLaunch {
+            name,
+            sandboxed,
+            enforced,
+        } => broker.register_launcher(peer, &name, sandboxed, enforced),
         Request::Approve { request_id, scope } => {
             broker.approve(peer, &request_id, scope, verified).await
         }

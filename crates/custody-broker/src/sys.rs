@@ -51,3 +51,78 @@ pub fn subreaper_before_exec(cmd: &mut tokio::process::Command) {
         });
     }
 }
+
+/// Moves this process into new user and mount namespaces (`custody
+/// agent`'s first stage), mapping this uid and gid to themselves, so files
+/// keep their owners and capabilities inside reach nothing outside. Call
+/// it while single-threaded (the kernel refuses a user namespace to a
+/// multi-threaded process); then [`enter_agent_pid_namespace`].
+pub fn enter_agent_user_namespace() -> std::io::Result<()> {
+    use rustix::thread::UnshareFlags;
+    let uid = rustix::process::getuid().as_raw();
+    let gid = rustix::process::getgid().as_raw();
+    // SAFETY: `unshare_unsafe` is unsafe because unsharing the file table or
+    // filesystem attributes (`CLONE_FILES`, `CLONE_FS`) can break what other
+    // threads assume about shared state. These flags create namespaces
+    // only: the user and mount namespaces change what this process may name
+    // and mount; no memory, file descriptor or thread-shared state changes,
+    // and the caller is single-threaded (the kernel refuses otherwise).
+    unsafe {
+        rustix::thread::unshare_unsafe(UnshareFlags::NEWUSER | UnshareFlags::NEWNS)?;
+    }
+    // A non-dumpable process's /proc/self files belong to root: the maps
+    // can only be written while dumpable (this stage holds no secret).
+    use rustix::process::{DumpableBehavior, set_dumpable_behavior};
+    set_dumpable_behavior(DumpableBehavior::Dumpable)?;
+    let written = std::fs::write("/proc/self/setgroups", "deny")
+        .and_then(|()| std::fs::write("/proc/self/uid_map", format!("{uid} {uid} 1")))
+        .and_then(|()| std::fs::write("/proc/self/gid_map", format!("{gid} {gid} 1")));
+    set_dumpable_behavior(DumpableBehavior::NotDumpable)?;
+    written?;
+    // Mounts made here (the agent's /proc) stay here.
+    use rustix::mount::MountPropagationFlags;
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+    )?;
+    Ok(())
+}
+
+/// Makes this process's next child PID 1 of a new PID namespace that holds
+/// only the agent's processes: a fresh `/proc` there shows no other process
+/// (no `/proc/PID/environ` of lease children or the human's shells). After
+/// it, this process can start processes but no more threads.
+pub fn enter_agent_pid_namespace() -> std::io::Result<()> {
+    // SAFETY: as in `enter_agent_user_namespace`: `CLONE_NEWPID` creates a
+    // namespace for children yet to be forked; it changes no memory, file
+    // descriptor or state shared with this process's other threads.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWPID) }?;
+    Ok(())
+}
+
+/// Has the process `cmd` starts mount, between its fork and its exec, a
+/// `/proc` of its own PID namespace (`custody agent`: that child is PID 1
+/// of the agent's namespace, and still holds the user namespace's
+/// capabilities, which an exec as a non-root uid would drop). The mount
+/// stays inside the agent's private mount namespace.
+pub fn mount_proc_before_exec(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the forked child before exec, where only
+    // async-signal-safe work is allowed. It makes one `mount` system call;
+    // its arguments are short literals that rustix converts to C strings
+    // in a stack buffer (no allocation, no lock, no access to the parent's
+    // memory), and it returns the call's result.
+    unsafe {
+        cmd.pre_exec(|| {
+            use rustix::mount::MountFlags;
+            rustix::mount::mount(
+                "proc",
+                "/proc",
+                "proc",
+                MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+                None,
+            )
+            .map_err(std::io::Error::from)
+        });
+    }
+}

@@ -16,6 +16,9 @@ pub struct KnownClient {
     /// Every name it has been seen to send in the MCP handshake
     /// (`clientInfo.name`), the canonical one included.
     pub handshake_names: &'static [&'static str],
+    /// The commands that start it (`custody agent -- COMMAND` names the
+    /// session after the client these belong to).
+    pub commands: &'static [&'static str],
 }
 
 /// The alias table (documented in `docs/agents.md`).
@@ -24,21 +27,25 @@ pub const KNOWN_CLIENTS: &[KnownClient] = &[
         canonical: "codex",
         product: "OpenAI Codex CLI",
         handshake_names: &["codex-mcp-client", "codex"],
+        commands: &["codex"],
     },
     KnownClient {
         canonical: "claude-code",
         product: "Claude Code",
         handshake_names: &["claude-code"],
+        commands: &["claude"],
     },
     KnownClient {
         canonical: "gemini-cli",
         product: "Gemini CLI",
         handshake_names: &["gemini-cli-mcp-client", "gemini-cli"],
+        commands: &["gemini"],
     },
     KnownClient {
         canonical: "cursor",
         product: "Cursor",
         handshake_names: &["cursor-vscode", "cursor"],
+        commands: &["cursor-agent", "cursor"],
     },
 ];
 
@@ -78,6 +85,17 @@ pub fn canonical(handshake_name: &str) -> String {
     n
 }
 
+/// The policy name of an agent started by `custody agent -- COMMAND`
+/// without `--name`: the known client whose command it is, else the
+/// command's file name under [`canonical`]'s rules.
+pub fn for_command(command: &str) -> String {
+    let base = command.rsplit('/').next().unwrap_or(command);
+    KNOWN_CLIENTS
+        .iter()
+        .find(|k| k.commands.contains(&base))
+        .map_or_else(|| canonical(base), |k| k.canonical.to_owned())
+}
+
 /// The canonical name of a policy table: like [`canonical`], except that
 /// `cli` (the terminal) and `*` (every other client) keep their meaning.
 pub fn canonical_policy_name(table: &str) -> String {
@@ -112,6 +130,16 @@ mod tests {
         assert_eq!(canonical("gemini-cli-mcp-client"), "gemini-cli");
         assert_eq!(canonical("Cursor-VSCode"), "cursor");
         assert_eq!(canonical("my-own-agent"), "my-own-agent");
+    }
+
+    #[test]
+    fn commands_name_their_clients() {
+        assert_eq!(for_command("/usr/local/bin/claude"), "claude-code");
+        assert_eq!(for_command("codex"), "codex");
+        assert_eq!(for_command("gemini"), "gemini-cli");
+        assert_eq!(for_command("cursor-agent"), "cursor");
+        assert_eq!(for_command("bash"), "bash");
+        assert_eq!(for_command("cli"), UNKNOWN);
     }
 
     #[test]

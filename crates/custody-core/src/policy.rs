@@ -11,6 +11,7 @@
 //! environments = ["shop-*"]      # what it may see and use (default: all)
 //! always_approve = ["shop-staging"]
 //! max_ttl = "30m"
+//! require_sandbox = true         # only ever under `custody agent` (also in [defaults])
 //!
 //! [[clients.codex.preapproved]]  # runs without asking, until `expires`
 //! argv = ["cargo", "test"]
@@ -76,6 +77,7 @@ struct RawRules {
     #[serde(default)]
     always_approve: Vec<String>,
     max_ttl: Option<String>,
+    require_sandbox: Option<bool>,
     #[serde(default)]
     preapproved: Vec<RawPreapproved>,
 }
@@ -111,6 +113,7 @@ struct Rules {
     environments: Option<Vec<String>>,
     always_approve: Vec<String>,
     max_ttl: Option<Duration>,
+    require_sandbox: Option<bool>,
     preapproved: Vec<Preapproved>,
 }
 
@@ -220,6 +223,16 @@ impl Policy {
             .unwrap_or(DEFAULT_MAX_TTL)
     }
 
+    /// Whether `client` may only ever use custody from inside a
+    /// `custody agent` sandbox (`require_sandbox`, per client or in
+    /// `[defaults]`; the client's own table wins).
+    pub fn require_sandbox(&self, client: &str) -> bool {
+        self.client(client)
+            .and_then(|r| r.require_sandbox)
+            .or(self.defaults.require_sandbox)
+            .unwrap_or(false)
+    }
+
     /// The pre-approval covering exactly this command for `client` at `now`,
     /// if any. Never for environments that always need approval.
     pub fn preapproved(
@@ -284,6 +297,7 @@ fn rules(raw: RawRules, at: &str) -> Result<Rules, String> {
         environments: raw.environments,
         always_approve: raw.always_approve,
         max_ttl,
+        require_sandbox: raw.require_sandbox,
         preapproved: pre,
     })
 }
@@ -428,5 +442,19 @@ expires = "2099-12-31T00:00:00Z"
         assert!(!glob("a*b*c", "aXcYb"));
         assert!(!glob("ab*ba", "aba"));
         assert!(glob("exact", "exact") && !glob("exact", "exactly"));
+    }
+
+    #[test]
+    fn require_sandbox_per_client_and_by_default() {
+        let p = Policy::parse("[clients.codex]\nrequire_sandbox = true\n").unwrap();
+        assert!(p.require_sandbox("codex"));
+        assert!(!p.require_sandbox("claude-code"));
+        let p = Policy::parse(
+            "[defaults]\nrequire_sandbox = true\n[clients.mine]\nrequire_sandbox = false\n",
+        )
+        .unwrap();
+        assert!(p.require_sandbox("claude-code"));
+        assert!(!p.require_sandbox("mine"));
+        assert!(!Policy::default().require_sandbox("codex"));
     }
 }

@@ -8,6 +8,7 @@ mod cmd;
 mod input;
 mod mcp_install;
 mod output;
+mod sandbox;
 
 use std::process::ExitCode;
 

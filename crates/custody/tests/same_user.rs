@@ -9,252 +9,15 @@
 //! so no defence leans on root's privileges.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
+mod common;
+
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command as StdCommand;
 use std::time::{Duration, Instant};
 
-use assert_cmd::Command;
+use common::*;
 use serde_json::{Value, json};
-
-const PASS: &str = "same-user test passphrase";
-const PIN: &str = "913579";
-const TOKEN: &str = "tok-3f9a1c7e5b2d8046";
-/// The uid the unprivileged runs use (`nobody`).
-const NOBODY: u32 = 65534;
-
-/// A human's vault and broker in temp directories, run as `uid` (`None`:
-/// as whoever runs the tests). Stops the daemon on drop.
-struct Env {
-    dir: tempfile::TempDir,
-    uid: Option<u32>,
-}
-
-impl Env {
-    /// Initialised, unlocked, with environment `dev` holding `TOKEN`.
-    fn new(uid: Option<u32>) -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        fs::create_dir(dir.path().join("work")).unwrap();
-        if let Some(uid) = uid {
-            let own = |p: &Path| std::os::unix::fs::chown(p, Some(uid), Some(uid)).unwrap();
-            own(dir.path());
-            own(&dir.path().join("work"));
-        }
-        let e = Env { dir, uid };
-        e.ok(
-            &[
-                "init",
-                "--passphrase-stdin",
-                "--pin-stdin",
-                "--insecure-fast-kdf",
-            ],
-            &format!("{PASS}\n{PIN}\n"),
-        );
-        e.ok(&["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
-        e.ok(
-            &["env", "create", "dev", "--pin-stdin"],
-            &format!("{PIN}\n"),
-        );
-        e.ok(
-            &["set", "dev", "TOKEN", "--pin-stdin"],
-            &format!("{PIN}\n{TOKEN}"),
-        );
-        e
-    }
-
-    fn home(&self) -> PathBuf {
-        self.dir.path().join("home")
-    }
-
-    fn runtime(&self) -> PathBuf {
-        self.dir.path().join("run")
-    }
-
-    fn work(&self) -> PathBuf {
-        self.dir.path().join("work")
-    }
-
-    /// `program` as this environment's user, in a session of its own (no
-    /// controlling terminal).
-    fn command(&self, program: &Path) -> StdCommand {
-        let mut c = StdCommand::new("setsid");
-        c.arg("-w");
-        if let Some(uid) = self.uid {
-            c.args([
-                "setpriv",
-                &format!("--reuid={uid}"),
-                &format!("--regid={uid}"),
-                "--clear-groups",
-            ]);
-        }
-        c.arg(program)
-            .current_dir(self.work())
-            .env("CUSTODY_HOME", self.home())
-            .env("CUSTODY_RUNTIME_DIR", self.runtime())
-            .env("CUSTODY_MCP_APPROVAL_WAIT", "1s")
-            .env_remove("XDG_DATA_HOME")
-            .env_remove("XDG_RUNTIME_DIR");
-        c
-    }
-
-    /// The human's `custody ARGS` (stdin: `stdin`).
-    fn cmd(&self, args: &[&str], stdin: &str) -> assert_cmd::assert::Assert {
-        let mut c = Command::from_std(self.command(&assert_cmd::cargo::cargo_bin("custody")));
-        c.args(args)
-            .write_stdin(stdin.to_owned())
-            .timeout(Duration::from_secs(60));
-        c.assert()
-    }
-
-    fn ok(&self, args: &[&str], stdin: &str) -> String {
-        let out = self.cmd(args, stdin).success();
-        String::from_utf8_lossy(&out.get_output().stdout).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        serde_json::from_str(&self.ok(&all, "")).unwrap()
-    }
-
-    /// The human seals `text` as the policy (`custody policy apply`).
-    fn apply_policy(&self, text: &str) -> Value {
-        let file = self.dir.path().join("reviewed-policy.toml");
-        fs::write(&file, text).unwrap();
-        if let Some(uid) = self.uid {
-            std::os::unix::fs::chown(&file, Some(uid), Some(uid)).unwrap();
-        }
-        let out = self.ok(
-            &[
-                "--json",
-                "policy",
-                "apply",
-                file.to_str().unwrap(),
-                "--pin-stdin",
-            ],
-            &format!("{PIN}\n"),
-        );
-        serde_json::from_str(&out).unwrap()
-    }
-
-    /// Runs the scripted agent (`tests/attacks/agent.py`) and returns one
-    /// result per step.
-    fn agent(&self, client: &str, steps: Value) -> Vec<Value> {
-        agent_results(self.spawn_agent(client, steps))
-    }
-
-    /// Starts the scripted agent in the background.
-    fn spawn_agent(&self, client: &str, steps: Value) -> std::process::Child {
-        self.spawn_agent_with_path(client, steps, None)
-    }
-
-    /// [`spawn_agent`](Self::spawn_agent) with the agent's own `PATH` (which
-    /// its `custody mcp` passes on with every run).
-    fn spawn_agent_with_path(
-        &self,
-        client: &str,
-        steps: Value,
-        path: Option<&str>,
-    ) -> std::process::Child {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/attacks/agent.py");
-        // The system Python: the agent needs only its standard library, and
-        // a per-user install (pyenv under /root) is not reachable by `nobody`.
-        let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
-            .into_iter()
-            .map(Path::new)
-            .find(|p| p.exists())
-            .unwrap_or(Path::new("python3"));
-        let mut c = self.command(python);
-        if let Some(path) = path {
-            c.env("PATH", path);
-        }
-        c.arg(script)
-            .arg(assert_cmd::cargo::cargo_bin("custody"))
-            .arg(client)
-            .arg(steps.to_string())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        c.spawn().unwrap()
-    }
-
-    /// A path in the shared temp dir both sides can create and see.
-    fn mark(&self, name: &str) -> String {
-        self.dir.path().join(name).to_str().unwrap().to_owned()
-    }
-
-    fn wait_mark(&self, name: &str) {
-        let path = self.dir.path().join(name);
-        let until = Instant::now() + Duration::from_secs(60);
-        while !path.exists() {
-            assert!(Instant::now() < until, "the agent never reached {name}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Lets a waiting agent go on.
-    fn release(&self, name: &str) {
-        let path = self.dir.path().join(name);
-        fs::write(&path, "").unwrap();
-    }
-}
-
-fn agent_results(child: std::process::Child) -> Vec<Value> {
-    {
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "the agent failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap_or_else(|e| {
-            panic!("agent output {e}: {}", String::from_utf8_lossy(&out.stdout))
-        })
-    }
-}
-
-impl Env {
-    /// Audit records of `kind`.
-    fn audit(&self, kind: &str) -> Vec<Value> {
-        self.ok(&["--json", "audit"], "")
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .filter(|r| r["event"]["type"] == kind)
-            .collect()
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let status = self
-            .command(&assert_cmd::cargo::cargo_bin("custody"))
-            .args(["--json", "status"])
-            .output();
-        let pid = status
-            .ok()
-            .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
-            .and_then(|v| v["pid"].as_u64());
-        if let Some(pid) = pid {
-            let _ = rustix::process::kill_process(
-                rustix::process::Pid::from_raw(pid as i32).unwrap(),
-                rustix::process::Signal::TERM,
-            );
-            let until = Instant::now() + Duration::from_secs(15);
-            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(25));
-            }
-        }
-    }
-}
-
-/// Runs `attack` as the test's own user and, when that is root, again as
-/// an unprivileged uid.
-fn as_each_user(attack: impl Fn(&Env)) {
-    attack(&Env::new(None));
-    if rustix::process::geteuid().is_root() {
-        attack(&Env::new(Some(NOBODY)));
-    }
-}
 
 /// The agent's `run` of `command` in `dev`, from its work dir.
 fn run_step(e: &Env, command: &[&str]) -> Value {
@@ -264,14 +27,6 @@ fn run_step(e: &Env, command: &[&str]) -> Value {
 }
 
 const LOOT: &str = "printf %s \"$TOKEN\" | rev > loot";
-
-fn preapproving(argv: &[&str]) -> String {
-    let argv: Vec<String> = argv.iter().map(|a| format!("{a:?}")).collect();
-    format!(
-        "[[clients.\"*\".preapproved]]\nargv = [{}]\nenvironments = [\"dev\"]\nexpires = \"2099-01-01T00:00:00Z\"\n",
-        argv.join(", ")
-    )
-}
 
 /// Attack class 1, "self-approval through the policy file": the agent's
 /// shell writes `$CUSTODY_HOME/policy.toml` pre-approving its own command
@@ -817,18 +572,6 @@ fn system_python() -> &'static str {
         .into_iter()
         .find(|p| Path::new(p).exists())
         .unwrap_or("python3")
-}
-
-/// The id of the first pending request, once there is one.
-fn pending_id(e: &Env) -> String {
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(id) = e.json(&["approve", "--list"])[0]["id"].as_str() {
-            return id.to_owned();
-        }
-        assert!(Instant::now() < until, "no pending request");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// `text` as one single-quoted shell word.

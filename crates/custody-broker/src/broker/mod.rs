@@ -120,7 +120,21 @@ struct Session {
     /// next to the name the client claims); `None` when unreadable.
     agent_exe: Option<String>,
     mcp_pid: u32,
+    /// The agent client's pid, or under `custody agent` the launcher's.
     agent_pid: u32,
+    /// Under a `custody agent` launcher that applies the sandbox.
+    sandboxed: bool,
+    started: SystemTime,
+}
+
+/// An agent a human started with `custody agent`: the launcher process,
+/// which every process of that agent descends from (it is their subreaper).
+struct Launcher {
+    /// The human's name for the agent, canonical (its policy name).
+    name: String,
+    sandboxed: bool,
+    /// The protections the kernel enforces (from the launcher's probe).
+    enforced: Vec<String>,
     started: SystemTime,
 }
 
@@ -185,6 +199,8 @@ pub(crate) struct State {
     /// previous broker, until their sessions register again (G9: killing
     /// the broker does not make an agent's children terminals).
     recorded: HashMap<u32, String>,
+    /// `custody agent` launchers by pid (their start ticks are in `agents`).
+    launchers: HashMap<u32, Launcher>,
     pending: BTreeMap<String, Pending>,
     decided: BTreeMap<String, (Decision, Instant)>,
     pub(crate) grants: BTreeMap<String, Grant>,
@@ -319,7 +335,13 @@ impl State {
         let mut out = Vec::new();
         self.agents
             .retain(|pid, start| procs::same_process(*pid, *start));
+        let agents = &self.agents;
+        self.launchers.retain(|pid, _| agents.contains_key(pid));
         for (pid, start) in &self.agents {
+            if let Some(l) = self.launchers.get(pid) {
+                out.push(json!([pid, start, l.name, l.sandboxed]));
+                continue;
+            }
             let name = self
                 .session_for_agent(*pid)
                 .map(|s| s.policy_name.clone())
@@ -343,15 +365,71 @@ impl State {
         else {
             return;
         };
-        let Ok(list) = serde_json::from_slice::<Vec<(u32, u64, String)>>(&bytes) else {
+        /// An agent process, or (with the sandbox flag) a launcher.
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Recorded {
+            Launcher(u32, u64, String, bool),
+            Agent(u32, u64, String),
+        }
+        let Ok(list) = serde_json::from_slice::<Vec<Recorded>>(&bytes) else {
             return;
         };
-        for (pid, start, name) in list.into_iter().take(4096) {
+        for entry in list.into_iter().take(4096) {
+            let (pid, start, name, launcher) = match entry {
+                Recorded::Launcher(p, s, n, sandboxed) => (p, s, n, Some(sandboxed)),
+                Recorded::Agent(p, s, n) => (p, s, n, None),
+            };
             if pid > 1 && procs::same_process(pid, start) {
                 self.agents.insert(pid, start);
-                self.recorded.insert(pid, name);
+                let name = custody_core::clients::canonical(&name);
+                if let Some(sandboxed) = launcher {
+                    self.launchers.insert(
+                        pid,
+                        Launcher {
+                            name,
+                            sandboxed,
+                            enforced: Vec::new(),
+                            started: SystemTime::now(),
+                        },
+                    );
+                } else {
+                    self.recorded.insert(pid, name);
+                }
             }
         }
+    }
+
+    /// The `custody agent` launcher `pid` descends from (or is), if any: a
+    /// registered one, or one this broker has not heard from (it started
+    /// after the launcher, and the launcher has not re-registered yet),
+    /// which is taken in as an agent, unsandboxed until it registers.
+    fn launcher_of(&mut self, pid: u32) -> Option<u32> {
+        let mut cur = pid;
+        for _ in 0..procs::MAX_DEPTH {
+            let (ppid, start) = procs::stat(cur)?;
+            if self.launchers.contains_key(&cur) && self.agents.get(&cur) == Some(&start) {
+                return Some(cur);
+            }
+            if let Some(name) = procs::launcher_name(cur) {
+                self.agents.insert(cur, start);
+                self.launchers.insert(
+                    cur,
+                    Launcher {
+                        name,
+                        sandboxed: false,
+                        enforced: Vec::new(),
+                        started: SystemTime::now(),
+                    },
+                );
+                return Some(cur);
+            }
+            if ppid == 0 || ppid == cur {
+                return None;
+            }
+            cur = ppid;
+        }
+        None
     }
 
     fn session_for_agent(&self, agent_pid: u32) -> Option<&Session> {
@@ -393,6 +471,7 @@ impl Broker {
                 sessions: BTreeMap::new(),
                 agents: HashMap::new(),
                 recorded: HashMap::new(),
+                launchers: HashMap::new(),
                 pending: BTreeMap::new(),
                 decided: BTreeMap::new(),
                 grants: BTreeMap::new(),
@@ -556,7 +635,14 @@ impl Broker {
             "sessions": st.sessions.iter().map(|(id, s)| json!({
                 "session_id": id, "client_name": s.client_name, "policy_name": s.policy_name,
                 "client_version": s.client_version, "agent_exe": s.agent_exe,
-                "pid": s.mcp_pid, "agent_pid": s.agent_pid, "started_at": rfc3339(s.started)})).collect::<Vec<_>>(),
+                "pid": s.mcp_pid, "agent_pid": s.agent_pid, "sandboxed": s.sandboxed,
+                "started_at": rfc3339(s.started)})).collect::<Vec<_>>(),
+            "agents": st.launchers.iter()
+                .filter(|(pid, _)| st.agents.get(pid).is_some_and(|start| procs::same_process(**pid, *start)))
+                .map(|(pid, l)| json!({
+                    "name": l.name, "pid": pid, "sandboxed": l.sandboxed, "enforced": l.enforced,
+                    "started_at": rfc3339(l.started),
+                    "sessions": st.sessions.values().filter(|s| s.agent_pid == *pid).count()})).collect::<Vec<_>>(),
             "pending": st.pending.len(),
             "grants": st.grants.len(),
             "leases": leases,
@@ -761,16 +847,36 @@ impl Broker {
             .pid
             .ok_or_else(|| WireError::new("forbidden", "peer pid unknown"))?;
         let (ppid, _) = procs::stat(pid).ok_or_else(|| bad("cannot read the session's process"))?;
-        if claimed_parent != ppid {
+        let id = new_id("s");
+        let mut st = self.state();
+        // Under `custody agent` the session is the launcher's agent: its
+        // name (the human's choice), its whole tree, its sandbox. Inside
+        // the agent's PID namespace the session knows its parent by another
+        // number, so only a session outside one must name it right.
+        let launcher = st.launcher_of(pid);
+        if launcher.is_none() && claimed_parent != ppid {
             return Err(bad(format!(
                 "parent_pid {claimed_parent} is not the session's parent ({ppid})"
             )));
         }
-        let id = new_id("s");
-        let mut st = self.state();
-        for p in [pid, ppid] {
-            if let Some((_, start)) = procs::stat(p) {
-                st.agents.insert(p, start);
+        let (policy_name, agent_pid, sandboxed) =
+            match launcher.and_then(|l| st.launchers.get(&l).map(|x| (l, x))) {
+                Some((l, x)) => (x.name.clone(), l, x.sandboxed),
+                None => (custody_core::clients::canonical(client_name), ppid, false),
+            };
+        if !sandboxed && st.policy.require_sandbox(&policy_name) {
+            return Err(WireError::new(
+                "forbidden",
+                format!(
+                    "policy requires agent '{policy_name}' to run inside the custody sandbox: the user starts it with `custody agent -- COMMAND`"
+                ),
+            ));
+        }
+        if launcher.is_none() {
+            for p in [pid, ppid] {
+                if let Some((_, start)) = procs::stat(p) {
+                    st.agents.insert(p, start);
+                }
             }
         }
         if st.audit.is_some() {
@@ -786,19 +892,100 @@ impl Broker {
             id.clone(),
             Session {
                 client_name: client_name.to_owned(),
-                policy_name: custody_core::clients::canonical(client_name),
+                policy_name,
                 client_version: client_version.to_owned(),
                 agent_exe: std::fs::read_link(format!("/proc/{ppid}/exe"))
                     .ok()
                     .map(|p| p.display().to_string()),
                 mcp_pid: pid,
-                agent_pid: ppid,
+                agent_pid,
+                sandboxed,
                 started: SystemTime::now(),
             },
         );
         st.record_agents();
         peer.session = Some(id.clone());
-        Ok(json!({"session_id": id, "agent_pid": ppid}))
+        Ok(json!({"session_id": id, "agent_pid": agent_pid, "sandboxed": sandboxed}))
+    }
+
+    /// `custody agent`: registers the launcher `peer` (a human's process)
+    /// as an agent named `name`; every process that descends from it is that
+    /// agent from now on, also for a broker started later (sealed record).
+    pub fn register_launcher(
+        &self,
+        peer: &Peer,
+        name: &str,
+        sandboxed: bool,
+        enforced: Vec<String>,
+    ) -> Result<Value, WireError> {
+        let pid = peer
+            .pid
+            .ok_or_else(|| WireError::new("forbidden", "peer pid unknown"))?;
+        let (ppid, start) =
+            procs::stat(pid).ok_or_else(|| bad("cannot read the launcher's process"))?;
+        {
+            // The launcher is itself a launcher by its command line: what
+            // counts is whose tree it was started in.
+            let mut st = self.state();
+            if let Some(hit) = st.is_agent_process(ppid).or_else(|| st.launcher_of(ppid)) {
+                let client = st
+                    .launchers
+                    .get(&hit)
+                    .map(|l| l.name.clone())
+                    .or_else(|| st.session_for_agent(hit).map(|s| s.policy_name.clone()))
+                    .or_else(|| st.recorded.get(&hit).cloned())
+                    .unwrap_or_else(|| "agent".to_owned());
+                return Err(WireError::new(
+                    "forbidden",
+                    format!(
+                        "agents cannot start agents (this process belongs to agent '{client}'): the user runs `custody agent` from their own terminal"
+                    ),
+                ));
+            }
+        }
+        let name = custody_core::clients::canonical(name);
+        // What the launcher reports is shown in `status`: a short, plain list.
+        let enforced: Vec<String> = enforced
+            .into_iter()
+            .filter(|e| {
+                e.len() <= 64
+                    && e.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || " _-./:()".contains(c))
+            })
+            .take(32)
+            .collect();
+        let mut st = self.state();
+        if !sandboxed && st.policy.require_sandbox(&name) {
+            return Err(WireError::new(
+                "forbidden",
+                format!(
+                    "policy requires agent '{name}' to run inside the custody sandbox, and this launcher runs it unsandboxed"
+                ),
+            ));
+        }
+        let event = AuditEvent::AgentStart {
+            name: name.clone(),
+            pid,
+            sandboxed,
+            enforced: enforced.clone(),
+        };
+        if st.audit.is_some() {
+            st.audit(event)?;
+        } else {
+            st.deferred.push(event);
+        }
+        st.agents.insert(pid, start);
+        st.launchers.insert(
+            pid,
+            Launcher {
+                name: name.clone(),
+                sandboxed,
+                enforced,
+                started: SystemTime::now(),
+            },
+        );
+        st.record_agents();
+        Ok(json!({"name": name, "pid": pid, "sandboxed": sandboxed}))
     }
 
     /// Ends a session when its connection closes. When it was the agent's
@@ -860,18 +1047,27 @@ impl Broker {
 
     /// Who a connection is, for grants and policy.
     pub fn requester(&self, peer: &Peer) -> Requester {
-        let st = self.state();
+        let mut st = self.state();
         if let Some(s) = peer.session.as_ref().and_then(|id| st.sessions.get(id)) {
             return Requester::Agent {
                 client: s.policy_name.clone(),
                 agent_pid: s.agent_pid,
+                sandboxed: s.sandboxed,
             };
         }
         let pid = peer.pid.unwrap_or(0);
-        if let Some(hit) = st.is_agent_process(pid) {
+        let hit = st.is_agent_process(pid).or_else(|| st.launcher_of(pid));
+        if let Some(hit) = hit {
             // The hit may be the agent client or one of its `custody mcp`
             // processes; either way the identity is the agent client's, so
             // every connection of a session shares its grants.
+            if let Some(l) = st.launchers.get(&hit) {
+                return Requester::Agent {
+                    client: l.name.clone(),
+                    agent_pid: hit,
+                    sandboxed: l.sandboxed,
+                };
+            }
             let (client, agent_pid) = st.session_for_agent(hit).map_or_else(
                 || {
                     let name = st.recorded.get(&hit).cloned();
@@ -879,7 +1075,11 @@ impl Broker {
                 },
                 |s| (s.policy_name.clone(), s.agent_pid),
             );
-            return Requester::Agent { client, agent_pid };
+            return Requester::Agent {
+                client,
+                agent_pid,
+                sandboxed: false,
+            };
         }
         Requester::Terminal {
             session: procs::session_id(pid).unwrap_or(pid),

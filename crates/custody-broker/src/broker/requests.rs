@@ -40,6 +40,18 @@ impl Broker {
     ) -> Result<Result<String, (String, oneshot::Receiver<Decision>)>, WireError> {
         let policy = self.policy();
         let client = requester.client_name().to_owned();
+        if let Requester::Agent {
+            sandboxed: false, ..
+        } = requester
+            && policy.require_sandbox(&client)
+        {
+            return Err(WireError::new(
+                "forbidden",
+                format!(
+                    "policy requires agent '{client}' to run inside the custody sandbox: the user starts it with `custody agent -- COMMAND`"
+                ),
+            ));
+        }
         let max_ttl = policy.max_ttl(&client);
         let ttl = Duration::from_secs(spec.timeout_secs);
         if ttl > max_ttl {
@@ -204,6 +216,7 @@ impl Broker {
                         "id": id,
                         "requester": p.requester.describe(),
                         "client": p.requester.client_name(),
+                        "sandboxed": matches!(p.requester, Requester::Agent { sandboxed: true, .. }),
                         "argv": p.spec.argv,
                         "program": p.scope.binding.program,
                         "passthrough": p.scope.binding.passthrough,

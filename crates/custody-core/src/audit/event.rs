@@ -44,6 +44,19 @@ pub enum AuditEvent {
         /// Parent of the peer process, when known.
         parent_pid: Option<u32>,
     },
+    /// A human started an agent under `custody agent` (the launcher
+    /// registered its process before the agent ran).
+    AgentStart {
+        /// The name the human gave the agent (its policy name).
+        name: String,
+        /// The launcher's process id; every descendant is this agent.
+        pid: u32,
+        /// Whether the launcher applies the Landlock sandbox.
+        sandboxed: bool,
+        /// The protections the kernel enforces for it (`custody agent --check`).
+        #[serde(default)]
+        enforced: Vec<String>,
+    },
     /// A session ended.
     SessionEnd {
         /// Session id.
@@ -311,6 +324,7 @@ impl AuditEvent {
             AuditEvent::BrokerStop { .. } => "broker_stop",
             AuditEvent::SessionStart { .. } => "session_start",
             AuditEvent::SessionEnd { .. } => "session_end",
+            AuditEvent::AgentStart { .. } => "agent_start",
             AuditEvent::Request { .. } => "request",
             AuditEvent::Approval { .. } => "approval",
             AuditEvent::Denial { .. } => "denial",

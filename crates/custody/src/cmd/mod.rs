@@ -1,5 +1,6 @@
 //! The subcommands: one file each, dispatched from [`Command`].
 
+mod agent;
 mod approve;
 mod audit;
 mod daemon;
@@ -105,6 +106,9 @@ pub enum Command {
     /// Find vault values and known token shapes in a tree, git history or
     /// the staged files; `--install-hook` adds a git pre-commit check.
     Scan(scan::ScanArgs),
+    /// Start an agent client (claude, codex, gemini, a shell) inside the
+    /// custody sandbox, identified by the name you give it.
+    Agent(agent::AgentArgs),
     /// A guided tour in a throwaway vault: an agent over MCP, an approval,
     /// masked output, the audit trail.
     Demo(demo::DemoArgs),
@@ -139,6 +143,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mcp(a) => mcp::run(g, &mut secrets, a),
         Command::Scan(a) => scan::run(g, &mut secrets, a),
         Command::Demo(a) => demo::run(g, &mut secrets, a),
+        Command::Agent(a) => agent::run(g, &mut secrets, a),
     }
 }
 

@@ -1,0 +1,232 @@
+//! `custody agent` (G12): the attacks an agent's shell makes on custody and
+//! the human, played inside the sandbox — each refused by the kernel, the
+//! errno asserted — and played the same way outside it, where each works,
+//! so the test proves the wall and not a broken attack.
+//!
+//! The targets are real: the human's vault, audit log and socket, a running
+//! lease (its child's environment and its file-kind secret), the broker's
+//! process, the human's `~/.bashrc` and `~/.ssh`, and a pending request of
+//! the human's that an escaped process tries to approve with the PIN.
+//! Everything runs as the test's user and, as root, again as uid 65534.
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+const CERT: &str = "cert-5c1e9a77d03b4f28";
+
+fn python() -> &'static Path {
+    ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("python3"))
+}
+
+fn custody() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("custody")
+}
+
+impl Env {
+    /// The human's `$HOME`: a `.bashrc` and an SSH key.
+    fn user_home(&self) -> PathBuf {
+        let home = self.dir.path().join("userhome");
+        if !home.exists() {
+            fs::create_dir_all(home.join(".ssh")).unwrap();
+            fs::write(home.join(".ssh/id_ed25519"), "PRIVATE KEY").unwrap();
+            fs::write(home.join(".bashrc"), "# the human's\n").unwrap();
+            if let Some(uid) = self.uid {
+                for p in [
+                    &home,
+                    &home.join(".ssh"),
+                    &home.join(".ssh/id_ed25519"),
+                    &home.join(".bashrc"),
+                ] {
+                    std::os::unix::fs::chown(p, Some(uid), Some(uid)).unwrap();
+                }
+            }
+        }
+        home
+    }
+
+    /// A human's command started in the background.
+    fn background(&self, args: &[&str]) -> std::process::Child {
+        self.command(&custody())
+            .args(args)
+            .env("HOME", self.user_home())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// The attack script with `cfg`, inside `custody agent` or as a plain
+    /// process of the same user.
+    fn attack(&self, cfg: &Value, sandboxed: bool) -> Value {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/attacks/inside.py");
+        let mut c = if sandboxed {
+            let mut c = self.command(&custody());
+            c.args(["agent", "--name", "intruder", "--"]).arg(python());
+            c
+        } else {
+            self.command(python())
+        };
+        let out = c
+            .arg(script)
+            .arg(cfg.to_string())
+            .env("HOME", self.user_home())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "attack script failed (sandboxed: {sandboxed}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "attack output {e}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+}
+
+/// The running lease's pid and the path of its file-kind secret.
+fn running_lease(e: &Env) -> (u64, PathBuf) {
+    let until = Instant::now() + Duration::from_secs(30);
+    let pid = loop {
+        let leases = e.json(&["leases"]);
+        if let Some(pid) = leases
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["state"] == "running")
+            .and_then(|l| l["pid"].as_u64())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < until, "the lease never started: {leases}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut found = None;
+    let mut dirs = vec![e.runtime()];
+    while let Some(d) = dirs.pop() {
+        for entry in fs::read_dir(&d).unwrap().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if fs::read(&p).is_ok_and(|b| b == CERT.as_bytes()) {
+                found = Some(p);
+            }
+        }
+    }
+    (pid, found.expect("the lease's file-kind secret"))
+}
+
+#[test]
+fn attacks_from_inside_custody_agent_are_refused_by_the_kernel_and_work_outside() {
+    as_each_user(|e| {
+        e.ok(
+            &["set", "dev", "CERT", "--kind", "file", "--pin-stdin"],
+            &format!("{PIN}\n{CERT}"),
+        );
+        e.apply_policy(&preapproving(&["sleep", "60"]));
+        let mut lease = e.background(&["run", "--env", "dev", "--", "sleep", "60"]);
+        let (lease_pid, lease_file) = running_lease(e);
+        let broker_pid = e.json(&["status"])["pid"].as_u64().unwrap();
+        // Where the escapee leaves its answer: the agent may write its work dir.
+        let tmp = e.work();
+        let cfg = |request: &str| {
+            json!({
+                "vault": e.home().join("vault.db"),
+                "audit": e.home().join("audit.log"),
+                "custody_home": e.home(),
+                "runtime": e.runtime(),
+                "socket": e.runtime().join("broker.sock"),
+                "lease_pid": lease_pid,
+                "lease_file": lease_file,
+                "token": TOKEN,
+                "file_value": CERT,
+                "broker_pid": broker_pid,
+                "home": e.user_home(),
+                "tmp": tmp,
+                "pin": PIN,
+                "custody": custody(),
+                "request": request,
+            })
+        };
+
+        // Inside: every attempt refused by the kernel (the errno), and the
+        // escaped process is still the agent's, so its approval is refused.
+        let mut waiting = e.background(&["run", "--env", "dev", "--", "true"]);
+        let request = pending_id(e);
+        let inside = e.attack(&cfg(&request), true);
+        let uid = e.uid;
+        for (attempt, errno) in [
+            ("read_vault", "EACCES"),
+            ("write_policy", "EACCES"),
+            ("roll_back", "EACCES"),
+            ("rename_socket", "EACCES"),
+            ("plant_socket", "EACCES"),
+            ("lease_environ", "ENOENT"),
+            ("lease_file", "EACCES"),
+            ("signal_broker", "ESRCH"),
+            ("write_bashrc", "EACCES"),
+            ("read_ssh_key", "EACCES"),
+        ] {
+            assert_eq!(
+                inside[attempt], errno,
+                "{attempt} inside (uid {uid:?}): {inside}"
+            );
+        }
+        let refusal = inside["escape_and_approve"].as_str().unwrap();
+        assert!(
+            refusal.contains("approvals cannot come from an agent's process tree"),
+            "escaped approval inside (uid {uid:?}): {refusal}"
+        );
+        let started = e.audit("agent_start");
+        assert_eq!(started.len(), 1, "{started:?}");
+        assert_eq!(started[0]["event"]["name"], "intruder");
+        assert_eq!(started[0]["event"]["sandboxed"], true);
+        // The human's request is still waiting: deny it and let `run` end.
+        e.ok(&["deny", &request], "");
+        waiting.wait().unwrap();
+        fs::remove_file(tmp.join("escapee.out")).unwrap();
+
+        // Outside: the same script, the same targets: each attempt works.
+        let mut waiting = e.background(&["run", "--env", "dev", "--", "true"]);
+        let request = pending_id(e);
+        let outside = e.attack(&cfg(&request), false);
+        for attempt in [
+            "read_vault",
+            "write_policy",
+            "roll_back",
+            "rename_socket",
+            "plant_socket",
+            "lease_environ",
+            "lease_file",
+            "signal_broker",
+            "write_bashrc",
+            "read_ssh_key",
+            "escape_and_approve",
+        ] {
+            assert_eq!(
+                outside[attempt], "ok",
+                "{attempt} outside (uid {uid:?}): {outside}"
+            );
+        }
+        waiting.wait().unwrap();
+        let _ = fs::remove_file(e.home().join("policy.toml"));
+        e.ok(&["revoke", "--all"], "");
+        lease.wait().unwrap();
+    });
+}
