@@ -84,6 +84,11 @@ pub fn launcher_name(pid: u32) -> Option<String> {
     }
     let mut rest = args[2..].iter().map(|a| String::from_utf8_lossy(a));
     while let Some(a) = rest.next() {
+        // The launcher's own sandbox stages (`--sandbox-layout`, and the
+        // `--check` probes) are not launchers: the launcher is above them.
+        if a.starts_with("--sandbox-") || a.starts_with("--probe-") {
+            return None;
+        }
         if a == "--" {
             return rest.next().map(|c| custody_core::clients::for_command(&c));
         }

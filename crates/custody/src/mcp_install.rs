@@ -71,6 +71,16 @@ impl Client {
         }
     }
 
+    /// The command that starts the client, for `custody agent -- COMMAND`.
+    pub fn command(self) -> &'static str {
+        match self {
+            Client::Codex => "codex",
+            Client::Claude => "claude",
+            Client::Gemini => "gemini",
+            Client::Cursor => "cursor-agent",
+        }
+    }
+
     /// The config file for `scope`: under `home` for [`Scope::User`], under
     /// `project` for [`Scope::Project`].
     pub fn config_path(self, scope: Scope, home: &Path, project: &Path) -> PathBuf {

@@ -401,3 +401,22 @@ fn installers_leave_tool_confirmations_to_custody() {
     let v: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
     assert_eq!(v["companion"]["action"], "unchanged", "{v}");
 }
+
+#[test]
+fn install_prints_the_sandbox_launcher_line_for_each_client() {
+    let s = Sandbox::new();
+    for (client, command) in [
+        ("codex", "codex"),
+        ("claude", "claude"),
+        ("gemini", "gemini"),
+        ("cursor", "cursor-agent"),
+    ] {
+        s.install(&[client])
+            .assert()
+            .success()
+            .stdout(contains(format!("custody agent -- {command}")));
+        let out = s.install(&["--json", client]).assert().success();
+        let v: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+        assert_eq!(v["launcher"], format!("custody agent -- {command}"));
+    }
+}

@@ -1018,11 +1018,13 @@ fn attack_scan_as_a_guessing_oracle() {
         );
         let audited = e.audit("agent_scan");
         assert_eq!(audited.len(), 10, "{audited:?}");
+        // The scripted agent runs without `custody agent`: the audit says so.
         assert!(
             audited[0]["event"]["by"]
                 .as_str()
                 .unwrap()
-                .starts_with("agent")
+                .starts_with("unsandboxed agent"),
+            "{audited:?}"
         );
         // The human's own scan keeps every detail.
         let out = e

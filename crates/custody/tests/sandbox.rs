@@ -230,3 +230,116 @@ fn attacks_from_inside_custody_agent_are_refused_by_the_kernel_and_work_outside(
         lease.wait().unwrap();
     });
 }
+
+/// A scripted MCP agent's `run` request: as the human sees it in
+/// `approve --list`, while the agent waits for `release`.
+fn requester_of_a_run(e: &Env, sandboxed: bool, release: &str) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/attacks/agent.py");
+    let steps = json!([
+        {"tool": "run", "args": {"environments": ["dev"], "command": ["true"],
+                                 "cwd": e.work().to_str().unwrap(), "timeout_seconds": 30}},
+        {"wait_file": e.mark(release)},
+    ]);
+    let mut c = if sandboxed {
+        let mut c = e.command(&custody());
+        c.args(["agent", "--name", "reviewer", "--"]).arg(python());
+        c
+    } else {
+        e.command(python())
+    };
+    let child = c
+        .arg(script)
+        .arg(custody())
+        .arg("claude-code")
+        .arg(steps.to_string())
+        .env("HOME", e.user_home())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = pending_id(e);
+    let listed = e.json(&["approve", "--list"]);
+    let request = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == id.as_str())
+        .unwrap()
+        .clone();
+    e.ok(&["deny", &id], "");
+    e.release(release);
+    agent_results(child);
+    request
+}
+
+#[test]
+fn mcp_sessions_inside_take_the_launchers_name_and_approvals_say_whether_sandboxed() {
+    as_each_user(|e| {
+        let outside = requester_of_a_run(e, false, "outside-done");
+        let shown = outside["requester"].as_str().unwrap();
+        assert!(
+            shown.starts_with("unsandboxed agent claude-code (pid "),
+            "{outside}"
+        );
+        assert_eq!(outside["client"], "claude-code");
+        assert_eq!(outside["sandboxed"], false);
+
+        // Inside, the MCP session knows its parent by a namespace pid; the
+        // broker goes by the launcher, whose name (the human's) it takes.
+        let inside = requester_of_a_run(e, true, "inside-done");
+        let shown = inside["requester"].as_str().unwrap();
+        assert!(
+            shown.starts_with("agent reviewer (pid ") && shown.ends_with(", sandboxed)"),
+            "{inside}"
+        );
+        assert_eq!(inside["client"], "reviewer");
+        assert_eq!(inside["sandboxed"], true);
+    });
+}
+
+#[test]
+fn policy_can_require_the_sandbox() {
+    as_each_user(|e| {
+        e.apply_policy("[clients.claude-code]\nrequire_sandbox = true\n");
+        // Unsandboxed, the session is refused: its first tool call fails.
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/attacks/agent.py");
+        let steps = json!([{"tool": "list_environments", "args": {}}]);
+        let out = e
+            .command(python())
+            .arg(&script)
+            .arg(custody())
+            .arg("claude-code")
+            .arg(steps.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("require"), "unsandboxed: {text}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !text.contains("\"dev\""),
+            "unsandboxed saw environments: {text}"
+        );
+        // The same client under `custody agent` works.
+        let out = e
+            .command(&custody())
+            .args(["agent", "--"])
+            .arg(python())
+            .arg(&script)
+            .arg(custody())
+            .arg("claude-code")
+            .arg(steps.to_string())
+            .env("HOME", e.user_home())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("dev"),
+            "sandboxed: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}

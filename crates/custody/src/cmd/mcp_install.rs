@@ -100,6 +100,7 @@ pub fn run(g: &Global, a: InstallArgs) -> anyhow::Result<ExitCode> {
             "action": plan.action.as_str(),
             "dry_run": a.dry_run,
             "changes": changes,
+            "launcher": format!("custody agent -- {}", client.command()),
             "companion": companion.as_ref().map(|(p, _, plan)| json!({
                 "path": p.display().to_string(),
                 "action": plan.action.as_str(),
@@ -296,6 +297,10 @@ fn print_notes(client: Client, scope: Scope) {
     println!(
         "custody asks you to approve every run itself (PIN, exact command), so {} calls custody's tools without a prompt of its own (the others only list, declare empty slots or generate values nobody sees, as policy allows).",
         client.title()
+    );
+    println!(
+        "Start it in custody's sandbox, so its shell cannot reach custody's files, your credential files or other processes: custody agent -- {}",
+        client.command()
     );
     match (client, scope) {
         (Client::Gemini, Scope::Project) => println!(

@@ -55,8 +55,11 @@ def rpc(method, params=None, notify=False):
 rpc("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
                    "clientInfo": {"name": client_name, "version": "1"}})
 rpc("notifications/initialized", notify=True)
-while b"registered session" not in mcp.stderr.readline():
-    pass
+# Registered, or refused (then every tool call carries the broker's reason).
+while True:
+    line = mcp.stderr.readline()
+    if not line or b"registered session" in line or b"not registered yet" in line:
+        break
 
 results = []
 last_request = ""
