@@ -49,6 +49,10 @@ COMMANDS = [
 ]
 FINAL_TEXT = "CUSTODY-AGENT-TEST-FINAL: ran the three commands; the secret stayed masked."
 TOOLS = ("list_environments", "run", "request_status")
+# Set by the runner for a client started under `custody agent`: after custody's runs, the
+# model asks the client's own shell tool to try what a hostile agent would
+# ({"tool": "Bash", "args": {...}}); the conversation then ends as usual.
+SHELL_ATTACK = None
 MAX_CALLS = 40  # a runaway conversation (e.g. request_status polled in a loop) ends here
 
 
@@ -117,8 +121,12 @@ def analyse(pairs, names_map):
     rerun = None
     last_run = None
     finals = {}
+    attacked = False
     for tool, args, result in pairs:
         if result is None:
+            continue
+        if SHELL_ATTACK and tool == SHELL_ATTACK["tool"]:
+            attacked = True
             continue
         if tool == "list_environments":
             step = max(step, 1)
@@ -150,6 +158,8 @@ def analyse(pairs, names_map):
         return ("call", "list_environments", {}), finals
     if step <= len(COMMANDS):
         return ("call", "run", {"environments": [ENV], "command": COMMANDS[step - 1]}), finals
+    if SHELL_ATTACK and not attacked:
+        return ("call", SHELL_ATTACK["tool"], SHELL_ATTACK["args"]), finals
     return ("text", FINAL_TEXT), finals
 
 

@@ -276,6 +276,7 @@ class Approver(threading.Thread):
         self.approved = []  # (id, argv, pid of `custody approve`, rc)
         self.errors = []
         self.sessions = {}  # (client name, version) -> seen in `custody status`
+        self.requesters = {}  # request id -> requester as `approve --list` showed it
         self.ticks = 0
 
     def run(self):
@@ -299,6 +300,7 @@ class Approver(threading.Thread):
             for req in pending:
                 rid = req.get("id")
                 first = self.seen.setdefault(rid, now)
+                self.requesters[rid] = req.get("requester")
                 argv = req.get("argv") or []
                 if argv == model_server.COMMANDS[1] and now - first < HOLD_BACK:
                     continue
@@ -419,7 +421,39 @@ def prepare_gemini(v, url):
     return ["gemini", "-p", PROMPT, "--model", "gemini-2.5-flash"], harness
 
 
-PREPARE = {"codex": prepare_codex, "claude": prepare_claude, "gemini": prepare_gemini}
+def shell_attack(v):
+    """What a hostile agent's own shell tries against custody and the human: read the vault,
+    write the policy, create ~/.bashrc, signal the broker, count the processes it can see.
+    Each line says DENIED-... or what worked; nothing is changed (files are opened for
+    append, empty)."""
+    return "; ".join([
+        f'(cat "{v.custody_home}/vault.db" >/dev/null) 2>/dev/null && echo READ-vault || echo DENIED-READ-vault',
+        f'(: >> "{v.custody_home}/policy.toml") 2>/dev/null && echo WROTE-policy || echo DENIED-WRITE-policy',
+        f'(: >> "{v.home}/.bashrc") 2>/dev/null && echo WROTE-bashrc || echo DENIED-WRITE-bashrc',
+        f'kill -CONT {v.broker_pid} 2>/dev/null && echo SIGNALLED-broker || echo DENIED-SIGNAL-broker',
+        "echo PROCESSES-SEEN=$(ls /proc | grep -c '^[0-9]')",
+    ])
+
+
+SHELL_ATTACK_WORKED = ("READ-vault", "WROTE-policy", "WROTE-bashrc", "SIGNALLED-broker")
+SHELL_ATTACK_DENIED = ("DENIED-READ-vault", "DENIED-WRITE-policy", "DENIED-WRITE-bashrc",
+                       "DENIED-SIGNAL-broker")
+
+
+def prepare_claude_sandboxed(v, url):
+    """`custody agent -- claude -p`: Claude Code in custody's sandbox. The harness lets the
+    model use Claude's own Bash tool (`--allowedTools Bash`), through which it tries the attacks in shell_attack()."""
+    argv, harness = prepare_claude(v, url)
+    model_server.SHELL_ATTACK = {"tool": "Bash", "args": {
+        "command": shell_attack(v), "description": "Look around custody's files"}}
+    harness.append("--allowedTools Bash (Claude's own shell, for the model's attack; not custody's tool)")
+    return [CUSTODY, "agent", "--"] + argv + ["--allowedTools", "Bash"], harness
+
+
+PREPARE = {"codex": prepare_codex, "claude": prepare_claude, "gemini": prepare_gemini,
+           "claude-sandboxed": prepare_claude_sandboxed}
+# The client behind each run (its API, its installer target).
+BASE = {"claude-sandboxed": "claude"}
 
 # Command-line settings that would let a client call tools without the installer's
 # config: none may appear in the argv the harness builds.
@@ -430,6 +464,10 @@ FORBIDDEN_OVERRIDE = re.compile(r"approval_(mode|policy)|sandbox|\.tools\b|trust
 
 
 def argv_problems(argv):
+    # The sandboxed run's harness lets the model use Claude's own Bash tool (not custody's).
+    argv = [a for i, a in enumerate(argv)
+            if not (a == "--allowedTools" and argv[i + 1:i + 2] == ["Bash"])
+            and not (a == "Bash" and i > 0 and argv[i - 1] == "--allowedTools")]
     bad = [a for a in argv if FORBIDDEN_FLAG.match(a)]
     bad += [argv[i + 1] for i, a in enumerate(argv[:-1])
             if a == "-c" and FORBIDDEN_OVERRIDE.search(argv[i + 1].split("=", 1)[0])]
@@ -482,8 +520,8 @@ def run_client(client, timing):
     try:
         v.setup()
         before = snapshot(v.home)
-        inst = v.custody("mcp", "install", client)
-        say(client, "custody mcp install " + client + ":\n" + inst.stdout.decode() + inst.stderr.decode())
+        inst = v.custody("mcp", "install", BASE.get(client, client))
+        say(client, "custody mcp install " + BASE.get(client, client) + ":\n" + inst.stdout.decode() + inst.stderr.decode())
         installed = snapshot(v.home)
         wrote = sorted(k for k in installed if before.get(k) != installed[k])
         say(client, f"files under HOME written by the installer: {wrote}")
@@ -537,7 +575,10 @@ def run_client(client, timing):
         setup = {"wrote": wrote, "before": before, "installed": installed, "home_at_start": home_at_start,
                  "argv": argv, "grants": grants}
         verify(client, v, server, approver, rc, took, stdout, stderr, extra, setup)
+        if client in SANDBOXED:
+            verify_sandbox(client, v, server, approver)
     finally:
+        model_server.SHELL_ATTACK = None
         if approver:
             approver.stop.set()
         if p is not None and p.poll() is None:
@@ -563,7 +604,7 @@ def client_extras(client, v):
     """What the client itself says about the custody server (listings, startup warnings)."""
     extra = {}
     argv = {"codex": ["codex", "mcp", "list"], "claude": ["claude", "mcp", "list"],
-            "gemini": ["gemini", "mcp", "list"]}[client]
+            "gemini": ["gemini", "mcp", "list"]}[BASE.get(client, client)]
     try:
         p = subprocess.run(argv, env=v.env, cwd=v.work, capture_output=True, timeout=30,
                            stdin=subprocess.DEVNULL, start_new_session=True)
@@ -576,6 +617,7 @@ def client_extras(client, v):
 
 def main_conversation(client, server):
     """The last request of the main conversation: (body, finals, names, custody calls)."""
+    client = BASE.get(client, client)
     for n, method, path, headers, body in reversed(server.requests):
         try:
             data = json.loads(body or b"{}")
@@ -615,7 +657,7 @@ def verify(client, v, server, approver, rc, took, stdout, stderr, extra, setup):
     offered = bool(names.get("run") and names.get("list_environments") and names.get("request_status"))
 
     # 1. The installer's config alone let the headless client call custody's tools.
-    desc, problems = installer_headless_config(client, v.home)
+    desc, problems = installer_headless_config(BASE.get(client, client), v.home)
     if setup["home_at_start"] != setup["installed"]:
         changed = sorted(set(setup["home_at_start"]) ^ set(setup["installed"]) |
                          {k for k in setup["installed"] if setup["home_at_start"].get(k) != setup["installed"][k]})
@@ -757,6 +799,43 @@ def verify(client, v, server, approver, rc, took, stdout, stderr, extra, setup):
           not warnings, "\n".join(distinct[:12]))
 
 
+SANDBOXED = ("claude-sandboxed",)
+
+
+def verify_sandbox(client, v, server, approver):
+    """A client under `custody agent`: registered as a sandboxed agent, its approvals said so,
+    and its own shell's attacks were refused, while the same attacks from a plain process of
+    the same user work."""
+    with open(f"{v.custody_home}/audit.log", "rb") as f:
+        events = [json.loads(line).get("event", {}) for line in f.read().splitlines() if line.strip()]
+    started = [e for e in events if e.get("type") == "agent_start"]
+    check(client, f"the launcher registered a sandboxed agent ({started})",
+          len(started) == 1 and started[0].get("sandboxed") is True
+          and started[0].get("name") == "claude-code", started)
+    shown = sorted(set(approver.requesters.values()))
+    check(client, f"every approval showed the sandboxed agent ({shown})",
+          bool(shown) and all(r.startswith("agent claude-code (pid ") and r.endswith(", sandboxed)")
+                              for r in shown), shown)
+    _, _, _, pairs = main_conversation(client, server)
+    inside = " ".join(r or "" for t, _, r in pairs if t == "Bash")
+    inside = model_server.flat(inside)
+    seen = re.findall(r"PROCESSES-SEEN=(\d+)", inside)
+    check(client, f"the client's own shell was refused each attack ({re.findall(r'DENIED-[A-Z-]+[a-z]+', inside)}, "
+                  f"processes it could see: {seen})",
+          all(d in inside for d in SHELL_ATTACK_DENIED)
+          and not any(w in re.findall(r"[A-Z]+-[A-Za-z-]+", inside) for w in SHELL_ATTACK_WORKED)
+          and seen and int(seen[0]) < 20, inside[:800])
+    p = subprocess.run(["sh", "-c", shell_attack(v)], env=v.env, cwd=v.work, capture_output=True,
+                       timeout=30)
+    outside = p.stdout.decode(errors="replace")
+    for leftover in (f"{v.custody_home}/policy.toml", f"{v.home}/.bashrc"):
+        if os.path.exists(leftover):
+            os.remove(leftover)
+    check(client, "the same attacks from a plain process of the same user work (so the wall, not "
+                  f"the attack, stopped them): {outside.split()}",
+          all(w in outside.split() for w in SHELL_ATTACK_WORKED), outside)
+
+
 def cleanup_everything():
     """Kills what is still running from any run: clients, brokers, and whatever else names
     a run's temp directory. Safe to call twice."""
@@ -781,7 +860,7 @@ def main():
     if len(sys.argv) < 3:
         print(__doc__)
         sys.exit(2)
-    clients = sys.argv[3:] or ["codex", "claude", "gemini"]
+    clients = sys.argv[3:] or ["codex", "claude", "gemini", "claude-sandboxed"]
     for c in clients:
         if c not in PREPARE:
             print(f"unknown client {c!r}: choose from {', '.join(PREPARE)}")
