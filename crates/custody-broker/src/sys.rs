@@ -71,13 +71,13 @@ pub fn enter_agent_user_namespace() -> std::io::Result<()> {
         rustix::thread::unshare_unsafe(UnshareFlags::NEWUSER | UnshareFlags::NEWNS)?;
     }
     // A non-dumpable process's /proc/self files belong to root: the maps
-    // can only be written while dumpable (this stage holds no secret).
+    // can only be written while dumpable (the launcher holds no secret, and
+    // stays dumpable).
     use rustix::process::{DumpableBehavior, set_dumpable_behavior};
     set_dumpable_behavior(DumpableBehavior::Dumpable)?;
     let written = std::fs::write("/proc/self/setgroups", "deny")
         .and_then(|()| std::fs::write("/proc/self/uid_map", format!("{uid} {uid} 1")))
         .and_then(|()| std::fs::write("/proc/self/gid_map", format!("{gid} {gid} 1")));
-    set_dumpable_behavior(DumpableBehavior::NotDumpable)?;
     written?;
     // Mounts made here (the agent's /proc) stay here.
     use rustix::mount::MountPropagationFlags;

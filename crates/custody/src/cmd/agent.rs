@@ -3,12 +3,17 @@
 //!
 //! The launcher (this process, the human's) registers with the broker
 //! before anything runs, so every process that descends from it is the
-//! agent it names; it makes itself a child subreaper, so no descendant can
-//! leave its tree (`setsid`, double fork); then it starts `custody agent
-//! --sandbox-layout … -- CMD`, which applies the Landlock rules to itself
-//! in a single-threaded process and execs CMD. The launcher stays outside
-//! the sandbox: the agent can neither signal nor trace it, nor the broker,
-//! nor lease children. When CMD ends, whatever it left behind is killed.
+//! agent it names, and makes itself a child subreaper, so no descendant can
+//! leave its tree (`setsid`, double fork). It then enters new user and
+//! mount namespaces (this uid mapped to itself) and a new PID namespace for
+//! its children, and starts `custody agent --sandbox-init … -- CMD` as PID 1
+//! there, which mounts that namespace's own `/proc` before it execs (the
+//! one moment it still holds the namespace's capabilities), applies the
+//! Landlock rules to itself, starts CMD and reaps orphans. The launcher
+//! stays outside Landlock and outside the agent's PID namespace: the agent
+//! can neither see, signal nor trace it, the broker, lease children or the
+//! human's shells. When CMD ends, the namespace ends with it, and the
+//! launcher kills whatever else is left.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -55,12 +60,11 @@ pub struct AgentArgs {
     /// Print which protections this kernel enforces, and exit.
     #[arg(long)]
     check: bool,
-    /// Internal: the sandbox's layout (JSON): enter the agent's namespaces
-    /// and start the second stage.
-    #[arg(long, hide = true, value_name = "JSON")]
+    /// Internal: the sandbox's layout (JSON), for --sandbox-init.
+    #[arg(long, hide = true, value_name = "JSON", requires = "sandbox_init")]
     sandbox_layout: Option<String>,
-    /// Internal: with --sandbox-layout, the second stage (PID 1 of the
-    /// agent's namespace): private /proc, Landlock, then the command.
+    /// Internal: the sandbox's first process (PID 1 of the agent's
+    /// namespaces, its /proc mounted): Landlock, then the command.
     #[arg(long, hide = true, requires = "sandbox_layout")]
     sandbox_init: bool,
     /// Internal: whether this system gives the agent a private PID
@@ -77,12 +81,8 @@ pub struct AgentArgs {
 }
 
 pub fn run(g: &Global, _s: &mut SecretInput, a: AgentArgs) -> anyhow::Result<ExitCode> {
-    if let Some(layout) = &a.sandbox_layout {
-        return if a.sandbox_init {
-            sandbox_init(layout, &a.command)
-        } else {
-            sandbox_namespaces(layout, &a.command)
-        };
+    if let (Some(layout), true) = (&a.sandbox_layout, a.sandbox_init) {
+        return sandbox_init(layout, &a.command);
     }
     if a.probe_proc {
         return Ok(ExitCode::SUCCESS);
@@ -90,7 +90,7 @@ pub fn run(g: &Global, _s: &mut SecretInput, a: AgentArgs) -> anyhow::Result<Exi
     if a.probe_namespaces {
         return probe_namespaces();
     }
-    // A launch assumes the namespaces: its first stage fails closed
+    // A launch assumes the namespaces: the launcher fails closed
     // without them. `--check` tries them.
     let protections = sandbox::probe(!a.check || namespaces_work());
     if a.check {
@@ -178,18 +178,37 @@ pub fn run(g: &Global, _s: &mut SecretInput, a: AgentArgs) -> anyhow::Result<Exi
     client.call(register.clone()).map_err(broker_err)?;
     rustix::process::set_child_subreaper(rustix::process::Pid::from_raw(1))
         .map_err(|e| anyhow!("cannot become the agent's subreaper: {e}"))?;
-    keep_registered(client, register);
+    // The launcher holds no secret; dumpable, its /proc entries stay
+    // readable to a broker that has to recognise it by its command line.
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::Dumpable);
 
     let exe = std::env::current_exe().context("finding the custody binary")?;
+    let target;
     let mut cmd = if sandboxed {
+        // New user and mount namespaces while this process is still
+        // single-threaded; then its threads; then the PID namespace (after
+        // which no thread can start): its next child is PID 1 there.
+        let no_namespaces = |e: std::io::Error| {
+            anyhow!(
+                "cannot give the agent its own user and PID namespaces and /proc ({e}; are user namespaces disabled?): inside, it could read other processes' /proc/PID/environ. `custody agent --allow-unsandboxed` runs it unsandboxed instead"
+            )
+        };
+        custody_broker::enter_agent_user_namespace().map_err(no_namespaces)?;
+        target = forward_signals();
+        keep_registered(client, register);
+        custody_broker::enter_agent_pid_namespace().map_err(no_namespaces)?;
         let mut c = std::process::Command::new(exe);
         c.arg("agent")
+            .arg("--sandbox-init")
             .arg("--sandbox-layout")
             .arg(serde_json::to_string(&layout)?)
             .arg("--")
             .args(&a.command);
+        custody_broker::mount_proc_before_exec(&mut c);
         c
     } else {
+        target = forward_signals();
+        keep_registered(client, register);
         let mut c = std::process::Command::new(program);
         c.args(&a.command[1..]);
         c
@@ -204,7 +223,6 @@ pub fn run(g: &Global, _s: &mut SecretInput, a: AgentArgs) -> anyhow::Result<Exi
     }
     cmd.env("CUSTODY_AGENT", &name);
     cmd.envs(client_env);
-    let target = forward_signals();
     let child = cmd
         .spawn()
         .with_context(|| format!("starting {}", program.to_string_lossy()))?;
@@ -214,50 +232,7 @@ pub fn run(g: &Global, _s: &mut SecretInput, a: AgentArgs) -> anyhow::Result<Exi
     Ok(ExitCode::from(code))
 }
 
-/// Exit code of a stage that could not set the sandbox up.
-const SETUP_FAILED: u8 = 126;
-
-/// The first stage (a fresh, single-threaded process): enters new user,
-/// mount and PID namespaces and starts the second stage as their PID 1.
-/// Fails closed: without the namespaces the agent would see every other
-/// process's `/proc`.
-fn sandbox_namespaces(layout: &str, command: &[OsString]) -> anyhow::Result<ExitCode> {
-    let parsed: Layout = serde_json::from_str(layout).context("reading the sandbox layout")?;
-    sandbox::plan(&parsed)?;
-    // If the launcher dies, so does the agent.
-    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
-    // The user namespace first (single-threaded), then the signal thread
-    // (no thread can start once the PID namespace is entered).
-    let entered = custody_broker::enter_agent_user_namespace().and_then(|()| {
-        let target = forward_signals();
-        custody_broker::enter_agent_pid_namespace().map(|()| target)
-    });
-    let target = match entered {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!(
-                "custody: error: cannot give the agent its own PID namespace and /proc ({e}; are user namespaces disabled?): inside, it could read other processes' /proc/PID/environ. `custody agent --allow-unsandboxed` runs it unsandboxed instead"
-            );
-            return Ok(ExitCode::from(SETUP_FAILED));
-        }
-    };
-    let exe = std::env::current_exe().context("finding the custody binary")?;
-    let mut init = std::process::Command::new(exe);
-    init.args(["agent", "--sandbox-init", "--sandbox-layout", layout, "--"])
-        .args(command);
-    custody_broker::mount_proc_before_exec(&mut init);
-    let child = match init.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("custody: error: cannot give the agent its own /proc: {e}");
-            return Ok(ExitCode::from(SETUP_FAILED));
-        }
-    };
-    target.store(child.id(), Ordering::Relaxed);
-    Ok(ExitCode::from(wait_for_tree(child.id())))
-}
-
-/// The second stage, PID 1 of the agent's namespace: mounts its own
+/// The sandbox's first process, PID 1 of the agent's namespaces: mounts its own
 /// `/proc`, applies Landlock to itself, starts the command, reaps orphans,
 /// and ends (taking the whole namespace with it) when the command ends.
 fn sandbox_init(layout: &str, command: &[OsString]) -> anyhow::Result<ExitCode> {
@@ -265,9 +240,9 @@ fn sandbox_init(layout: &str, command: &[OsString]) -> anyhow::Result<ExitCode> 
     let Some(program) = command.first() else {
         bail!("no command to run in the sandbox");
     };
-    // If the first stage dies, so does the namespace.
+    // If the launcher dies, so does the namespace.
     let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
-    // The first stage mounted this namespace's /proc before this process
+    // The launcher had this process mount its namespace's /proc before it
     // started, so the rule on /proc is the new /proc's.
     let plan = sandbox::plan(&layout)?;
     sandbox::apply(&plan).context("applying the sandbox")?;
