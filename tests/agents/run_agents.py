@@ -450,10 +450,20 @@ def prepare_claude_sandboxed(v, url):
     return [CUSTODY, "agent", "--"] + argv + ["--allowedTools", "Bash"], harness
 
 
+def sandboxed(prepare):
+    """`custody agent -- CLIENT …`: the client's own run, in custody's sandbox."""
+    def prep(v, url):
+        argv, harness = prepare(v, url)
+        return [CUSTODY, "agent", "--"] + argv, harness
+    return prep
+
+
 PREPARE = {"codex": prepare_codex, "claude": prepare_claude, "gemini": prepare_gemini,
-           "claude-sandboxed": prepare_claude_sandboxed}
+           "claude-sandboxed": prepare_claude_sandboxed,
+           "codex-sandboxed": sandboxed(prepare_codex),
+           "gemini-sandboxed": sandboxed(prepare_gemini)}
 # The client behind each run (its API, its installer target).
-BASE = {"claude-sandboxed": "claude"}
+BASE = {"claude-sandboxed": "claude", "codex-sandboxed": "codex", "gemini-sandboxed": "gemini"}
 
 # Command-line settings that would let a client call tools without the installer's
 # config: none may appear in the argv the harness builds.
@@ -799,7 +809,9 @@ def verify(client, v, server, approver, rc, took, stdout, stderr, extra, setup):
           not warnings, "\n".join(distinct[:12]))
 
 
-SANDBOXED = ("claude-sandboxed",)
+SANDBOXED = ("claude-sandboxed", "codex-sandboxed", "gemini-sandboxed")
+# The name `custody agent -- CLIENT` registers (the client's policy name).
+AGENT_NAME = {"claude": "claude-code", "codex": "codex", "gemini": "gemini-cli"}
 
 
 def verify_sandbox(client, v, server, approver):
@@ -808,14 +820,17 @@ def verify_sandbox(client, v, server, approver):
     the same user work."""
     with open(f"{v.custody_home}/audit.log", "rb") as f:
         events = [json.loads(line).get("event", {}) for line in f.read().splitlines() if line.strip()]
+    name = AGENT_NAME[BASE[client]]
     started = [e for e in events if e.get("type") == "agent_start"]
     check(client, f"the launcher registered a sandboxed agent ({started})",
           len(started) == 1 and started[0].get("sandboxed") is True
-          and started[0].get("name") == "claude-code", started)
+          and started[0].get("name") == name, started)
     shown = sorted(set(approver.requesters.values()))
     check(client, f"every approval showed the sandboxed agent ({shown})",
-          bool(shown) and all(r.startswith("agent claude-code (pid ") and r.endswith(", sandboxed)")
+          bool(shown) and all(r.startswith(f"agent {name} (pid ") and r.endswith(", sandboxed)")
                               for r in shown), shown)
+    if client != "claude-sandboxed":
+        return
     _, _, _, pairs = main_conversation(client, server)
     inside = " ".join(r or "" for t, _, r in pairs if t == "Bash")
     inside = model_server.flat(inside)
@@ -860,7 +875,8 @@ def main():
     if len(sys.argv) < 3:
         print(__doc__)
         sys.exit(2)
-    clients = sys.argv[3:] or ["codex", "claude", "gemini", "claude-sandboxed"]
+    clients = sys.argv[3:] or ["codex", "claude", "gemini", "codex-sandboxed", "claude-sandboxed",
+                               "gemini-sandboxed"]
     for c in clients:
         if c not in PREPARE:
             print(f"unknown client {c!r}: choose from {', '.join(PREPARE)}")
