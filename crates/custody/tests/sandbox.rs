@@ -343,3 +343,71 @@ fn policy_can_require_the_sandbox() {
         );
     });
 }
+
+/// The broker that knew the launcher goes away (the vault was locked, and
+/// `custody unlock` starts a new broker, which takes over the socket): the
+/// new one knows the sandboxed agent at once (it recognises the launcher
+/// in the requester's ancestry), and the launcher registers again, so the
+/// agent is listed as sandboxed. With the PIN, the agent's `env rm` is
+/// still refused as an agent's.
+#[test]
+fn a_new_broker_still_knows_the_sandboxed_agent() {
+    as_each_user(|e| {
+        e.ok(&["lock"], "");
+        let go = e.work().join("go");
+        let out = e.work().join("agent-out");
+        let script = format!(
+            "while [ ! -e '{go}' ]; do sleep 0.02; done; printf '{PIN}\\n' | '{custody}' env rm dev --yes --pin-stdin > '{out}.part' 2>&1; echo rc=$? >> '{out}.part'; mv '{out}.part' '{out}'; while [ ! -e '{go}.done' ]; do sleep 0.02; done",
+            go = go.display(),
+            out = out.display(),
+            custody = custody().display(),
+        );
+        let mut agent = e
+            .command(&custody())
+            .args(["agent", "--name", "builder", "--", "sh", "-c", &script])
+            .env("HOME", e.user_home())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Registered with the locked broker (no sealed record possible).
+        let until = Instant::now() + Duration::from_secs(20);
+        while e.json(&["status"])["agents"]
+            .as_array()
+            .is_none_or(|a| a.is_empty())
+        {
+            assert!(Instant::now() < until, "the launcher never registered");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let old = e.json(&["status"])["pid"].as_u64().unwrap();
+        e.ok(&["unlock", "--passphrase-stdin"], &format!("{PASS}\n"));
+        assert_ne!(
+            e.json(&["status"])["pid"].as_u64().unwrap(),
+            old,
+            "no new broker"
+        );
+        fs::write(&go, "").unwrap();
+        let until = Instant::now() + Duration::from_secs(30);
+        while !out.exists() {
+            assert!(Instant::now() < until, "the agent never answered");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let said = fs::read_to_string(&out).unwrap();
+        assert!(said.contains("agents cannot"), "{said}");
+        assert!(!said.contains("rc=0"), "{said}");
+        assert!(e.json(&["env", "ls"]).to_string().contains("\"dev\""));
+        // The launcher registered again with the new broker.
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let agents = e.json(&["status"])["agents"].clone();
+            if agents[0]["name"] == "builder" && agents[0]["sandboxed"] == true {
+                break;
+            }
+            assert!(Instant::now() < until, "not registered again: {agents}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        fs::write(e.work().join("go.done"), "").unwrap();
+        agent.wait().unwrap();
+    });
+}
