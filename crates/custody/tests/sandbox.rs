@@ -407,6 +407,11 @@ fn a_new_broker_still_knows_the_sandboxed_agent() {
             assert!(Instant::now() < until, "not registered again: {agents}");
             std::thread::sleep(Duration::from_millis(50));
         }
+        let shown = e.ok(&["status"], "");
+        assert!(
+            shown.contains("builder (launcher pid ") && shown.contains("sandboxed (files"),
+            "{shown}"
+        );
         fs::write(e.work().join("go.done"), "").unwrap();
         agent.wait().unwrap();
     });

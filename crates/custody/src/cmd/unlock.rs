@@ -183,14 +183,42 @@ pub fn status(g: &Global, _s: &mut SecretInput, _a: StatusArgs) -> anyhow::Resul
     );
     for s in v["sessions"].as_array().into_iter().flatten() {
         println!(
-            "  {} {} {} (policy name: {}; pid {}, agent pid {}, agent program {})",
+            "  {} {} {} (policy name: {}; {}; pid {}, agent pid {}, agent program {})",
             crate::output::shown(s["session_id"].as_str().unwrap_or_default()),
             crate::output::shown(s["client_name"].as_str().unwrap_or_default()),
             crate::output::shown(s["client_version"].as_str().unwrap_or_default()),
             s["policy_name"].as_str().unwrap_or_default(),
+            if s["sandboxed"] == json!(true) {
+                "sandboxed"
+            } else {
+                "unsandboxed"
+            },
             s["pid"],
             s["agent_pid"],
             crate::output::shown(s["agent_exe"].as_str().unwrap_or("unknown"))
+        );
+    }
+    let agents = v["agents"].as_array().cloned().unwrap_or_default();
+    if !agents.is_empty() {
+        println!("agents started with `custody agent`: {}", agents.len());
+    }
+    for a in agents {
+        let enforced: Vec<&str> = a["enforced"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.as_str())
+            .collect();
+        println!(
+            "  {} (launcher pid {}, {} MCP session(s)): {}",
+            crate::output::shown(a["name"].as_str().unwrap_or_default()),
+            a["pid"],
+            a["sessions"],
+            if a["sandboxed"] == json!(true) {
+                format!("sandboxed ({})", enforced.join(", "))
+            } else {
+                "UNSANDBOXED".to_owned()
+            }
         );
     }
     println!(
