@@ -319,6 +319,11 @@ impl FromBytes for std::ffi::OsStr {
     }
 }
 
+/// How long a stream may be quiet before the masker lets out the held-back
+/// bytes that cannot begin a secret (output shows as the child writes it,
+/// not a pattern's length late).
+const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Pumps one output stream through a masker until EOF.
 async fn pump(
     mut reader: impl tokio::io::AsyncRead + Unpin,
@@ -335,13 +340,32 @@ async fn pump(
     };
     let mut buf = Zeroizing::new(vec![0u8; 16 * 1024]);
     let mut out = Vec::with_capacity(16 * 1024);
+    // Whether the held-back bytes were already flushed as far as they can
+    // be (then the next read waits without a deadline).
+    let mut flushed = true;
     loop {
-        let n = match reader.read(&mut buf).await {
+        let read = if flushed || masker.held_back() == 0 {
+            reader.read(&mut buf).await
+        } else {
+            match tokio::time::timeout(IDLE_FLUSH, reader.read(&mut buf)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    // The child paused: show what cannot begin a secret.
+                    out.clear();
+                    masker.flush(&mut out);
+                    emit(&events, name, &out, &mut tail).await;
+                    flushed = true;
+                    continue;
+                }
+            }
+        };
+        let n = match read {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
         out.clear();
         masker.push(&buf[..n], &mut out);
+        flushed = false;
         emit(&events, name, &out, &mut tail).await;
     }
     out.clear();

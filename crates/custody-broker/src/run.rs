@@ -147,7 +147,13 @@ pub async fn run(
         let deadline = SystemTime::now() + ttl;
         let program = spec.argv.first().cloned().unwrap_or_default();
         broker.dynamic_planned(&lease_id, &program, sources::planned(&prepared, deadline))?;
-        match sources::mint_all(broker, &lease_id, prepared, deadline, ttl).await {
+        let mask: Vec<(&str, &[u8])> = injected
+            .iter()
+            .map(|i| (i.name.as_str(), i.value.as_slice()))
+            .collect();
+        let minted = sources::mint_all(broker, &lease_id, prepared, deadline, ttl, &mask).await;
+        drop(mask);
+        match minted {
             Ok(fresh) => {
                 for (name, value) in fresh.values {
                     injected.push(Injected {

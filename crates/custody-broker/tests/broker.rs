@@ -1436,3 +1436,38 @@ fn a_refused_change_is_audited_as_refused() {
     assert!(!envs.to_string().contains("\"shop\""), "{envs}");
     assert_eq!(b.audit_verify()["intact"], true);
 }
+
+/// First hour, item 7: output shows while the command runs, not when more
+/// output (or the end) pushes it out. The command prints a line, then waits
+/// for the test to have seen that line: held back, the run would never go on.
+#[test]
+fn output_shows_while_the_command_is_quiet() {
+    let b = TestBroker::unlocked();
+    b.env_create("e");
+    b.set("e", "TOKEN", b"live-output-secret-value-77");
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let script = format!(
+        "echo hello; printf 'partial %s' \"$TOKEN\"; while [ ! -e '{}' ]; do sleep 0.02; done; echo; echo bye",
+        go.display()
+    );
+    let mut spec = b.spec(&["sh", "-c", &script], &["e"]);
+    spec.timeout_secs = 60;
+    let h = b.start_run(spec);
+    let id = h.wait_pending();
+    b.approve(&id, ApprovalScope::Once, PIN).expect("approve");
+    let mut seen = Vec::new();
+    h.wait_for("hello and the masked value", |e| {
+        if let Event::Output { stream, data } = e
+            && stream == "stdout"
+        {
+            seen.extend(custody_broker::protocol::unb64(&data).unwrap());
+        }
+        contains(&seen, b"hello\npartial [masked:TOKEN]").then_some(())
+    });
+    std::fs::write(&go, "").unwrap();
+    let (events, res) = h.join();
+    res.unwrap();
+    let all = stream_output(&events, "stdout");
+    assert_eq!(all, b"hello\npartial [masked:TOKEN]\nbye\n");
+}

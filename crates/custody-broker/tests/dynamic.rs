@@ -343,3 +343,70 @@ fn agents_cannot_configure_sources_or_declare_dynamic_variables() {
     let cat = agent.call(Request::Catalog).unwrap();
     assert!(!cat.to_string().contains("GH_TOKEN"), "{cat}");
 }
+
+/// First hour, item 4: a mint command that cannot run leaves nothing
+/// behind (no credential shown irrevocable in `leases`/`status`, none to
+/// revoke) and its error says why, with the command's stderr (masked); a
+/// command that printed a token and then failed has that token revoked.
+#[test]
+fn a_failed_mint_leaves_nothing_and_says_why() {
+    let b = TestBroker::unlocked();
+    let dir = tempfile::tempdir().unwrap();
+    b.env_create("app");
+    b.set("app", "API_KEY", b"static-secret-value-0123");
+    let missing = SourceDef {
+        name: "gh".into(),
+        spec: SourceSpec::Command(CommandSource {
+            mint: "gh-token-printer-that-does-not-exist --ttl \"$CUSTODY_TTL_SECONDS\"".into(),
+            revoke: Some("true".into()),
+            ttl_secs: 60,
+        }),
+    };
+    b.change(Request::SourceAdd { source: missing }).unwrap();
+    declare_dynamic(&b, "app", "GH_TOKEN", "command:gh");
+    let (_events, res) = b.run_approved(b.spec(&["true"], &["app"]));
+    let err = res.unwrap_err().to_string();
+    assert!(err.contains("exited with code 127"), "{err}");
+    assert!(err.contains("not found"), "no stderr in: {err}");
+    let leases = b.client().call(Request::Leases).unwrap();
+    assert_eq!(
+        leases,
+        serde_json::json!([]),
+        "a phantom credential: {leases}"
+    );
+    let status = b.status();
+    assert_eq!(status["credentials"], serde_json::json!([]), "{status}");
+
+    // Printed a token (and the static value) to stderr and stdout, then
+    // failed: the error masks both, and the token is revoked.
+    let revoked = dir.path().join("revoked");
+    let half = SourceDef {
+        name: "gh".into(),
+        spec: SourceSpec::Command(CommandSource {
+            mint: "echo tok-half-minted-0123456789; echo \"minted tok-half-minted-0123456789 then failed\" >&2; exit 3".into(),
+            revoke: Some(format!("cat >> '{}'", revoked.display())),
+            ttl_secs: 60,
+        }),
+    };
+    b.change(Request::SourceAdd { source: half }).unwrap();
+    let (_events, res) = b.run_approved(b.spec(&["true"], &["app"]));
+    let err = res.unwrap_err().to_string();
+    assert!(err.contains("exited with code 3"), "{err}");
+    assert!(err.contains("then failed"), "{err}");
+    assert!(
+        !err.contains("tok-half-minted"),
+        "the token in the error: {err}"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || std::fs::read_to_string(
+            &revoked
+        )
+        .is_ok_and(|t| t.contains("tok-half-minted-0123456789"))),
+        "the half-minted token was not revoked"
+    );
+    assert!(eventually(Duration::from_secs(10), || b
+        .client()
+        .call(Request::Leases)
+        .unwrap()
+        == serde_json::json!([])));
+}

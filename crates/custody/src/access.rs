@@ -62,7 +62,34 @@ pub fn require_broker() -> anyhow::Result<Client> {
 
 /// Wraps a broker error so `main` can pick the exit code.
 pub fn broker_err(e: ClientError) -> anyhow::Error {
-    anyhow::Error::new(BrokerFailure(e))
+    anyhow::Error::new(BrokerFailure(for_the_human(e)))
+}
+
+/// The broker words some errors for agents ("ask the user to …"); the CLI
+/// speaks to the human at the keyboard instead.
+fn for_the_human(e: ClientError) -> ClientError {
+    match e {
+        ClientError::Broker(w) if w.code == "locked" => {
+            ClientError::Broker(custody_broker::protocol::WireError::new(
+                "locked",
+                if w.message.contains("while the request waited") {
+                    "the vault was locked while the request waited: run `custody unlock`, then run the command again"
+                } else {
+                    "the vault is locked: run `custody unlock` first (it asks for the passphrase)"
+                },
+            ))
+        }
+        other => other,
+    }
+}
+
+/// `client`'s broker, or `None` when it is locked (a locked broker holds
+/// no vault: commands open the file with the passphrase, as without one).
+fn unlocked(mut client: Client) -> Option<Client> {
+    match client.call(Request::Status) {
+        Ok(s) if s["locked"] == serde_json::json!(true) => None,
+        _ => Some(client),
+    }
 }
 
 /// A broker error, kept typed for the exit code.
@@ -177,15 +204,17 @@ pub fn change_pin(stored: &mut Option<Zeroizing<Vec<u8>>>) -> anyhow::Result<Zer
 /// does not depend on whether the broker runs).
 pub fn open(global: &Global, secrets: &mut SecretInput) -> anyhow::Result<Backend> {
     let (passphrase, _) = stdin_lines(global, secrets, false)?;
-    match broker()? {
+    match broker()?.map(unlocked) {
         // Reading needs no proof: the passphrase line is not used.
-        Some(client) => Ok(Backend::Broker(client, ChangeAuth::Pin(None))),
-        None => open_direct(passphrase),
+        Some(Some(client)) => Ok(Backend::Broker(client, ChangeAuth::Pin(None))),
+        Some(None) => open_direct(passphrase, true),
+        None => open_direct(passphrase, false),
     }
 }
 
-/// The vault file, opened with the passphrase (read, or asked for).
-fn open_direct(passphrase: Option<Zeroizing<Vec<u8>>>) -> anyhow::Result<Backend> {
+/// The vault file, opened with the passphrase (read, or asked for);
+/// `locked`: a locked broker runs (said when the passphrase cannot be asked).
+fn open_direct(passphrase: Option<Zeroizing<Vec<u8>>>, locked: bool) -> anyhow::Result<Backend> {
     let path = vault_path()?;
     if !path.exists() {
         // Say so before asking for a passphrase that cannot help.
@@ -193,7 +222,15 @@ fn open_direct(passphrase: Option<Zeroizing<Vec<u8>>>) -> anyhow::Result<Backend
     }
     let passphrase = match passphrase {
         Some(p) => p,
-        None => input::prompt_hidden("Vault passphrase: ", "--passphrase-stdin")?,
+        None => input::prompt_hidden("Vault passphrase: ", "--passphrase-stdin").map_err(|e| {
+            if locked {
+                anyhow!(
+                    "the vault is locked: run `custody unlock` first, or pass --passphrase-stdin to read the vault file directly ({e:#})"
+                )
+            } else {
+                e
+            }
+        })?,
     };
     Ok(Backend::Direct(Box::new(Vault::unlock(
         &path,
@@ -211,12 +248,13 @@ pub fn open_to_change(
     pin_stdin: bool,
 ) -> anyhow::Result<Backend> {
     let (passphrase, pin) = stdin_lines(global, secrets, pin_stdin)?;
-    match broker()? {
-        Some(client) => Ok(Backend::Broker(
+    match broker()?.map(unlocked) {
+        Some(Some(client)) => Ok(Backend::Broker(
             client,
             ChangeAuth::from_inputs(pin, passphrase)?,
         )),
-        None => open_direct(passphrase),
+        Some(None) => open_direct(passphrase, true),
+        None => open_direct(passphrase, false),
     }
 }
 

@@ -35,7 +35,10 @@ impl SecretInput {
                 .read_to_end(&mut data)
                 .context("reading stdin")?;
             if data.len() > MAX_STDIN {
-                bail!("stdin is larger than {MAX_STDIN} bytes");
+                bail!(
+                    "stdin is more than {MAX_STDIN} bytes: a value may be at most {} bytes (plus the passphrase and PIN lines before it)",
+                    custody_core::vault::MAX_VALUE_LEN
+                );
             }
             self.buf = Some(data);
         }

@@ -396,6 +396,9 @@ fn revoke_all_and_timeout_kill_running_commands() {
     assert!(wait_until(Duration::from_secs(8), || !alive(pid)));
     let out = child.wait_with_output().unwrap();
     assert_ne!(out.status.code(), Some(0));
+    // First hour, item 14: the terminal run says why it was killed.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("was revoked"), "{said}");
     e.cmd()
         .args(["revoke", "nonsense"])
         .assert()
@@ -1181,4 +1184,65 @@ fn unlock_when_unlocked_does_not_ask_for_the_passphrase() {
         .assert()
         .success()
         .stdout(contains("Already unlocked"));
+}
+
+/// First hour, item 10: with the broker locked, the CLI speaks to the human
+/// (not "ask the user to …"), and vault commands open the file with the
+/// passphrase as they do without a broker.
+#[test]
+fn a_locked_broker_is_explained_to_the_human_and_vault_commands_fall_back_to_the_passphrase() {
+    let e = env_with_token();
+    e.cmd().arg("lock").assert().success();
+    assert!(e.daemon_pid().is_some(), "the locked broker stays up");
+    let out = e
+        .cmd()
+        .args(["run", "-e", "e", "--", "true"])
+        .assert()
+        .failure();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains("run `custody unlock` first"), "{err}");
+    assert!(!err.contains("ask the user"), "{err}");
+    // `ls` opens the vault file with the passphrase (the locked broker has none).
+    e.cmd()
+        .args(["--passphrase-stdin", "ls", "e"])
+        .write_stdin(format!("{PASS}\n"))
+        .assert()
+        .success()
+        .stdout(contains("TOKEN"));
+    // Without the passphrase (no terminal), it says how to give it.
+    e.cmd()
+        .args(["ls", "e"])
+        .assert()
+        .failure()
+        .stderr(contains("--passphrase-stdin"));
+}
+
+/// First hour, item 14: `ls` lines up its columns when a kind names a
+/// dynamic source (`command:gh-app`).
+#[test]
+fn ls_columns_line_up_with_dynamic_kinds() {
+    let e = env_with_token();
+    e.change(
+        &["source", "add", "command", "gh-app", "--mint", "echo tok"],
+        "",
+    )
+    .success();
+    e.change(&["set", "e", "GH_TOKEN", "--kind", "command:gh-app"], "")
+        .success();
+    let out = e.cmd().args(["ls", "e"]).assert().success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    let at = |line: &str, what: &str| {
+        line.find(what)
+            .unwrap_or_else(|| panic!("{what} in {line}"))
+    };
+    let value = at(lines[0], "VALUE");
+    for line in &lines[1..] {
+        let cell = if line.contains("GH_TOKEN") {
+            "lease"
+        } else {
+            "set"
+        };
+        assert_eq!(at(line, cell), value, "{text}");
+    }
 }

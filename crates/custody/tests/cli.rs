@@ -937,3 +937,103 @@ fn policy_check_maps_handshake_names_and_warns_about_unknown_clients() {
         .failure()
         .stderr(contains("policy.toml"));
 }
+
+/// First hour, item 14: `custody --json ls | head` (and the table) end
+/// quietly when the reader goes away: no "Broken pipe" error or panic.
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    let h = Home::new();
+    let dotenv: String = (0..1500)
+        .map(|i| format!("VARIABLE_NUMBER_{i:04}=value-{i:04}-abcdefghijklmnop\n"))
+        .collect();
+    let file = h.home().join("many.env");
+    fs::write(&file, dotenv).unwrap();
+    h.run(&["import", "big", file.to_str().unwrap()], "")
+        .success();
+    for args in ["--json ls", "ls"] {
+        let script = format!(
+            "printf '%s\\n' '{PASS}' | '{}' --passphrase-stdin {args} | head -c 100 >/dev/null; echo \"rc=${{PIPESTATUS[1]}}\" >&2",
+            assert_cmd::cargo::cargo_bin("custody").display()
+        );
+        let out = std::process::Command::new("setsid")
+            .args(["-w", "bash", "-c", &script])
+            .env("CUSTODY_HOME", h.home())
+            .env("CUSTODY_RUNTIME_DIR", h.runtime())
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("XDG_RUNTIME_DIR")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim(), "rc=141", "{args}: {err}");
+    }
+}
+
+/// First hour, item 14: the stdin size limit names the value limit the
+/// vault enforces (the two messages used to disagree).
+#[test]
+fn size_limit_messages_agree() {
+    let h = Home::new();
+    h.run(&["env", "create", "e"], "").success();
+    let huge = "x".repeat(600 * 1024);
+    let out = h.run(&["set", "e", "BIG"], &huge).failure();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains("524288"), "{err}");
+    let big = "x".repeat(530 * 1024);
+    let out = h.run(&["set", "e", "BIG"], &big).failure();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains("524288"), "{err}");
+}
+
+/// First hour, item 14: the top-level help shows examples and the
+/// environment variables custody reads.
+#[test]
+fn top_level_help_has_examples_and_environment() {
+    let h = Home::empty();
+    let out = h.cmd().arg("--help").assert().success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    for want in [
+        "Examples:",
+        "custody run -e shop-dev -- cargo test",
+        "custody agent -- claude",
+        "Environment:",
+        "CUSTODY_HOME",
+        "CUSTODY_RUNTIME_DIR",
+    ] {
+        assert!(text.contains(want), "{want} missing from:\n{text}");
+    }
+}
+
+/// First hour, item 15: completion scripts and a man page, generated from
+/// the CLI's own definitions.
+#[test]
+fn completions_and_man_page_are_generated() {
+    let h = Home::empty();
+    for (shell, marker) in [
+        ("bash", "_custody()"),
+        ("zsh", "#compdef custody"),
+        ("fish", "complete -c custody"),
+    ] {
+        let out = h.cmd().args(["completions", shell]).assert().success();
+        let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+        assert!(
+            text.contains(marker),
+            "{shell}: {}",
+            &text[..text.len().min(300)]
+        );
+        assert!(
+            text.contains("approve") && text.contains("agent"),
+            "{shell}"
+        );
+    }
+    let out = h.cmd().arg("man").assert().success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(
+        text.starts_with(".ie") || text.contains(".TH custody"),
+        "{}",
+        &text[..200]
+    );
+    assert!(
+        text.contains("CUSTODY_HOME"),
+        "the man page lacks the environment"
+    );
+}

@@ -420,3 +420,19 @@ fn install_prints_the_sandbox_launcher_line_for_each_client() {
         assert_eq!(v["launcher"], format!("custody agent -- {command}"));
     }
 }
+
+#[test]
+fn agents_md_snippet_tells_the_agent_to_use_custody_and_changes_nothing() {
+    let s = Sandbox::new();
+    let out = s.install(&["claude", "--agents-md"]).assert().success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    for want in [
+        "Never ask the user to paste a secret",
+        "`run`",
+        "`request_status`",
+        "custody agent -- claude",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    assert!(files_under(&s.home()).is_empty(), "it wrote files");
+}

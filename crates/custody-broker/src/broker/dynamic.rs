@@ -170,6 +170,16 @@ impl Broker {
         persist_entry(&self.cfg.home, &mut st, lease_id);
     }
 
+    /// A command source's mint printed nothing: no credential exists, so
+    /// none is kept to revoke (it would show as irrevocable forever).
+    pub(crate) fn credential_never_minted(&self, lease_id: &str, credential: &str) {
+        let mut st = self.state();
+        if let Some(e) = st.dynamic.get_mut(lease_id) {
+            e.minted.retain(|m| m.credential != credential);
+        }
+        persist_entry(&self.cfg.home, &mut st, lease_id);
+    }
+
     /// Audits a mint.
     pub(crate) fn credential_minted(
         &self,

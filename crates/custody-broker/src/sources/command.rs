@@ -4,8 +4,10 @@
 //! Both run with `sh -c` in a clean environment (the broker's `PATH`,
 //! `HOME`, `USER`, `LANG`, `TMPDIR`, plus `CUSTODY_*` facts). The token is
 //! read from the mint command's stdout and handed to the revoke command in
-//! `CUSTODY_TOKEN` and on stdin; it is never logged, and the commands'
-//! stderr is dropped (it could echo the token).
+//! `CUSTODY_TOKEN` and on stdin; it is never logged. A failed mint's error
+//! carries the last lines of its stderr, masked (the token, if it printed
+//! one, and the values the lease injects) and cut to printable text; the
+//! revoke command's stderr is dropped.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -19,6 +21,11 @@ use zeroize::Zeroizing;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most bytes a mint command may print.
 const MAX_TOKEN: usize = 64 * 1024;
+/// Most bytes of a mint command's stderr kept (its tail).
+const MAX_STDERR: usize = 4096;
+/// Lines and characters of that tail an error carries.
+const STDERR_LINES: usize = 3;
+const STDERR_CHARS: usize = 300;
 /// What the commands inherit from the broker's environment.
 const INHERIT: &[&str] = &["PATH", "HOME", "USER", "LANG", "TMPDIR"];
 
@@ -53,14 +60,61 @@ fn status_failure(what: &str, s: std::process::ExitStatus) -> CommandFailure {
     }
 }
 
+/// A mint that failed, and what it printed on stdout anyway (a token may
+/// exist even though the command failed afterwards: it must be revoked).
+pub struct MintFailure {
+    /// What went wrong, with the tail of the command's stderr.
+    pub failure: CommandFailure,
+    /// Its stdout, when it printed something.
+    pub printed: Option<Zeroizing<Vec<u8>>>,
+}
+
+/// The last lines of a failed command's stderr, for its error: `mask`ed,
+/// printable ASCII only (anything else is `?`), at most [`STDERR_LINES`]
+/// lines and [`STDERR_CHARS`] characters. `None` when it printed nothing.
+fn stderr_tail(raw: &[u8], mask: &custody_core::mask::MaskingEngine) -> Option<String> {
+    let (masked, _) = mask.mask_all(raw);
+    let text: String = String::from_utf8_lossy(&masked)
+        .chars()
+        .map(|c| {
+            if c == '\n' || (' '..='~').contains(&c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let tail = lines[lines.len().saturating_sub(STDERR_LINES)..].join(" | ");
+    if tail.is_empty() {
+        return None;
+    }
+    let cut: String = tail.chars().take(STDERR_CHARS).collect();
+    Some(if cut.len() < tail.len() {
+        format!("{cut}…")
+    } else {
+        cut
+    })
+}
+
 /// Runs the mint command; returns the token (stdout, without the trailing
-/// newline).
+/// newline). `mask` names the values its stderr must not show (the lease's
+/// other values); the token it printed is masked too.
 pub async fn mint(
     source: &CommandSource,
     lease_id: &str,
     ttl_secs: u64,
     expires: &str,
-) -> Result<Zeroizing<Vec<u8>>, CommandFailure> {
+    mask: &[(&str, &[u8])],
+) -> Result<Zeroizing<Vec<u8>>, MintFailure> {
+    let fail = |failure: CommandFailure| MintFailure {
+        failure,
+        printed: None,
+    };
     let ttl = ttl_secs.to_string();
     let mut cmd = command(
         &source.mint,
@@ -70,13 +124,40 @@ pub async fn mint(
             ("CUSTODY_EXPIRES_AT", expires),
         ],
     );
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
-    let (mut child, _own) = crate::contain::spawn(&mut cmd)
-        .map_err(|e| CommandFailure(format!("cannot start the mint command ({})", e.kind())))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let (mut child, _own) = crate::contain::spawn(&mut cmd).map_err(|e| {
+        fail(CommandFailure(format!(
+            "cannot start the mint command ({})",
+            e.kind()
+        )))
+    })?;
     let mut out = child
         .stdout
         .take()
-        .ok_or_else(|| CommandFailure("the mint command has no stdout".into()))?;
+        .ok_or_else(|| fail(CommandFailure("the mint command has no stdout".into())))?;
+    let mut err = child
+        .stderr
+        .take()
+        .ok_or_else(|| fail(CommandFailure("the mint command has no stderr".into())))?;
+    // Its stderr, read alongside (its tail kept), so a chatty command never
+    // blocks on a full pipe.
+    let errors = async move {
+        let mut kept = Zeroizing::new(Vec::new());
+        let mut buf = Zeroizing::new([0u8; 4096]);
+        while let Ok(n) = err.read(&mut buf[..]).await {
+            if n == 0 {
+                break;
+            }
+            kept.extend_from_slice(&buf[..n]);
+            if kept.len() > MAX_STDERR {
+                let cut = kept.len() - MAX_STDERR;
+                kept.drain(..cut);
+            }
+        }
+        kept
+    };
     let run = async {
         let mut token = Zeroizing::new(Vec::new());
         let mut buf = Zeroizing::new([0u8; 4096]);
@@ -101,19 +182,34 @@ pub async fn mint(
             .map_err(|e| CommandFailure(format!("the mint command failed ({})", e.kind())))?;
         Ok((token, status))
     };
-    let (mut token, status) = tokio::time::timeout(COMMAND_TIMEOUT, run)
+    let (ran, stderr) = tokio::time::timeout(COMMAND_TIMEOUT, async { tokio::join!(run, errors) })
         .await
-        .map_err(|_| CommandFailure("the mint command timed out".into()))??;
-    if !status.success() {
-        return Err(status_failure("mint", status));
-    }
+        .map_err(|_| fail(CommandFailure("the mint command timed out".into())))?;
+    let (mut token, status) = ran.map_err(fail)?;
     while token.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
         token.pop();
     }
-    if token.is_empty() {
-        return Err(CommandFailure("the mint command printed no token".into()));
+    if status.success() && !token.is_empty() {
+        return Ok(token);
     }
-    Ok(token)
+    let failure = if status.success() {
+        CommandFailure("the mint command printed no token".into())
+    } else {
+        status_failure("mint", status)
+    };
+    let engine = custody_core::mask::MaskingEngine::new(
+        mask.iter()
+            .copied()
+            .chain((!token.is_empty()).then_some(("TOKEN", token.as_slice()))),
+    );
+    let failure = match stderr_tail(&stderr, &engine) {
+        Some(tail) => CommandFailure(format!("{}: {tail}", failure.0)),
+        None => CommandFailure(format!("{} (nothing on stderr)", failure.0)),
+    };
+    Err(MintFailure {
+        failure,
+        printed: (!token.is_empty()).then_some(token),
+    })
 }
 
 /// Runs the revoke command for `token` (none configured: nothing to do, the

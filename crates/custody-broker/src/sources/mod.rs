@@ -233,13 +233,16 @@ fn expiry(p: &Prepared, deadline: SystemTime) -> SystemTime {
 }
 
 /// Mints every prepared credential for `lease_id`. On failure the ones
-/// already minted are revoked by the caller through [`settle`].
+/// already minted are revoked by the caller through [`settle`]; a command
+/// that printed nothing minted nothing and leaves nothing to revoke. `mask`
+/// names the values a failed command's stderr must not show.
 pub(crate) async fn mint_all(
     broker: &Arc<Broker>,
     lease_id: &str,
     prepared: Vec<Prepared>,
     deadline: SystemTime,
     ttl: Duration,
+    mask: &[(&str, &[u8])],
 ) -> Result<Fresh, WireError> {
     let mut fresh = Fresh {
         values: Vec::new(),
@@ -268,9 +271,30 @@ pub(crate) async fn mint_all(
             }
             SourceSpec::Command(c) => {
                 let ttl_secs = ttl.as_secs().max(1);
-                let token = command::mint(c, lease_id, ttl_secs, &expires)
-                    .await
-                    .map_err(|e| source_error(&reference, e))?;
+                let token = match command::mint(c, lease_id, ttl_secs, &expires, mask).await {
+                    Ok(t) => t,
+                    Err(command::MintFailure { failure, printed }) => {
+                        match printed {
+                            // It printed something: a token may exist; keep
+                            // it sealed so the revocation can end it.
+                            Some(t) => {
+                                if let Ok(Ok(sealed)) = broker.with_vault(|v| {
+                                    Ok(seal_token(
+                                        &v.subkey(Subkey::LeaseToken),
+                                        lease_id,
+                                        &p.credential,
+                                        &t,
+                                    ))
+                                }) {
+                                    broker.credential_sealed(lease_id, &p.credential, sealed);
+                                }
+                            }
+                            // Nothing printed, nothing minted: nothing to revoke.
+                            None => broker.credential_never_minted(lease_id, &p.credential),
+                        }
+                        return Err(source_error(&reference, failure));
+                    }
+                };
                 let sealed = broker.with_vault(|v| {
                     Ok(seal_token(
                         &v.subkey(Subkey::LeaseToken),

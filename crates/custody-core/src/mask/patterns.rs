@@ -99,6 +99,9 @@ pub(crate) struct PatternTable {
     starts: Vec<usize>,
     /// Length of the longest pattern.
     max_len: usize,
+    /// Pattern ids in the lexicographic order of their bytes, to tell
+    /// whether some pattern begins with given bytes ([`PatternTable::extends`]).
+    sorted: Vec<u32>,
 }
 
 impl PatternTable {
@@ -130,6 +133,12 @@ impl PatternTable {
         }
         starts.push(order.len());
         let max_len = spans.iter().map(|&(_, l)| l).max().unwrap_or(0);
+        let mut sorted: Vec<u32> = (0..spans.len() as u32).collect();
+        let bytes = |id: u32| {
+            let (s, l) = spans[id as usize];
+            &arena[s..s + l]
+        };
+        sorted.sort_unstable_by(|&a, &b| bytes(a).cmp(bytes(b)));
         PatternTable {
             arena,
             spans,
@@ -137,7 +146,25 @@ impl PatternTable {
             keys,
             starts,
             max_len,
+            sorted,
         }
+    }
+
+    /// Whether some pattern is longer than `head` and begins with it: bytes
+    /// still to come could complete it, so `head` may not be emitted yet.
+    pub(crate) fn extends(&self, head: &[u8]) -> bool {
+        let bytes = |id: u32| {
+            let (s, l) = self.spans[id as usize];
+            &self.arena[s..s + l]
+        };
+        // Patterns beginning with `head` sort together, from the first one
+        // not below it.
+        let first = self.sorted.partition_point(|&id| bytes(id) < head);
+        self.sorted[first..]
+            .iter()
+            .map(|&id| bytes(id))
+            .take_while(|p| p.starts_with(head))
+            .any(|p| p.len() > head.len())
     }
 
     /// Number of patterns.

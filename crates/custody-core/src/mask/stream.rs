@@ -48,6 +48,15 @@ impl Masker {
         self.state.push(&self.engine, chunk, out);
     }
 
+    /// The stream paused: appends every held-back byte that cannot begin a
+    /// secret's form (no pattern begins with the bytes from it on), keeping
+    /// back only the suffix that could still become one. Output then shows
+    /// as it is written, not a pattern's length late. Costs a search per
+    /// held-back byte, so call it when the stream goes quiet, not per chunk.
+    pub fn flush(&mut self, out: &mut Vec<u8>) {
+        self.state.flush(&self.engine, out);
+    }
+
     /// Ends the stream: masks and appends the held-back tail. The masker can
     /// then be used for a new stream; its counts keep accumulating.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
@@ -175,6 +184,26 @@ impl StreamState {
         self.pass(engine, chunk, self.carry_pos, to, out);
         self.carry_pos += to as u64;
         self.carry.extend_from_slice(&chunk[to..]);
+    }
+
+    pub(super) fn flush(&mut self, engine: &MaskingEngine, out: &mut Vec<u8>) {
+        if engine.max_len == 0 || self.carry.is_empty() {
+            return;
+        }
+        // The first carried start that some pattern could still begin at;
+        // every start before it is decided with the bytes at hand (a pattern
+        // starting there either fits in the carry or cannot match).
+        let undecided = (0..self.carry.len())
+            .find(|&q| engine.table.extends(&self.carry[q..]))
+            .unwrap_or(self.carry.len());
+        if undecided == 0 {
+            return;
+        }
+        let carry = mem::take(&mut self.carry);
+        self.pass(engine, &carry, self.carry_pos, undecided, out);
+        self.carry_pos += undecided as u64;
+        self.carry = carry;
+        self.carry.drain(..undecided);
     }
 
     pub(super) fn finish(&mut self, engine: &MaskingEngine, out: &mut Vec<u8>) {

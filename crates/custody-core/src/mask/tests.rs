@@ -37,6 +37,61 @@ fn mask_chunked(
     (out, m.counts())
 }
 
+/// [`mask_chunked`] with a [`Masker::flush`] after every chunk, checking
+/// that what stays held back could still begin a pattern.
+fn mask_chunked_flushing(
+    engine: &Arc<MaskingEngine>,
+    input: &[u8],
+    sizes: &[usize],
+) -> (Vec<u8>, MaskCounts) {
+    let mut m = engine.masker();
+    let mut out = Vec::new();
+    let mut rest = input;
+    let mut i = 0;
+    while !rest.is_empty() {
+        let n = sizes[i % sizes.len()].clamp(1, rest.len());
+        m.push(&rest[..n], &mut out);
+        m.flush(&mut out);
+        rest = &rest[n..];
+        i += 1;
+    }
+    m.finish(&mut out);
+    (out, m.counts())
+}
+
+/// First hour, item 7: when the stream pauses, only a suffix that could
+/// still begin a secret's form stays held back.
+#[test]
+fn a_pause_releases_everything_that_cannot_begin_a_secret() {
+    let e = Arc::new(MaskingEngine::new([(
+        "K",
+        b"supersecret-value-0042".as_slice(),
+    )]));
+    let mut m = e.masker();
+    let mut out = Vec::new();
+    m.push(b"hello\n", &mut out);
+    assert!(out.is_empty(), "held back before the pause");
+    m.flush(&mut out);
+    assert_eq!(out, b"hello\n");
+    assert_eq!(m.held_back(), 0);
+    out.clear();
+    m.push(b"token: supersec", &mut out);
+    m.flush(&mut out);
+    assert_eq!(out, b"token: ");
+    assert_eq!(m.held_back(), b"supersec".len());
+    m.push(b"ret-value-0042 done\n", &mut out);
+    m.flush(&mut out);
+    m.finish(&mut out);
+    assert_eq!(out, b"token: [masked:K] done\n");
+    // Its hex and base64 forms are held back the same way.
+    let mut m = e.masker();
+    let mut out = Vec::new();
+    let hex = hex::encode(b"supersecret-value-0042");
+    m.push(format!("x {}", &hex[..10]).as_bytes(), &mut out);
+    m.flush(&mut out);
+    assert_eq!(out, b"x ");
+}
+
 /// The definition the engine must meet, computed by brute force: the union
 /// of all occurrence intervals of all patterns, each region replaced by the
 /// labels of the variables that extend it.
@@ -460,6 +515,9 @@ proptest! {
         let got = mask_chunked(&e, &input, &sizes);
         prop_assert_eq!(&got, &expected);
         prop_assert_eq!(&e.mask_all(&input), &expected);
+        // A pause after every chunk (the broker's idle flush) changes
+        // nothing but when bytes come out.
+        prop_assert_eq!(&mask_chunked_flushing(&e, &input, &sizes), &expected);
         for v in &values {
             // Too short without surrounding whitespace: not masked, by design.
             if !v.contains(&b'[') && !v.contains(&b']') && super::long_enough(v) {

@@ -315,6 +315,8 @@ fn queue(_g: &Global) -> anyhow::Result<ExitCode> {
         for p in pending.as_array().into_iter().flatten() {
             let id = p["id"].as_str().unwrap_or_default().to_owned();
             if seen.insert(id.clone()) {
+                // The terminal's bell: a request is waiting for the human.
+                eprint!("\x07");
                 match decide_on_tty(&id, Some(p)) {
                     Ok(Some(msg)) => eprintln!("{msg}"),
                     Ok(None) => eprintln!("skipped {id}"),

@@ -63,7 +63,9 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: InitArgs) -> anyhow::Result
         }))?;
     } else {
         println!("Created vault {}", vault.path().display());
-        println!("Next: `custody env create NAME` then `custody set NAME VAR`.");
+        println!(
+            "Next: `custody unlock` (starts the broker), then `custody env create NAME` and `custody set NAME VAR`."
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -49,16 +49,30 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: LsArgs) -> anyhow::Result<E
     } else if rows.is_empty() {
         println!("No variables yet: `custody set ENV VAR`.");
     } else {
+        // Columns as wide as their widest cell (a dynamic kind names its
+        // source, `postgres:main`), so rows line up whatever they hold.
+        let name_w = rows
+            .iter()
+            .map(|r| r.environment.len() + 1 + r.variable.name.len())
+            .chain([20])
+            .max()
+            .unwrap_or(20);
+        let kind_w = rows
+            .iter()
+            .map(|r| r.variable.kind_label().chars().count())
+            .chain([4])
+            .max()
+            .unwrap_or(4);
         println!(
-            "{:<40} {:<4} {:<5} {:<20}  DESCRIPTION",
+            "{:<name_w$} {:<kind_w$} {:<5} {:<20}  DESCRIPTION",
             "ENVIRONMENT/VARIABLE", "KIND", "VALUE", "UPDATED"
         );
         for r in &rows {
             let v = &r.variable;
             println!(
-                "{:<40} {:<4} {:<5} {:<20}  {}",
+                "{:<name_w$} {:<kind_w$} {:<5} {:<20}  {}",
                 format!("{}/{}", r.environment, v.name),
-                v.kind_label(),
+                crate::output::shown(&v.kind_label()),
                 match (v.kind, v.is_set) {
                     (custody_core::vault::VarKind::Dynamic, _) => "lease",
                     (_, true) => "set",

@@ -33,10 +33,41 @@ pub struct InstallArgs {
     /// Show what would change; write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Print a snippet for the project's AGENTS.md / CLAUDE.md / GEMINI.md
+    /// that tells the agent to use custody's tools and never ask for
+    /// secrets; change nothing.
+    #[arg(long)]
+    agents_md: bool,
+}
+
+/// What an agent should know about custody, for its instructions file.
+fn agents_md(client: Client) -> String {
+    format!(
+        "## Secrets: use custody\n\
+\n\
+This project's credentials are in custody. Never ask the user to paste a secret, never read\n\
+`.env` files or shell history for one, and never print or write a value.\n\
+\n\
+- `list_environments` (custody's MCP tool) shows the environments and variable *names*.\n\
+- To run something that needs a secret (tests, migrations, deploys), call custody's `run`\n\
+  tool with the environment and the exact command; custody asks the user to approve it,\n\
+  injects the values, and returns the output with every value masked as `[masked:NAME]`.\n\
+- If `run` answers `pending`, call `request_status` with the request id; do not loop.\n\
+- If a variable is missing, `declare_variable` it (or `generate_secret` for a random one)\n\
+  and tell the user to set its value with `custody set ENV VAR`.\n\
+- Do not try to read custody's files, its socket, or other processes' environments.\n\
+\n\
+The user starts this agent with `custody agent -- {}`.\n",
+        client.command()
+    )
 }
 
 pub fn run(g: &Global, a: InstallArgs) -> anyhow::Result<ExitCode> {
     let client = a.client;
+    if a.agents_md {
+        print!("{}", agents_md(client));
+        return Ok(ExitCode::SUCCESS);
+    }
     let scope = if a.project {
         Scope::Project
     } else {

@@ -3,6 +3,7 @@
 mod agent;
 mod approve;
 mod audit;
+mod completions;
 mod daemon;
 mod demo;
 mod env;
@@ -33,13 +34,34 @@ use crate::input::SecretInput;
 /// A local credential broker for AI coding agents. Values are never accepted
 /// on the command line: they come from a hidden prompt or stdin.
 #[derive(Debug, Parser)]
-#[command(name = "custody", version, about, long_about = None)]
+#[command(name = "custody", version, about, long_about = None, after_help = TOP_HELP)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// Examples and environment, after the command list of `custody --help`.
+const TOP_HELP: &str = "\
+Examples:
+  custody demo                                  a guided tour in a throwaway vault
+  custody init && custody unlock                create the vault, start the broker
+  custody env create shop-dev && custody set shop-dev API_KEY
+  custody run -e shop-dev -- cargo test         run with secrets injected (after approval)
+  custody mcp install claude                    connect an agent client over MCP
+  custody agent -- claude                       start it in custody's sandbox
+  custody approve                               approve what agents ask for (PIN)
+  custody audit --since 1h                      who used what
+
+Environment:
+  CUSTODY_HOME         vault, audit log (default $XDG_DATA_HOME/custody, else ~/.local/share/custody)
+  CUSTODY_RUNTIME_DIR  broker socket, lease files (default $XDG_RUNTIME_DIR/custody, else /tmp/custody-$UID)
+  CUSTODY_MCP_APPROVAL_WAIT  how long `custody mcp` waits for an approval (default 50s)
+  EDITOR               for `custody policy edit`
+
+Scripts: --passphrase-stdin and --pin-stdin read secrets from stdin, one per line, in that order.
+Exit codes: 0 ok (run: the command's code), 1 error, 2 wrong passphrase or PIN.";
 
 /// Options every subcommand takes.
 #[derive(Debug, Args)]
@@ -106,6 +128,10 @@ pub enum Command {
     /// Find vault values and known token shapes in a tree, git history or
     /// the staged files; `--install-hook` adds a git pre-commit check.
     Scan(scan::ScanArgs),
+    /// Print a shell completion script: bash, zsh, fish, elvish, powershell.
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff): `custody man > ~/.local/share/man/man1/custody.1`.
+    Man(completions::ManArgs),
     /// Start an agent client (claude, codex, gemini, a shell) inside the
     /// custody sandbox, identified by the name you give it.
     Agent(agent::AgentArgs),
@@ -144,6 +170,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Scan(a) => scan::run(g, &mut secrets, a),
         Command::Demo(a) => demo::run(g, &mut secrets, a),
         Command::Agent(a) => agent::run(g, &mut secrets, a),
+        Command::Completions(a) => completions::completions(g, &mut secrets, a),
+        Command::Man(a) => completions::man(g, &mut secrets, a),
     }
 }
 

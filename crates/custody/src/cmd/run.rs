@@ -100,11 +100,21 @@ pub fn run(g: &Global, _s: &mut SecretInput, a: RunArgs) -> anyhow::Result<ExitC
             crate::output::field(leak["variable"].as_str().unwrap_or("?")),
         );
     }
-    if v["reason"] == "deadline" {
-        eprintln!(
+    match v["reason"].as_str() {
+        Some("deadline") => eprintln!(
             "custody: the command hit its {} deadline and was killed",
             a.timeout
-        );
+        ),
+        Some("revoked") => eprintln!(
+            "custody: the lease was revoked (`custody revoke`) and the command was killed"
+        ),
+        Some("locked") => {
+            eprintln!("custody: the vault was locked and the command was killed")
+        }
+        Some("shutdown") => {
+            eprintln!("custody: the broker shut down and the command was killed")
+        }
+        _ => {}
     }
     if let Some(c) = v["exit_code"].as_i64() {
         return Ok(ExitCode::from(u8::try_from(c).unwrap_or(1)));
