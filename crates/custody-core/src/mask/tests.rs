@@ -22,27 +22,14 @@ fn mask_chunked(
     input: &[u8],
     sizes: &[usize],
 ) -> (Vec<u8>, MaskCounts) {
-    let mut m = engine.masker();
-    let mut out = Vec::new();
-    let mut rest = input;
-    let mut i = 0;
-    while !rest.is_empty() {
-        let n = sizes[i % sizes.len()].clamp(1, rest.len());
-        m.push(&rest[..n], &mut out);
-        assert!(m.held_back() < engine.longest_pattern_len().max(1));
-        rest = &rest[n..];
-        i += 1;
-    }
-    m.finish(&mut out);
-    (out, m.counts())
+    chunked(engine, input, sizes, false)
 }
 
-/// [`mask_chunked`] with a [`Masker::flush`] after every chunk, checking
-/// that what stays held back could still begin a pattern.
-fn mask_chunked_flushing(
+fn chunked(
     engine: &Arc<MaskingEngine>,
     input: &[u8],
     sizes: &[usize],
+    flush: bool,
 ) -> (Vec<u8>, MaskCounts) {
     let mut m = engine.masker();
     let mut out = Vec::new();
@@ -51,12 +38,25 @@ fn mask_chunked_flushing(
     while !rest.is_empty() {
         let n = sizes[i % sizes.len()].clamp(1, rest.len());
         m.push(&rest[..n], &mut out);
-        m.flush(&mut out);
+        assert!(m.held_back() < engine.longest_pattern_len().max(1));
+        if flush {
+            m.flush(&mut out);
+        }
         rest = &rest[n..];
         i += 1;
     }
     m.finish(&mut out);
     (out, m.counts())
+}
+
+/// [`mask_chunked`] with a [`Masker::flush`] after every chunk (the
+/// broker's pause), which may change only when bytes come out.
+fn mask_chunked_flushing(
+    engine: &Arc<MaskingEngine>,
+    input: &[u8],
+    sizes: &[usize],
+) -> (Vec<u8>, MaskCounts) {
+    chunked(engine, input, sizes, true)
 }
 
 /// First hour, item 7: when the stream pauses, only a suffix that could
