@@ -30,6 +30,49 @@ use crate::protocol::{self, Event};
 /// the requester's (or the broker's) environment reaches the child.
 pub const PASSTHROUGH: &[&str] = &["PATH", "HOME", "USER", "LANG", "TERM", "TMPDIR"];
 
+/// Longest passed-through value, and most passed-through bytes in all.
+const MAX_PASSED_VALUE: usize = 32 * 1024;
+const MAX_PASSED_TOTAL: usize = 256 * 1024;
+
+/// The environment a requester's command gets besides its secrets. An
+/// agent passes only [`PASSTHROUGH`]. A human's own terminal passes its
+/// whole environment, like `op run` (so `cargo` keeps `RUSTUP_HOME` and an
+/// app its `RAILS_ENV`), except variables that change how programs load
+/// (`LD_PRELOAD`, `NODE_OPTIONS`, `RUSTFLAGS`, …; those of [`PASSTHROUGH`]
+/// stay: the program is resolved and bound with `PATH`): a process that
+/// escaped an agent's tree counts as a terminal, and must not slip a library
+/// into a pre-approved command. A human puts such a variable in the command
+/// itself (`-- env RUSTFLAGS=… cargo build`), where the approval shows it.
+/// Malformed names and oversized values are dropped.
+pub fn passthrough_for(
+    requester: &crate::grants::Requester,
+    env: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut total = 0;
+    env.iter()
+        .filter(|(k, _)| match requester {
+            crate::grants::Requester::Agent { .. } => PASSTHROUGH.contains(&k.as_str()),
+            crate::grants::Requester::Terminal { .. } => {
+                PASSTHROUGH.contains(&k.as_str())
+                    || !custody_core::names::changes_how_programs_load(k)
+            }
+        })
+        .filter(|(k, v)| {
+            let ok = !k.is_empty()
+                && k.len() <= 256
+                && !k.contains(['=', '\0'])
+                && !v.contains('\0')
+                && v.len() <= MAX_PASSED_VALUE
+                && total + k.len() + v.len() <= MAX_PASSED_TOTAL;
+            if ok {
+                total += k.len() + v.len();
+            }
+            ok
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// How long the output pipes may stay open after the lease's process group
 /// is gone before the broker looks for escaped descendants holding them.
 const PIPES_CLOSE: Duration = Duration::from_millis(50);
@@ -238,10 +281,9 @@ pub fn spawn(plan: &LeasePlan) -> Result<(Spawned, Started, PathBuf), LeaseError
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
+    // Filtered for the requester at admission ([`passthrough_for`]).
     for (k, v) in &plan.passthrough {
-        if PASSTHROUGH.contains(&k.as_str()) {
-            cmd.env(k, v);
-        }
+        cmd.env(k, v);
     }
     // std's Command keeps its own copy of each value until it is dropped
     // (right after spawn); that copy is not zeroized, a documented residual.
@@ -545,6 +587,39 @@ mod tests {
             as_file: false,
             value: Zeroizing::new(vec![b'v'; len]),
         }
+    }
+
+    /// An agent passes only PATH, HOME, USER, LANG, TERM, TMPDIR, whatever
+    /// its `custody mcp` sends; a terminal passes the rest too, but no
+    /// loader variable, and nothing malformed or oversized.
+    #[test]
+    fn an_agent_passes_only_the_short_list() {
+        use crate::grants::Requester;
+        let env: BTreeMap<String, String> = [
+            ("PATH", "/usr/bin"),
+            ("HOME", "/home/me"),
+            ("RAILS_ENV", "test"),
+            ("LD_PRELOAD", "/tmp/evil.so"),
+            ("NODE_OPTIONS", "--require /tmp/evil.js"),
+            ("BAD=NAME", "x"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let mut env = env;
+        env.insert("HUGE".into(), "x".repeat(MAX_PASSED_VALUE + 1));
+        let agent = Requester::Agent {
+            client: "codex".into(),
+            agent_pid: 1,
+            sandboxed: false,
+        };
+        let names = |m: BTreeMap<String, String>| m.into_keys().collect::<Vec<_>>();
+        assert_eq!(names(passthrough_for(&agent, &env)), ["HOME", "PATH"]);
+        let terminal = Requester::Terminal { session: 1 };
+        assert_eq!(
+            names(passthrough_for(&terminal, &env)),
+            ["HOME", "PATH", "RAILS_ENV"]
+        );
     }
 
     /// A run that cannot start names the variable behind it (an older

@@ -64,6 +64,10 @@ pub async fn run(
 ) -> Result<Value, WireError> {
     validate(&spec)?;
     let requester = broker.requester(peer);
+    let spec = RunSpec {
+        passthrough: crate::lease::passthrough_for(&requester, &spec.passthrough),
+        ..spec
+    };
     // Binding reads files: off the async threads and the state lock.
     let binding = bind_blocking(&spec).await?;
     let grant_id = match broker.admit(&requester, &spec, binding)? {

@@ -1471,3 +1471,33 @@ fn output_shows_while_the_command_is_quiet() {
     let all = stream_output(&events, "stdout");
     assert_eq!(all, b"hello\npartial [masked:TOKEN]\nbye\n");
 }
+
+/// First hour, item 8: a human's terminal run gets the terminal's
+/// environment (RAILS_ENV, RUSTUP_HOME…) but never a variable that changes
+/// how programs load (a process escaped from an agent counts as a terminal
+/// and must not slip LD_PRELOAD into a command). What an agent may pass:
+/// `lease::tests::an_agent_passes_only_the_short_list`.
+#[test]
+fn a_terminal_passes_its_environment_but_no_loader_variable() {
+    let b = TestBroker::unlocked();
+    b.env_create("e");
+    b.set("e", "TOKEN", b"env-pass-secret-value-01");
+    let script = "echo \"[$RAILS_ENV][$LD_PRELOAD][$NODE_OPTIONS][$HOME]\"";
+    let with_env = |mut spec: RunSpec| {
+        for (k, v) in [
+            ("RAILS_ENV", "test"),
+            ("LD_PRELOAD", "/tmp/evil.so"),
+            ("NODE_OPTIONS", "--require /tmp/evil.js"),
+            ("HOME", "/home/someone"),
+        ] {
+            spec.passthrough.insert(k.into(), v.into());
+        }
+        spec
+    };
+    let (events, res) = b.run_approved(with_env(b.spec(&["sh", "-c", script], &["e"])));
+    res.unwrap();
+    assert_eq!(
+        stream_output(&events, "stdout"),
+        b"[test][][][/home/someone]\n"
+    );
+}

@@ -272,11 +272,13 @@ fn run_masks_output_and_passes_the_exit_code_through() {
     assert!(stderr.contains("err=[masked:TOKEN]"), "{stderr}");
     assert!(!stdout.contains("s3cr3t") && !stderr.contains("s3cr3t"));
     assert!(!stdout.contains("czNjcjN0"), "base64 form leaked: {stdout}");
-    // Only the injected variables and the passthrough list reach the child.
+    // With --clean-env, only the injected variables and the short list
+    // reach the child (by default, the caller's environment does too:
+    // `run_passes_the_callers_environment_unless_clean_env`).
     e.preapprove("e", &["env"]);
     let out = e
         .cmd()
-        .args(["run", "-e", "e", "--", "env"])
+        .args(["run", "--clean-env", "-e", "e", "--", "env"])
         .assert()
         .success();
     let env_out = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
@@ -1245,4 +1247,29 @@ fn ls_columns_line_up_with_dynamic_kinds() {
         };
         assert_eq!(at(line, cell), value, "{text}");
     }
+}
+
+/// First hour, item 8: `custody run` from a terminal passes the caller's
+/// environment (not only PATH, HOME, …), `--clean-env` only the short list,
+/// and never a variable that changes how programs load.
+#[test]
+fn run_passes_the_callers_environment_unless_clean_env() {
+    let e = env_with_token();
+    let script = "echo \"[$RAILS_ENV][$RUSTUP_HOME][$LD_PRELOAD]\"";
+    e.preapprove("e", &["sh", "-c", script]);
+    let run = |extra: &[&str]| {
+        let out = e
+            .cmd()
+            .env("RAILS_ENV", "test")
+            .env("RUSTUP_HOME", "/opt/rustup")
+            .env("LD_PRELOAD", "/nonexistent/evil.so")
+            .arg("run")
+            .args(extra)
+            .args(["-e", "e", "--", "sh", "-c", script])
+            .assert()
+            .success();
+        String::from_utf8_lossy(&out.get_output().stdout).into_owned()
+    };
+    assert_eq!(run(&[]), "[test][/opt/rustup][]\n");
+    assert_eq!(run(&["--clean-env"]), "[][][]\n");
 }

@@ -52,16 +52,29 @@ fn scope(a: &ApproveArgs) -> anyhow::Result<ApprovalScope> {
 /// (an agent's own `PATH` first, say), one per line.
 fn differing_env(p: &Value) -> String {
     let mut out = String::new();
+    // The variables that decide what runs and where are shown when they
+    // differ from yours; a terminal's other variables only by count.
+    let mut others = 0;
     for (k, v) in p["passthrough"].as_object().into_iter().flatten() {
         let theirs = v.as_str().unwrap_or_default();
-        if std::env::var(k).ok().as_deref() != Some(theirs) {
+        if std::env::var(k).ok().as_deref() == Some(theirs) {
+            continue;
+        }
+        if custody_broker::lease::PASSTHROUGH.contains(&k.as_str()) {
             out.push_str(&format!(
                 "\n  env differs:  {}={} (yours: {})",
                 output::shown(k),
                 output::shown(theirs),
                 output::shown(&std::env::var(k).unwrap_or_else(|_| "unset".into()))
             ));
+        } else {
+            others += 1;
         }
+    }
+    if others > 0 {
+        out.push_str(&format!(
+            "\n  env:          {others} more variable(s) differ from yours (`custody --json approve --list` shows them)"
+        ));
     }
     for f in p["files"].as_array().into_iter().flatten() {
         out.push_str(&format!(

@@ -27,6 +27,12 @@ pub struct RunArgs {
     /// Never ask for approval here; wait for `custody approve` elsewhere.
     #[arg(long)]
     no_prompt: bool,
+    /// Pass only PATH, HOME, USER, LANG, TERM and TMPDIR from this
+    /// environment (by default the command gets all of it, except variables
+    /// that change how programs load, such as LD_PRELOAD, NODE_OPTIONS or
+    /// RUSTFLAGS: put those in the command, `-- env RUSTFLAGS=… cargo build`).
+    #[arg(long)]
+    clean_env: bool,
     /// The command and its arguments (after `--`).
     #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
     command: Vec<String>,
@@ -40,10 +46,22 @@ pub fn run(g: &Global, _s: &mut SecretInput, a: RunArgs) -> anyhow::Result<ExitC
         )
     })?;
     let cwd = std::env::current_dir().context("reading the current directory")?;
-    let passthrough: BTreeMap<String, String> = custody_broker::lease::PASSTHROUGH
-        .iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
-        .collect();
+    // Your environment, as `op run` passes it (the broker drops what only a
+    // terminal may not pass, see `lease::passthrough_for`); `--clean-env`:
+    // the few variables an agent's command gets.
+    let passthrough: BTreeMap<String, String> = if a.clean_env {
+        custody_broker::lease::PASSTHROUGH
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
+            .collect()
+    } else {
+        // `_` is the shell's note of the last command: it would make every
+        // run's environment differ, and a timed grant cover none.
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter(|(k, _)| k != "_")
+            .collect()
+    };
     let spec = RunSpec {
         argv: a.command.clone(),
         cwd: cwd.to_string_lossy().into_owned(),
