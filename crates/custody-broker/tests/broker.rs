@@ -966,7 +966,10 @@ expires = "2099-12-31T00:00:00Z"
     let k = kinds(&records);
     assert_eq!(k.get("lease_start"), Some(&total), "{k:?}");
     assert_eq!(k.get("lease_end"), Some(&total), "{k:?}");
-    assert_eq!(k.get("request"), None, "pre-approved runs never ask: {k:?}");
+    // Pre-approved runs never wait for a human: no approval; the one
+    // policy grant is audited with the request that made it (who, what).
+    assert_eq!(k.get("approval"), None, "pre-approved runs never ask: {k:?}");
+    assert_eq!(k.get("request"), k.get("grant"), "{k:?}");
     let v = b.audit_verify();
     assert_eq!(v["intact"], true, "{v}");
     assert_eq!(v["records"], records.len(), "{v}");

@@ -1273,3 +1273,74 @@ fn run_passes_the_callers_environment_unless_clean_env() {
     assert_eq!(run(&[]), "[test][/opt/rustup][]\n");
     assert_eq!(run(&["--clean-env"]), "[][][]\n");
 }
+
+/// `custody ARGS` on a pseudo-terminal of its own (`script`), for output
+/// that is meant for a terminal.
+fn on_a_terminal(e: &Env, args: &str) -> String {
+    let bin = assert_cmd::cargo::cargo_bin("custody");
+    let mut c = StdCommand::new("script");
+    e.apply(&mut c);
+    let out = c
+        .args(["-qec", &format!("'{}' {args}", bin.display()), "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).replace('\r', "")
+}
+
+/// First hour, item 13: "what did my agent do today?" — on a terminal,
+/// `custody audit` is a table in local time with who, what and where;
+/// filters pick an agent, an environment or record types; `--summary` is
+/// one screen; `--json` stays one record per line for machines.
+#[test]
+fn audit_reads_as_a_table_with_filters_and_a_summary() {
+    let e = env_with_token();
+    e.preapprove("e", &["sh", "-c", "echo $TOKEN"]);
+    e.cmd()
+        .args(["run", "-e", "e", "--", "sh", "-c", "echo $TOKEN"])
+        .assert()
+        .success();
+    let table = on_a_terminal(&e, "audit");
+    assert!(table.contains("WHEN") && table.contains("WHO"), "{table}");
+    assert!(table.contains("ran `sh -c 'echo $TOKEN'`"), "{table}");
+    assert!(table.contains("masked TOKEN×1"), "{table}");
+    // A pre-approved run is attributed too: its request, then its grant.
+    assert!(table.contains("pre-approved by policy: grant"), "{table}");
+    assert!(
+        table.contains("asked to run `sh -c 'echo $TOKEN'`"),
+        "{table}"
+    );
+    assert!(
+        table.contains("s ago") || table.contains("m ago"),
+        "{table}"
+    );
+    assert!(
+        !table.contains("\"type\""),
+        "raw JSON in the table: {table}"
+    );
+    let ends = on_a_terminal(&e, "audit --type lease_end");
+    assert!(ends.contains("ended (exited): exit 0"), "{ends}");
+    assert!(!ends.contains("ran `"), "{ends}");
+    let mine = on_a_terminal(&e, "audit --agent you --env e");
+    assert!(mine.contains("ran `"), "{mine}");
+    let other = on_a_terminal(&e, "audit --agent codex");
+    assert!(!other.contains("ran `"), "{other}");
+    let summary = on_a_terminal(&e, "audit --summary");
+    assert!(summary.contains("Since 24h"), "{summary}");
+    assert!(
+        summary.contains("1 request(s)") && summary.contains("1 run(s)"),
+        "{summary}"
+    );
+    // Machines: JSON lines, filtered the same way.
+    let out = e
+        .cmd()
+        .args(["--json", "audit", "--type", "request"])
+        .assert()
+        .success();
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.get_output().stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["event"]["type"], "request");
+}

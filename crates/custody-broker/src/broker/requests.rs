@@ -133,9 +133,21 @@ impl Broker {
                     .expires
                     .duration_since(SystemTime::now())
                     .unwrap_or_default();
+                // Who ran what stays in the audit for a pre-approved run
+                // too: the request, then its grant with no approval between.
+                let request_id = new_id("r");
+                st.audit(AuditEvent::Request {
+                    request_id: request_id.clone(),
+                    requester: requester.describe(),
+                    argv: spec.argv.clone(),
+                    cwd: spec.cwd.clone(),
+                    environments: spec.environments.clone(),
+                    variables: scope.variables.iter().cloned().collect(),
+                    ttl_secs: spec.timeout_secs,
+                })?;
                 st.audit(AuditEvent::Grant {
                     grant_id: id.clone(),
-                    request_id: "policy".into(),
+                    request_id,
                     expires_at: rfc3339(pre.expires),
                     max_uses: None,
                 })?;

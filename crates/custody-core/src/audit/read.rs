@@ -24,7 +24,8 @@ pub enum Since {
 }
 
 impl Since {
-    fn admits(&self, record: &AuditRecord) -> bool {
+    /// Whether `record` is at or after this point.
+    pub fn admits(&self, record: &AuditRecord) -> bool {
         match *self {
             Since::Seq(seq) => record.seq >= seq,
             Since::Time(t) => parse_rfc3339(&record.time).is_none_or(|rt| rt >= t),

@@ -23,9 +23,23 @@ pub struct AuditArgs {
     #[arg(long, short = 'f')]
     follow: bool,
     /// Only records from this point: a seq number, an RFC 3339 time, or an
-    /// age like 15m or 2h.
+    /// age like 15m or 2h (`--summary`: 24h unless given).
     #[arg(long)]
     since: Option<String>,
+    /// Only what this agent did (its name as approvals show it, e.g.
+    /// claude-code; `you` for your own terminal).
+    #[arg(long, value_name = "NAME")]
+    agent: Option<String>,
+    /// Only what concerns this environment.
+    #[arg(long, value_name = "ENV")]
+    env: Option<String>,
+    /// Only these record types (comma-separated: request, approval, denial,
+    /// lease_start, lease_end, vault_change, session_start, agent_start, …).
+    #[arg(long = "type", value_name = "TYPE", value_delimiter = ',')]
+    types: Vec<String>,
+    /// One screen: per agent, requests, decisions, runs and masks.
+    #[arg(long)]
+    summary: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -71,8 +85,21 @@ fn log_path() -> anyhow::Result<std::path::PathBuf> {
         .join(audit::AUDIT_FILE))
 }
 
-fn print(g: &Global, r: &AuditRecord) -> anyhow::Result<()> {
-    if g.json {
+/// How records are shown: JSON lines, a table for people (on a terminal),
+/// or one plain line each (for pipes and older scripts).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Json,
+    Table,
+    Lines,
+}
+
+fn print(shape: Shape, r: &AuditRecord, row: &super::audit_view::Row) -> anyhow::Result<()> {
+    if shape == Shape::Table {
+        super::audit_view::print_row(row);
+        return Ok(());
+    }
+    if shape == Shape::Json {
         println!("{}", serde_json::to_string(r)?);
     } else {
         let mut ev = serde_json::to_value(&r.event)?;
@@ -105,13 +132,48 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: AuditArgs) -> anyhow::Resul
         None => {}
     }
     let path = log_path()?;
-    let since = a.since.as_deref().map(since).transpose()?;
+    let since_text = a
+        .since
+        .clone()
+        .or_else(|| a.summary.then(|| "24h".to_owned()));
+    let since = since_text.as_deref().map(since).transpose()?;
+    let filter = super::audit_view::Filter {
+        agent: a.agent.clone(),
+        env: a.env.clone(),
+        types: a.types.clone(),
+    };
+    let shape = if g.json {
+        Shape::Json
+    } else if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        Shape::Table
+    } else {
+        Shape::Lines
+    };
+    // Every record is read from the start, so a row can name who is behind
+    // it (a lease's requester); `--since` only decides what is shown.
+    let mut links = super::audit_view::Links::default();
+    let mut shown = |r: &AuditRecord, rows: Option<&mut Vec<super::audit_view::Row>>| {
+        let row = links.row(r);
+        if since.as_ref().is_some_and(|s| !s.admits(r)) || !filter.keeps(&row) {
+            return Ok(());
+        }
+        match rows {
+            Some(rows) => {
+                rows.push(row);
+                Ok(())
+            }
+            None => print(shape, r, &row),
+        }
+    };
     if a.follow {
-        let follower = audit::follow(&path, since, Duration::from_millis(200))
+        let follower = audit::follow(&path, None, Duration::from_millis(200))
             .with_context(|| format!("reading {}", path.display()))?;
+        if shape == Shape::Table {
+            super::audit_view::print_header();
+        }
         for item in follower {
             match item {
-                Ok(r) => print(g, &r)?,
+                Ok(r) => shown(&r, None)?,
                 Err(e) => eprintln!("custody: {e}"),
             }
         }
@@ -123,9 +185,22 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: AuditArgs) -> anyhow::Resul
         }
         return Ok(ExitCode::SUCCESS);
     }
-    for item in audit::read(&path, since).with_context(|| format!("reading {}", path.display()))? {
+    let records =
+        audit::read(&path, None).with_context(|| format!("reading {}", path.display()))?;
+    if a.summary {
+        let mut rows = Vec::new();
+        for r in records.flatten() {
+            shown(&r, Some(&mut rows))?;
+        }
+        super::audit_view::print_summary(&rows, since_text.as_deref().unwrap_or("the start"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if shape == Shape::Table {
+        super::audit_view::print_header();
+    }
+    for item in records {
         match item {
-            Ok(r) => print(g, &r)?,
+            Ok(r) => shown(&r, None)?,
             Err(e) => eprintln!("custody: {e}"),
         }
     }

@@ -3,6 +3,7 @@
 mod agent;
 mod approve;
 mod audit;
+mod audit_view;
 mod completions;
 mod daemon;
 mod demo;
