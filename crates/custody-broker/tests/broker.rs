@@ -968,7 +968,11 @@ expires = "2099-12-31T00:00:00Z"
     assert_eq!(k.get("lease_end"), Some(&total), "{k:?}");
     // Pre-approved runs never wait for a human: no approval; the one
     // policy grant is audited with the request that made it (who, what).
-    assert_eq!(k.get("approval"), None, "pre-approved runs never ask: {k:?}");
+    assert_eq!(
+        k.get("approval"),
+        None,
+        "pre-approved runs never ask: {k:?}"
+    );
     assert_eq!(k.get("request"), k.get("grant"), "{k:?}");
     let v = b.audit_verify();
     assert_eq!(v["intact"], true, "{v}");

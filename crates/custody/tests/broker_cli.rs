@@ -1344,3 +1344,84 @@ fn audit_reads_as_a_table_with_filters_and_a_summary() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["event"]["type"], "request");
 }
+
+/// The demo's PIN, as it prints it.
+fn demo_pin_on(screen: &str) -> String {
+    let at = screen
+        .find("The demo's approval PIN is ")
+        .expect("the demo prints its PIN");
+    screen[at + "The demo's approval PIN is ".len()..][..6].to_owned()
+}
+
+/// First hour, item 11: the demo forgives a PIN typo (asks again), shows
+/// the audit trail and the next steps after a denial too, cleans up on
+/// Ctrl-C (no broker left, no throwaway vault), and prints commands quoted
+/// for copy-paste.
+#[test]
+fn the_demo_forgives_typos_shows_a_denial_through_and_cleans_up_on_ctrl_c() {
+    let e = Env::new();
+    let tmp = e.dir.path().join("demo-tmp");
+    fs::create_dir(&tmp).unwrap();
+    let demo = format!("TMPDIR='{}' custody demo", tmp.display());
+
+    // A typo, then the right PIN.
+    let t = Tmux::start(&e, &demo);
+    let screen = t.wait_for("Approve this one run?");
+    assert!(
+        screen.contains("env create demo-app -d 'the demo app'"),
+        "{screen}"
+    );
+    let pin = demo_pin_on(&screen);
+    let wrong = if pin == "111111" { "222222" } else { "111111" };
+    t.line("y");
+    t.wait_for("Approval PIN");
+    t.line(wrong);
+    t.wait_for("Wrong PIN");
+    t.line(&pin);
+    t.wait_for("the token is [masked:API_TOKEN]");
+    t.wait_for("[exit 0]");
+    drop(t);
+
+    // A denial: the agent's answer, then the audit trail and next steps.
+    let t = Tmux::start(&e, &demo);
+    t.wait_for("Approve this one run?");
+    t.line("n");
+    let screen = t.wait_for("[exit 0]");
+    assert!(screen.contains("You said no"), "{screen}");
+    assert!(screen.contains("denial"), "{screen}");
+    assert!(screen.contains("Next, for real use"), "{screen}");
+    drop(t);
+
+    // Ctrl-C at the question: everything it made is gone. (The pane's shell
+    // outlives the Ctrl-C, as an interactive one does.)
+    let t = Tmux::start(&e, &format!("trap 'true' INT; {demo}"));
+    t.wait_for("Approve this one run?");
+    let demo_dir = fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|d| d.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("custody-demo-")
+        })
+        .expect("the demo's throwaway directory");
+    let status = StdCommand::new(assert_cmd::cargo::cargo_bin("custody"))
+        .args(["--json", "status"])
+        .env("CUSTODY_HOME", demo_dir.join("home"))
+        .env("CUSTODY_RUNTIME_DIR", demo_dir.join("run"))
+        .output()
+        .unwrap();
+    let broker = serde_json::from_slice::<Value>(&status.stdout).unwrap()["pid"]
+        .as_u64()
+        .expect("the demo broker runs") as u32;
+    assert!(alive(broker));
+    t.tmux(&["send-keys", "-t", "0", "C-c"]);
+    t.wait_for("interrupted");
+    assert!(!demo_dir.exists(), "the throwaway vault is left");
+    assert!(
+        wait_until(Duration::from_secs(10), || !alive(broker)),
+        "the demo broker {broker} is left running"
+    );
+}

@@ -62,9 +62,10 @@ impl Tour {
         c
     }
 
-    /// Runs a custody subcommand with `stdin`, showing the command line.
+    /// Runs a custody subcommand with `stdin`, showing the command line
+    /// (quoted, so it can be copied into a shell).
     fn custody(&self, args: &[&str], stdin: &str) -> anyhow::Result<String> {
-        println!("   $ custody {}", args.join(" "));
+        println!("   $ custody {}", super::argv_line(&json!(args)));
         let mut child = self
             .command()
             .args(args)
@@ -89,6 +90,19 @@ impl Tour {
             println!("     {line}");
         }
         Ok(text)
+    }
+
+    /// Locks and stops the demo's broker, if it runs.
+    fn stop_broker(&self) {
+        if let Ok(mut c) = self.broker() {
+            let _ = c.call(Request::Lock);
+            if let Ok(v) = c.call(Request::Status)
+                && let Some(pid) = v["pid"].as_u64()
+                && let Some(p) = rustix::process::Pid::from_raw(pid as i32)
+            {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+            }
+        }
     }
 
     fn broker(&self) -> anyhow::Result<custody_broker::Client> {
@@ -198,6 +212,98 @@ fn tool_result(v: &Value) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| json!(text))
 }
 
+/// On SIGINT, SIGTERM or SIGHUP: put the terminal back as it was, stop the
+/// demo broker, remove the throwaway directory (unless `--keep`), exit 130.
+fn on_interrupt(tour: &Tour, keep: bool) {
+    let saved = rustix::termios::tcgetattr(std::io::stdin()).ok();
+    let tour = Tour {
+        dir: tour.dir.clone(),
+        exe: tour.exe.clone(),
+        yes: tour.yes,
+    };
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+                _ = hup.recv() => {}
+            }
+        });
+        if let Some(t) = &saved {
+            let _ = rustix::termios::tcsetattr(
+                std::io::stdin(),
+                rustix::termios::OptionalActions::Now,
+                t,
+            );
+        }
+        tour.stop_broker();
+        if keep {
+            eprintln!(
+                "\ncustody demo: interrupted; the demo directory is kept at {}",
+                tour.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&tour.dir);
+            eprintln!(
+                "\ncustody demo: interrupted; the demo broker is stopped and its throwaway vault removed"
+            );
+        }
+        std::process::exit(130);
+    });
+}
+
+/// Approves `id` once: with `--yes` with the demo PIN; otherwise asks for
+/// it, and again after a typo (three tries: each wrong one counts toward
+/// the vault's lockout, as it would for real).
+fn approve_with_pin(
+    t: &Tour,
+    broker: &mut custody_broker::Client,
+    id: &str,
+    pin: &str,
+) -> anyhow::Result<()> {
+    let request = || Request::Approve {
+        request_id: id.to_owned(),
+        scope: ApprovalScope::Once,
+    };
+    if t.yes {
+        say(&format!(
+            "  (--yes: approving once with the demo PIN {pin})"
+        ));
+        return broker
+            .call_with_pin(request(), pin.as_bytes(), None)
+            .map(|_| ())
+            .map_err(crate::access::broker_err);
+    }
+    for attempt in 1..=3 {
+        let typed =
+            input::prompt_hidden(&format!("   Approval PIN (the demo's is {pin}): "), "--yes")?;
+        match broker.call_with_pin(request(), &typed, None) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.code() == Some("wrong_pin") && attempt < 3 => {
+                say(&format!("Wrong PIN (the demo's is {pin}); try again."));
+                // The exchange's connection is spent: a fresh one.
+                *broker = t.broker()?;
+            }
+            Err(e) => return Err(crate::access::broker_err(e)),
+        }
+    }
+    bail!("three wrong PINs: the request stays pending; the demo ends here")
+}
+
 fn demo_pin() -> anyhow::Result<String> {
     let b: [u8; 4] = custody_core::crypto::random_array()?;
     Ok(format!("{:06}", u32::from_le_bytes(b) % 1_000_000))
@@ -217,16 +323,13 @@ pub fn run(_g: &Global, _s: &mut SecretInput, a: DemoArgs) -> anyhow::Result<Exi
         exe: std::env::current_exe().context("finding the custody binary")?,
         yes: a.yes,
     };
+    // Ctrl-C (or the terminal closing) at any step still cleans up: the
+    // demo broker stopped, the throwaway directory removed, the terminal's
+    // echo back on (a PIN prompt may have turned it off).
+    on_interrupt(&tour, a.keep);
     let result = tour_run(&tour);
     // Always stop the demo broker.
-    if let Ok(mut c) = tour.broker() {
-        let _ = c.call(Request::Lock);
-        if let Ok(v) = c.call(Request::Status)
-            && let Some(pid) = v["pid"].as_u64()
-        {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-        }
-    }
+    tour.stop_broker();
     if a.keep {
         let kept = dir.keep();
         println!("\nThe demo directory is kept at {}", kept.display());
@@ -358,49 +461,33 @@ fn tour_run(t: &Tour) -> anyhow::Result<()> {
         ENV,
         pending["variables"]
     ));
-    let typed_pin = if t.yes {
-        say(&format!(
-            "  (--yes: approving once with the demo PIN {pin})"
-        ));
-        pin.clone()
-    } else {
-        if !input::confirm("   Approve this one run?")? {
-            broker
-                .call(Request::Deny {
-                    request_id: id.clone(),
-                })
-                .map_err(crate::access::broker_err)?;
-            say("Denied. The agent gets an error telling it not to retry without asking you.");
-            let denied = agent.response(run_id, Duration::from_secs(30))?;
-            say(&format!("agent sees: {}", tool_result(&denied)));
-            return Ok(());
-        }
-        let p = input::prompt_hidden(&format!("   Approval PIN (the demo's is {pin}): "), "--yes")?;
-        String::from_utf8_lossy(&p).into_owned()
-    };
-    broker
-        .call_with_pin(
-            Request::Approve {
-                request_id: id,
-                scope: ApprovalScope::Once,
-            },
-            typed_pin.as_bytes(),
-            None,
-        )
-        .map_err(crate::access::broker_err)?;
-    let result = agent.response(run_id, Duration::from_secs(60))?;
-    let r = tool_result(&result);
+    let approve = t.yes || input::confirm("   Approve this one run?")?;
+    if approve {
+        approve_with_pin(t, &mut broker, &id, &pin)?;
+        let result = agent.response(run_id, Duration::from_secs(60))?;
+        let r = tool_result(&result);
 
-    step(6, "What the agent got back");
-    say(&format!(
-        "exit code {}, {} value(s) masked",
-        r["exit_code"], r["masked_count"]
-    ));
-    for line in r["stdout"].as_str().unwrap_or_default().lines() {
-        say(&format!("  | {line}"));
+        step(6, "What the agent got back");
+        say(&format!(
+            "exit code {}, {} value(s) masked",
+            r["exit_code"], r["masked_count"]
+        ));
+        for line in r["stdout"].as_str().unwrap_or_default().lines() {
+            say(&format!("  | {line}"));
+        }
+        say("The secret went into the process's environment only; its exact form and its");
+        say("base64 form were masked before anything reached the agent.");
+    } else {
+        broker
+            .call(Request::Deny {
+                request_id: id.clone(),
+            })
+            .map_err(crate::access::broker_err)?;
+        step(6, "You said no: what the agent got back");
+        let denied = agent.response(run_id, Duration::from_secs(30))?;
+        say(&format!("agent sees: {}", tool_result(&denied)));
+        say("Nothing ran, and no value left the vault. The denial is in the audit trail:");
     }
-    say("The secret went into the process's environment only; its exact form and its");
-    say("base64 form were masked before anything reached the agent.");
 
     step(7, "Who used what, when, approved by whom: the audit trail");
     t.custody(&["audit"], "")?;
