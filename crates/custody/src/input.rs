@@ -112,13 +112,42 @@ pub fn prompt_hidden(prompt: &str, flag: &str) -> anyhow::Result<Zeroizing<Vec<u
 }
 
 /// Asks twice on the terminal and insists both answers match.
-pub fn prompt_new(prompt: &str, again: &str, flag: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
-    let first = prompt_hidden(prompt, flag)?;
-    let second = prompt_hidden(again, flag)?;
-    if !custody_core::crypto::ct_eq(&first, &second) {
-        bail!("the two entries did not match; nothing was changed");
+pub fn prompt_new(
+    prompt: &str,
+    again: &str,
+    flag: &str,
+    check: impl Fn(&[u8]) -> anyhow::Result<()>,
+) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    // The rules are checked on the first entry, before the repeat is asked
+    // for; a broken rule or a mismatch asks again (three rounds).
+    for round in 1..=3 {
+        let first = prompt_hidden(prompt, flag)?;
+        if let Err(e) = check(&first) {
+            if round == 3 {
+                return Err(e.context("nothing was changed"));
+            }
+            eprintln!("{e:#}; try again.");
+            continue;
+        }
+        let second = prompt_hidden(again, flag)?;
+        if custody_core::crypto::ct_eq(&first, &second) {
+            return Ok(first);
+        }
+        if round == 3 {
+            bail!("the two entries did not match; nothing was changed");
+        }
+        eprintln!("The two entries did not match; try again.");
     }
-    Ok(first)
+    bail!("nothing was changed")
+}
+
+/// Rejects a new approval PIN that is too short.
+pub fn check_new_pin(p: &[u8]) -> anyhow::Result<()> {
+    let min = custody_core::vault::MIN_PIN_LEN;
+    if p.len() < min {
+        bail!("the approval PIN must be at least {min} characters");
+    }
+    Ok(())
 }
 
 /// Asks a yes/no question on the terminal; `false` unless the answer is y/yes.

@@ -22,10 +22,15 @@ struct Env {
 }
 
 impl Env {
-    fn new() -> Env {
-        let e = Env {
+    /// Directories only: no vault yet.
+    fn empty() -> Env {
+        Env {
             dir: tempfile::tempdir().unwrap(),
-        };
+        }
+    }
+
+    fn new() -> Env {
+        let e = Env::empty();
         e.cmd()
             .args([
                 "init",
@@ -1424,4 +1429,37 @@ fn the_demo_forgives_typos_shows_a_denial_through_and_cleans_up_on_ctrl_c() {
         wait_until(Duration::from_secs(10), || !alive(broker)),
         "the demo broker {broker} is left running"
     );
+}
+
+/// First hour, item 9: `init` on a terminal checks each rule as soon as the
+/// entry is typed and asks again (a short passphrase, then a mismatch, then
+/// a short PIN), instead of failing after all four entries.
+#[test]
+fn init_on_a_terminal_checks_each_entry_at_once_and_asks_again() {
+    let e = Env::empty();
+    let t = Tmux::start(&e, "custody init --insecure-fast-kdf");
+    t.wait_for("New vault passphrase:");
+    t.line("short");
+    t.wait_for("at least 8 characters; try again");
+    t.line(PASS);
+    t.wait_for("Repeat the passphrase:");
+    t.line("not the same passphrase");
+    t.wait_for("did not match; try again");
+    t.line(PASS);
+    t.line(PASS);
+    t.wait_for("Approval PIN");
+    t.line("123");
+    t.wait_for("at least 6 characters; try again");
+    t.line(PIN);
+    t.wait_for("Repeat the PIN:");
+    t.line(PIN);
+    let screen = t.wait_for("[exit ");
+    assert!(screen.contains("[exit 0]"), "{screen}");
+    assert!(screen.contains("Created vault"), "{screen}");
+    // The vault opens with what was finally typed.
+    e.cmd()
+        .args(["--passphrase-stdin", "ls"])
+        .write_stdin(format!("{PASS}\n"))
+        .assert()
+        .success();
 }

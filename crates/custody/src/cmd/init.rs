@@ -34,6 +34,7 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: InitArgs) -> anyhow::Result
             "New vault passphrase: ",
             "Repeat the passphrase: ",
             "--passphrase-stdin",
+            input::check_new_passphrase,
         )?
     };
     input::check_new_passphrase(&passphrase)?;
@@ -46,8 +47,10 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: InitArgs) -> anyhow::Result
             ),
             "Repeat the PIN: ",
             "--pin-stdin",
+            input::check_new_pin,
         )?
     };
+    input::check_new_pin(&pin)?;
     let params = if a.insecure_fast_kdf {
         KdfParams::INSECURE_FAST
     } else {

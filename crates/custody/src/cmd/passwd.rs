@@ -21,6 +21,7 @@ pub fn run(g: &Global, secrets: &mut SecretInput, _a: PasswdArgs) -> anyhow::Res
             "New vault passphrase: ",
             "Repeat the new passphrase: ",
             "--passphrase-stdin",
+            input::check_new_passphrase,
         )?
     };
     input::check_new_passphrase(&new)?;
