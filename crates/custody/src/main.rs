@@ -12,6 +12,8 @@ mod sandbox;
 
 use std::process::ExitCode;
 
+use clap::Parser;
+
 /// Exit code for a wrong passphrase or PIN.
 const EXIT_AUTH: u8 = 2;
 
@@ -21,7 +23,7 @@ fn main() -> ExitCode {
     // what it could not apply).
     let _ = custody_broker::harden_process();
     quiet_on_broken_pipe();
-    let cli = cmd::parse();
+    let cli = cmd::Cli::parse();
     match cmd::run(cli) {
         Ok(code) => code,
         Err(err) if broken_pipe(&err) => ExitCode::from(EXIT_BROKEN_PIPE),

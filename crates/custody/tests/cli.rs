@@ -1037,23 +1037,3 @@ fn completions_and_man_page_are_generated() {
         "the man page lacks the environment"
     );
 }
-
-/// First hour, item 14: the global flags show only where they mean
-/// something (and are still accepted everywhere).
-#[test]
-fn global_flags_are_hidden_where_they_mean_nothing() {
-    let h = Home::empty();
-    let help = |args: &[&str]| {
-        let out = h.cmd().args(args).arg("--help").assert().success();
-        String::from_utf8_lossy(&out.get_output().stdout).into_owned()
-    };
-    assert!(!help(&["agent"]).contains("--passphrase-stdin"));
-    assert!(!help(&["run"]).contains("--passphrase-stdin"));
-    assert!(!help(&["man"]).contains("--json"));
-    assert!(help(&["ls"]).contains("--passphrase-stdin"));
-    assert!(help(&["ls"]).contains("--json"));
-    h.cmd()
-        .args(["--json", "completions", "bash"])
-        .assert()
-        .success();
-}

@@ -141,45 +141,6 @@ pub enum Command {
     Demo(demo::DemoArgs),
 }
 
-/// Subcommands that never read the passphrase, and those that print no
-/// JSON: the global flags are hidden from their help (still accepted, so
-/// scripts that pass them everywhere keep working).
-const NO_PASSPHRASE: &[&str] = &[
-    "agent",
-    "approve",
-    "deny",
-    "grants",
-    "leases",
-    "revoke",
-    "run",
-    "lock",
-    "status",
-    "mcp",
-    "daemon",
-    "demo",
-    "completions",
-    "man",
-];
-const NO_JSON: &[&str] = &["daemon", "demo", "completions", "man"];
-
-/// Parses the command line (the global flags hidden where they mean
-/// nothing, see [`NO_PASSPHRASE`]).
-pub fn parse() -> Cli {
-    use clap::{CommandFactory, FromArgMatches};
-    let mut command = Cli::command();
-    // Propagates the global flags into every subcommand, so they can be
-    // hidden per subcommand below.
-    command.build();
-    for name in NO_PASSPHRASE {
-        command =
-            command.mut_subcommand(*name, |c| c.mut_arg("passphrase_stdin", |a| a.hide(true)));
-    }
-    for name in NO_JSON {
-        command = command.mut_subcommand(*name, |c| c.mut_arg("json", |a| a.hide(true)));
-    }
-    Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit())
-}
-
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut secrets = SecretInput::new();
