@@ -1001,6 +1001,10 @@ fn top_level_help_has_examples_and_environment() {
     ] {
         assert!(text.contains(want), "{want} missing from:\n{text}");
     }
+    // Every subcommand's own help works (required arguments do not stop it).
+    for sub in ["run", "agent", "set", "audit", "scan"] {
+        h.cmd().args([sub, "--help"]).assert().success();
+    }
 }
 
 /// First hour, item 15: completion scripts and a man page, generated from
