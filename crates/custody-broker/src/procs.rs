@@ -82,13 +82,22 @@ pub fn launcher_name(pid: u32) -> Option<String> {
     if args.get(1) != Some(&&b"agent"[..]) {
         return None;
     }
-    let mut rest = args[2..].iter().map(|a| String::from_utf8_lossy(a));
+    let opts: Vec<std::borrow::Cow<'_, str>> = args[2..]
+        .iter()
+        .map(|a| String::from_utf8_lossy(a))
+        .collect();
+    // The launcher's own sandbox stages (`--sandbox-init`, and the `--check`
+    // probes) are not launchers (the launcher is above them), wherever the
+    // flag stands before `--`.
+    if opts
+        .iter()
+        .take_while(|a| *a != "--")
+        .any(|a| a.starts_with("--sandbox-") || a.starts_with("--probe-"))
+    {
+        return None;
+    }
+    let mut rest = opts.into_iter();
     while let Some(a) = rest.next() {
-        // The launcher's own sandbox stages (`--sandbox-layout`, and the
-        // `--check` probes) are not launchers: the launcher is above them.
-        if a.starts_with("--sandbox-") || a.starts_with("--probe-") {
-            return None;
-        }
         if a == "--" {
             return rest.next().map(|c| custody_core::clients::for_command(&c));
         }

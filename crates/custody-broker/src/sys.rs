@@ -108,13 +108,18 @@ pub fn enter_agent_pid_namespace() -> std::io::Result<()> {
 pub fn mount_proc_before_exec(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the hook runs in the forked child before exec, where only
-    // async-signal-safe work is allowed. It makes one `mount` system call;
+    // async-signal-safe work is allowed. It makes one `prctl` and one
+    // `mount` system call;
     // its arguments are short literals that rustix converts to C strings
     // in a stack buffer (no allocation, no lock, no access to the parent's
     // memory), and it returns the call's result.
     unsafe {
         cmd.pre_exec(|| {
             use rustix::mount::MountFlags;
+            // If the launcher dies before the agent's first process has
+            // started, that process dies too (no agent without a launcher).
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)?;
             rustix::mount::mount(
                 "proc",
                 "/proc",

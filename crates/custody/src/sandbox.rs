@@ -160,6 +160,16 @@ pub fn plan(layout: &Layout) -> anyhow::Result<Plan> {
                 h.display()
             );
         }
+        if let Some(p) = never_writable(home.as_deref())
+            .into_iter()
+            .find(|p| p.starts_with(w))
+        {
+            bail!(
+                "{} cannot be writable in the sandbox: it is (or holds) {}, where programs you run later come from",
+                w.display(),
+                p.display()
+            );
+        }
         if let Some(h) = &home
             && h.starts_with(w)
         {
@@ -186,6 +196,23 @@ pub fn plan(layout: &Layout) -> anyhow::Result<Plan> {
         rules.push((layout.socket.clone(), Grant::Connect));
     }
     Ok(Plan { rules })
+}
+
+/// Directories whose contents decide what the human runs later: the bin
+/// directories on `PATH` and in `$HOME`, and `~/.config`. None may be made
+/// writable (nor a directory holding one).
+fn never_writable(home: Option<&Path>) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(h) = home {
+        for d in [".config", ".local/bin", "bin", ".cargo/bin"] {
+            out.push(h.join(d));
+        }
+    }
+    out.into_iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect()
 }
 
 /// Read on `dir`, or, when a hidden path lies beneath it, list on `dir` and
@@ -225,6 +252,75 @@ fn read_all_but(
         }
     }
     Ok(())
+}
+
+/// Most directory entries [`seal_sockets`] looks at.
+const SEAL_SCAN_LIMIT: usize = 20_000;
+
+/// In the agent's private mount namespace (the caller entered it and holds
+/// its capabilities): replaces every Unix socket that exists under `/tmp`,
+/// `/run`, `/var/run`, `$XDG_RUNTIME_DIR`, `~/.ssh` and `~/.gnupg` by
+/// `/dev/null` (a bind mount), except custody's runtime dir, and gives the
+/// agent an empty `/dev/shm`. Connecting to a pathname socket is not
+/// something Landlock restricts before ABI 9; without this an agent could
+/// reach the human's tmux (`send-keys`), ssh-agent, D-Bus or `systemd
+/// --user` (`systemd-run`) and start something outside its sandbox. Returns
+/// how many sockets it sealed. Sockets created after the launch are not
+/// covered (see `custody agent --check`).
+pub fn seal_sockets(runtime_dir: &Path, home: Option<&Path>) -> usize {
+    use std::os::unix::fs::FileTypeExt;
+    let keep = std::fs::canonicalize(runtime_dir).unwrap_or_else(|_| runtime_dir.to_path_buf());
+    let mut roots: Vec<(PathBuf, usize)> = vec![
+        (PathBuf::from("/tmp"), 2),
+        (PathBuf::from("/run"), 3),
+        (PathBuf::from("/var/run"), 3),
+    ];
+    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|x| !x.is_empty()) {
+        roots.push((PathBuf::from(x), 2));
+    }
+    if let Some(h) = home {
+        roots.push((h.join(".ssh"), 1));
+        roots.push((h.join(".gnupg"), 2));
+    }
+    let mut seen = 0;
+    let mut sealed = 0;
+    let mut stack: Vec<(PathBuf, usize)> = roots
+        .into_iter()
+        .filter_map(|(p, d)| std::fs::canonicalize(&p).ok().map(|c| (c, d)))
+        .collect();
+    let mut done = std::collections::BTreeSet::new();
+    while let Some((dir, depth)) = stack.pop() {
+        if dir.starts_with(&keep) || !done.insert(dir.clone()) {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            seen += 1;
+            if seen > SEAL_SCAN_LIMIT {
+                return sealed;
+            }
+            let Ok(t) = e.file_type() else { continue };
+            let p = e.path();
+            if t.is_socket() && !p.starts_with(&keep) {
+                if rustix::mount::mount_bind("/dev/null", &p).is_ok() {
+                    sealed += 1;
+                }
+            } else if t.is_dir() && depth > 1 {
+                stack.push((p, depth - 1));
+            }
+        }
+    }
+    // Shared memory shared with the human's processes: an empty one.
+    let _ = rustix::mount::mount(
+        "tmpfs",
+        "/dev/shm",
+        "tmpfs",
+        rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
+        None,
+    );
+    sealed
 }
 
 /// One protection and whether this kernel enforces it.
@@ -312,8 +408,14 @@ pub fn probe(namespaces: bool) -> Vec<Protection> {
             enforced: scope_supported(Scope::AbstractUnixSocket),
         },
         Protection {
+            name: "sockets-at-launch",
+            what: "every Unix socket under /tmp, /run, $XDG_RUNTIME_DIR, ~/.ssh, ~/.gnupg when the agent starts (tmux, ssh-agent, D-Bus, systemd --user, docker) is /dev/null inside; /dev/shm is its own",
+            needs: "user and mount namespaces for this user",
+            enforced: namespaces,
+        },
+        Protection {
             name: "unix-sockets",
-            what: "no connecting to pathname Unix sockets other than the broker's (tmux, ssh-agent, D-Bus, docker)",
+            what: "no connecting to pathname Unix sockets other than the broker's, also those created after the launch",
             needs: "Landlock ABI 9 (Linux 7.1)",
             enforced: fs_supported(AccessFs::ResolveUnix.into()),
         },

@@ -145,6 +145,11 @@ fn attacks_from_inside_custody_agent_are_refused_by_the_kernel_and_work_outside(
         let broker_pid = e.json(&["status"])["pid"].as_u64().unwrap();
         // Where the escapee leaves its answer: the agent may write its work dir.
         let tmp = e.work();
+        // A socket of the human's under /tmp (as tmux's and ssh-agent's are).
+        let human_socket = e.dir.path().join("human.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&human_socket).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&human_socket, fs::Permissions::from_mode(0o777)).unwrap();
         let cfg = |request: &str| {
             json!({
                 "vault": e.home().join("vault.db"),
@@ -162,6 +167,7 @@ fn attacks_from_inside_custody_agent_are_refused_by_the_kernel_and_work_outside(
                 "pin": PIN,
                 "custody": custody(),
                 "request": request,
+                "human_socket": human_socket,
             })
         };
 
@@ -182,6 +188,7 @@ fn attacks_from_inside_custody_agent_are_refused_by_the_kernel_and_work_outside(
             ("signal_broker", "ESRCH"),
             ("write_bashrc", "EACCES"),
             ("read_ssh_key", "EACCES"),
+            ("connect_human_socket", "ECONNREFUSED"),
         ] {
             assert_eq!(
                 inside[attempt], errno,
@@ -217,6 +224,7 @@ fn attacks_from_inside_custody_agent_are_refused_by_the_kernel_and_work_outside(
             "signal_broker",
             "write_bashrc",
             "read_ssh_key",
+            "connect_human_socket",
             "escape_and_approve",
         ] {
             assert_eq!(
@@ -414,5 +422,71 @@ fn a_new_broker_still_knows_the_sandboxed_agent() {
         );
         fs::write(e.work().join("go.done"), "").unwrap();
         agent.wait().unwrap();
+    });
+}
+
+/// A process inside an agent's sandbox that names itself a launcher
+/// (`custody agent --name mine --sandbox-init …`) is still the agent it
+/// descends from; and nothing but custody's own launcher may register an
+/// agent (a script that sends `agent_launch` cannot vouch for a sandbox).
+#[test]
+fn a_fake_launcher_gets_no_name_and_no_sandbox_of_its_own() {
+    as_each_user(|e| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/attacks/agent.py");
+        let steps = json!([
+            {"tool": "run", "args": {"environments": ["dev"], "command": ["true"],
+                                     "cwd": e.work().to_str().unwrap(), "timeout_seconds": 30}},
+            {"wait_file": e.mark("fake-done")},
+        ]);
+        let layout = json!({"home": null, "hidden": [], "writable": [], "socket": "/nonexistent"});
+        let child = e
+            .command(&custody())
+            .args(["agent", "--name", "reviewer", "--"])
+            .arg(custody())
+            .args([
+                "agent",
+                "--name",
+                "mine",
+                "--sandbox-init",
+                "--sandbox-layout",
+            ])
+            .arg(layout.to_string())
+            .arg("--")
+            .arg(python())
+            .arg(&script)
+            .arg(custody())
+            .arg("claude-code")
+            .arg(steps.to_string())
+            .env("HOME", e.user_home())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let id = pending_id(e);
+        let listed = e.json(&["approve", "--list"]);
+        let shown = listed[0]["requester"].as_str().unwrap().to_owned();
+        e.ok(&["deny", &id], "");
+        e.release("fake-done");
+        agent_results(child);
+        assert!(shown.starts_with("agent reviewer (pid "), "{shown}");
+
+        // A script on the socket asks to register a sandboxed agent.
+        let wire = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/attacks");
+        let code = format!(
+            "import sys; sys.path.insert(0, {dir:?}); import wire, json\n\
+             s = wire.connect({sock:?})\n\
+             wire.send(s, {{'id': 2, 'op': 'agent_launch', 'name': 'codex', 'sandboxed': True, 'enforced': []}})\n\
+             print(json.dumps(wire.recv(s)))",
+            dir = wire.display().to_string(),
+            sock = e.runtime().join("broker.sock").display().to_string(),
+        );
+        let out = e.command(python()).args(["-c", &code]).output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains("only `custody agent` registers"),
+            "{said} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     });
 }

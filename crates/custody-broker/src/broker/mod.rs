@@ -405,31 +405,40 @@ impl State {
     /// after the launcher, and the launcher has not re-registered yet),
     /// which is taken in as an agent, unsandboxed until it registers.
     fn launcher_of(&mut self, pid: u32) -> Option<u32> {
+        // The outermost agent or launcher above `pid` decides: a launcher
+        // counts only when no agent is above it (a process in an agent's
+        // tree that calls itself `custody agent --name X` is still that
+        // agent's, whatever X it picks).
+        let mut outermost: Option<(u32, u64, Option<String>)> = None;
         let mut cur = pid;
         for _ in 0..procs::MAX_DEPTH {
-            let (ppid, start) = procs::stat(cur)?;
-            if self.launchers.contains_key(&cur) && self.agents.get(&cur) == Some(&start) {
-                return Some(cur);
-            }
-            if let Some(name) = procs::launcher_name(cur) {
-                self.agents.insert(cur, start);
-                self.launchers.insert(
-                    cur,
-                    Launcher {
-                        name,
-                        sandboxed: false,
-                        enforced: Vec::new(),
-                        started: SystemTime::now(),
-                    },
-                );
-                return Some(cur);
+            let Some((ppid, start)) = procs::stat(cur) else {
+                break;
+            };
+            if self.agents.get(&cur) == Some(&start) {
+                outermost = Some((cur, start, None));
+            } else if let Some(name) = procs::launcher_name(cur) {
+                outermost = Some((cur, start, Some(name)));
             }
             if ppid == 0 || ppid == cur {
-                return None;
+                break;
             }
             cur = ppid;
         }
-        None
+        let (pid, start, name) = outermost?;
+        if let Some(name) = name {
+            self.agents.insert(pid, start);
+            self.launchers.insert(
+                pid,
+                Launcher {
+                    name,
+                    sandboxed: false,
+                    enforced: Vec::new(),
+                    started: SystemTime::now(),
+                },
+            );
+        }
+        self.launchers.contains_key(&pid).then_some(pid)
     }
 
     fn session_for_agent(&self, agent_pid: u32) -> Option<&Session> {
@@ -865,6 +874,13 @@ impl Broker {
                 None => (custody_core::clients::canonical(client_name), ppid, false),
             };
         if !sandboxed && st.policy.require_sandbox(&policy_name) {
+            // Refused, and still known as an agent: its tree never passes
+            // for a terminal.
+            for p in [pid, ppid] {
+                if let Some((_, start)) = procs::stat(p) {
+                    st.agents.insert(p, start);
+                }
+            }
             return Err(WireError::new(
                 "forbidden",
                 format!(
@@ -923,6 +939,15 @@ impl Broker {
             .ok_or_else(|| WireError::new("forbidden", "peer pid unknown"))?;
         let (ppid, start) =
             procs::stat(pid).ok_or_else(|| bad("cannot read the launcher's process"))?;
+        // Only custody's own launcher registers (its executable this
+        // binary, its command line `custody agent … -- CMD`): a script that
+        // sends the request itself cannot vouch for a sandbox.
+        if procs::launcher_name(pid).is_none() {
+            return Err(WireError::new(
+                "forbidden",
+                "only `custody agent` registers an agent: this process is not custody's launcher",
+            ));
+        }
         {
             // The launcher is itself a launcher by its command line: what
             // counts is whose tree it was started in.

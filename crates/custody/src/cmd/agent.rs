@@ -174,13 +174,14 @@ pub fn run(g: &Global, _s: &mut SecretInput, a: AgentArgs) -> anyhow::Result<Exi
         sandboxed,
         enforced: enforced.clone(),
     };
+    // The launcher holds no secret; dumpable, its /proc entries stay
+    // readable to a broker that recognises it by its executable and command
+    // line (at registration, and after a restart).
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::Dumpable);
     let mut client = access::require_broker()?;
     client.call(register.clone()).map_err(broker_err)?;
     rustix::process::set_child_subreaper(rustix::process::Pid::from_raw(1))
         .map_err(|e| anyhow!("cannot become the agent's subreaper: {e}"))?;
-    // The launcher holds no secret; dumpable, its /proc entries stay
-    // readable to a broker that has to recognise it by its command line.
-    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::Dumpable);
 
     let exe = std::env::current_exe().context("finding the custody binary")?;
     let target;
@@ -194,6 +195,7 @@ pub fn run(g: &Global, _s: &mut SecretInput, a: AgentArgs) -> anyhow::Result<Exi
             )
         };
         custody_broker::enter_agent_user_namespace().map_err(no_namespaces)?;
+        sandbox::seal_sockets(&custody_broker::paths::runtime_dir(), home.as_deref());
         target = forward_signals();
         keep_registered(client, register);
         custody_broker::enter_agent_pid_namespace().map_err(no_namespaces)?;

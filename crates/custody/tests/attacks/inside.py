@@ -91,6 +91,16 @@ def read_ssh_key():
         f.read()
 
 
+def connect_human_socket():
+    # A socket of the human's (tmux, ssh-agent, systemd --user): through it
+    # the agent could start something outside its sandbox.
+    x = socket.socket(socket.AF_UNIX)
+    try:
+        x.connect(cfg["human_socket"])
+    finally:
+        x.close()
+
+
 def escape_and_approve():
     # Leave the process tree (setsid, double fork), then approve the human's pending request
     # with the PIN (as if the agent had learnt it). The broker decides by process tree.
@@ -115,6 +125,7 @@ for name, fn in [("read_vault", read_vault), ("write_policy", write_policy),
                  ("plant_socket", plant_socket), ("lease_environ", lease_environ),
                  ("lease_file", lease_file), ("signal_broker", signal_broker),
                  ("write_bashrc", write_bashrc), ("read_ssh_key", read_ssh_key),
+                 ("connect_human_socket", connect_human_socket),
                  ("escape_and_approve", escape_and_approve)]:
     if name in cfg.get("only", [name]):
         attempt(name, fn)
