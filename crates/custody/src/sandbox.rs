@@ -48,9 +48,9 @@ pub const CREDENTIAL_PATHS: &[&str] = &[
     ".local/share/keyrings",
 ];
 
-/// Agent clients' own state directories under `$HOME`: writable inside the
-/// sandbox when they exist (the launched client's own is created).
-pub const STATE_DIRS: &[&str] = &[".claude", ".codex", ".gemini", ".cursor", ".cache", ".npm"];
+/// Agent clients' own state directories under `$HOME`: only the launched
+/// client's is writable inside the sandbox (created if missing).
+pub const STATE_DIRS: &[&str] = &[".claude", ".codex", ".gemini", ".cursor"];
 
 /// Character devices programs open for writing.
 const DEVICES: &[&str] = &[

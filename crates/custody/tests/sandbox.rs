@@ -40,12 +40,14 @@ impl Env {
         let home = self.dir.path().join("userhome");
         if !home.exists() {
             fs::create_dir_all(home.join(".ssh")).unwrap();
+            fs::create_dir_all(home.join(".codex")).unwrap();
             fs::write(home.join(".ssh/id_ed25519"), "PRIVATE KEY").unwrap();
             fs::write(home.join(".bashrc"), "# the human's\n").unwrap();
             if let Some(uid) = self.uid {
                 for p in [
                     &home,
                     &home.join(".ssh"),
+                    &home.join(".codex"),
                     &home.join(".ssh/id_ed25519"),
                     &home.join(".bashrc"),
                 ] {
@@ -189,6 +191,7 @@ fn attacks_from_inside_custody_agent_are_refused_by_the_kernel_and_work_outside(
             ("write_bashrc", "EACCES"),
             ("read_ssh_key", "EACCES"),
             ("connect_human_socket", "ECONNREFUSED"),
+            ("write_other_client", "EACCES"),
         ] {
             assert_eq!(
                 inside[attempt], errno,
@@ -225,6 +228,7 @@ fn attacks_from_inside_custody_agent_are_refused_by_the_kernel_and_work_outside(
             "write_bashrc",
             "read_ssh_key",
             "connect_human_socket",
+            "write_other_client",
             "escape_and_approve",
         ] {
             assert_eq!(

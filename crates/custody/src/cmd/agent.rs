@@ -218,6 +218,10 @@ pub fn run(g: &Global, _s: &mut SecretInput, a: AgentArgs) -> anyhow::Result<Exi
     for v in ["TMPDIR", "TMP", "TEMP"] {
         cmd.env(v, tmp.path());
     }
+    // Caches of its own: a shared one (`~/.cache`, `~/.npm`) holds code the
+    // human runs later.
+    cmd.env("XDG_CACHE_HOME", tmp.path().join("cache"));
+    cmd.env("npm_config_cache", tmp.path().join("npm"));
     // Hygiene, not a wall: sockets the agent has no business with (the
     // kernel restricts connecting only from Landlock ABI 9, see --check).
     for v in ["SSH_AUTH_SOCK", "TMUX", "TMUX_PANE", "STY"] {
@@ -403,7 +407,10 @@ fn forward_signals() -> Arc<AtomicU32> {
 /// | gemini-cli | `~/.gemini` | nothing |
 /// | cursor | `~/.cursor` | nothing |
 ///
-/// Every other [`sandbox::STATE_DIRS`] entry that exists is writable too.
+/// Only the launched client's own directory is writable: another client's
+/// (its settings, hooks, logins) or a shared cache is something the human
+/// runs later, unsandboxed. Caches go to the private temp dir
+/// (`XDG_CACHE_HOME`, `npm_config_cache`, set by the launcher).
 #[allow(clippy::type_complexity)] // (dirs, env) spelled out above
 fn client_setup(
     name: &str,
@@ -443,12 +450,6 @@ fn client_setup(
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         dirs.push(d);
     }
-    dirs.extend(
-        sandbox::STATE_DIRS
-            .iter()
-            .map(|d| home.join(d))
-            .filter(|d| d.is_dir()),
-    );
     let mut out: Vec<PathBuf> = dirs
         .into_iter()
         .filter_map(|d| std::fs::canonicalize(d).ok())

@@ -91,6 +91,12 @@ def read_ssh_key():
         f.read()
 
 
+def write_other_client():
+    # Another client's settings (hooks run when the human starts it later).
+    with open(os.path.join(cfg["home"], ".codex", "config.toml"), "a"):
+        pass
+
+
 def connect_human_socket():
     # A socket of the human's (tmux, ssh-agent, systemd --user): through it
     # the agent could start something outside its sandbox.
@@ -126,6 +132,7 @@ for name, fn in [("read_vault", read_vault), ("write_policy", write_policy),
                  ("lease_file", lease_file), ("signal_broker", signal_broker),
                  ("write_bashrc", write_bashrc), ("read_ssh_key", read_ssh_key),
                  ("connect_human_socket", connect_human_socket),
+                 ("write_other_client", write_other_client),
                  ("escape_and_approve", escape_and_approve)]:
     if name in cfg.get("only", [name]):
         attempt(name, fn)
