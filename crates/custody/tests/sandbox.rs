@@ -243,24 +243,15 @@ fn attacks_from_inside_custody_agent_are_refused_by_the_kernel_and_work_outside(
     });
 }
 
-/// A scripted MCP agent's `run` request: as the human sees it in
-/// `approve --list`, while the agent waits for `release`.
-fn requester_of_a_run(e: &Env, sandboxed: bool, release: &str) -> Value {
+/// Starts the scripted MCP agent (`attacks/agent.py` as client
+/// `claude-code`, playing `steps`) with the command `c` puts in front of it.
+fn spawn_scripted_agent(
+    e: &Env,
+    mut c: std::process::Command,
+    steps: &Value,
+) -> std::process::Child {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/attacks/agent.py");
-    let steps = json!([
-        {"tool": "run", "args": {"environments": ["dev"], "command": ["true"],
-                                 "cwd": e.work().to_str().unwrap(), "timeout_seconds": 30}},
-        {"wait_file": e.mark(release)},
-    ]);
-    let mut c = if sandboxed {
-        let mut c = e.command(&custody());
-        c.args(["agent", "--name", "reviewer", "--"]).arg(python());
-        c
-    } else {
-        e.command(python())
-    };
-    let child = c
-        .arg(script)
+    c.arg(script)
         .arg(custody())
         .arg("claude-code")
         .arg(steps.to_string())
@@ -269,7 +260,25 @@ fn requester_of_a_run(e: &Env, sandboxed: bool, release: &str) -> Value {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// A scripted MCP agent's `run` request: as the human sees it in
+/// `approve --list`, while the agent waits for `release`.
+fn requester_of_a_run(e: &Env, sandboxed: bool, release: &str) -> Value {
+    let steps = json!([
+        {"tool": "run", "args": {"environments": ["dev"], "command": ["true"],
+                                 "cwd": e.work().to_str().unwrap(), "timeout_seconds": 30}},
+        {"wait_file": e.mark(release)},
+    ]);
+    let c = if sandboxed {
+        let mut c = e.command(&custody());
+        c.args(["agent", "--name", "reviewer", "--"]).arg(python());
+        c
+    } else {
+        e.command(python())
+    };
+    let child = spawn_scripted_agent(e, c, &steps);
     let id = pending_id(e);
     let listed = e.json(&["approve", "--list"]);
     let request = listed
@@ -436,16 +445,14 @@ fn a_new_broker_still_knows_the_sandboxed_agent() {
 #[test]
 fn a_fake_launcher_gets_no_name_and_no_sandbox_of_its_own() {
     as_each_user(|e| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/attacks/agent.py");
         let steps = json!([
             {"tool": "run", "args": {"environments": ["dev"], "command": ["true"],
                                      "cwd": e.work().to_str().unwrap(), "timeout_seconds": 30}},
             {"wait_file": e.mark("fake-done")},
         ]);
         let layout = json!({"home": null, "hidden": [], "writable": [], "socket": "/nonexistent"});
-        let child = e
-            .command(&custody())
-            .args(["agent", "--name", "reviewer", "--"])
+        let mut c = e.command(&custody());
+        c.args(["agent", "--name", "reviewer", "--"])
             .arg(custody())
             .args([
                 "agent",
@@ -456,17 +463,8 @@ fn a_fake_launcher_gets_no_name_and_no_sandbox_of_its_own() {
             ])
             .arg(layout.to_string())
             .arg("--")
-            .arg(python())
-            .arg(&script)
-            .arg(custody())
-            .arg("claude-code")
-            .arg(steps.to_string())
-            .env("HOME", e.user_home())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .arg(python());
+        let child = spawn_scripted_agent(e, c, &steps);
         let id = pending_id(e);
         let listed = e.json(&["approve", "--list"]);
         let shown = listed[0]["requester"].as_str().unwrap().to_owned();

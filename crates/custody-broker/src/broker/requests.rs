@@ -27,6 +27,25 @@ fn preapproved_program(
 /// Longest a once-grant waits for the run it was made for to take it.
 const ONCE_GRANT_LIFETIME: Duration = Duration::from_secs(60);
 
+/// The audit record of a request: who asked to run what, where, with which
+/// variables (names only).
+fn request_event(
+    request_id: &str,
+    requester: &Requester,
+    spec: &RunSpec,
+    scope: &crate::grants::Scope,
+) -> AuditEvent {
+    AuditEvent::Request {
+        request_id: request_id.to_owned(),
+        requester: requester.describe(),
+        argv: spec.argv.clone(),
+        cwd: spec.cwd.clone(),
+        environments: spec.environments.clone(),
+        variables: scope.variables.iter().cloned().collect(),
+        ttl_secs: spec.timeout_secs,
+    }
+}
+
 impl Broker {
     /// Resolves a run's variable set and decides: run under a grant now, or
     /// wait for a human. `binding` is [`crate::binding::bind`] of `spec`. Returns `Ok(Ok(grant_id))` or `Ok(Err((request_id,
@@ -136,15 +155,7 @@ impl Broker {
                 // Who ran what stays in the audit for a pre-approved run
                 // too: the request, then its grant with no approval between.
                 let request_id = new_id("r");
-                st.audit(AuditEvent::Request {
-                    request_id: request_id.clone(),
-                    requester: requester.describe(),
-                    argv: spec.argv.clone(),
-                    cwd: spec.cwd.clone(),
-                    environments: spec.environments.clone(),
-                    variables: scope.variables.iter().cloned().collect(),
-                    ttl_secs: spec.timeout_secs,
-                })?;
+                st.audit(request_event(&request_id, requester, spec, &scope))?;
                 st.audit(AuditEvent::Grant {
                     grant_id: id.clone(),
                     request_id,
@@ -168,15 +179,7 @@ impl Broker {
             }
         }
         let request_id = new_id("r");
-        st.audit(AuditEvent::Request {
-            request_id: request_id.clone(),
-            requester: requester.describe(),
-            argv: spec.argv.clone(),
-            cwd: spec.cwd.clone(),
-            environments: spec.environments.clone(),
-            variables: scope.variables.iter().cloned().collect(),
-            ttl_secs: spec.timeout_secs,
-        })?;
+        st.audit(request_event(&request_id, requester, spec, &scope))?;
         let (tx, rx) = oneshot::channel();
         st.pending.insert(
             request_id.clone(),
