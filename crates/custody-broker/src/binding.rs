@@ -224,6 +224,7 @@ mod tests {
             passthrough: [("PATH".to_owned(), path.to_owned())].into(),
             capture_limit: None,
             wait_secs: None,
+            pty: None,
         }
     }
 

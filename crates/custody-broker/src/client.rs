@@ -77,6 +77,15 @@ impl Client {
         let _ = self.stream.set_read_timeout(t);
     }
 
+    /// A second handle on this connection for what the user types into a
+    /// run on a terminal (`RunSpec::pty`), usable from another thread
+    /// while [`Client::call_streaming`] reads the run's events.
+    pub fn typist(&self) -> Result<Typist, ClientError> {
+        Ok(Typist {
+            stream: self.stream.try_clone().map_err(FrameError::from)?,
+        })
+    }
+
     fn send(&mut self, request: Request, secret: Option<&[u8]>) -> Result<u64, ClientError> {
         self.send_frame(request, secret, None)
     }
@@ -237,5 +246,38 @@ impl Client {
                 _ => {}
             }
         }
+    }
+}
+
+/// Sends typed input and size changes into a run on a terminal (see
+/// [`Client::typist`]). Nothing is answered.
+pub struct Typist {
+    stream: UnixStream,
+}
+
+impl Typist {
+    /// Bytes typed (`end`: and then the input ended).
+    pub fn typed(&mut self, bytes: &[u8], end: bool) -> Result<(), ClientError> {
+        self.send(Request::RunInput {
+            data: protocol::b64(bytes),
+            eof: end,
+        })
+    }
+
+    /// The terminal's new size.
+    pub fn resized(&mut self, size: protocol::TermSize) -> Result<(), ClientError> {
+        self.send(Request::RunResize(size))
+    }
+
+    fn send(&mut self, request: Request) -> Result<(), ClientError> {
+        let frame = ClientFrame {
+            id: 0,
+            secret_len: None,
+            pin_proof: None,
+            request,
+        };
+        let bytes =
+            zeroize::Zeroizing::new(serde_json::to_vec(&frame).map_err(|_| ClientError::Protocol)?);
+        Ok(protocol::write_frame(&mut self.stream, &bytes)?)
     }
 }

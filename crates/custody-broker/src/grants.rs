@@ -167,6 +167,7 @@ mod tests {
             passthrough: Default::default(),
             capture_limit: None,
             wait_secs: None,
+            pty: None,
         }
     }
 

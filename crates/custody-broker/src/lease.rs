@@ -144,6 +144,22 @@ pub struct LeasePlan {
     pub engine: Arc<MaskingEngine>,
     /// Parent of the per-lease directory (the runtime dir).
     pub runtime_dir: PathBuf,
+    /// Run on a pseudo-terminal of this size instead of pipes ([`crate::pty`]).
+    pub pty: Option<protocol::TermSize>,
+}
+
+/// What a requester sends into its lease's terminal while it runs.
+pub enum PtyInput {
+    /// Typed bytes (they may be a password typed at a prompt: zeroized);
+    /// `end`: then the requester's input ended.
+    Typed {
+        /// The bytes.
+        bytes: Zeroizing<Vec<u8>>,
+        /// Whether input ends after them.
+        end: bool,
+    },
+    /// The requester's terminal changed size.
+    Resize(protocol::TermSize),
 }
 
 /// What the process did.
@@ -276,11 +292,35 @@ pub fn spawn(plan: &LeasePlan) -> Result<(Spawned, Started, PathBuf), LeaseError
         .args(plan.argv.iter().skip(1))
         .current_dir(&plan.cwd)
         .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(false);
+    let master = match plan.pty {
+        None => {
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0);
+            None
+        }
+        Some(size) => {
+            let opened = crate::pty::open(size).and_then(|(master, tty)| {
+                cmd.stdin(tty.try_clone()?)
+                    .stdout(tty.try_clone()?)
+                    .stderr(tty);
+                Ok(master)
+            });
+            let master = opened.map_err(|source| {
+                let _ = std::fs::remove_dir_all(&dir);
+                LeaseError::Spawn {
+                    hint: " — no pseudo-terminal could be opened (run without --pty)".into(),
+                    program: program.clone(),
+                    source,
+                }
+            })?;
+            // A session of its own: its group is its pid, as with pipes.
+            crate::sys::session_on_terminal_before_exec(&mut cmd);
+            Some(master)
+        }
+    };
     // Filtered for the requester at admission ([`passthrough_for`]).
     for (k, v) in &plan.passthrough {
         cmd.env(k, v);
@@ -305,16 +345,23 @@ pub fn spawn(plan: &LeasePlan) -> Result<(Spawned, Started, PathBuf), LeaseError
             source,
         }
     })?;
+    // With it go this process's copies of the terminal's child end: the
+    // master reads end of output once the lease's processes close theirs.
     drop(cmd);
     let pid = child.id().unwrap_or(0);
     let start_ticks = crate::procs::stat(pid).map(|(_, s)| s).unwrap_or(0);
-    Ok((Spawned { child, own }, Started { pid, start_ticks }, dir))
+    Ok((
+        Spawned { child, own, master },
+        Started { pid, start_ticks },
+        dir,
+    ))
 }
 
 /// A started lease process, registered as the broker's own child.
 pub struct Spawned {
     child: tokio::process::Child,
     own: crate::contain::Own,
+    master: Option<Arc<crate::pty::Master>>,
 }
 
 /// Names the injected variable a failed start most likely comes from: a
@@ -367,6 +414,12 @@ impl FromBytes for std::ffi::OsStr {
 const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Pumps one output stream through a masker until EOF.
+///
+/// Output goes out a line at a time: the bytes after the last newline wait
+/// for the rest of their line, or for the stream to pause ([`IDLE_FLUSH`]).
+/// So the two pipes of a run reach the requester as whole lines, not cut
+/// where the masker happened to hold bytes back. A read that ends a line
+/// also lets out what the masker held back that cannot begin a secret.
 async fn pump(
     mut reader: impl tokio::io::AsyncRead + Unpin,
     name: &'static str,
@@ -381,21 +434,24 @@ async fn pump(
         cut: false,
     };
     let mut buf = Zeroizing::new(vec![0u8; 16 * 1024]);
+    // Masked output not sent yet: the start of an unfinished line.
     let mut out = Vec::with_capacity(16 * 1024);
     // Whether the held-back bytes were already flushed as far as they can
-    // be (then the next read waits without a deadline).
+    // be (then, with no unfinished line, the next read waits without a
+    // deadline).
     let mut flushed = true;
     loop {
-        let read = if flushed || masker.held_back() == 0 {
+        let read = if out.is_empty() && (flushed || masker.held_back() == 0) {
             reader.read(&mut buf).await
         } else {
             match tokio::time::timeout(IDLE_FLUSH, reader.read(&mut buf)).await {
                 Ok(r) => r,
                 Err(_) => {
-                    // The child paused: show what cannot begin a secret.
-                    out.clear();
+                    // The child paused: show what cannot begin a secret,
+                    // finished line or not.
                     masker.flush(&mut out);
                     emit(&events, name, &out, &mut tail).await;
+                    out.clear();
                     flushed = true;
                     continue;
                 }
@@ -405,12 +461,17 @@ async fn pump(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        out.clear();
         masker.push(&buf[..n], &mut out);
         flushed = false;
-        emit(&events, name, &out, &mut tail).await;
+        if buf[n - 1] == b'\n' {
+            masker.flush(&mut out);
+            flushed = true;
+        }
+        if let Some(last) = out.iter().rposition(|&b| b == b'\n') {
+            emit(&events, name, &out[..=last], &mut tail).await;
+            out.drain(..=last);
+        }
     }
-    out.clear();
     masker.finish(&mut out);
     emit(&events, name, &out, &mut tail).await;
     (masker.counts(), tail)
@@ -440,21 +501,37 @@ pub async fn supervise(
     dir: PathBuf,
     events: mpsc::Sender<Event>,
     mut stop: watch::Receiver<Option<EndReason>>,
+    input: mpsc::Receiver<PtyInput>,
 ) -> LeaseOutcome {
     let t0 = Instant::now();
     let pgid = started.pid;
-    let Spawned { mut child, own } = spawned;
+    let Spawned {
+        mut child,
+        own,
+        master,
+    } = spawned;
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
-    let out_task = stdout.map(|s| {
-        tokio::spawn(pump(
-            s,
+    let out_task = match &master {
+        // One stream, in the order the child wrote it, sent as stdout.
+        Some(m) => Some(tokio::spawn(pump(
+            crate::pty::Reader(Arc::clone(m)),
             "stdout",
             plan.engine.clone(),
             events.clone(),
             plan.capture_limit,
-        ))
-    });
+        ))),
+        None => stdout.map(|s| {
+            tokio::spawn(pump(
+                s,
+                "stdout",
+                plan.engine.clone(),
+                events.clone(),
+                plan.capture_limit,
+            ))
+        }),
+    };
+    let typing = master.map(|m| tokio::spawn(type_into(m, input)));
     let err_task = stderr.map(|s| {
         tokio::spawn(pump(
             s,
@@ -548,6 +625,9 @@ pub async fn supervise(
             }
         }
     }
+    if let Some(t) = typing {
+        t.abort();
+    }
     let _ = std::fs::remove_dir_all(&dir);
     use std::os::unix::process::ExitStatusExt;
     let [stdout, stderr] = captured;
@@ -562,6 +642,23 @@ pub async fn supervise(
         stderr,
         truncated,
         duration_ms: u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+/// Writes what the requester sends into the lease's terminal until the
+/// requester stops sending (or the lease ends and this task is aborted).
+async fn type_into(master: Arc<crate::pty::Master>, mut input: mpsc::Receiver<PtyInput>) {
+    while let Some(i) = input.recv().await {
+        let done = match i {
+            PtyInput::Typed { bytes, end } => match master.write_all(&bytes).await {
+                Ok(()) if end => master.end_input().await,
+                other => other,
+            },
+            PtyInput::Resize(size) => master.resize(size),
+        };
+        if done.is_err() {
+            return;
+        }
     }
 }
 

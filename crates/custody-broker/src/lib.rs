@@ -23,6 +23,7 @@ mod ops;
 pub mod paths;
 pub mod procs;
 pub mod protocol;
+pub mod pty;
 pub mod reaper;
 mod run;
 pub mod scan;

@@ -192,6 +192,23 @@ pub struct RunSpec {
     /// tool calls). Unset: wait until decided.
     #[serde(default)]
     pub wait_secs: Option<u64>,
+    /// Run on a pseudo-terminal of this size instead of pipes: the command
+    /// sees a terminal on stdin, stdout and stderr, and its output is one
+    /// stream, masked in the order it was written (sent as `stdout`). The
+    /// requester may type into it with [`Request::RunInput`] and resize it
+    /// with [`Request::RunResize`] while it runs. Unset: pipes, stdin
+    /// `/dev/null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty: Option<TermSize>,
+}
+
+/// A terminal's size, in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermSize {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
 }
 
 /// Everything a client can ask.
@@ -342,6 +359,20 @@ pub enum Request {
     },
     /// Run a command with secrets injected.
     Run(RunSpec),
+    /// During a `run` on a pseudo-terminal, on the same connection: bytes
+    /// typed into it (base64), or the end of input. Not answered.
+    RunInput {
+        /// The bytes, base64.
+        #[serde(default)]
+        data: String,
+        /// The requester's input ended: the terminal's end-of-file
+        /// character follows the bytes.
+        #[serde(default)]
+        eof: bool,
+    },
+    /// During a `run` on a pseudo-terminal, on the same connection: the
+    /// requester's terminal changed size. Not answered.
+    RunResize(TermSize),
     /// Approve a pending request (PIN in the secret frame).
     Approve {
         /// The request.

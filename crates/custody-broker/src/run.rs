@@ -53,7 +53,8 @@ fn validate(spec: &RunSpec) -> Result<(), WireError> {
 }
 
 /// Runs `spec` for `peer`. Events (pending, started, output) go to `events`;
-/// `cancelled` turns true when the requester goes away. Returns the result
+/// `cancelled` turns true when the requester goes away; `input` is what the
+/// requester types into a run on a pseudo-terminal. Returns the result
 /// object, or `{status: "pending"}` when `spec.wait_secs` passed first.
 pub async fn run(
     broker: &Arc<Broker>,
@@ -61,6 +62,7 @@ pub async fn run(
     spec: RunSpec,
     events: mpsc::Sender<Event>,
     mut cancelled: watch::Receiver<bool>,
+    input: mpsc::Receiver<lease::PtyInput>,
 ) -> Result<Value, WireError> {
     validate(&spec)?;
     let requester = broker.requester(peer);
@@ -201,6 +203,7 @@ pub async fn run(
         capture_limit: spec.capture_limit.unwrap_or(0).min(broker.cfg.output_cap),
         engine,
         runtime_dir: broker.cfg.runtime_dir.clone(),
+        pty: spec.pty,
     };
     // The files may have changed since the request was shown to the human
     // (or since a timed grant was made), or while credentials were minted:
@@ -235,7 +238,9 @@ pub async fn run(
             lease_id: lease_id.clone(),
         })
         .await;
-    let mut task = tokio::spawn(lease::supervise(plan, child, started, dir, events, stop_rx));
+    let mut task = tokio::spawn(lease::supervise(
+        plan, child, started, dir, events, stop_rx, input,
+    ));
     let outcome = tokio::select! {
         o = &mut task => o,
         _ = wait_true(&mut cancelled) => {

@@ -510,7 +510,27 @@ async fn dispatch(
         Request::Run(_) | Request::Watch => {
             Err(WireError::new("internal", "handled by the connection"))
         }
+        Request::RunInput { .. } | Request::RunResize(_) => Err(WireError::new(
+            "bad_request",
+            "run_input and run_resize are sent only during a run on a terminal",
+        )),
         other => ops::vault_request(broker, peer, other, secret, verified),
+    }
+}
+
+/// Input frames a run on a terminal may have queued and not yet written.
+const TYPED_AHEAD: usize = 1024;
+
+/// A `run_input`/`run_resize` frame, as the lease takes it.
+fn typed_input(frame: &[u8]) -> Option<crate::lease::PtyInput> {
+    use crate::lease::PtyInput;
+    match serde_json::from_slice::<ClientFrame>(frame).ok()?.request {
+        Request::RunInput { data, eof } => Some(PtyInput::Typed {
+            bytes: zeroize::Zeroizing::new(protocol::unb64(&data)?),
+            end: eof,
+        }),
+        Request::RunResize(size) => Some(PtyInput::Resize(size)),
+        _ => None,
     }
 }
 
@@ -526,10 +546,11 @@ async fn run_streaming(
 ) -> Result<(), FrameError> {
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(64);
     let (cancel_tx, cancel_rx) = watch::channel(false);
+    let (in_tx, in_rx) = mpsc::channel::<crate::lease::PtyInput>(TYPED_AHEAD);
     let b = broker.clone();
     let p = peer.clone();
     let mut task =
-        tokio::spawn(async move { crate::run::run(&b, &p, spec, ev_tx, cancel_rx).await });
+        tokio::spawn(async move { crate::run::run(&b, &p, spec, ev_tx, cancel_rx, in_rx).await });
     let mut reader_open = true;
     let result = loop {
         tokio::select! {
@@ -543,9 +564,15 @@ async fn run_streaming(
                 break r.unwrap_or_else(|_| Err(WireError::new("internal", "run failed")));
             }
             f = protocol::read_frame_async(rd), if reader_open => {
-                // The client sends nothing during a run; EOF or anything
-                // else means it went away or changed its mind: cancel.
-                let _ = f;
+                // During a run the client sends only what it types into a
+                // run on a terminal; EOF or anything else means it went
+                // away or changed its mind: cancel.
+                if let Some(typed) = f.ok().and_then(|f| typed_input(&f)) {
+                    // A lease that stopped reading its terminal does not
+                    // stall its output: what it has not read is dropped.
+                    let _ = in_tx.try_send(typed);
+                    continue;
+                }
                 reader_open = false;
                 let _ = cancel_tx.send(true);
             }

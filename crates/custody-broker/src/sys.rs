@@ -131,3 +131,34 @@ pub fn mount_proc_before_exec(cmd: &mut std::process::Command) {
         });
     }
 }
+
+/// Makes the process `cmd` starts, between its fork and its exec, the
+/// leader of a session of its own whose controlling terminal is its stdin
+/// (a lease on a pseudo-terminal, [`crate::pty`]). Its process group is its
+/// pid, as with `process_group(0)`, which must not be set as well (a group
+/// leader cannot start a session).
+pub fn session_on_terminal_before_exec(cmd: &mut tokio::process::Command) {
+    // SAFETY: the hook runs in the forked child before exec, where only
+    // async-signal-safe work is allowed. It makes two system calls
+    // (`setsid`, then `ioctl(0, TIOCSCTTY)`), with no allocation, lock or
+    // access to the parent's memory, and returns their result. Fd 0 is
+    // open for the hook's whole run: std has made it the terminal's child
+    // end before running hooks, so borrowing it is sound.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::setsid().map_err(std::io::Error::from)?;
+            let stdin = std::os::fd::BorrowedFd::borrow_raw(0);
+            rustix::process::ioctl_tiocsctty(stdin).map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Registers `fd` with the runtime's reactor (a lease's terminal master).
+pub fn async_fd(
+    fd: std::os::fd::OwnedFd,
+) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // SAFETY: an `OwnedFd` is an open descriptor that it alone closes, on
+    // drop; the `AsyncFd` owns it from here until it is dropped, and
+    // `OwnedFd::as_raw_fd` always returns that same descriptor.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(std::io::Error::from)
+}

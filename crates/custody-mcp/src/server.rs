@@ -533,6 +533,7 @@ impl CustodyMcp {
             // lives; this server answers `pending` after its approval wait
             // and keeps following the run.
             wait_secs: None,
+            pty: None,
         };
         let r = match Flight::start(&self.inner.link, spec).await {
             Ok(flight) => self.follow(flight, &ctx, None).await,

@@ -1463,3 +1463,172 @@ fn init_on_a_terminal_checks_each_entry_at_once_and_asks_again() {
         .assert()
         .success();
 }
+
+/// First hour, item 7: a run's two pipes reach the caller as whole lines.
+/// With a hundred values in the vault the masker held back a line's end
+/// (bytes that might begin a value's wrapped or encoded form) while the
+/// other stream's line went out, and lines came out cut into each other
+/// ("err line 7 xyzout line 1 abcdef").
+#[test]
+fn stdout_and_stderr_lines_are_never_cut_into_each_other() {
+    let e = env_with_token();
+    let dotenv = e.dir.path().join("many.env");
+    let values: String = (0..100)
+        .map(|i| format!("V{i}=value-{i:03}-{}\n", "q7Zx".repeat(i % 7 + 2)))
+        .collect();
+    fs::write(&dotenv, values).unwrap();
+    e.change(&["import", "e", dotenv.to_str().unwrap()], "")
+        .success();
+    let script =
+        "for i in $(seq 1 300); do echo \"out line $i abcdef\"; echo \"err line $i xyz\" >&2; done";
+    e.preapprove("e", &["sh", "-c", script]);
+    for _ in 0..3 {
+        let out = e
+            .std_cmd()
+            .arg("run")
+            .args(["--no-pty", "-e", "e", "--", "sh", "-c", script])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let both = [out.stdout, out.stderr].concat();
+        let text = String::from_utf8_lossy(&both);
+        let cut: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                !(l.starts_with("out line ") && l.ends_with(" abcdef")
+                    || l.starts_with("err line ") && l.ends_with(" xyz"))
+            })
+            .collect();
+        assert!(cut.is_empty(), "lines cut into each other: {cut:?}");
+        assert_eq!(text.lines().count(), 600);
+    }
+    // Each pipe alone, on one descriptor, keeps every line whole and in
+    // order, so a merged `2>&1` is lines interleaved at line ends only.
+    let merged = e
+        .std_cmd()
+        .arg("run")
+        .args(["--no-pty", "-e", "e", "--", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    let lines: Vec<String> = String::from_utf8_lossy(&merged.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let expected: Vec<String> = (1..=300).map(|i| format!("out line {i} abcdef")).collect();
+    assert_eq!(lines, expected);
+}
+
+/// First hour, item 7: `--pty` runs the command on a terminal of its own:
+/// it sees a terminal on all three streams (colours, prompts), its output
+/// is one stream masked in the order written (stderr no longer overtakes
+/// stdout), and what the caller sends reaches it, end of input included.
+#[test]
+fn a_run_on_a_pty_sees_a_terminal_and_one_ordered_masked_stream() {
+    let e = env_with_token();
+    let script = "test -t 0 && test -t 1 && test -t 2 && echo all-three-tty; stty size; \
+                  for i in 1 2 3 4 5; do echo o$i; echo e$i >&2; done; \
+                  echo tok=$TOKEN; read x; echo got:$x; read y || echo input-ended";
+    e.preapprove("e", &["sh", "-c", script]);
+    let mut child = e
+        .std_cmd()
+        .arg("run")
+        .args(["--pty", "-e", "e", "--", "sh", "-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Type once it asks (what is typed early is echoed early).
+    use std::io::{BufRead, Write};
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
+    while !text.contains("tok=") {
+        assert!(lines.read_line(&mut text).unwrap() > 0, "{text}");
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"typed tty-s3cr3t-value-0042\n").unwrap();
+    drop(stdin);
+    std::io::Read::read_to_string(lines.get_mut(), &mut text).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = text.replace('\r', "");
+    assert!(text.contains("all-three-tty\n"), "{text}");
+    // Without a terminal of the caller's own: 24 rows, 80 columns.
+    assert!(text.contains("24 80\n"), "{text}");
+    assert!(
+        text.contains("o1\ne1\no2\ne2\no3\ne3\no4\ne4\no5\ne5\n"),
+        "{text}"
+    );
+    assert!(text.contains("tok=[masked:TOKEN]\n"), "{text}");
+    // Typed input reaches it, and its echo is masked like any output.
+    assert!(text.contains("got:typed [masked:TOKEN]\n"), "{text}");
+    assert!(text.contains("input-ended"), "{text}");
+    assert!(!text.contains("tty-s3cr3t-value-0042"), "{text}");
+    assert!(
+        out.stderr.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The terminal's node is the broker's alone while it runs.
+    let mode = "stat -c %a $(tty)";
+    e.preapprove("e", &["sh", "-c", mode]);
+    let out = e
+        .std_cmd()
+        .args(["run", "--pty", "-e", "e", "--", "sh", "-c", mode])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "600");
+    // Pipes, as before: stdin is /dev/null and no stream is a terminal.
+    let pipes = "test -t 0 || test -t 1 || test -t 2 || echo no-tty";
+    e.preapprove("e", &["sh", "-c", pipes]);
+    e.cmd()
+        .args(["run", "--no-pty", "-e", "e", "--", "sh", "-c", pipes])
+        .assert()
+        .success()
+        .stdout("no-tty\n");
+}
+
+/// First hour, item 7: on a terminal a run gets a terminal by default;
+/// keys go to the command (Ctrl-C is its SIGINT, not the end of custody),
+/// a resize reaches it as SIGWINCH, and the caller's terminal is back in
+/// its normal mode afterwards.
+#[test]
+fn a_terminal_run_is_on_a_pty_by_default_and_takes_keys_and_resizes() {
+    let e = env_with_token();
+    let script = e.dir.path().join("interactive.sh");
+    fs::write(
+        &script,
+        "trap 'echo size:$(stty size)' WINCH\n\
+         trap 'echo caught-int; exit 3' INT\n\
+         test -t 0 && test -t 1 && echo on-a-tty\n\
+         read name; echo hello:$name:$TOKEN\n\
+         echo ready\n\
+         while :; do sleep 0.05; done\n",
+    )
+    .unwrap();
+    let script = script.to_str().unwrap().to_owned();
+    e.preapprove("e", &["sh", &script]);
+    let t = Tmux::start(
+        &e,
+        &format!(
+            "custody run -e e -- sh '{script}'; echo \"[run $?]\"; stty -a | grep -o -- '-\\?icanon'"
+        ),
+    );
+    t.wait_for("on-a-tty");
+    t.line("world");
+    t.wait_for("hello:world:[masked:TOKEN]");
+    t.wait_for("ready");
+    t.tmux(&["resize-window", "-t", "0", "-x", "150", "-y", "40"]);
+    t.wait_for("size:40 150");
+    t.tmux(&["send-keys", "-t", "0", "C-c"]);
+    let screen = t.wait_for("[run 3]");
+    assert!(screen.contains("caught-int"), "{screen}");
+    // The caller's terminal is canonical again (not left raw).
+    let screen = t.wait_for("[exit 0]");
+    assert!(screen.contains("\nicanon"), "{screen}");
+    assert!(!screen.contains("tty-s3cr3t-value-0042"), "{screen}");
+}

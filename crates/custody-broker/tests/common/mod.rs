@@ -239,6 +239,7 @@ impl TestBroker {
             passthrough,
             capture_limit: None,
             wait_secs: None,
+            pty: None,
         }
     }
 

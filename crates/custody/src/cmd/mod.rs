@@ -18,6 +18,7 @@ mod mcp_install;
 mod passwd;
 mod policy;
 mod run;
+mod run_pty;
 mod scan;
 mod set;
 mod source;

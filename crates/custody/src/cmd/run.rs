@@ -33,6 +33,16 @@ pub struct RunArgs {
     /// RUSTFLAGS: put those in the command, `-- env RUSTFLAGS=… cargo build`).
     #[arg(long)]
     clean_env: bool,
+    /// Run the command on a terminal of its own (the default when stdin and
+    /// stdout are terminals): it sees a terminal, so colours and prompts
+    /// work, its output is one stream masked in the order it was written,
+    /// and what you type (Ctrl-C too) goes to it.
+    #[arg(long, conflicts_with = "no_pty")]
+    pty: bool,
+    /// Pipes instead of a terminal: stdin is /dev/null, stdout and stderr
+    /// stay apart (each masked on its own).
+    #[arg(long)]
+    no_pty: bool,
     /// The command and its arguments (after `--`).
     #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
     command: Vec<String>,
@@ -71,8 +81,14 @@ pub fn run(g: &Global, _s: &mut SecretInput, a: RunArgs) -> anyhow::Result<ExitC
         passthrough,
         capture_limit: None,
         wait_secs: None,
+        pty: super::run_pty::wanted(a.pty, a.no_pty).then(super::run_pty::size),
     };
     let mut client = access::require_broker()?;
+    let mut typist = match spec.pty {
+        Some(_) => Some(client.typist().map_err(broker_err)?),
+        None => None,
+    };
+    let mut raw: Option<super::run_pty::RawMode> = None;
     let inline = !a.no_prompt && crate::input::has_tty();
     let mut approve_error: Option<anyhow::Error> = None;
     let result = client.call_streaming(Request::Run(spec), &mut |event| match event {
@@ -97,8 +113,15 @@ pub fn run(g: &Global, _s: &mut SecretInput, a: RunArgs) -> anyhow::Result<ExitC
                 );
             }
         }
+        Event::Started { .. } => {
+            if let Some(t) = typist.take() {
+                raw = Some(super::run_pty::start(t));
+            }
+        }
         _ => {}
     });
+    // The terminal as it was before anything more is printed.
+    drop(raw);
     let v = match result {
         Ok(v) => v,
         Err(e) => {
