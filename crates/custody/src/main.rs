@@ -12,7 +12,7 @@ mod sandbox;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::FromArgMatches;
 
 /// Exit code for a wrong passphrase or PIN.
 const EXIT_AUTH: u8 = 2;
@@ -23,7 +23,10 @@ fn main() -> ExitCode {
     // what it could not apply).
     let _ = custody_broker::harden_process();
     quiet_on_broken_pipe();
-    let cli = cmd::Cli::parse();
+    let cli = match cmd::Cli::from_arg_matches(&cmd::command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match cmd::run(cli) {
         Ok(code) => code,
         Err(err) if broken_pipe(&err) => ExitCode::from(EXIT_BROKEN_PIPE),

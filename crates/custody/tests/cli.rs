@@ -1007,6 +1007,51 @@ fn top_level_help_has_examples_and_environment() {
     }
 }
 
+/// First hour, item 14: a subcommand's help shows only the global options
+/// that mean something there (`run` never reads the passphrase, `mcp`
+/// prints nothing for machines), while scripts that pass them anyway still
+/// work, before or after the subcommand.
+#[test]
+fn global_options_show_only_where_they_mean_something() {
+    let h = Home::empty();
+    let help = |args: &[&str]| {
+        let out = h.cmd().args(args).arg("--help").assert().success();
+        String::from_utf8_lossy(&out.get_output().stdout).into_owned()
+    };
+    for sub in [
+        &["run"][..],
+        &["approve"],
+        &["agent"],
+        &["source", "add", "postgres"],
+    ] {
+        let text = help(sub);
+        assert!(!text.contains("--passphrase-stdin"), "{sub:?}:\n{text}");
+        assert!(text.contains("-h, --help"), "{sub:?}:\n{text}");
+    }
+    for sub in [&["mcp"][..], &["completions"], &["man"], &["demo"]] {
+        let text = help(sub);
+        assert!(!text.contains("--json"), "{sub:?}:\n{text}");
+    }
+    for sub in [&["ls"][..], &["set"], &["env", "create"], &["unlock"]] {
+        let text = help(sub);
+        assert!(
+            text.contains("--passphrase-stdin") && text.contains("--json"),
+            "{sub:?}:\n{text}"
+        );
+    }
+    assert!(help(&["run"]).contains("--json"));
+    // Still accepted where hidden, and still meaning what they did.
+    h.cmd()
+        .args(["completions", "bash", "--json", "--passphrase-stdin"])
+        .assert()
+        .success();
+    h.cmd()
+        .args(["status", "--passphrase-stdin", "--json"])
+        .assert()
+        .success()
+        .stdout(contains("\"running\": false"));
+}
+
 /// First hour, item 15: completion scripts and a man page, generated from
 /// the CLI's own definitions.
 #[test]

@@ -3,9 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::CommandFactory;
-
-use super::{Cli, Global};
+use super::Global;
 use crate::input::SecretInput;
 
 #[derive(Debug, clap::Args)]
@@ -24,14 +22,14 @@ pub fn completions(
     _s: &mut SecretInput,
     a: CompletionsArgs,
 ) -> anyhow::Result<ExitCode> {
-    let mut cmd = Cli::command();
+    let mut cmd = super::command();
     clap_complete::generate(a.shell, &mut cmd, "custody", &mut std::io::stdout());
     Ok(ExitCode::SUCCESS)
 }
 
 /// Prints the man page (roff) on stdout.
 pub fn man(_g: &Global, _s: &mut SecretInput, _a: ManArgs) -> anyhow::Result<ExitCode> {
-    let cmd = Cli::command();
+    let cmd = super::command();
     let mut out = std::io::stdout().lock();
     clap_mangen::Man::new(cmd).render(&mut out)?;
     Ok(ExitCode::SUCCESS)

@@ -65,6 +65,65 @@ Environment:
 Scripts: --passphrase-stdin and --pin-stdin read secrets from stdin, one per line, in that order.
 Exit codes: 0 ok (run: the command's code), 1 error, 2 wrong passphrase or PIN.";
 
+/// Subcommands that never read the vault passphrase: `--passphrase-stdin`
+/// is accepted there (scripts pass it everywhere) but not shown in their
+/// help.
+const NO_PASSPHRASE: &[&str] = &[
+    "run",
+    "approve",
+    "deny",
+    "grants",
+    "leases",
+    "revoke",
+    "source",
+    "lock",
+    "status",
+    "mcp",
+    "agent",
+    "demo",
+    "completions",
+    "man",
+];
+
+/// Subcommands that print nothing for machines: `--json` is accepted but
+/// not shown in their help.
+const NO_JSON: &[&str] = &["mcp", "demo", "daemon", "completions", "man"];
+
+/// The command line as clap parses it, with the global options hidden
+/// from the help of subcommands where they mean nothing.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let hide = |cmd: clap::Command, subs: &[&str], id: &'static str, long: &'static str| {
+        subs.iter().fold(cmd, |c, sub| {
+            c.mut_subcommand(*sub, |s| hidden_everywhere(s, id, long))
+        })
+    };
+    let cmd = hide(
+        Cli::command(),
+        NO_PASSPHRASE,
+        "passphrase_stdin",
+        "passphrase-stdin",
+    );
+    hide(cmd, NO_JSON, "json", "json")
+}
+
+/// Gives `cmd` and all its subcommands a hidden flag of the global
+/// option's id. Clap does not copy a global option into a command that
+/// has one of that id, and hands its value up to [`Global`] as usual.
+fn hidden_everywhere(cmd: clap::Command, id: &'static str, long: &'static str) -> clap::Command {
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    let flag = clap::Arg::new(id)
+        .long(long)
+        .action(clap::ArgAction::SetTrue)
+        .hide(true);
+    names.iter().fold(cmd.arg(flag), |c, n| {
+        c.mut_subcommand(n.as_str(), |s| hidden_everywhere(s, id, long))
+    })
+}
+
 /// Options every subcommand takes.
 #[derive(Debug, Args)]
 pub struct Global {
