@@ -447,6 +447,10 @@ pub enum Request {
         /// `GIT_INDEX_FILE`; `git commit -a` stages into a temporary one).
         #[serde(default)]
         index_file: Option<String>,
+        /// Send [`Event::ScanProgress`] events while it runs (a terminal's
+        /// progress line).
+        #[serde(default)]
+        progress: bool,
     },
     /// The last audit records that concern the caller (for an agent: its
     /// sessions, its requests and their decisions, grants and leases),
@@ -607,6 +611,13 @@ pub enum Event {
     },
     /// The vault was locked.
     Locked,
+    /// A scan asked with `progress`: how far it got (at most ten a second).
+    ScanProgress {
+        /// Files (or blobs) read so far.
+        files: u64,
+        /// Bytes read so far.
+        bytes: u64,
+    },
 }
 
 /// Encodes bytes for an [`Event::Output`].

@@ -539,6 +539,7 @@ pub(crate) async fn handle(
     path: String,
     git_history: bool,
     staged: Option<Option<PathBuf>>,
+    progress: Option<tokio::sync::mpsc::Sender<crate::protocol::Event>>,
 ) -> Result<serde_json::Value, crate::protocol::WireError> {
     use crate::protocol::WireError;
     let root = PathBuf::from(&path);
@@ -575,12 +576,24 @@ pub(crate) async fn handle(
         let engine = MaskingEngine::new(values.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
         drop(values);
         let det = Detector::new(Some(Arc::new(engine)), true);
+        // At most ten updates a second; a slow reader misses some.
+        let last = std::sync::Mutex::new(std::time::Instant::now());
+        let report = |files: u64, bytes: u64| {
+            let (Some(tx), Ok(mut last)) = (&progress, last.try_lock()) else {
+                return;
+            };
+            if last.elapsed() >= std::time::Duration::from_millis(100) {
+                *last = std::time::Instant::now();
+                let _ = tx.try_send(crate::protocol::Event::ScanProgress { files, bytes });
+            }
+        };
+        let report: Progress<'_> = &report;
         if git_history {
-            scan_git_history(&det, &root, None)
+            scan_git_history(&det, &root, Some(report))
         } else if let Some(index) = staged {
             scan_staged(&det, &root, index.as_deref())
         } else {
-            scan_tree(&det, &root, &WalkOptions::tree(), None)
+            scan_tree(&det, &root, &WalkOptions::tree(), Some(report))
         }
     });
     let mut report = task

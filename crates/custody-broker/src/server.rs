@@ -391,6 +391,18 @@ async fn handle(broker: Arc<Broker>, mut stream: UnixStream, own_uid: u32) {
                 break;
             }
             Request::Catalog => send_typed(&mut wr, id, crate::ops::catalog(&broker, &peer)).await,
+            Request::Scan {
+                path,
+                git_history,
+                staged,
+                index_file,
+                progress: true,
+            } => {
+                let (tx, rx) = mpsc::channel(4);
+                let staged = staged.then(|| index_file.map(std::path::PathBuf::from));
+                let scan = crate::scan::handle(&broker, &peer, path, git_history, staged, Some(tx));
+                with_events(&mut wr, id, scan, rx).await
+            }
             other => {
                 let res = dispatch(&broker, &mut peer, other, secret, verified).await;
                 send_result(&mut wr, id, res).await
@@ -503,9 +515,10 @@ async fn dispatch(
             git_history,
             staged,
             index_file,
+            ..
         } => {
             let staged = staged.then(|| index_file.map(std::path::PathBuf::from));
-            crate::scan::handle(broker, peer, path, git_history, staged).await
+            crate::scan::handle(broker, peer, path, git_history, staged, None).await
         }
         Request::Run(_) | Request::Watch => {
             Err(WireError::new("internal", "handled by the connection"))
@@ -516,6 +529,24 @@ async fn dispatch(
         )),
         other => ops::vault_request(broker, peer, other, secret, verified),
     }
+}
+
+/// Sends `work`'s result for request `id`, and the events it sends on
+/// `events` while it runs.
+async fn with_events(
+    wr: &mut OwnedWriteHalf,
+    id: u64,
+    work: impl std::future::Future<Output = Result<Value, WireError>>,
+    mut events: mpsc::Receiver<Event>,
+) -> Result<(), FrameError> {
+    tokio::pin!(work);
+    let result = loop {
+        tokio::select! {
+            Some(event) = events.recv() => send(wr, &ServerFrame::Event { id, event }).await?,
+            r = &mut work => break r,
+        }
+    };
+    send_result(wr, id, result).await
 }
 
 /// Input frames a run on a terminal may have queued and not yet written.

@@ -186,6 +186,7 @@ fn scan(b: &TestBroker, path: &Path, git_history: bool, staged: bool) -> Value {
             git_history,
             staged,
             index_file: None,
+            progress: false,
         })
         .unwrap();
     assert_no_value("scan answer", &serde_json::to_vec(&v).unwrap());
@@ -310,6 +311,7 @@ fn scan_needs_an_unlocked_vault_and_an_absolute_path() {
         git_history: false,
         staged: false,
         index_file: None,
+        progress: false,
     });
     assert_eq!(code(&res), "locked");
     b.unlock();
@@ -318,6 +320,7 @@ fn scan_needs_an_unlocked_vault_and_an_absolute_path() {
         git_history: false,
         staged: false,
         index_file: None,
+        progress: false,
     });
     assert_eq!(code(&res), "bad_request");
 }

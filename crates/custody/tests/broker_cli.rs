@@ -1647,3 +1647,30 @@ fn a_terminal_run_is_on_a_pty_by_default_and_takes_keys_and_resizes() {
     assert!(screen.contains("\nicanon"), "{screen}");
     assert!(!screen.contains("tty-s3cr3t-value-0042"), "{screen}");
 }
+
+/// First hour, item 14: a scan of a large tree shows how far it got on a
+/// terminal, also when the broker does it (before: one "scanning in the
+/// broker…" line until the end).
+#[test]
+fn a_broker_scan_shows_progress_on_a_terminal() {
+    let e = env_with_token();
+    let tree = e.dir.path().join("big-tree");
+    fs::create_dir(&tree).unwrap();
+    let chunk: Vec<u8> = (0..1024 * 1024u32).map(|i| b'a' + (i % 26) as u8).collect();
+    for i in 0..24 {
+        fs::write(tree.join(format!("f{i}.txt")), &chunk).unwrap();
+    }
+    let screen = on_a_terminal(&e, &format!("scan '{}'", tree.display()));
+    assert!(screen.contains("scanning: "), "{screen}");
+    assert!(
+        screen.contains(" files, ") && screen.contains("MiB/s"),
+        "{screen}"
+    );
+    // Piped, nothing but the report.
+    let out = e
+        .cmd()
+        .args(["scan", tree.to_str().unwrap()])
+        .assert()
+        .success();
+    assert!(!String::from_utf8_lossy(&out.get_output().stderr).contains("scanning"));
+}

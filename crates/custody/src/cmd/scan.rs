@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
-use custody_broker::protocol::Request;
+use custody_broker::protocol::{Event, Request};
 use custody_broker::scan::{self as walk, ScanReport, WalkOptions};
 use custody_core::mask::MaskingEngine;
 use custody_core::scan::{Detector, Finding};
@@ -93,19 +93,25 @@ fn scan_in_broker(root: &Path, a: &ScanArgs) -> anyhow::Result<Option<ScanReport
     let Some(mut client) = access::broker()? else {
         return Ok(None);
     };
-    let tty = std::io::stderr().is_terminal();
-    if tty {
+    let bar = ProgressLine::new();
+    if bar.on {
         eprint!("\rscanning in the broker…");
     }
-    let res = client.call(Request::Scan {
-        path: root.display().to_string(),
-        git_history: a.git_history,
-        staged: a.staged,
-        index_file: index_file(),
-    });
-    if tty {
-        eprint!("\r\x1b[2K");
-    }
+    let res = client.call_streaming(
+        Request::Scan {
+            path: root.display().to_string(),
+            git_history: a.git_history,
+            staged: a.staged,
+            index_file: index_file(),
+            progress: bar.on,
+        },
+        &mut |event| {
+            if let Event::ScanProgress { files, bytes } = event {
+                bar.show(files, bytes);
+            }
+        },
+    );
+    bar.clear();
     match res {
         Ok(v) => Ok(Some(from_json(v)?)),
         Err(e) if e.code() == Some("locked") => {
@@ -233,6 +239,7 @@ fn index_file() -> Option<String> {
 /// A `\r` progress line on stderr, at most ten updates a second.
 struct ProgressLine {
     on: bool,
+    start: Instant,
     last: Mutex<Instant>,
 }
 
@@ -240,6 +247,7 @@ impl ProgressLine {
     fn new() -> ProgressLine {
         ProgressLine {
             on: std::io::stderr().is_terminal(),
+            start: Instant::now(),
             last: Mutex::new(Instant::now()),
         }
     }
@@ -253,10 +261,12 @@ impl ProgressLine {
         }
         *last = Instant::now();
         let mut err = std::io::stderr().lock();
+        let mib = bytes as f64 / (1024.0 * 1024.0);
+        let secs = self.start.elapsed().as_secs_f64();
         let _ = write!(
             err,
-            "\rscanning: {files} files, {:.1} MiB",
-            bytes as f64 / (1024.0 * 1024.0)
+            "\r\x1b[2Kscanning: {files} files, {mib:.1} MiB ({:.0} MiB/s, {secs:.0} s)",
+            mib / secs.max(0.001)
         );
         let _ = err.flush();
     }
