@@ -7,6 +7,7 @@ mod access;
 mod cmd;
 mod input;
 mod mcp_install;
+mod notify;
 mod output;
 mod sandbox;
 

@@ -1674,3 +1674,95 @@ fn a_broker_scan_shows_progress_on_a_terminal() {
         .success();
     assert!(!String::from_utf8_lossy(&out.get_output().stderr).contains("scanning"));
 }
+
+/// First hour, item 15: where a session bus exists, the approval queue
+/// shows a desktop notification per request (here a private bus, watched
+/// with `dbus-monitor`), naming the request, who asks and the command,
+/// never a value. The notifier comes from a system directory: a `gdbus`
+/// or `notify-send` planted first on `PATH` never runs in the human's
+/// queue (it would share the terminal the PIN is typed on).
+#[test]
+fn the_approval_queue_notifies_the_desktop_without_trusting_path() {
+    let e = env_with_token();
+    let dir = e.dir.path();
+    let socket = dir.join("session-bus.sock");
+    let config = dir.join("session-bus.conf");
+    fs::write(
+        &config,
+        format!(
+            "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\" \
+             \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\
+             <busconfig><type>session</type><listen>unix:path={}</listen>\
+             <policy context=\"default\"><allow send_destination=\"*\" eavesdrop=\"true\"/>\
+             <allow eavesdrop=\"true\"/><allow own=\"*\"/></policy></busconfig>",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _bus = Killed(
+        StdCommand::new("dbus-daemon")
+            .arg(format!("--config-file={}", config.display()))
+            .arg("--nofork")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("dbus-daemon must be installed (the test command installs it)"),
+    );
+    assert!(wait_until(Duration::from_secs(10), || socket.exists()));
+    let address = format!("unix:path={}", socket.display());
+    let log = dir.join("monitor.log");
+    let _monitor = Killed(
+        StdCommand::new("dbus-monitor")
+            .args(["--address", &address])
+            .stdout(fs::File::create(&log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let read_log = || fs::read_to_string(&log).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(10), || read_log()
+        .contains("NameAcquired")));
+    // The agent's planted notifiers, first on PATH.
+    let planted = dir.join("planted-bin");
+    fs::create_dir(&planted).unwrap();
+    let marker = dir.join("planted-ran");
+    for name in ["gdbus", "notify-send"] {
+        let p = planted.join(name);
+        fs::write(&p, format!("#!/bin/sh\ntouch '{}'\n", marker.display())).unwrap();
+        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let t = Tmux::start(
+        &e,
+        &format!(
+            "export DBUS_SESSION_BUS_ADDRESS='{address}' PATH='{}':\"$PATH\"; custody approve",
+            planted.display()
+        ),
+    );
+    t.wait_for("Waiting for requests");
+    let mut child = spawn_run(&e, &["-e", "e", "--", "sh", "-c", "echo notify:$TOKEN"]);
+    t.wait_for("Approve?");
+    let id = e.json(&["approve", "--list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut seen = String::new();
+    let notified = wait_until(Duration::from_secs(10), || {
+        seen = read_log();
+        seen.contains("member=Notify") && seen.contains(&format!("custody approve {id}"))
+    });
+    assert!(notified, "no notification on the bus:\n{seen}");
+    assert!(
+        seen.contains("asks to run sh -c 'echo notify:$TOKEN'"),
+        "{seen}"
+    );
+    assert!(!seen.contains("tty-s3cr3t-value-0042"));
+    assert!(!marker.exists(), "a notifier planted on PATH ran");
+    t.line("d");
+    let _ = child.wait();
+}

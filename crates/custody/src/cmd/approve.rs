@@ -28,6 +28,10 @@ pub struct ApproveArgs {
     /// List pending requests and exit.
     #[arg(long)]
     list: bool,
+    /// The queue rings the terminal's bell and, where a session bus
+    /// exists, shows a desktop notification per request: not the latter.
+    #[arg(long)]
+    no_notify: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -180,7 +184,7 @@ pub fn approve(g: &Global, secrets: &mut SecretInput, a: ApproveArgs) -> anyhow:
     }
     let Some(id) = a.id.clone() else {
         drop(client);
-        return queue(g);
+        return queue(g, !a.no_notify);
     };
     let scope = scope(&a)?;
     let pin = if a.pin_stdin {
@@ -312,7 +316,7 @@ pub fn inline(_g: &Global, request_id: &str) -> anyhow::Result<()> {
 }
 
 /// The interactive queue: shows each pending request as it arrives.
-fn queue(_g: &Global) -> anyhow::Result<ExitCode> {
+fn queue(_g: &Global, notify: bool) -> anyhow::Result<ExitCode> {
     if !input::has_tty() {
         bail!(
             "no terminal for the interactive queue: pass a request id (see `custody approve --list --json`)"
@@ -328,8 +332,16 @@ fn queue(_g: &Global) -> anyhow::Result<ExitCode> {
         for p in pending.as_array().into_iter().flatten() {
             let id = p["id"].as_str().unwrap_or_default().to_owned();
             if seen.insert(id.clone()) {
-                // The terminal's bell: a request is waiting for the human.
+                // The terminal's bell (and the desktop's notification): a
+                // request is waiting for the human.
                 eprint!("\x07");
+                if notify {
+                    crate::notify::request_waiting(
+                        &id,
+                        p["requester"].as_str().unwrap_or_default(),
+                        &super::argv_line(&p["argv"]),
+                    );
+                }
                 match decide_on_tty(&id, Some(p)) {
                     Ok(Some(msg)) => eprintln!("{msg}"),
                     Ok(None) => eprintln!("skipped {id}"),
