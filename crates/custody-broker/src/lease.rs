@@ -34,28 +34,33 @@ pub const PASSTHROUGH: &[&str] = &["PATH", "HOME", "USER", "LANG", "TERM", "TMPD
 const MAX_PASSED_VALUE: usize = 32 * 1024;
 const MAX_PASSED_TOTAL: usize = 256 * 1024;
 
-/// The environment a requester's command gets besides its secrets. An
-/// agent passes only [`PASSTHROUGH`]. A human's own terminal passes its
-/// whole environment, like `op run` (so `cargo` keeps `RUSTUP_HOME` and an
-/// app its `RAILS_ENV`), except variables that change how programs load
+/// The environment a requester's command gets besides its secrets: the
+/// requester's whole environment, like `op run` (so `cargo` keeps
+/// `RUSTUP_HOME` and an app its `RAILS_ENV`; an agent's is its MCP
+/// server's), except variables that change how programs load
 /// (`LD_PRELOAD`, `NODE_OPTIONS`, `RUSTFLAGS`, …; those of [`PASSTHROUGH`]
 /// stay: the program is resolved and bound with `PATH`): a process that
 /// escaped an agent's tree counts as a terminal, and must not slip a library
 /// into a pre-approved command. A human puts such a variable in the command
 /// itself (`-- env RUSTFLAGS=… cargo build`), where the approval shows it.
-/// Malformed names and oversized values are dropped.
+///
+/// What passes is bound into the grant ([`crate::binding`]) and, where it
+/// differs from the approver's, shown on the approval. An agent's run that
+/// policy pre-approves, which no human sees, gets only [`PASSTHROUGH`]
+/// (`preapproved`): an agent cannot point a pre-approved command elsewhere
+/// (`HTTPS_PROXY`, `PGHOST`, a CA bundle) unseen. Malformed names and
+/// oversized values are dropped.
 pub fn passthrough_for(
     requester: &crate::grants::Requester,
     env: &BTreeMap<String, String>,
+    preapproved: bool,
 ) -> BTreeMap<String, String> {
+    let short_list = preapproved && matches!(requester, crate::grants::Requester::Agent { .. });
     let mut total = 0;
     env.iter()
-        .filter(|(k, _)| match requester {
-            crate::grants::Requester::Agent { .. } => PASSTHROUGH.contains(&k.as_str()),
-            crate::grants::Requester::Terminal { .. } => {
-                PASSTHROUGH.contains(&k.as_str())
-                    || !custody_core::names::changes_how_programs_load(k)
-            }
+        .filter(|(k, _)| {
+            PASSTHROUGH.contains(&k.as_str())
+                || (!short_list && !custody_core::names::changes_how_programs_load(k))
         })
         .filter(|(k, v)| {
             let ok = !k.is_empty()
@@ -70,6 +75,17 @@ pub fn passthrough_for(
             ok
         })
         .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// This process's environment as a request passes it (`RunSpec::passthrough`):
+/// every variable with a UTF-8 name and value, except `_` (the shell's note
+/// of the last command, which would make every request's environment
+/// differ and no timed grant cover the next).
+pub fn caller_environment() -> BTreeMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| k != "_")
         .collect()
 }
 
@@ -413,10 +429,14 @@ impl FromBytes for std::ffi::OsStr {
 /// not a pattern's length late).
 const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// Longest unfinished line the pump keeps waiting for its end.
+const LONGEST_LINE: usize = 16 * 1024;
+
 /// Pumps one output stream through a masker until EOF.
 ///
 /// Output goes out a line at a time: the bytes after the last newline wait
-/// for the rest of their line, or for the stream to pause ([`IDLE_FLUSH`]).
+/// for the rest of their line, for the stream to pause ([`IDLE_FLUSH`]) or
+/// until they are [`LONGEST_LINE`] long.
 /// So the two pipes of a run reach the requester as whole lines, not cut
 /// where the masker happened to hold bytes back. A read that ends a line
 /// also lets out what the masker held back that cannot begin a secret.
@@ -467,7 +487,11 @@ async fn pump(
             masker.flush(&mut out);
             flushed = true;
         }
-        if let Some(last) = out.iter().rposition(|&b| b == b'\n') {
+        if out.len() >= LONGEST_LINE {
+            // Not lines (binary, a progress bar): as it comes.
+            emit(&events, name, &out, &mut tail).await;
+            out.clear();
+        } else if let Some(last) = out.iter().rposition(|&b| b == b'\n') {
             emit(&events, name, &out[..=last], &mut tail).await;
             out.drain(..=last);
         }
@@ -686,11 +710,11 @@ mod tests {
         }
     }
 
-    /// An agent passes only PATH, HOME, USER, LANG, TERM, TMPDIR, whatever
-    /// its `custody mcp` sends; a terminal passes the rest too, but no
-    /// loader variable, and nothing malformed or oversized.
+    /// Agents and terminals pass their environment but no loader variable
+    /// and nothing malformed or oversized; an agent's run pre-approved by
+    /// policy passes only PATH, HOME, USER, LANG, TERM and TMPDIR.
     #[test]
-    fn an_agent_passes_only_the_short_list() {
+    fn what_each_requester_passes() {
         use crate::grants::Requester;
         let env: BTreeMap<String, String> = [
             ("PATH", "/usr/bin"),
@@ -711,10 +735,17 @@ mod tests {
             sandboxed: false,
         };
         let names = |m: BTreeMap<String, String>| m.into_keys().collect::<Vec<_>>();
-        assert_eq!(names(passthrough_for(&agent, &env)), ["HOME", "PATH"]);
         let terminal = Requester::Terminal { session: 1 };
+        for who in [&agent, &terminal] {
+            assert_eq!(
+                names(passthrough_for(who, &env, false)),
+                ["HOME", "PATH", "RAILS_ENV"]
+            );
+        }
+        // Pre-approved by policy, nobody sees an agent's environment.
+        assert_eq!(names(passthrough_for(&agent, &env, true)), ["HOME", "PATH"]);
         assert_eq!(
-            names(passthrough_for(&terminal, &env)),
+            names(passthrough_for(&terminal, &env, true)),
             ["HOME", "PATH", "RAILS_ENV"]
         );
     }
