@@ -66,8 +66,9 @@ pub async fn run(
 ) -> Result<Value, WireError> {
     validate(&spec)?;
     let requester = broker.requester(peer);
+    let preapproved = broker.preapproves(&requester, &spec);
     let spec = RunSpec {
-        passthrough: crate::lease::passthrough_for(&requester, &spec.passthrough),
+        passthrough: crate::lease::passthrough_for(&requester, &spec.passthrough, preapproved),
         ..spec
     };
     // Binding reads files: off the async threads and the state lock.

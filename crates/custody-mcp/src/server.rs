@@ -2,7 +2,6 @@
 //! and a broker request. The broker decides, injects, masks and audits; this
 //! process only ever sees names, ids, decisions and masked output.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -517,10 +516,10 @@ impl CustodyMcp {
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default(),
         };
-        let passthrough: BTreeMap<String, String> = custody_broker::lease::PASSTHROUGH
-            .iter()
-            .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
-            .collect();
+        // This server's environment, as its agent client gave it: the
+        // broker drops loader variables, binds the rest into the grant and
+        // shows what differs from the approver's (`lease::passthrough_for`).
+        let passthrough = custody_broker::lease::caller_environment();
         let spec = RunSpec {
             argv: a.command,
             cwd,

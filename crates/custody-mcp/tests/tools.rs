@@ -729,3 +729,54 @@ async fn custody_mcp_registers_again_as_soon_as_the_broker_is_back() {
     }
     a.stop().await;
 }
+
+/// First hour, item 8, with the same-user rule that what was approved is
+/// what runs: an agent's run gets its MCP server's environment (an app's
+/// `RAILS_ENV`), never a loader variable; the approval lists every
+/// variable that differs from the approver's (an `HTTPS_PROXY` pointing
+/// the command elsewhere is seen); and a run pre-approved by policy, which
+/// nobody sees, gets only PATH, HOME, USER, LANG, TERM and TMPDIR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_run_gets_its_servers_environment_shown_and_bound() {
+    let e = env_with_secret();
+    let a = Agent::start_with(
+        &e,
+        Era::Initialize,
+        "50s",
+        &[
+            ("RAILS_ENV", "test"),
+            ("HTTPS_PROXY", "http://127.0.0.1:9"),
+            ("NODE_OPTIONS", "--require /tmp/evil.js"),
+        ],
+    )
+    .await;
+    let script = "echo \"[$RAILS_ENV][$HTTPS_PROXY][$NODE_OPTIONS]\"";
+    let args = run_args(&e, &["sh", "-c", script]);
+    let call = a.call("run", args.clone());
+    let approver = async {
+        tokio::task::block_in_place(|| {
+            let id = e.pending_id();
+            let out = e.cmd().args(["approve", "--list"]).assert().success();
+            let screen = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+            assert!(
+                screen.contains("env differs:  HTTPS_PROXY=http://127.0.0.1:9 (yours: unset)"),
+                "{screen}"
+            );
+            assert!(
+                screen.contains("env differs:  RAILS_ENV=test (yours: unset)"),
+                "{screen}"
+            );
+            assert!(!screen.contains("NODE_OPTIONS="), "{screen}");
+            e.approve(&id);
+        });
+    };
+    let (r, ()) = tokio::join!(call, approver);
+    let v = structured(&r);
+    assert_eq!(v["stdout"], "[test][http://127.0.0.1:9][]\n", "{v}");
+
+    e.policy(&format!(
+        "[[clients.\"*\".preapproved]]\nargv = [\"sh\", \"-c\", {script:?}]\nenvironments = [\"dev\"]\nexpires = \"2099-01-01T00:00:00Z\"\n"
+    ));
+    let v = structured(&a.call("run", args).await);
+    assert_eq!(v["stdout"], "[][][]\n", "{v}");
+}

@@ -47,6 +47,21 @@ fn request_event(
 }
 
 impl Broker {
+    /// Whether policy pre-approves `spec` for `requester` (its command,
+    /// directory and environments; the program is checked at admission).
+    pub fn preapproves(&self, requester: &Requester, spec: &RunSpec) -> bool {
+        let environments: BTreeSet<String> = spec.environments.iter().cloned().collect();
+        self.policy()
+            .preapproved(
+                requester.client_name(),
+                &spec.argv,
+                &spec.cwd,
+                &environments,
+                SystemTime::now(),
+            )
+            .is_some()
+    }
+
     /// Resolves a run's variable set and decides: run under a grant now, or
     /// wait for a human. `binding` is [`crate::binding::bind`] of `spec`. Returns `Ok(Ok(grant_id))` or `Ok(Err((request_id,
     /// receiver)))`.
@@ -232,6 +247,7 @@ impl Broker {
                         "requester": p.requester.describe(),
                         "client": p.requester.client_name(),
                         "sandboxed": matches!(p.requester, Requester::Agent { sandboxed: true, .. }),
+                        "agent": matches!(p.requester, Requester::Agent { .. }),
                         "argv": p.spec.argv,
                         "program": p.scope.binding.program,
                         "passthrough": p.scope.binding.passthrough,

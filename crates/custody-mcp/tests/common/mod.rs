@@ -224,6 +224,17 @@ pub struct Agent {
 
 impl Agent {
     pub async fn start(env: &Env, era: Era, approval_wait: &str) -> Agent {
+        Agent::start_with(env, era, approval_wait, &[]).await
+    }
+
+    /// [`Agent::start`] with `vars` added to the server's environment (as
+    /// an agent client sets them for its MCP servers).
+    pub async fn start_with(
+        env: &Env,
+        era: Era,
+        approval_wait: &str,
+        vars: &[(&str, &str)],
+    ) -> Agent {
         let bin = assert_cmd::cargo::cargo_bin("custody");
         let mut child = tokio::process::Command::new("sh")
             .arg("-c")
@@ -237,6 +248,7 @@ impl Agent {
             .env_remove("XDG_DATA_HOME")
             .env_remove("XDG_RUNTIME_DIR")
             .env_remove("CUSTODY_MCP_APPROVAL_WAIT")
+            .envs(vars.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -52,24 +52,41 @@ fn scope(a: &ApproveArgs) -> anyhow::Result<ApprovalScope> {
     }
 }
 
+/// Most differing variables an agent's request lists one per line.
+const MAX_ENV_LINES: usize = 24;
+
 /// The passed-through variables whose value differs from this terminal's
 /// (an agent's own `PATH` first, say), one per line.
 fn differing_env(p: &Value) -> String {
     let mut out = String::new();
-    // The variables that decide what runs and where are shown when they
-    // differ from yours; a terminal's other variables only by count.
+    // What an agent passes is its choice: every variable that differs from
+    // yours is shown (`HTTPS_PROXY`, `PGHOST` or a CA bundle point a command
+    // elsewhere). From a terminal, those that decide what runs and where;
+    // its other variables only by count.
+    let agent = p["agent"] == json!(true);
+    let mut shown = 0;
     let mut others = 0;
     for (k, v) in p["passthrough"].as_object().into_iter().flatten() {
         let theirs = v.as_str().unwrap_or_default();
         if std::env::var(k).ok().as_deref() == Some(theirs) {
             continue;
         }
-        if custody_broker::lease::PASSTHROUGH.contains(&k.as_str()) {
+        let decides = custody_broker::lease::PASSTHROUGH.contains(&k.as_str());
+        if decides || (agent && shown < MAX_ENV_LINES) {
+            shown += 1;
+            // PATH and the like in full; an agent's other values capped.
+            let value = |v: &str| {
+                if decides {
+                    output::shown(v)
+                } else {
+                    output::field(v)
+                }
+            };
             out.push_str(&format!(
                 "\n  env differs:  {}={} (yours: {})",
                 output::shown(k),
-                output::shown(theirs),
-                output::shown(&std::env::var(k).unwrap_or_else(|_| "unset".into()))
+                value(theirs),
+                value(&std::env::var(k).unwrap_or_else(|_| "unset".into()))
             ));
         } else {
             others += 1;

@@ -65,12 +65,7 @@ pub fn run(g: &Global, _s: &mut SecretInput, a: RunArgs) -> anyhow::Result<ExitC
             .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
             .collect()
     } else {
-        // `_` is the shell's note of the last command: it would make every
-        // run's environment differ, and a timed grant cover none.
-        std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .filter(|(k, _)| k != "_")
-            .collect()
+        custody_broker::lease::caller_environment()
     };
     let spec = RunSpec {
         argv: a.command.clone(),
