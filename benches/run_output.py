@@ -4,7 +4,8 @@
 A pre-approved command prints SIZE MiB of log-like lines (`yes LINE | head
 -c`); custody masks it against 100 vault values and writes it to /dev/null.
 Measured side by side in one run, interleaved: the bare command, `custody
-run --no-pty` (pipes), `custody run --pty` (a terminal) and, with
+run --no-pty` (pipes), `custody run --pty` (a terminal), `script` on a bare pty (the kernel's
+terminal layer alone) and, with
 `--baseline`, another custody build's `custody run` (pipes; older builds
 have no --pty).
 
@@ -75,6 +76,10 @@ def main():
             "custody run --pty": ([custody, "run", "--pty", "-e", "bench", "--", *cmd],
                                   this.env),
         }
+        if shutil.which("script"):
+            # The kernel's terminal layer alone: `script` on a pty of its own.
+            cases["script (a bare pty)"] = (
+                ["script", "-qec", script(args.mib), "/dev/null"], this.env)
         if args.baseline:
             base = Setup(os.path.abspath(args.baseline), f"{tmp}/base")
             setups.append(base)
