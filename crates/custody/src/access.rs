@@ -8,9 +8,11 @@ use std::path::PathBuf;
 use anyhow::{Context, anyhow};
 use custody_broker::protocol::{ClientInfo, Request};
 use custody_broker::{Client, ClientError};
+use custody_core::audit::{AuditChain, AuditEvent, VaultAction};
 use custody_core::import::ImportOutcome;
 use custody_core::names::{EnvName, VarName};
 use custody_core::paths;
+use custody_core::vault::audited::{self, ChangeError};
 use custody_core::vault::{EnvironmentInfo, VariableInfo, VariableUpdate, Vault, VaultError};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -121,7 +123,7 @@ fn stdin_lines(
 /// Where vault operations go.
 pub enum Backend {
     /// The vault file, opened with the passphrase.
-    Direct(Box<Vault>),
+    Direct(Box<Direct>),
     /// The running broker, and how a change is proven to it.
     Broker(Client, ChangeAuth),
 }
@@ -232,10 +234,65 @@ fn open_direct(passphrase: Option<Zeroizing<Vec<u8>>>, locked: bool) -> anyhow::
             }
         })?,
     };
-    Ok(Backend::Direct(Box::new(Vault::unlock(
-        &path,
-        &passphrase,
-    )?)))
+    Ok(Backend::Direct(Box::new(Direct {
+        vault: Vault::unlock(&path, &passphrase)?,
+        chain: None,
+    })))
+}
+
+/// Who the audit log names for a change made on the vault file directly.
+const DIRECT_BY: &str = "terminal (vault file, no broker)";
+
+/// The vault file, opened with the passphrase; its audit log is opened at
+/// the first change (reads need none), and every change goes through
+/// `custody_core::vault::audited`, as the broker's do (G6).
+pub struct Direct {
+    vault: Vault,
+    chain: Option<AuditChain>,
+}
+
+impl Direct {
+    /// Makes the change `f` with its audit record, as one: a change that
+    /// cannot be audited is not made.
+    fn change<T>(
+        &mut self,
+        action: VaultAction,
+        env: &EnvName,
+        var: Option<&VarName>,
+        f: impl FnOnce(&mut Vault) -> Result<T, VaultError>,
+    ) -> anyhow::Result<T> {
+        let chain = match &mut self.chain {
+            Some(c) => c,
+            None => {
+                let path = paths::home_dir()
+                    .map(|h| h.join(custody_core::audit::AUDIT_FILE))
+                    .context("cannot tell where the audit log lives: set CUSTODY_HOME")?;
+                let chain = audited::open_chain(&self.vault, &path).map_err(|e| {
+                    anyhow!("the audit log cannot be opened ({e}); nothing was changed: check it with `custody audit verify`")
+                })?;
+                self.chain.insert(chain)
+            }
+        };
+        let event = AuditEvent::VaultChange {
+            action,
+            environment: env.to_string(),
+            variable: var.map(VarName::to_string),
+            by: Some(DIRECT_BY.to_owned()),
+        };
+        let reason = |e: &VaultError| custody_broker::broker::vault_error_code(e).to_owned();
+        audited::change(&mut self.vault, chain, event, reason, f).map_err(|e| match e {
+            ChangeError::Refused { error, recorded } => {
+                if let Err(why) = recorded {
+                    eprintln!("custody: warning: the refused change could not be audited: {why}");
+                }
+                error.into()
+            }
+            ChangeError::Audit(e) => {
+                anyhow!("the audit log cannot be written ({e}); nothing was changed")
+            }
+            ChangeError::Head(e) => e.into(),
+        })
+    }
 }
 
 /// [`open`] for a command that changes the vault: with `pin_stdin`, the
@@ -316,7 +373,9 @@ impl Backend {
 
     pub fn create_environment(&mut self, env: &EnvName, description: &str) -> anyhow::Result<()> {
         match self {
-            Backend::Direct(v) => Ok(v.create_environment(env, description)?),
+            Backend::Direct(d) => d.change(VaultAction::CreateEnvironment, env, None, |v| {
+                v.create_environment(env, description)
+            }),
             Backend::Broker(..) => self
                 .change(
                     Request::EnvCreate {
@@ -331,14 +390,14 @@ impl Backend {
 
     pub fn environments(&mut self) -> anyhow::Result<Vec<EnvironmentInfo>> {
         match self {
-            Backend::Direct(v) => Ok(v.environments()?),
+            Backend::Direct(d) => Ok(d.vault.environments()?),
             Backend::Broker(..) => parse(self.call(Request::EnvList)?),
         }
     }
 
     pub fn environment(&mut self, env: &EnvName) -> anyhow::Result<EnvironmentInfo> {
         match self {
-            Backend::Direct(v) => Ok(v.environment(env)?),
+            Backend::Direct(d) => Ok(d.vault.environment(env)?),
             Backend::Broker(..) => {
                 let mut v = self.call(Request::EnvDescribe {
                     name: env.to_string(),
@@ -351,7 +410,9 @@ impl Backend {
 
     pub fn describe_environment(&mut self, env: &EnvName, description: &str) -> anyhow::Result<()> {
         match self {
-            Backend::Direct(v) => Ok(v.describe_environment(env, description)?),
+            Backend::Direct(d) => d.change(VaultAction::DescribeEnvironment, env, None, |v| {
+                v.describe_environment(env, description)
+            }),
             Backend::Broker(..) => self
                 .change(
                     Request::EnvDescribe {
@@ -366,7 +427,9 @@ impl Backend {
 
     pub fn remove_environment(&mut self, env: &EnvName) -> anyhow::Result<usize> {
         match self {
-            Backend::Direct(v) => Ok(v.remove_environment(env)?),
+            Backend::Direct(d) => d.change(VaultAction::RemoveEnvironment, env, None, |v| {
+                v.remove_environment(env)
+            }),
             Backend::Broker(..) => {
                 let v = self.change(
                     Request::EnvRemove {
@@ -381,7 +444,7 @@ impl Backend {
 
     pub fn variables(&mut self, env: &EnvName) -> anyhow::Result<Vec<VariableInfo>> {
         match self {
-            Backend::Direct(v) => Ok(v.variables(env)?),
+            Backend::Direct(d) => Ok(d.vault.variables(env)?),
             Backend::Broker(..) => {
                 let mut v = self.call(Request::EnvDescribe {
                     name: env.to_string(),
@@ -400,7 +463,9 @@ impl Backend {
         update: &VariableUpdate,
     ) -> anyhow::Result<bool> {
         match self {
-            Backend::Direct(v) => Ok(v.set_variable(env, var, value, update)?),
+            Backend::Direct(d) => d.change(VaultAction::SetVariable, env, Some(var), |v| {
+                v.set_variable(env, var, value, update)
+            }),
             Backend::Broker(..) => {
                 let req = Request::Set {
                     env: env.to_string(),
@@ -425,9 +490,11 @@ impl Backend {
         update: &VariableUpdate,
     ) -> anyhow::Result<bool> {
         match self {
-            Backend::Direct(v) => {
+            Backend::Direct(d) => {
                 let value = custody_core::generate::random_value(length, alphabet)?;
-                Ok(v.set_variable(env, var, &value, update)?)
+                d.change(VaultAction::GenerateVariable, env, Some(var), |v| {
+                    v.set_variable(env, var, &value, update)
+                })
             }
             Backend::Broker(..) => {
                 let v = self.change(
@@ -448,7 +515,9 @@ impl Backend {
 
     pub fn unset_variable(&mut self, env: &EnvName, var: &VarName) -> anyhow::Result<()> {
         match self {
-            Backend::Direct(v) => Ok(v.unset_variable(env, var)?),
+            Backend::Direct(d) => d.change(VaultAction::RemoveVariable, env, Some(var), |v| {
+                v.unset_variable(env, var)
+            }),
             Backend::Broker(..) => self
                 .change(
                     Request::Unset {
@@ -469,7 +538,9 @@ impl Backend {
         progress: &mut dyn FnMut(usize, usize),
     ) -> anyhow::Result<ImportOutcome> {
         match self {
-            Backend::Direct(v) => Ok(custody_core::import::import_dotenv(v, env, text, progress)?),
+            Backend::Direct(d) => d.change(VaultAction::Import, env, None, |v| {
+                custody_core::import::import_dotenv(v, env, text, progress)
+            }),
             Backend::Broker(..) => {
                 if text.len() > custody_broker::protocol::MAX_FRAME - 64 {
                     return Err(anyhow!(

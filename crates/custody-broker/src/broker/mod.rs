@@ -241,7 +241,12 @@ pub struct Broker {
 /// Converts a vault error into what the client sees: names only, with the
 /// next step.
 pub fn vault_error(e: VaultError) -> WireError {
-    let code = match &e {
+    WireError::new(vault_error_code(&e), e.to_string())
+}
+
+/// The wire code of a vault error (also the reason a refusal is audited with).
+pub fn vault_error_code(e: &VaultError) -> &'static str {
+    match e {
         VaultError::NotFound { .. } => "no_vault",
         VaultError::WrongPassphrase => "wrong_passphrase",
         VaultError::NoSuchEnvironment(_) | VaultError::NoSuchVariable { .. } => "not_found",
@@ -255,8 +260,7 @@ pub fn vault_error(e: VaultError) -> WireError {
         | VaultError::PinTooShort { .. } => "bad_request",
         VaultError::Tampered { .. } | VaultError::Corrupt { .. } => "vault_damaged",
         _ => "vault_error",
-    };
-    WireError::new(code, e.to_string())
+    }
 }
 
 impl From<VaultError> for WireError {
@@ -804,41 +808,23 @@ impl Broker {
         let st = &mut *guard;
         let vault = st.vault.as_mut().ok_or_else(locked)?;
         let chain = st.audit.as_mut().ok_or_else(locked)?;
-        let done = vault.atomically(|v| -> Result<(T, AuditHead), WireError> {
-            let out = f(v).map_err(vault_error)?;
-            let head = chain.append(&event).map_err(|e| {
-                WireError::new(
+        use custody_core::vault::audited::{self, ChangeError};
+        audited::change(vault, chain, event, |e| vault_error_code(e).to_owned(), f).map_err(|e| {
+            match e {
+                ChangeError::Refused { error, recorded } => {
+                    if let Err(why) = recorded {
+                        // Logged, not dropped: the change failed either way.
+                        eprintln!("custody daemon: a refused change was not audited: {why}");
+                    }
+                    vault_error(error)
+                }
+                ChangeError::Audit(e) => WireError::new(
                     "audit_failed",
                     format!("the audit log cannot be written ({e}); nothing was done"),
-                )
-            })?;
-            Ok((out, head))
-        });
-        match done {
-            Ok((out, head)) => {
-                vault.set_audit_head(&head).map_err(vault_error)?;
-                Ok(out)
+                ),
+                ChangeError::Head(e) => vault_error(e),
             }
-            Err(e) => {
-                if let AuditEvent::VaultChange {
-                    action,
-                    environment,
-                    variable,
-                    by,
-                } = event
-                    && e.code != "audit_failed"
-                {
-                    let _ = st.audit(AuditEvent::VaultChangeRefused {
-                        action,
-                        environment,
-                        variable,
-                        by,
-                        reason: e.code.clone(),
-                    });
-                }
-                Err(e)
-            }
-        }
+        })
     }
 
     // ----- sessions -----------------------------------------------------

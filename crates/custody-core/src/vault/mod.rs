@@ -7,6 +7,7 @@
 //! so a ciphertext moved to another row fails to open. Names are stored only
 //! sealed, and found through an HMAC index.
 
+pub mod audited;
 mod environments;
 mod error;
 mod label;
