@@ -17,6 +17,7 @@ pub mod broker;
 pub mod client;
 pub mod contain;
 pub mod daemon;
+mod engines;
 pub mod grants;
 pub mod lease;
 mod ops;

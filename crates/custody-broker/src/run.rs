@@ -150,7 +150,8 @@ pub async fn run(
     let lease_id = new_id("l");
     let ttl = sources::cap_ttl(&prepared, Duration::from_secs(spec.timeout_secs));
     let mut also_mask = Vec::new();
-    if !prepared.is_empty() {
+    let dynamic = !prepared.is_empty();
+    if dynamic {
         let deadline = SystemTime::now() + ttl;
         let program = spec.argv.first().cloned().unwrap_or_default();
         broker.dynamic_planned(&lease_id, &program, sources::planned(&prepared, deadline))?;
@@ -178,12 +179,19 @@ pub async fn run(
             }
         }
     }
-    let engine = Arc::new(MaskingEngine::new(
-        injected
-            .iter()
-            .map(|i| (i.name.as_str(), i.value.as_slice()))
-            .chain(also_mask.iter().map(|(n, v)| (n.as_str(), v.as_slice()))),
-    ));
+    let values: Vec<(&str, &[u8])> = injected
+        .iter()
+        .map(|i| (i.name.as_str(), i.value.as_slice()))
+        .chain(also_mask.iter().map(|(n, v)| (n.as_str(), v.as_slice())))
+        .collect();
+    // Stored values only: reused while they stay the same. Minted ones are
+    // new each time.
+    let engine = if dynamic {
+        Arc::new(MaskingEngine::new(values.iter().copied()))
+    } else {
+        broker.engines.for_values(&values)
+    };
+    drop(values);
     drop(also_mask);
     // File mtimes come from the kernel's coarse clock, which can lag the
     // wall clock by a tick: start the leak check's window a little early.

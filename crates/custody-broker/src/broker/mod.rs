@@ -236,6 +236,8 @@ pub struct Broker {
     pub(crate) cfg: BrokerConfig,
     state: Mutex<State>,
     events: broadcast::Sender<(u64, Event)>,
+    /// Masking engines by the values they mask ([`crate::engines`]).
+    pub(crate) engines: crate::engines::Engines,
 }
 
 /// Converts a vault error into what the client sees: names only, with the
@@ -497,6 +499,7 @@ impl Broker {
                 scans: HashMap::new(),
             }),
             events,
+            engines: crate::engines::Engines::default(),
         })
     }
 
@@ -780,6 +783,7 @@ impl Broker {
         st.vault = None; // Vault's keys zeroize on drop.
         st.audit = None;
         drop(st);
+        self.engines.clear();
         self.publish(Event::Locked);
         json!({"locked": true, "leases_killed": killed})
     }
