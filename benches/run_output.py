@@ -26,7 +26,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run_overhead import Setup  # noqa: E402  (same vault and broker set-up)
+from run_overhead import Setup, clean_up  # noqa: E402  (same vault and broker set-up)
 
 LINE = "2026-12-03T10:00:00Z INFO request handled path=/api/v1/orders status=200 ms=12"
 
@@ -105,10 +105,7 @@ def main():
             print(f"{name:<26} {med:>9.3f} {args.mib / med:>8.1f}")
         print(json.dumps(out))
     finally:
-        for s in setups:
-            s.stop()
-        time.sleep(0.3)
-        shutil.rmtree(tmp, ignore_errors=True)
+        clean_up(setups, tmp)
 
 
 if __name__ == "__main__":

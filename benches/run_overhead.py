@@ -64,6 +64,14 @@ class Setup:
             pass
 
 
+def clean_up(setups, tmp):
+    """Stops every setup's broker and removes the benchmark's temp dir."""
+    for s in setups:
+        s.stop()
+    time.sleep(0.3)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=300)
@@ -126,10 +134,7 @@ def main():
             out["vs_baseline_ms"] = round(d, 3)
         print(json.dumps(out))
     finally:
-        for s in setups:
-            s.stop()
-        time.sleep(0.3)
-        shutil.rmtree(tmp, ignore_errors=True)
+        clean_up(setups, tmp)
 
 
 if __name__ == "__main__":

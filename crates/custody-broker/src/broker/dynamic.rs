@@ -94,7 +94,7 @@ impl Broker {
             let _ = vault.remove_lease_record(id);
         }
         for lease_id in rejected {
-            let _ = st.audit(AuditEvent::LeaseRecordRejected {
+            st.audit_after(AuditEvent::LeaseRecordRejected {
                 lease_id,
                 place: "vault".into(),
             });
@@ -105,7 +105,7 @@ impl Broker {
                 continue; // This broker's own.
             }
             if rec.end() {
-                let _ = st.audit(AuditEvent::Reaped {
+                st.audit_after(AuditEvent::Reaped {
                     lease_id: rec.id.clone(),
                     pgid: Some(rec.pid),
                     files_removed: 0,
@@ -188,7 +188,7 @@ impl Broker {
         credential: &str,
         expires: &str,
     ) {
-        let _ = self.state().audit(AuditEvent::CredentialMinted {
+        self.state().audit_after(AuditEvent::CredentialMinted {
             lease_id: lease_id.to_owned(),
             source: reference.to_owned(),
             credential: credential.to_owned(),
@@ -199,7 +199,7 @@ impl Broker {
     /// One credential is revoked: audit it, drop it from the lease.
     pub(crate) fn credential_revoked(&self, lease_id: &str, m: &Minted, attempts: u32) {
         let mut st = self.state();
-        let _ = st.audit(AuditEvent::CredentialRevoked {
+        st.audit_after(AuditEvent::CredentialRevoked {
             lease_id: lease_id.to_owned(),
             source: m.reference.clone(),
             credential: m.credential.clone(),
@@ -242,7 +242,7 @@ impl Broker {
         let minted = e.minted.clone();
         if changed && st.audit.is_some() {
             for m in minted {
-                let _ = st.audit(AuditEvent::CredentialIrrevocable {
+                st.audit_after(AuditEvent::CredentialIrrevocable {
                     lease_id: lease_id.to_owned(),
                     source: m.reference,
                     credential: m.credential,
@@ -254,7 +254,7 @@ impl Broker {
 
     /// A credential of this vault that no lease owned was revoked.
     pub(crate) fn credential_reaped(&self, reference: &str, credential: &str) {
-        let _ = self.state().audit(AuditEvent::CredentialReaped {
+        self.state().audit_after(AuditEvent::CredentialReaped {
             source: reference.to_owned(),
             credential: credential.to_owned(),
         });

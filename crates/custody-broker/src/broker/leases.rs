@@ -196,7 +196,7 @@ impl Broker {
             EndReason::Locked => audit::LeaseEndReason::Locked,
             EndReason::Shutdown => audit::LeaseEndReason::BrokerShutdown,
         };
-        let _ = st.audit(AuditEvent::LeaseEnd {
+        st.audit_after(AuditEvent::LeaseEnd {
             lease_id: outcome.lease_id.clone(),
             exit_code: outcome.exit_code,
             signal: outcome.signal,
@@ -221,7 +221,7 @@ impl Broker {
         let mut st = self.state();
         let at = rfc3339(SystemTime::now());
         for leak in leaks {
-            let _ = st.audit(AuditEvent::LeakFound {
+            st.audit_after(AuditEvent::LeakFound {
                 lease_id: lease_id.to_owned(),
                 path: leak.path.clone(),
                 variable: leak.variable.clone(),

@@ -206,6 +206,9 @@ pub(crate) struct State {
     pub(crate) grants: BTreeMap<String, Grant>,
     pub(crate) leases: BTreeMap<String, LeaseEntry>,
     deferred: Vec<AuditEvent>,
+    /// Records of things that had already happened that could not be
+    /// written (see [`State::audit_after`]), for `custody status`.
+    unrecorded: u64,
     last_activity: Instant,
     /// The last [`RECENT_LEAKS`] leaks the post-run check found, for
     /// `custody status` (names and paths only).
@@ -227,6 +230,9 @@ pub(crate) struct State {
 pub const AGENT_SCANS_PER_MINUTE: u32 = 10;
 /// See [`AGENT_SCANS_PER_MINUTE`].
 pub const AGENT_SCAN_BYTES_PER_MINUTE: u64 = 256 << 20;
+
+/// Records kept for the next unlock while the vault is locked.
+const MAX_DEFERRED: usize = 10_000;
 
 /// Leak reports kept for `custody status`.
 const RECENT_LEAKS: usize = 50;
@@ -309,6 +315,47 @@ impl State {
             v.set_audit_head(&head).map_err(vault_error)?;
         }
         Ok(())
+    }
+
+    /// Records `event` before what it describes happens (fail closed); while
+    /// the vault is locked, at the next unlock (at most [`MAX_DEFERRED`]).
+    fn audit_or_defer(&mut self, event: AuditEvent) -> Result<(), WireError> {
+        if self.audit.is_some() {
+            return self.audit(event);
+        }
+        if self.deferred.len() >= MAX_DEFERRED {
+            return Err(WireError::new(
+                "audit_failed",
+                "too many records wait for the vault to be unlocked: run `custody unlock`",
+            ));
+        }
+        self.deferred.push(event);
+        Ok(())
+    }
+
+    /// Records something that has already happened (a lease ended, a grant
+    /// expired, a revoke, a wrong PIN), which no failure can undo. Its
+    /// record is never dropped silently: while the vault is locked it waits
+    /// for the next unlock (at most [`MAX_DEFERRED`]); a record that cannot
+    /// be written is logged by kind and counted (`audit_unrecorded` in
+    /// `custody status`).
+    pub(crate) fn audit_after(&mut self, event: AuditEvent) {
+        if self.audit.is_none() {
+            if self.deferred.len() < MAX_DEFERRED {
+                self.deferred.push(event);
+            } else {
+                self.unrecorded += 1;
+            }
+            return;
+        }
+        let kind = event.kind();
+        if let Err(e) = self.audit(event) {
+            self.unrecorded += 1;
+            eprintln!(
+                "custody daemon: the audit record `{kind}` could not be written: {}",
+                e.message
+            );
+        }
     }
 
     fn is_agent_process(&self, pid: u32) -> Option<u32> {
@@ -492,6 +539,7 @@ impl Broker {
                 grants: BTreeMap::new(),
                 leases: BTreeMap::new(),
                 deferred,
+                unrecorded: 0,
                 last_activity: Instant::now(),
                 recent_leaks: VecDeque::new(),
                 dynamic: BTreeMap::new(),
@@ -596,7 +644,7 @@ impl Broker {
             .map(|(id, _)| id.clone())
             .collect();
         for id in expired {
-            let _ = st.audit(AuditEvent::RequestExpired {
+            st.audit_after(AuditEvent::RequestExpired {
                 request_id: id.clone(),
             });
             if let Some(mut p) = st.pending.remove(&id)
@@ -614,7 +662,7 @@ impl Broker {
             .collect();
         for id in gone {
             st.grants.remove(&id);
-            let _ = st.audit(AuditEvent::GrantExpired { grant_id: id });
+            st.audit_after(AuditEvent::GrantExpired { grant_id: id });
         }
         // Keep the decided-request memory bounded.
         while st.decided.len() > 1024 {
@@ -648,6 +696,7 @@ impl Broker {
             "pid": std::process::id(),
             "locked": st.vault.is_none(),
             "vault": self.cfg.vault_path(),
+            "audit_unrecorded": st.unrecorded,
             "sessions": st.sessions.iter().map(|(id, s)| json!({
                 "session_id": id, "client_name": s.client_name, "policy_name": s.policy_name,
                 "client_version": s.client_version, "agent_exe": s.agent_exe,
@@ -777,7 +826,7 @@ impl Broker {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let mut st = self.state();
-        let _ = st.audit(AuditEvent::Lock { reason });
+        st.audit_after(AuditEvent::Lock { reason });
         st.dynamic.clear(); // Their records stay on disk for the next unlock.
         st.policy = Arc::new(Policy::default());
         st.vault = None; // Vault's keys zeroize on drop.
@@ -885,15 +934,13 @@ impl Broker {
                 }
             }
         }
-        if st.audit.is_some() {
-            st.audit(AuditEvent::SessionStart {
-                session_id: id.clone(),
-                client_name: client_name.to_owned(),
-                client_version: client_version.to_owned(),
-                pid,
-                parent_pid: Some(ppid),
-            })?;
-        }
+        st.audit_or_defer(AuditEvent::SessionStart {
+            session_id: id.clone(),
+            client_name: client_name.to_owned(),
+            client_version: client_version.to_owned(),
+            pid,
+            parent_pid: Some(ppid),
+        })?;
         st.sessions.insert(
             id.clone(),
             Session {
@@ -984,11 +1031,7 @@ impl Broker {
             sandboxed,
             enforced: enforced.clone(),
         };
-        if st.audit.is_some() {
-            st.audit(event)?;
-        } else {
-            st.deferred.push(event);
-        }
+        st.audit_or_defer(event)?;
         st.agents.insert(pid, start);
         st.launchers.insert(
             pid,
@@ -1011,11 +1054,9 @@ impl Broker {
         let Some(session) = st.sessions.remove(id) else {
             return;
         };
-        if st.audit.is_some() {
-            let _ = st.audit(AuditEvent::SessionEnd {
-                session_id: id.to_owned(),
-            });
-        }
+        st.audit_after(AuditEvent::SessionEnd {
+            session_id: id.to_owned(),
+        });
         let agent = session.agent_pid;
         if st.sessions.values().any(|s| s.agent_pid == agent) {
             return;
@@ -1030,12 +1071,10 @@ impl Broker {
             .map(|(r, _)| r.clone())
             .collect();
         for r in requests {
-            if st.audit.is_some() {
-                let _ = st.audit(AuditEvent::Revoke {
-                    target: r.clone(),
-                    by: by.clone(),
-                });
-            }
+            st.audit_after(AuditEvent::Revoke {
+                target: r.clone(),
+                by: by.clone(),
+            });
             Self::decide(&mut st, &r, Decision::Cancelled);
         }
         let grants: Vec<String> = st
@@ -1046,12 +1085,10 @@ impl Broker {
             .collect();
         for g in grants {
             st.grants.remove(&g);
-            if st.audit.is_some() {
-                let _ = st.audit(AuditEvent::Revoke {
-                    target: g,
-                    by: by.clone(),
-                });
-            }
+            st.audit_after(AuditEvent::Revoke {
+                target: g,
+                by: by.clone(),
+            });
         }
     }
 

@@ -113,12 +113,10 @@ impl Broker {
             let mut st = self.state();
             let failures = st.pin_failures;
             let out = failures >= self.cfg.max_pin_failures;
-            if st.audit.is_some() {
-                let _ = st.audit(AuditEvent::PinFailure {
-                    attempt: failures,
-                    locked_out: out,
-                });
-            }
+            st.audit_after(AuditEvent::PinFailure {
+                attempt: failures,
+                locked_out: out,
+            });
             (failures, out)
         };
         if out {

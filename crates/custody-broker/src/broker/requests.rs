@@ -320,7 +320,7 @@ impl Broker {
                 ));
             }
         }
-        let _ = st.audit(AuditEvent::Revoke {
+        st.audit_after(AuditEvent::Revoke {
             target: request_id.to_owned(),
             by: by.describe(),
         });
@@ -353,7 +353,7 @@ impl Broker {
                 // An agent approving someone else's request must not be
                 // able to deny it that way either: refused, left pending.
                 if p.requester != me {
-                    let _ = st.audit(AuditEvent::Revoke {
+                    st.audit_after(AuditEvent::Revoke {
                         target: request_id.to_owned(),
                         by: format!(
                             "refused: {} tried to approve another's request",
@@ -396,7 +396,7 @@ impl Broker {
         // for a later call would cover whatever that call finds (an edited
         // script) long after the human looked.
         if matches!(scope, S::Once) && p.notify.as_ref().is_none_or(|n| n.is_closed()) {
-            let _ = st.audit(AuditEvent::Revoke {
+            st.audit_after(AuditEvent::Revoke {
                 target: request_id.to_owned(),
                 by: "broker (the requester stopped waiting)".into(),
             });

@@ -361,14 +361,8 @@ fn wait_for_tree(first: u32) -> u8 {
 fn forward_signals() -> Arc<AtomicU32> {
     let target = Arc::new(AtomicU32::new(0));
     let cell = target.clone();
-    std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async move {
+    super::on_signal_thread(move || async move {
+        {
             use tokio::signal::unix::{SignalKind, signal};
             let (Ok(mut int), Ok(mut quit), Ok(mut term), Ok(mut hup)) = (
                 signal(SignalKind::interrupt()),
@@ -392,7 +386,7 @@ fn forward_signals() -> Arc<AtomicU32> {
                     _ = hup.recv() => pass(rustix::process::Signal::HUP),
                 }
             }
-        });
+        }
     });
     target
 }

@@ -124,6 +124,24 @@ fn hidden_everywhere(cmd: clap::Command, id: &'static str, long: &'static str) -
     })
 }
 
+/// Runs `work` on a thread of its own, on a single-threaded runtime (what
+/// waiting for signals needs), and returns at once. If no runtime can be
+/// built, nothing runs.
+pub fn on_signal_thread<F>(work: impl FnOnce() -> F + Send + 'static)
+where
+    F: std::future::Future<Output = ()>,
+{
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(work());
+    });
+}
+
 /// Options every subcommand takes.
 #[derive(Debug, Args)]
 pub struct Global {

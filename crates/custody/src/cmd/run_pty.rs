@@ -93,14 +93,8 @@ fn forward_stdin(typist: &Mutex<Typist>) {
 /// and exits as the signal would have (the broker ends the lease when the
 /// connection closes).
 fn follow_signals(typist: Arc<Mutex<Typist>>, saved: Termios) {
-    std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        let code: Option<i32> = rt.block_on(async {
+    super::on_signal_thread(move || async move {
+        let code: Option<i32> = async {
             use tokio::signal::unix::{SignalKind, signal};
             let (Ok(mut winch), Ok(mut term), Ok(mut hup), Ok(mut int)) = (
                 signal(SignalKind::window_change()),
@@ -124,7 +118,8 @@ fn follow_signals(typist: Arc<Mutex<Typist>>, saved: Termios) {
                     _ = int.recv() => return Some(128 + 2),
                 }
             }
-        });
+        }
+        .await;
         if let Some(code) = code {
             let _ = rustix::termios::tcsetattr(std::io::stdin(), OptionalActions::Now, &saved);
             std::process::exit(code);

@@ -177,6 +177,11 @@ pub fn status(g: &Global, _s: &mut SecretInput, _a: StatusArgs) -> anyhow::Resul
         }
     );
     println!("vault:  {}", v["vault"].as_str().unwrap_or_default());
+    if let Some(n) = v["audit_unrecorded"].as_u64().filter(|n| *n > 0) {
+        println!(
+            "AUDIT:  {n} record(s) of things that happened could not be written (see the broker's log); check `custody audit verify`"
+        );
+    }
     println!(
         "agent sessions: {}",
         v["sessions"].as_array().map_or(0, Vec::len)
