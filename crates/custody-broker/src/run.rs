@@ -129,22 +129,28 @@ pub async fn run(
                 "the vault is locked: ask the user to run `custody unlock`",
             )
         })?;
-        for full in &grant.scope.variables {
-            let Some((e, v)) = full.split_once('/') else {
-                continue;
-            };
-            let env = EnvName::new(e).map_err(|x| WireError::new("bad_request", x.to_string()))?;
-            let var = VarName::new(v).map_err(|x| WireError::new("bad_request", x.to_string()))?;
-            match vault.reveal(&env, &var) {
-                Ok((kind, value)) => injected.push(Injected {
-                    name: v.to_owned(),
-                    as_file: kind == VarKind::File,
-                    value: Zeroizing::new(value.expose_secret().to_vec()),
-                }),
-                Err(VaultError::Dynamic { from, .. }) => wanted.push((v.to_owned(), from)),
-                Err(other) => return Err(vault_error(other)),
+        // One read transaction for every value (see `read_together`).
+        vault.read_together(|vault| -> Result<(), WireError> {
+            for full in &grant.scope.variables {
+                let Some((e, v)) = full.split_once('/') else {
+                    continue;
+                };
+                let env =
+                    EnvName::new(e).map_err(|x| WireError::new("bad_request", x.to_string()))?;
+                let var =
+                    VarName::new(v).map_err(|x| WireError::new("bad_request", x.to_string()))?;
+                match vault.reveal(&env, &var) {
+                    Ok((kind, value)) => injected.push(Injected {
+                        name: v.to_owned(),
+                        as_file: kind == VarKind::File,
+                        value: Zeroizing::new(value.expose_secret().to_vec()),
+                    }),
+                    Err(VaultError::Dynamic { from, .. }) => wanted.push((v.to_owned(), from)),
+                    Err(other) => return Err(vault_error(other)),
+                }
             }
-        }
+            Ok(())
+        })?;
         sources::prepare(vault, &wanted)?
     };
     let lease_id = new_id("l");

@@ -128,6 +128,21 @@ impl Vault {
         self.write_normal_sync("DELETE FROM leases WHERE id = ?1", params![id])
     }
 
+    /// Runs `f`'s reads in one read transaction: they see one snapshot and
+    /// take the journal's lock once (a run revealing a thousand values
+    /// took it two thousand times, a third of its time).
+    pub fn read_together<T>(&self, f: impl FnOnce(&Vault) -> T) -> T {
+        let began = self.conn.execute_batch("SAVEPOINT custody_read").is_ok();
+        let out = f(self);
+        if began && self.conn.execute_batch("RELEASE custody_read").is_err() {
+            // Never leave it open for later writes to nest in.
+            let _ = self
+                .conn
+                .execute_batch("ROLLBACK TO custody_read; RELEASE custody_read");
+        }
+        out
+    }
+
     /// Runs `f` as one unit: if it fails, nothing it changed stays (a
     /// savepoint, so the vault's own transactions nest inside it). Lets a
     /// caller make a change and its audit record together: the record is
