@@ -56,7 +56,20 @@ pub fn is_lease_id(id: &str) -> bool {
     })
 }
 
+/// Largest lease record read from disk.
+pub const MAX_RECORD: usize = 64 * 1024;
+
 impl LeaseRecord {
+    /// A record from bytes on disk or in the vault (untrusted input): one
+    /// well-formed JSON record of at most [`MAX_RECORD`] bytes, or nothing.
+    /// Check it with [`LeaseRecord::is_valid`] before acting on it.
+    pub fn from_bytes(bytes: &[u8]) -> Option<LeaseRecord> {
+        if bytes.len() > MAX_RECORD {
+            return None;
+        }
+        serde_json::from_slice(bytes).ok()
+    }
+
     /// Whether every field is one the broker could have written for lease
     /// `id` under `runtime_dir`: the id's shape, a pid that is no one's but
     /// a child's (or 0: none yet), and the lease's own directory (or none).
@@ -148,10 +161,7 @@ pub fn sealed_records(vault: &Vault, runtime_dir: &Path) -> (Vec<LeaseRecord>, V
     let mut good = Vec::new();
     let mut bad = Vec::new();
     for (id, opened) in vault.lease_records().unwrap_or_default() {
-        match opened
-            .ok()
-            .and_then(|b| serde_json::from_slice::<LeaseRecord>(&b).ok())
-        {
+        match opened.ok().and_then(|b| LeaseRecord::from_bytes(&b)) {
             Some(rec) if rec.is_valid(&id, runtime_dir) => good.push(rec),
             _ => bad.push(id),
         }
@@ -163,8 +173,7 @@ pub fn sealed_records(vault: &Vault, runtime_dir: &Path) -> (Vec<LeaseRecord>, V
 fn read_record(path: &Path) -> Option<LeaseRecord> {
     fs::read(path)
         .ok()
-        .filter(|b| b.len() <= 64 * 1024)
-        .and_then(|b| serde_json::from_slice(&b).ok())
+        .and_then(|b| LeaseRecord::from_bytes(&b))
 }
 
 /// What the reaper did when the broker started.
