@@ -241,7 +241,25 @@ fn open_direct(passphrase: Option<Zeroizing<Vec<u8>>>, locked: bool) -> anyhow::
 }
 
 /// Who the audit log names for a change made on the vault file directly.
-const DIRECT_BY: &str = "terminal (vault file, no broker)";
+pub const DIRECT_BY: &str = "terminal (vault file, no broker)";
+
+/// The audit log next to the vault, opened for `vault` (see
+/// `custody_core::vault::audited::open_chain`). A running, unlocked broker
+/// holds it: then the change must go through the broker, or wait for
+/// `custody lock`.
+pub fn open_audit(vault: &Vault) -> anyhow::Result<AuditChain> {
+    let path = paths::home_dir()
+        .map(|h| h.join(custody_core::audit::AUDIT_FILE))
+        .context("cannot tell where the audit log lives: set CUSTODY_HOME")?;
+    audited::open_chain(vault, &path).map_err(|e| match e {
+        audited::OpenError::Audit(custody_core::audit::AuditError::Busy { .. }) => anyhow!(
+            "the running broker holds the audit log: run `custody lock` first (the broker keeps running, locked), then try again; nothing was changed"
+        ),
+        e => anyhow!(
+            "the audit log cannot be opened ({e}); nothing was changed: check it with `custody audit verify`"
+        ),
+    })
+}
 
 /// The vault file, opened with the passphrase; its audit log is opened at
 /// the first change (reads need none), and every change goes through
@@ -263,15 +281,7 @@ impl Direct {
     ) -> anyhow::Result<T> {
         let chain = match &mut self.chain {
             Some(c) => c,
-            None => {
-                let path = paths::home_dir()
-                    .map(|h| h.join(custody_core::audit::AUDIT_FILE))
-                    .context("cannot tell where the audit log lives: set CUSTODY_HOME")?;
-                let chain = audited::open_chain(&self.vault, &path).map_err(|e| {
-                    anyhow!("the audit log cannot be opened ({e}); nothing was changed: check it with `custody audit verify`")
-                })?;
-                self.chain.insert(chain)
-            }
+            None => self.chain.insert(open_audit(&self.vault)?),
         };
         let event = AuditEvent::VaultChange {
             action,

@@ -1766,3 +1766,40 @@ fn the_approval_queue_notifies_the_desktop_without_trusting_path() {
     t.line("d");
     let _ = child.wait();
 }
+
+/// Architecture issue, G6: `custody passwd` changed the vault file with no
+/// audit record. It is now recorded like every change; while an unlocked
+/// broker holds the log it refuses (nothing changed) and says to lock
+/// first; the broker then unlocks with the new passphrase and the chain
+/// verifies.
+#[test]
+fn passwd_is_audited_and_waits_for_a_locked_broker() {
+    let e = env_with_token();
+    let new = "a brand new passphrase 42";
+    e.cmd()
+        .args(["--passphrase-stdin", "passwd"])
+        .write_stdin(format!("{PASS}\n{new}\n"))
+        .assert()
+        .failure()
+        .stderr(contains("custody lock"));
+    e.cmd().arg("lock").assert().success();
+    e.cmd()
+        .args(["--passphrase-stdin", "passwd"])
+        .write_stdin(format!("{PASS}\n{new}\n"))
+        .assert()
+        .success();
+    e.cmd()
+        .args(["unlock", "--passphrase-stdin"])
+        .write_stdin(format!("{new}\n"))
+        .assert()
+        .success();
+    let log = fs::read_to_string(e.home().join("audit.log")).unwrap();
+    let changes = log
+        .lines()
+        .filter(|l| l.contains("\"change_passphrase\""))
+        .collect::<Vec<_>>();
+    assert_eq!(changes.len(), 1, "{log}");
+    assert!(changes[0].contains("terminal (vault file, no broker)"));
+    assert!(!log.contains(new));
+    assert_eq!(e.json(&["audit", "verify"])["intact"], true);
+}

@@ -476,8 +476,9 @@ impl Vault {
         crypto::derive_subkey(&self.vault_key, &self.vault_id, purpose)
     }
 
-    /// Re-wraps the vault key under a new passphrase. One transaction: after
-    /// a crash either the old or the new passphrase works, never neither.
+    /// Re-wraps the vault key under a new passphrase. One transaction (a
+    /// savepoint, so it nests in an audited change): after a crash either
+    /// the old or the new passphrase works, never neither.
     pub fn change_passphrase(&mut self, new_passphrase: &[u8], params: KdfParams) -> Result<()> {
         params.validate()?;
         let (salt, wrapped) =
@@ -485,7 +486,7 @@ impl Vault {
         let params_json =
             serde_json::to_vec(&params).map_err(|e| VaultError::Storage(e.to_string()))?;
         let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(|e| storage(e, &path))?;
+        let tx = self.conn.savepoint().map_err(|e| storage(e, &path))?;
         for (k, v) in [
             ("kdf_params", &params_json[..]),
             ("kdf_salt", &salt[..]),

@@ -4,6 +4,10 @@ use std::process::ExitCode;
 
 use serde_json::json;
 
+use custody_core::audit::{AuditEvent, VaultAction};
+use custody_core::vault::VaultError;
+use custody_core::vault::audited;
+
 use super::Global;
 use crate::access;
 use crate::input::{self, SecretInput};
@@ -13,6 +17,8 @@ pub struct PasswdArgs {}
 
 pub fn run(g: &Global, secrets: &mut SecretInput, _a: PasswdArgs) -> anyhow::Result<ExitCode> {
     let mut vault = access::open_vault_asking(g, secrets, "Current passphrase: ")?;
+    // Recorded like every vault change (G6); before asking for the new one.
+    let mut chain = access::open_audit(&vault)?;
     // With --passphrase-stdin: line 1 is the current passphrase, line 2 the new one.
     let new = if g.passphrase_stdin {
         secrets.line("new passphrase")?
@@ -26,7 +32,23 @@ pub fn run(g: &Global, secrets: &mut SecretInput, _a: PasswdArgs) -> anyhow::Res
     };
     input::check_new_passphrase(&new)?;
     let params = vault.kdf_params()?;
-    vault.change_passphrase(&new, params)?;
+    let event = AuditEvent::VaultChange {
+        action: VaultAction::ChangePassphrase,
+        environment: String::new(),
+        variable: None,
+        by: Some(access::DIRECT_BY.to_owned()),
+    };
+    let reason = |e: &VaultError| custody_broker::broker::vault_error_code(e).to_owned();
+    audited::change(&mut vault, &mut chain, event, reason, |v| {
+        v.change_passphrase(&new, params)
+    })
+    .map_err(|e| match e {
+        audited::ChangeError::Refused { error, .. } => anyhow::Error::from(error),
+        audited::ChangeError::Audit(e) => {
+            anyhow::anyhow!("the audit log cannot be written ({e}); the passphrase is unchanged")
+        }
+        audited::ChangeError::Head(e) => e.into(),
+    })?;
     if g.json {
         crate::output::json(&json!({ "changed": true }))?;
     } else {
