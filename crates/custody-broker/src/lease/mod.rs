@@ -20,74 +20,16 @@ use std::time::{Duration, Instant};
 use custody_core::mask::{MaskCounts, MaskingEngine};
 use rustix::process::{Pid, Signal};
 use serde::Serialize;
-use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 use zeroize::Zeroizing;
 
 use crate::protocol::{self, Event};
 
-/// Environment variables handed through from the requester. Nothing else of
-/// the requester's (or the broker's) environment reaches the child.
-pub const PASSTHROUGH: &[&str] = &["PATH", "HOME", "USER", "LANG", "TERM", "TMPDIR"];
+mod environment;
+mod output;
 
-/// Longest passed-through value, and most passed-through bytes in all.
-const MAX_PASSED_VALUE: usize = 32 * 1024;
-const MAX_PASSED_TOTAL: usize = 256 * 1024;
-
-/// The environment a requester's command gets besides its secrets: the
-/// requester's whole environment, like `op run` (so `cargo` keeps
-/// `RUSTUP_HOME` and an app its `RAILS_ENV`; an agent's is its MCP
-/// server's), except variables that change how programs load
-/// (`LD_PRELOAD`, `NODE_OPTIONS`, `RUSTFLAGS`, …; those of [`PASSTHROUGH`]
-/// stay: the program is resolved and bound with `PATH`): a process that
-/// escaped an agent's tree counts as a terminal, and must not slip a library
-/// into a pre-approved command. A human puts such a variable in the command
-/// itself (`-- env RUSTFLAGS=… cargo build`), where the approval shows it.
-///
-/// What passes is bound into the grant ([`crate::binding`]) and, where it
-/// differs from the approver's, shown on the approval. An agent's run that
-/// policy pre-approves, which no human sees, gets only [`PASSTHROUGH`]
-/// (`preapproved`): an agent cannot point a pre-approved command elsewhere
-/// (`HTTPS_PROXY`, `PGHOST`, a CA bundle) unseen. Malformed names and
-/// oversized values are dropped.
-pub fn passthrough_for(
-    requester: &crate::grants::Requester,
-    env: &BTreeMap<String, String>,
-    preapproved: bool,
-) -> BTreeMap<String, String> {
-    let short_list = preapproved && matches!(requester, crate::grants::Requester::Agent { .. });
-    let mut total = 0;
-    env.iter()
-        .filter(|(k, _)| {
-            PASSTHROUGH.contains(&k.as_str())
-                || (!short_list && !custody_core::names::changes_how_programs_load(k))
-        })
-        .filter(|(k, v)| {
-            let ok = !k.is_empty()
-                && k.len() <= 256
-                && !k.contains(['=', '\0'])
-                && !v.contains('\0')
-                && v.len() <= MAX_PASSED_VALUE
-                && total + k.len() + v.len() <= MAX_PASSED_TOTAL;
-            if ok {
-                total += k.len() + v.len();
-            }
-            ok
-        })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
-
-/// This process's environment as a request passes it (`RunSpec::passthrough`):
-/// every variable with a UTF-8 name and value, except `_` (the shell's note
-/// of the last command, which would make every request's environment
-/// differ and no timed grant cover the next).
-pub fn caller_environment() -> BTreeMap<String, String> {
-    std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .filter(|(k, _)| k != "_")
-        .collect()
-}
+pub use environment::{PASSTHROUGH, caller_environment, passthrough_for};
+use output::pump;
 
 /// How long the output pipes may stay open after the lease's process group
 /// is gone before the broker looks for escaped descendants holding them.
@@ -275,28 +217,6 @@ fn write_secret_files(
     Ok(out)
 }
 
-/// Keeps the last `limit` bytes written to it.
-struct Tail {
-    buf: Vec<u8>,
-    limit: usize,
-    cut: bool,
-}
-
-impl Tail {
-    fn push(&mut self, bytes: &[u8]) {
-        if self.limit == 0 {
-            self.cut |= !bytes.is_empty();
-            return;
-        }
-        self.buf.extend_from_slice(bytes);
-        if self.buf.len() > self.limit {
-            let excess = self.buf.len() - self.limit;
-            self.buf.drain(..excess);
-            self.cut = true;
-        }
-    }
-}
-
 /// Starts the process. Returns the started facts and a future-like handle
 /// (`supervise`) to await its end.
 pub fn spawn(plan: &LeasePlan) -> Result<(Spawned, Started, PathBuf), LeaseError> {
@@ -422,98 +342,6 @@ impl FromBytes for std::ffi::OsStr {
         use std::os::unix::ffi::OsStrExt;
         std::ffi::OsStr::from_bytes(bytes)
     }
-}
-
-/// How long a stream may be quiet before the masker lets out the held-back
-/// bytes that cannot begin a secret (output shows as the child writes it,
-/// not a pattern's length late).
-const IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// Longest unfinished line the pump keeps waiting for its end.
-const LONGEST_LINE: usize = 16 * 1024;
-
-/// Pumps one output stream through a masker until EOF.
-///
-/// Output goes out a line at a time: the bytes after the last newline wait
-/// for the rest of their line, for the stream to pause ([`IDLE_FLUSH`]) or
-/// until they are [`LONGEST_LINE`] long.
-/// So the two pipes of a run reach the requester as whole lines, not cut
-/// where the masker happened to hold bytes back. A read that ends a line
-/// also lets out what the masker held back that cannot begin a secret.
-async fn pump(
-    mut reader: impl tokio::io::AsyncRead + Unpin,
-    name: &'static str,
-    engine: Arc<MaskingEngine>,
-    events: mpsc::Sender<Event>,
-    capture_limit: usize,
-) -> (MaskCounts, Tail) {
-    let mut masker = engine.masker();
-    let mut tail = Tail {
-        buf: Vec::new(),
-        limit: capture_limit,
-        cut: false,
-    };
-    let mut buf = Zeroizing::new(vec![0u8; 16 * 1024]);
-    // Masked output not sent yet: the start of an unfinished line.
-    let mut out = Vec::with_capacity(16 * 1024);
-    // Whether the held-back bytes were already flushed as far as they can
-    // be (then, with no unfinished line, the next read waits without a
-    // deadline).
-    let mut flushed = true;
-    loop {
-        let read = if out.is_empty() && (flushed || masker.held_back() == 0) {
-            reader.read(&mut buf).await
-        } else {
-            match tokio::time::timeout(IDLE_FLUSH, reader.read(&mut buf)).await {
-                Ok(r) => r,
-                Err(_) => {
-                    // The child paused: show what cannot begin a secret,
-                    // finished line or not.
-                    masker.flush(&mut out);
-                    emit(&events, name, &out, &mut tail).await;
-                    out.clear();
-                    flushed = true;
-                    continue;
-                }
-            }
-        };
-        let n = match read {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        masker.push(&buf[..n], &mut out);
-        flushed = false;
-        if buf[n - 1] == b'\n' {
-            masker.flush(&mut out);
-            flushed = true;
-        }
-        if out.len() >= LONGEST_LINE {
-            // Not lines (binary, a progress bar): as it comes.
-            emit(&events, name, &out, &mut tail).await;
-            out.clear();
-        } else if let Some(last) = out.iter().rposition(|&b| b == b'\n') {
-            emit(&events, name, &out[..=last], &mut tail).await;
-            out.drain(..=last);
-        }
-    }
-    masker.finish(&mut out);
-    emit(&events, name, &out, &mut tail).await;
-    (masker.counts(), tail)
-}
-
-async fn emit(events: &mpsc::Sender<Event>, stream: &str, bytes: &[u8], tail: &mut Tail) {
-    if bytes.is_empty() {
-        return;
-    }
-    tail.push(bytes);
-    // A requester that stopped listening does not stop the lease; its output
-    // is simply dropped (the capture is still kept for the result).
-    let _ = events
-        .send(Event::Output {
-            stream: stream.to_owned(),
-            data: protocol::b64(bytes),
-        })
-        .await;
 }
 
 /// Runs a spawned child to its end: output masked and forwarded, deadline and
@@ -708,46 +536,6 @@ mod tests {
             as_file: false,
             value: Zeroizing::new(vec![b'v'; len]),
         }
-    }
-
-    /// Agents and terminals pass their environment but no loader variable
-    /// and nothing malformed or oversized; an agent's run pre-approved by
-    /// policy passes only PATH, HOME, USER, LANG, TERM and TMPDIR.
-    #[test]
-    fn what_each_requester_passes() {
-        use crate::grants::Requester;
-        let env: BTreeMap<String, String> = [
-            ("PATH", "/usr/bin"),
-            ("HOME", "/home/me"),
-            ("RAILS_ENV", "test"),
-            ("LD_PRELOAD", "/tmp/evil.so"),
-            ("NODE_OPTIONS", "--require /tmp/evil.js"),
-            ("BAD=NAME", "x"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-        let mut env = env;
-        env.insert("HUGE".into(), "x".repeat(MAX_PASSED_VALUE + 1));
-        let agent = Requester::Agent {
-            client: "codex".into(),
-            agent_pid: 1,
-            sandboxed: false,
-        };
-        let names = |m: BTreeMap<String, String>| m.into_keys().collect::<Vec<_>>();
-        let terminal = Requester::Terminal { session: 1 };
-        for who in [&agent, &terminal] {
-            assert_eq!(
-                names(passthrough_for(who, &env, false)),
-                ["HOME", "PATH", "RAILS_ENV"]
-            );
-        }
-        // Pre-approved by policy, nobody sees an agent's environment.
-        assert_eq!(names(passthrough_for(&agent, &env, true)), ["HOME", "PATH"]);
-        assert_eq!(
-            names(passthrough_for(&terminal, &env, true)),
-            ["HOME", "PATH", "RAILS_ENV"]
-        );
     }
 
     /// A run that cannot start names the variable behind it (an older

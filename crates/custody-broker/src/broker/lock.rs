@@ -1,0 +1,163 @@
+//! Unlocking and locking: the vault key, the audit chain and the sealed
+//! policy come and go together.
+
+use super::*;
+
+impl Broker {
+    /// Broker state for `custody status`.
+    pub fn status(&self) -> Value {
+        let st = self.state();
+        let leases: Vec<Value> = st
+            .leases
+            .iter()
+            .map(|(id, l)| {
+                json!({"lease_id": id, "grant_id": l.grant_id, "pid": l.pid, "argv": l.argv,
+                       "requester": l.requester.describe(), "started_at": rfc3339(l.started_at),
+                       "deadline": rfc3339(l.deadline_at)})
+            })
+            .collect();
+        json!({
+            "pid": std::process::id(),
+            "locked": st.vault.is_none(),
+            "vault": self.cfg.vault_path(),
+            "audit_unrecorded": st.unrecorded,
+            "sessions": st.sessions.iter().map(|(id, s)| json!({
+                "session_id": id, "client_name": s.client_name, "policy_name": s.policy_name,
+                "client_version": s.client_version, "agent_exe": s.agent_exe,
+                "pid": s.mcp_pid, "agent_pid": s.agent_pid, "sandboxed": s.sandboxed,
+                "started_at": rfc3339(s.started)})).collect::<Vec<_>>(),
+            "agents": st.launchers.iter()
+                .filter(|(pid, _)| st.agents.get(pid).is_some_and(|start| procs::same_process(**pid, *start)))
+                .map(|(pid, l)| json!({
+                    "name": l.name, "pid": pid, "sandboxed": l.sandboxed, "enforced": l.enforced,
+                    "started_at": rfc3339(l.started),
+                    "sessions": st.sessions.values().filter(|s| s.agent_pid == *pid).count()})).collect::<Vec<_>>(),
+            "pending": st.pending.len(),
+            "grants": st.grants.len(),
+            "leases": leases,
+            "pin_failures": st.pin_failures,
+            "idle_lock_secs": self.cfg.idle_lock.as_secs(),
+            "leaks": st.recent_leaks,
+            "credentials": Self::dynamic_view(&st),
+        })
+    }
+
+    /// Unlocks with the passphrase (KDF on a blocking thread), opens the audit
+    /// chain, and writes what the reaper found since the last unlock.
+    pub async fn unlock(
+        self: &Arc<Self>,
+        passphrase: Zeroizing<Vec<u8>>,
+    ) -> Result<Value, WireError> {
+        if self.state().vault.is_some() {
+            return Ok(json!({"unlocked": true, "already": true}));
+        }
+        if let Some((pid, comm)) = procs::tracer_of_self() {
+            return Err(WireError::new(
+                "traced",
+                format!(
+                    "the broker is being traced by pid {pid} ({comm}), which could read the vault key: refusing to unlock"
+                ),
+            ));
+        }
+        let path = self.cfg.vault_path();
+        let vault = tokio::task::spawn_blocking(move || Vault::unlock(&path, &passphrase))
+            .await
+            .map_err(|_| WireError::new("internal", "unlock task failed"))?
+            .map_err(vault_error)?;
+        let head = vault.audit_head().map_err(vault_error)?;
+        let key = vault.subkey(Subkey::Audit);
+        let (chain, _report) = AuditChain::open(&self.cfg.audit_path(), &key, head.as_ref())
+            .map_err(|e| {
+                WireError::new(
+                    "audit_damaged",
+                    format!(
+                        "the audit log does not verify ({e}); the vault stays locked: inspect it with `custody audit verify`"
+                    ),
+                )
+            })?;
+        if head != Some(chain.head()) {
+            vault.set_audit_head(&chain.head()).map_err(vault_error)?;
+        }
+        crate::sys::lock_in_memory(vault.vault_key().expose());
+        let (policy, policy_note) = self.sealed_policy(&vault)?;
+        let mut st = self.state();
+        if st.vault.is_some() {
+            return Ok(json!({"unlocked": true, "already": true}));
+        }
+        st.vault = Some(vault);
+        st.audit = Some(chain);
+        st.policy = Arc::new(policy);
+        st.recall_agents();
+        st.record_agents();
+        st.pin_failures = 0;
+        st.last_activity = Instant::now();
+        let deferred = std::mem::take(&mut st.deferred);
+        let mut result = st.audit(AuditEvent::Unlock {});
+        for ev in deferred {
+            if result.is_ok() {
+                result = st.audit(ev);
+            }
+        }
+        if let Err(e) = result {
+            st.vault = None;
+            st.audit = None;
+            return Err(e);
+        }
+        drop(st);
+        // Credentials a crashed broker left, and this vault's orphaned roles.
+        tokio::spawn(crate::sources::recover(Arc::clone(self)));
+        let mut out = json!({"unlocked": true});
+        if let Some(note) = policy_note {
+            out["policy_note"] = json!(note);
+        }
+        Ok(out)
+    }
+
+    /// Locks: stops every lease (waits for them to end, so their ends are
+    /// audited), cancels pending requests, drops grants, then zeroizes the key.
+    pub async fn lock(self: &Arc<Self>, reason: audit::LockReason) -> Value {
+        let lease_reason = if reason == audit::LockReason::Shutdown {
+            EndReason::Shutdown
+        } else {
+            EndReason::Locked
+        };
+        let killed = {
+            let mut st = self.state();
+            if st.vault.is_none() && st.leases.is_empty() {
+                return json!({"locked": true, "already": true});
+            }
+            for (_, mut p) in std::mem::take(&mut st.pending) {
+                if let Some(n) = p.notify.take() {
+                    let _ = n.send(Decision::Locked);
+                }
+            }
+            st.grants.clear();
+            for l in st.leases.values() {
+                let _ = l.stop.send(Some(lease_reason));
+            }
+            st.leases.len()
+        };
+        // A lease ends within two graces (SIGTERM → grace → SIGKILL for the
+        // child, then the same for what it left in its group); wait a little
+        // beyond that so every lease's end is audited before the lock record.
+        let until = Instant::now() + 2 * self.cfg.kill_grace + Duration::from_secs(2);
+        // Then their credentials' first revocation attempts (an irrevocable
+        // one keeps its record on disk for the next unlock).
+        let busy = |st: &State| {
+            !st.leases.is_empty() || st.dynamic.values().any(|e| e.irrevocable.is_none())
+        };
+        while Instant::now() < until && busy(&self.state()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut st = self.state();
+        st.audit_after(AuditEvent::Lock { reason });
+        st.dynamic.clear(); // Their records stay on disk for the next unlock.
+        st.policy = Arc::new(Policy::default());
+        st.vault = None; // Vault's keys zeroize on drop.
+        st.audit = None;
+        drop(st);
+        self.engines.clear();
+        self.publish(Event::Locked);
+        json!({"locked": true, "leases_killed": killed})
+    }
+}
