@@ -578,6 +578,42 @@ impl TryFrom<WireFrame> for ServerFrame {
     }
 }
 
+/// A request waiting for a human, as `approve --list` and the approval
+/// screen show it. Names and the command, never a value.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PendingRequest {
+    /// Its id.
+    pub id: String,
+    /// Who asks, for the screen (`agent codex (pid 42, sandboxed)`).
+    pub requester: String,
+    /// The requester's policy name.
+    pub client: String,
+    /// Whether an agent asks from inside `custody agent`'s sandbox.
+    pub sandboxed: bool,
+    /// Whether an agent asks (its whole passed environment is shown).
+    pub agent: bool,
+    /// The exact command.
+    pub argv: Vec<String>,
+    /// The program as bound (absolute path).
+    pub program: String,
+    /// The environment the command would get besides its secrets.
+    pub passthrough: BTreeMap<String, String>,
+    /// Files bound by content (arguments naming files).
+    pub files: Vec<String>,
+    /// Working directory.
+    pub cwd: String,
+    /// Environments asked for.
+    pub environments: Vec<String>,
+    /// Variables (`ENV/VAR`) the run would get.
+    pub variables: Vec<String>,
+    /// Its deadline, in seconds.
+    pub timeout_secs: u64,
+    /// Whether policy wants a fresh approval for every run here.
+    pub always_approve: bool,
+    /// When it was asked (RFC 3339).
+    pub created_at: String,
+}
+
 /// Pushed events.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -589,6 +625,10 @@ pub enum Event {
         request_id: String,
         /// Hint for the human.
         approve_hint: String,
+        /// On the `watch` stream: everything an approver is shown, so a
+        /// queue needs no second request (unset on a run's own events).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<Box<PendingRequest>>,
     },
     /// The request was approved and the process started.
     Started {

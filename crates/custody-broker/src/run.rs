@@ -80,6 +80,7 @@ pub async fn run(
                 .send(Event::Pending {
                     request_id: request_id.clone(),
                     approve_hint: format!("custody approve {request_id}"),
+                    request: None,
                 })
                 .await;
             let wait = spec.wait_secs.map(Duration::from_secs);

@@ -1541,3 +1541,42 @@ fn what_happens_while_locked_is_audited_at_the_next_unlock() {
     assert_eq!(b.status()["audit_unrecorded"], 0);
     assert_eq!(b.audit_verify()["intact"], true);
 }
+
+/// Architecture issue, typed protocol: a `watch` stream's `pending` event
+/// carries what the approver is shown (the queue re-listed every pending
+/// request on every event), and the same as `approve --list` has; never a
+/// value.
+#[test]
+fn a_watched_pending_event_carries_the_request() {
+    let b = broker_with_secret();
+    let mut watcher = b.client();
+    watcher.call(Request::Watch).unwrap();
+    let run = b.start_run(b.spec(&["sh", "-c", "echo $SECRET"], &["dev"]));
+    let id = run.wait_pending();
+    let request = loop {
+        match watcher.read().unwrap() {
+            protocol::ServerFrame::Event {
+                event:
+                    Event::Pending {
+                        request_id,
+                        request: Some(r),
+                        ..
+                    },
+                ..
+            } if request_id == id => break r,
+            _ => continue,
+        }
+    };
+    assert_eq!(request.id, id);
+    assert_eq!(request.argv, ["sh", "-c", "echo $SECRET"]);
+    assert_eq!(request.variables, ["dev/SECRET"]);
+    assert!(request.program.ends_with("/sh"), "{}", request.program);
+    let listed = b.client().call(Request::Pending).unwrap();
+    assert_eq!(listed[0], serde_json::to_value(&*request).unwrap());
+    assert!(!contains(
+        serde_json::to_string(&*request).unwrap().as_bytes(),
+        SECRET
+    ));
+    b.client().call(Request::Deny { request_id: id }).unwrap();
+    let _ = run.join();
+}

@@ -2,6 +2,7 @@
 //! agent-ancestry checks (G3), decisions, cancellation.
 
 use super::*;
+use crate::protocol::PendingRequest;
 
 /// Whether the program a run would start is the one a pre-approval means:
 /// the rule's `program`, or else `argv[0]` as the broker's own `PATH` finds
@@ -43,6 +44,33 @@ fn request_event(
         environments: spec.environments.clone(),
         variables: scope.variables.iter().cloned().collect(),
         ttl_secs: spec.timeout_secs,
+    }
+}
+
+/// What an approver is shown of pending request `id`.
+fn pending_view(id: &str, p: &Pending) -> PendingRequest {
+    PendingRequest {
+        id: id.to_owned(),
+        requester: p.requester.describe(),
+        client: p.requester.client_name().to_owned(),
+        sandboxed: matches!(
+            p.requester,
+            Requester::Agent {
+                sandboxed: true,
+                ..
+            }
+        ),
+        agent: matches!(p.requester, Requester::Agent { .. }),
+        argv: p.spec.argv.clone(),
+        program: p.scope.binding.program.display().to_string(),
+        passthrough: p.scope.binding.passthrough.clone(),
+        files: p.scope.binding.files.keys().cloned().collect(),
+        cwd: p.spec.cwd.clone(),
+        environments: p.spec.environments.clone(),
+        variables: p.scope.variables.iter().cloned().collect(),
+        timeout_secs: p.spec.timeout_secs,
+        always_approve: p.always_approve,
+        created_at: rfc3339(p.created_at),
     }
 }
 
@@ -208,10 +236,15 @@ impl Broker {
                 notify: Some(tx),
             },
         );
+        let view = st
+            .pending
+            .get(&request_id)
+            .map(|p| pending_view(&request_id, p));
         drop(st);
         self.publish(Event::Pending {
             request_id: request_id.clone(),
             approve_hint: format!("custody approve {request_id}"),
+            request: view.map(Box::new),
         });
         Ok(Err((request_id, rx)))
     }
@@ -237,31 +270,13 @@ impl Broker {
     /// its own (`only`).
     pub fn pending(&self, only: Option<&Requester>) -> Value {
         let st = self.state();
-        Value::Array(
-            st.pending
-                .iter()
-                .filter(|(_, p)| only.is_none_or(|r| &p.requester == r))
-                .map(|(id, p)| {
-                    json!({
-                        "id": id,
-                        "requester": p.requester.describe(),
-                        "client": p.requester.client_name(),
-                        "sandboxed": matches!(p.requester, Requester::Agent { sandboxed: true, .. }),
-                        "agent": matches!(p.requester, Requester::Agent { .. }),
-                        "argv": p.spec.argv,
-                        "program": p.scope.binding.program,
-                        "passthrough": p.scope.binding.passthrough,
-                        "files": p.scope.binding.files.keys().collect::<Vec<_>>(),
-                        "cwd": p.spec.cwd,
-                        "environments": p.spec.environments,
-                        "variables": p.scope.variables,
-                        "timeout_secs": p.spec.timeout_secs,
-                        "always_approve": p.always_approve,
-                        "created_at": rfc3339(p.created_at),
-                    })
-                })
-                .collect(),
-        )
+        let list: Vec<PendingRequest> = st
+            .pending
+            .iter()
+            .filter(|(_, p)| only.is_none_or(|r| &p.requester == r))
+            .map(|(id, p)| pending_view(id, p))
+            .collect();
+        serde_json::to_value(list).unwrap_or_default()
     }
 
     /// Whether `who` made the pending request `request_id`.

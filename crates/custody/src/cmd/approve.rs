@@ -344,9 +344,16 @@ fn queue(_g: &Global, notify: bool) -> anyhow::Result<ExitCode> {
     watcher.call(Request::Watch).map_err(broker_err)?;
     eprintln!("Waiting for requests (Ctrl-C to stop)...");
     let mut seen = std::collections::BTreeSet::new();
+    // Those already waiting (listed once the watch is on, so none falls
+    // between); after that each event carries its request.
+    let mut arrived: Vec<Value> = lister
+        .call(Request::Pending)
+        .map_err(broker_err)?
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     loop {
-        let pending = lister.call(Request::Pending).map_err(broker_err)?;
-        for p in pending.as_array().into_iter().flatten() {
+        for p in arrived.drain(..) {
             let id = p["id"].as_str().unwrap_or_default().to_owned();
             if seen.insert(id.clone()) {
                 // The terminal's bell (and the desktop's notification): a
@@ -359,14 +366,14 @@ fn queue(_g: &Global, notify: bool) -> anyhow::Result<ExitCode> {
                         &super::argv_line(&p["argv"]),
                     );
                 }
-                match decide_on_tty(&id, Some(p)) {
+                match decide_on_tty(&id, Some(&p)) {
                     Ok(Some(msg)) => eprintln!("{msg}"),
                     Ok(None) => eprintln!("skipped {id}"),
                     Err(e) => eprintln!("custody: {e:#}"),
                 }
             }
         }
-        // Block until the broker pushes something (a new request, a lease end).
+        // Block until the broker pushes something.
         match watcher.read().map_err(broker_err)? {
             ServerFrame::Event {
                 event: Event::Locked,
@@ -375,6 +382,17 @@ fn queue(_g: &Global, notify: bool) -> anyhow::Result<ExitCode> {
                 eprintln!("The vault was locked.");
                 return Ok(ExitCode::SUCCESS);
             }
+            ServerFrame::Event {
+                event: Event::Pending { request, .. },
+                ..
+            } => match request {
+                Some(r) => arrived.push(serde_json::to_value(*r).unwrap_or_default()),
+                // An older broker: ask.
+                None => {
+                    let all = lister.call(Request::Pending).map_err(broker_err)?;
+                    arrived.extend(all.as_array().cloned().unwrap_or_default());
+                }
+            },
             _ => continue,
         }
     }
