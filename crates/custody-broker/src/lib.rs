@@ -28,6 +28,7 @@ pub mod pty;
 pub mod reaper;
 mod run;
 pub mod scan;
+mod scan_request;
 pub mod server;
 pub mod sources;
 mod sys;

@@ -400,7 +400,14 @@ async fn handle(broker: Arc<Broker>, mut stream: UnixStream, own_uid: u32) {
             } => {
                 let (tx, rx) = mpsc::channel(4);
                 let staged = staged.then(|| index_file.map(std::path::PathBuf::from));
-                let scan = crate::scan::handle(&broker, &peer, path, git_history, staged, Some(tx));
+                let scan = crate::scan_request::handle(
+                    &broker,
+                    &peer,
+                    path,
+                    git_history,
+                    staged,
+                    Some(tx),
+                );
                 with_events(&mut wr, id, scan, rx).await
             }
             other => {
@@ -518,7 +525,7 @@ async fn dispatch(
             ..
         } => {
             let staged = staged.then(|| index_file.map(std::path::PathBuf::from));
-            crate::scan::handle(broker, peer, path, git_history, staged, None).await
+            crate::scan_request::handle(broker, peer, path, git_history, staged, None).await
         }
         Request::Run(_) | Request::Watch => {
             Err(WireError::new("internal", "handled by the connection"))

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use crate::cmd::Global;
+use crate::global::Global;
 use crate::input::{self, SecretInput};
 
 /// The vault file this invocation uses.

@@ -5,6 +5,7 @@
 
 mod access;
 mod cmd;
+mod global;
 mod input;
 mod mcp_install;
 mod notify;

@@ -27,7 +27,7 @@ mod unset;
 
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use crate::input::SecretInput;
 
@@ -142,16 +142,7 @@ where
     });
 }
 
-/// Options every subcommand takes.
-#[derive(Debug, Args)]
-pub struct Global {
-    /// Read the vault passphrase from the first line of stdin (for scripts).
-    #[arg(long, global = true)]
-    pub passphrase_stdin: bool,
-    /// Print machine-readable JSON on stdout.
-    #[arg(long, global = true)]
-    pub json: bool,
-}
+pub use crate::global::Global;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
