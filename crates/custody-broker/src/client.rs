@@ -123,6 +123,20 @@ impl Client {
         self.call_inner(request, None, &mut |_| {})
     }
 
+    /// A request whose answer is one of the typed views
+    /// ([`crate::protocol::Status`], [`crate::protocol::LeaseListing`], …).
+    pub fn call_as<T: serde::de::DeserializeOwned>(
+        &mut self,
+        request: Request,
+    ) -> Result<T, ClientError> {
+        serde_json::from_value(self.call(request)?).map_err(|_| ClientError::Protocol)
+    }
+
+    /// The broker's state.
+    pub fn status(&mut self) -> Result<crate::protocol::Status, ClientError> {
+        self.call_as(Request::Status)
+    }
+
     /// A request carrying a secret frame (passphrase, PIN, value).
     pub fn call_with_secret(
         &mut self,

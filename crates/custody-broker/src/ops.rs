@@ -168,13 +168,13 @@ pub fn vault_request(
         Request::SourceAdd { source } => {
             humans_only(&requester, "configure dynamic sources")?;
             pin("configuring a dynamic source")?;
-            crate::sources::define(broker, source, &by)
+            broker.define_source(source, &by)
         }
-        Request::SourceList => crate::sources::list(broker),
+        Request::SourceList => broker.list_sources(),
         Request::SourceRemove { name } => {
             humans_only(&requester, "remove dynamic sources")?;
             pin("removing a dynamic source")?;
-            crate::sources::remove(broker, &name, &by)
+            broker.remove_source(&name, &by)
         }
         Request::EnvDescribe { name, description } => {
             let env = EnvName::new(&name).map_err(bad)?;
@@ -265,7 +265,7 @@ pub fn vault_request(
                     // A dynamic variable mints credentials with a source's
                     // admin rights: only a human points one at a source.
                     humans_only(&requester, "declare dynamic variables")?;
-                    Some(crate::sources::check_reference(broker, source.as_deref())?)
+                    Some(broker.check_source_reference(source.as_deref())?)
                 }
                 _ => None,
             };

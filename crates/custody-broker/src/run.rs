@@ -166,7 +166,9 @@ pub async fn run(
             .iter()
             .map(|i| (i.name.as_str(), i.value.as_slice()))
             .collect();
-        let minted = sources::mint_all(broker, &lease_id, prepared, deadline, ttl, &mask).await;
+        let minted = broker
+            .mint_all(&lease_id, prepared, deadline, ttl, &mask)
+            .await;
         drop(mask);
         match minted {
             Ok(fresh) => {
@@ -181,7 +183,7 @@ pub async fn run(
             }
             Err(e) => {
                 // Whatever was minted goes again; the requester learns why.
-                sources::settle(broker, &lease_id).await;
+                broker.settle(&lease_id).await;
                 return Err(e);
             }
         }
@@ -225,7 +227,7 @@ pub async fn run(
     // (or since a timed grant was made), or while credentials were minted:
     // what runs must be what was bound, checked as late as possible.
     if bind_blocking(&spec).await.ok().as_ref() != Some(&grant.scope.binding) {
-        sources::settle(broker, &lease_id).await;
+        broker.settle(&lease_id).await;
         return Err(WireError::new(
             "changed",
             format!(
@@ -237,7 +239,7 @@ pub async fn run(
     let (child, started, dir) = match lease::spawn(&plan) {
         Ok(x) => x,
         Err(e) => {
-            sources::settle(broker, &lease_id).await;
+            broker.settle(&lease_id).await;
             return Err(WireError::new("spawn_failed", e.to_string()));
         }
     };
@@ -246,7 +248,7 @@ pub async fn run(
         // Fail closed: no record, no audit → the process must not run.
         lease::signal_group(started.pid, rustix::process::Signal::KILL);
         let _ = std::fs::remove_dir_all(&dir);
-        sources::settle(broker, &lease_id).await;
+        broker.settle(&lease_id).await;
         return Err(e);
     }
     let _ = events
@@ -269,7 +271,7 @@ pub async fn run(
     .map_err(|_| WireError::new("internal", "the lease supervisor failed"))?;
     broker.lease_ended(&outcome);
     // The lease is over: so are its dynamic credentials.
-    let credentials = sources::settle(broker, &lease_id).await;
+    let credentials = broker.settle(&lease_id).await;
     // Post-run leak check: the values stay here, with the lease's engine.
     let own = vec![broker.cfg.home.clone(), broker.cfg.runtime_dir.clone()];
     let report = tokio::task::spawn_blocking(move || {

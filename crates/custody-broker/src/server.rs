@@ -467,7 +467,7 @@ async fn dispatch(
     use crate::ops;
     match req {
         Request::Hello { .. } => Err(WireError::new("bad_request", "hello was already sent")),
-        Request::Status => Ok(broker.status()),
+        Request::Status => view(broker.status()),
         Request::Unlock => {
             broker
                 .unlock(secret_required(secret, "the passphrase")?)
@@ -510,7 +510,7 @@ async fn dispatch(
             let only = matches!(me, crate::grants::Requester::Agent { .. }).then_some(&me);
             Ok(broker.grants(only))
         }
-        Request::Leases => Ok(broker.leases()),
+        Request::Leases => view(broker.leases()),
         Request::Revoke(target) => {
             let me = broker.requester(peer);
             let only = matches!(me, crate::grants::Requester::Agent { .. }).then_some(&me);
@@ -664,4 +664,10 @@ async fn watch_events(
             _ = protocol::read_frame_async(rd) => return,
         }
     }
+}
+
+/// A typed answer on the wire.
+fn view(answer: impl serde::Serialize) -> Result<Value, WireError> {
+    serde_json::to_value(answer)
+        .map_err(|_| WireError::new("internal", "the answer does not serialize"))
 }

@@ -88,8 +88,8 @@ fn for_the_human(e: ClientError) -> ClientError {
 /// `client`'s broker, or `None` when it is locked (a locked broker holds
 /// no vault: commands open the file with the passphrase, as without one).
 fn unlocked(mut client: Client) -> Option<Client> {
-    match client.call(Request::Status) {
-        Ok(s) if s["locked"] == serde_json::json!(true) => None,
+    match client.status() {
+        Ok(s) if s.locked => None,
         _ => Some(client),
     }
 }

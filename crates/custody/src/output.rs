@@ -115,6 +115,34 @@ pub fn has_hidden(text: &str) -> bool {
     text.chars().any(is_hidden)
 }
 
+/// Dynamic credentials not yet revoked; an *irrevocable* one with its reason.
+pub fn credentials(creds: &[custody_broker::protocol::CredentialView]) {
+    use custody_broker::protocol::CredentialState;
+    if creds.is_empty() {
+        return;
+    }
+    println!("dynamic credentials: {}", creds.len());
+    for c in creds {
+        let shown = match c.state {
+            CredentialState::Live => "live",
+            CredentialState::Revoking => "revoking",
+            CredentialState::Irrevocable => "IRREVOCABLE",
+        };
+        print!(
+            "  {shown} {} ({}) of lease {}, expires {}",
+            c.credential, c.source, c.lease_id, c.expires
+        );
+        match &c.reason {
+            Some(r) => println!(
+                "\n    since {}, {} attempts: {r} (retrying)",
+                c.since.as_deref().unwrap_or_default(),
+                c.attempts
+            ),
+            None => println!(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,32 @@
-//! Bookkeeping of dynamic credentials (see `crate::sources`): what each
+//! Bookkeeping of dynamic credentials (the ledger; minting and revoking
+//! are in `credentials.rs`): what each
 //! lease holds, its lease record on disk, and the audit of every step.
 
 use std::path::Path;
 
 use super::*;
-use crate::sources::{DynamicEntry, Irrevocable, Minted};
+use crate::sources::Minted;
+
+/// The broker's view of one lease's credentials.
+#[derive(Debug, Clone)]
+pub(crate) struct DynamicEntry {
+    /// Still to revoke.
+    pub minted: Vec<Minted>,
+    /// The lease record on disk (re-persisted as credentials go).
+    pub record: reaper::LeaseRecord,
+    /// The lease has ended and revocation is under way.
+    pub ending: bool,
+    /// Set once the first attempts failed.
+    pub irrevocable: Option<Irrevocable>,
+}
+
+/// Why a credential is not revoked yet.
+#[derive(Debug, Clone)]
+pub(crate) struct Irrevocable {
+    pub reason: String,
+    pub since: SystemTime,
+    pub attempts: u32,
+}
 
 /// Rewrites a lease's record with the credentials it still holds (sealed
 /// in the vault and a small file, written under the state lock so records
@@ -261,24 +283,31 @@ impl Broker {
     }
 
     /// The credentials view for `status` and `leases`.
-    pub(crate) fn dynamic_view(st: &State) -> Vec<Value> {
+    pub(crate) fn dynamic_view(st: &State) -> Vec<CredentialView> {
         st.dynamic
             .iter()
             .flat_map(|(lease, e)| {
                 e.minted.iter().map(move |m| {
                     let (state, reason, since, attempts) = match (&e.irrevocable, e.ending) {
                         (Some(i), _) => (
-                            "irrevocable",
+                            CredentialState::Irrevocable,
                             Some(i.reason.clone()),
                             Some(rfc3339(i.since)),
                             i.attempts,
                         ),
-                        (None, true) => ("revoking", None, None, 0),
-                        (None, false) => ("live", None, None, 0),
+                        (None, true) => (CredentialState::Revoking, None, None, 0),
+                        (None, false) => (CredentialState::Live, None, None, 0),
                     };
-                    json!({"lease_id": lease, "source": m.reference, "credential": m.credential,
-                           "expires": m.expires, "state": state, "reason": reason,
-                           "since": since, "attempts": attempts})
+                    CredentialView {
+                        lease_id: lease.clone(),
+                        source: m.reference.clone(),
+                        credential: m.credential.clone(),
+                        expires: m.expires.clone(),
+                        state,
+                        reason,
+                        since,
+                        attempts,
+                    }
                 })
             })
             .collect()

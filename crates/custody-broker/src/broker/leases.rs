@@ -92,41 +92,51 @@ impl Broker {
         Ok(json!({"revoked_grants": grants, "revoked_leases": leases}))
     }
 
-    /// Running leases.
     /// Running leases (`state: running`, with their dynamic credentials),
     /// then ended leases whose credentials are still being revoked
     /// (`state: revoking` or `irrevocable`, with the reason).
-    pub fn leases(&self) -> Value {
-        let status = self.status();
-        let creds = status["credentials"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let of = |id: &Value| -> Vec<Value> {
-            creds
-                .iter()
-                .filter(|c| &c["lease_id"] == id)
-                .cloned()
-                .collect()
+    pub fn leases(&self) -> Vec<LeaseListing> {
+        let st = self.state();
+        let creds = Self::dynamic_view(&st);
+        let of = |id: &str| -> Vec<CredentialView> {
+            creds.iter().filter(|c| c.lease_id == id).cloned().collect()
         };
-        let mut out = status["leases"].as_array().cloned().unwrap_or_default();
-        for l in &mut out {
-            l["state"] = json!("running");
-            l["credentials"] = json!(of(&l["lease_id"]));
-        }
-        let mut ended: Vec<Value> = Vec::new();
+        let mut out: Vec<LeaseListing> = st
+            .leases
+            .iter()
+            .map(|(id, l)| LeaseListing {
+                lease_id: id.clone(),
+                state: "running".into(),
+                reason: None,
+                running: Some(RunningLease {
+                    grant_id: l.grant_id.clone(),
+                    pid: l.pid,
+                    argv: l.argv.clone(),
+                    requester: l.requester.describe(),
+                    started_at: rfc3339(l.started_at),
+                    deadline: rfc3339(l.deadline_at),
+                }),
+                credentials: of(id),
+            })
+            .collect();
         for c in &creds {
-            let id = &c["lease_id"];
-            if out.iter().chain(&ended).any(|l| &l["lease_id"] == id) {
+            if out.iter().any(|l| l.lease_id == c.lease_id) {
                 continue;
             }
-            ended.push(
-                json!({"lease_id": id, "state": c["state"], "reason": c["reason"],
-                              "credentials": of(id)}),
-            );
+            out.push(LeaseListing {
+                lease_id: c.lease_id.clone(),
+                state: match c.state {
+                    CredentialState::Irrevocable => "irrevocable",
+                    CredentialState::Revoking => "revoking",
+                    CredentialState::Live => "live",
+                }
+                .into(),
+                reason: c.reason.clone(),
+                running: None,
+                credentials: of(&c.lease_id),
+            });
         }
-        out.extend(ended);
-        Value::Array(out)
+        out
     }
 
     // ----- lease bookkeeping (used by run) ---------------------------------
@@ -226,9 +236,12 @@ impl Broker {
                 path: leak.path.clone(),
                 variable: leak.variable.clone(),
             });
-            st.recent_leaks
-                .push_back(json!({"lease_id": lease_id, "path": leak.path,
-                                             "variable": leak.variable, "at": at}));
+            st.recent_leaks.push_back(LeakView {
+                lease_id: lease_id.to_owned(),
+                path: leak.path.clone(),
+                variable: leak.variable.clone(),
+                at: at.clone(),
+            });
             while st.recent_leaks.len() > RECENT_LEAKS {
                 st.recent_leaks.pop_front();
             }

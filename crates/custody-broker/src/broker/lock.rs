@@ -5,41 +5,65 @@ use super::*;
 
 impl Broker {
     /// Broker state for `custody status`.
-    pub fn status(&self) -> Value {
+    pub fn status(&self) -> Status {
         let st = self.state();
-        let leases: Vec<Value> = st
-            .leases
-            .iter()
-            .map(|(id, l)| {
-                json!({"lease_id": id, "grant_id": l.grant_id, "pid": l.pid, "argv": l.argv,
-                       "requester": l.requester.describe(), "started_at": rfc3339(l.started_at),
-                       "deadline": rfc3339(l.deadline_at)})
-            })
-            .collect();
-        json!({
-            "pid": std::process::id(),
-            "locked": st.vault.is_none(),
-            "vault": self.cfg.vault_path(),
-            "audit_unrecorded": st.unrecorded,
-            "sessions": st.sessions.iter().map(|(id, s)| json!({
-                "session_id": id, "client_name": s.client_name, "policy_name": s.policy_name,
-                "client_version": s.client_version, "agent_exe": s.agent_exe,
-                "pid": s.mcp_pid, "agent_pid": s.agent_pid, "sandboxed": s.sandboxed,
-                "started_at": rfc3339(s.started)})).collect::<Vec<_>>(),
-            "agents": st.launchers.iter()
-                .filter(|(pid, _)| st.agents.get(pid).is_some_and(|start| procs::same_process(**pid, *start)))
-                .map(|(pid, l)| json!({
-                    "name": l.name, "pid": pid, "sandboxed": l.sandboxed, "enforced": l.enforced,
-                    "started_at": rfc3339(l.started),
-                    "sessions": st.sessions.values().filter(|s| s.agent_pid == *pid).count()})).collect::<Vec<_>>(),
-            "pending": st.pending.len(),
-            "grants": st.grants.len(),
-            "leases": leases,
-            "pin_failures": st.pin_failures,
-            "idle_lock_secs": self.cfg.idle_lock.as_secs(),
-            "leaks": st.recent_leaks,
-            "credentials": Self::dynamic_view(&st),
-        })
+        Status {
+            pid: std::process::id(),
+            locked: st.vault.is_none(),
+            vault: self.cfg.vault_path(),
+            audit_unrecorded: st.unrecorded,
+            sessions: st
+                .sessions
+                .iter()
+                .map(|(id, s)| SessionView {
+                    session_id: id.clone(),
+                    client_name: s.client_name.clone(),
+                    policy_name: s.policy_name.clone(),
+                    client_version: s.client_version.clone(),
+                    agent_exe: s.agent_exe.clone(),
+                    pid: s.mcp_pid,
+                    agent_pid: s.agent_pid,
+                    sandboxed: s.sandboxed,
+                    started_at: rfc3339(s.started),
+                })
+                .collect(),
+            agents: st
+                .launchers
+                .iter()
+                .filter(|(pid, _)| {
+                    st.agents
+                        .get(pid)
+                        .is_some_and(|start| procs::same_process(**pid, *start))
+                })
+                .map(|(pid, l)| AgentView {
+                    name: l.name.clone(),
+                    pid: *pid,
+                    sandboxed: l.sandboxed,
+                    enforced: l.enforced.clone(),
+                    started_at: rfc3339(l.started),
+                    sessions: st.sessions.values().filter(|s| s.agent_pid == *pid).count(),
+                })
+                .collect(),
+            pending: st.pending.len(),
+            grants: st.grants.len(),
+            leases: st
+                .leases
+                .iter()
+                .map(|(id, l)| LeaseView {
+                    lease_id: id.clone(),
+                    grant_id: l.grant_id.clone(),
+                    pid: l.pid,
+                    argv: l.argv.clone(),
+                    requester: l.requester.describe(),
+                    started_at: rfc3339(l.started_at),
+                    deadline: rfc3339(l.deadline_at),
+                })
+                .collect(),
+            pin_failures: st.pin_failures,
+            idle_lock_secs: self.cfg.idle_lock.as_secs(),
+            leaks: st.recent_leaks.iter().cloned().collect(),
+            credentials: Self::dynamic_view(&st),
+        }
     }
 
     /// Unlocks with the passphrase (KDF on a blocking thread), opens the audit
@@ -105,7 +129,7 @@ impl Broker {
         }
         drop(st);
         // Credentials a crashed broker left, and this vault's orphaned roles.
-        tokio::spawn(crate::sources::recover(Arc::clone(self)));
+        tokio::spawn(Arc::clone(self).recover_credentials());
         let mut out = json!({"unlocked": true});
         if let Some(note) = policy_note {
             out["policy_note"] = json!(note);

@@ -21,9 +21,13 @@ use zeroize::Zeroizing;
 
 use crate::grants::{Grant, Requester, Scope, new_id};
 use crate::lease::EndReason;
-use crate::protocol::{ClientInfo, Event, RunSpec, WireError};
+use crate::protocol::{
+    AgentView, ClientInfo, CredentialState, CredentialView, Event, LeakView, LeaseListing,
+    LeaseView, RunSpec, RunningLease, SessionView, Status, WireError,
+};
 use crate::{procs, reaper};
 
+mod credentials;
 mod dynamic;
 mod leases;
 mod lock;
@@ -214,9 +218,9 @@ pub(crate) struct State {
     last_activity: Instant,
     /// The last [`RECENT_LEAKS`] leaks the post-run check found, for
     /// `custody status` (names and paths only).
-    recent_leaks: VecDeque<Value>,
+    recent_leaks: VecDeque<LeakView>,
     /// Dynamic credentials by lease, from planning until revoked.
-    pub(crate) dynamic: BTreeMap<String, crate::sources::DynamicEntry>,
+    pub(crate) dynamic: BTreeMap<String, dynamic::DynamicEntry>,
     /// Agents' scans in the current minute: agent pid → (window start,
     /// scans, bytes). See [`AGENT_SCANS_PER_MINUTE`].
     scans: HashMap<u32, (Instant, u32, u64)>,

@@ -1,4 +1,6 @@
-//! Dynamic credentials: minted for one lease, revoked when it ends.
+//! Dynamic credential drivers: mint one credential at a source, revoke it,
+//! find a vault's leftovers. Drivers know sources, never the broker: what
+//! to record, audit and retry is the broker's (`broker/credentials.rs`).
 //!
 //! The life of a credential:
 //! 1. **Planned** before anything is created: its public id (a role name)
@@ -18,29 +20,76 @@
 pub mod command;
 pub mod postgres;
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use custody_core::audit::AuditEvent;
-use custody_core::crypto::{self, Key, Subkey};
-use custody_core::names::EnvName;
-use custody_core::sources::{self as defs, SourceDef, SourceSpec};
-use custody_core::vault::Vault;
+use custody_core::crypto::{self, Key};
+use custody_core::sources::{self as defs, PostgresSource, SourceDef, SourceSpec};
+use custody_core::vault::{Vault, VaultError};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use zeroize::Zeroizing;
-
-use crate::broker::{Broker, vault_error};
-use crate::protocol::WireError;
-use crate::reaper;
 
 /// How long a role outlives its lease's deadline at most (`VALID UNTIL`),
 /// for the kill grace and clock skew.
 const VALID_UNTIL_SLACK: Duration = Duration::from_secs(60);
-/// Revocation attempts at lease end before the credential is reported
-/// irrevocable (the retries go on in the background).
-const FIRST_ATTEMPTS: u32 = 3;
+
+/// Why a source could not be used. Names and reasons only, never values.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// A reference or definition that is not well-formed.
+    #[error("{0}")]
+    Malformed(String),
+    /// A variable names a source that is not configured.
+    #[error("no source '{name}': add it with `custody source add {kind} {name}`")]
+    NoSuchSource {
+        /// The source's type.
+        kind: String,
+        /// Its name.
+        name: String,
+    },
+    /// A variable names a source of another type.
+    #[error("source '{name}' is a {is} source, not {wanted}")]
+    WrongType {
+        /// The source's name.
+        name: String,
+        /// Its type.
+        is: String,
+        /// The type the reference names.
+        wanted: String,
+    },
+    /// A source removed or changed since its variable was declared.
+    #[error(
+        "source {0} is not configured (any more): ask the user to add it or to re-declare the variable"
+    )]
+    NotConfigured(String),
+    /// Reading the vault failed (the admin URL, the source).
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// The source itself failed (its command, its server).
+    #[error("dynamic source {reference} failed: {reason}; nothing was run")]
+    Failed {
+        /// `TYPE:NAME`.
+        reference: String,
+        /// What went wrong (masked).
+        reason: String,
+    },
+    /// A revocation could not start or did not go through.
+    #[error("{0}")]
+    Revocation(String),
+    /// No randomness, or sealing failed.
+    #[error("{0}")]
+    Internal(&'static str),
+}
+
+impl SourceError {
+    fn failed(reference: &str, reason: impl std::fmt::Display) -> SourceError {
+        SourceError::Failed {
+            reference: reference.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+}
 
 /// A credential's public facts, persisted in its lease record. Never the
 /// secret, except a command token sealed with the vault's lease-token key.
@@ -75,101 +124,108 @@ impl std::fmt::Debug for Minted {
     }
 }
 
-/// The broker's view of one lease's credentials.
-#[derive(Debug, Clone)]
-pub(crate) struct DynamicEntry {
-    /// Still to revoke.
-    pub minted: Vec<Minted>,
-    /// The lease record on disk (re-persisted as credentials go).
-    pub record: reaper::LeaseRecord,
-    /// The lease has ended and revocation is under way.
-    pub ending: bool,
-    /// Set once the first attempts failed.
-    pub irrevocable: Option<Irrevocable>,
-}
-
-/// Why a credential is not revoked yet.
-#[derive(Debug, Clone)]
-pub(crate) struct Irrevocable {
-    pub reason: String,
-    pub since: SystemTime,
-    pub attempts: u32,
-}
-
 /// A variable that names a source, ready to mint (read under the lock).
 pub(crate) struct Prepared {
-    var: String,
+    pub var: String,
     def: SourceDef,
     /// The admin URL, for a PostgreSQL source.
     admin: Option<Zeroizing<Vec<u8>>>,
-    credential: String,
+    pub credential: String,
 }
 
-/// What a lease gets from its sources.
-pub(crate) struct Fresh {
-    /// Injected as `(variable, value)`.
-    pub values: Vec<(String, Zeroizing<Vec<u8>>)>,
-    /// Masked too, never injected alone (a role's password inside its URL).
-    pub also_mask: Vec<(String, Zeroizing<Vec<u8>>)>,
-}
+impl Prepared {
+    /// `TYPE:NAME`.
+    pub fn reference(&self) -> String {
+        self.def.reference()
+    }
 
-fn source_error(reference: &str, e: impl std::fmt::Display) -> WireError {
-    WireError::new(
-        "source_failed",
-        format!("dynamic source {reference} failed: {e}; nothing was run"),
-    )
-}
-
-/// Checks a `TYPE:NAME` reference against the configured sources.
-pub fn check_reference(broker: &Arc<Broker>, reference: Option<&str>) -> Result<String, WireError> {
-    let r = reference.ok_or_else(|| {
-        WireError::new(
-            "bad_request",
-            "a dynamic variable needs its source: postgres:NAME or command:NAME",
-        )
-    })?;
-    let (kind, name) =
-        defs::parse_reference(r).map_err(|e| WireError::new("bad_request", e.to_string()))?;
-    let def = broker.with_vault(|v| v.source(&name))?;
-    match def {
-        Some(d) if d.spec.type_name() == kind => Ok(d.reference()),
-        Some(d) => Err(WireError::new(
-            "bad_request",
-            format!(
-                "source '{}' is a {} source, not {kind}",
-                d.name,
-                d.spec.type_name()
-            ),
-        )),
-        None => Err(WireError::new(
-            "not_found",
-            format!(
-                "no source '{}': add it with `custody source add {kind} {}`",
-                name.as_str(),
-                name.as_str()
-            ),
-        )),
+    /// When the credential ends at the source by itself, for a lease ending
+    /// at `deadline`.
+    pub fn expiry(&self, deadline: SystemTime) -> SystemTime {
+        match self.def.spec {
+            SourceSpec::Postgres(_) => deadline + VALID_UNTIL_SLACK,
+            SourceSpec::Command(_) => deadline,
+        }
     }
 }
 
-fn admin_secret(vault: &Vault, admin_from: &str) -> Result<Zeroizing<Vec<u8>>, WireError> {
-    let (e, v) = defs::parse_admin_from(admin_from)
-        .map_err(|x| WireError::new("bad_request", x.to_string()))?;
-    let (_, value) = vault.reveal(&e, &v).map_err(vault_error)?;
+/// One minted credential's secrets.
+pub(crate) struct Credential {
+    /// Injected as the variable's value.
+    pub value: Zeroizing<Vec<u8>>,
+    /// Masked too, never injected alone (a role's password inside its URL).
+    pub also_mask: Option<Zeroizing<Vec<u8>>>,
+    /// The value is a token only the source can end: the broker keeps it
+    /// sealed for the revocation.
+    pub keep_sealed: bool,
+}
+
+/// A mint that failed, and what it printed anyway: a token may exist even
+/// though its command failed afterwards (it must be revoked).
+pub(crate) struct MintError {
+    pub error: SourceError,
+    pub printed: Option<Zeroizing<Vec<u8>>>,
+}
+
+impl From<SourceError> for MintError {
+    fn from(error: SourceError) -> Self {
+        MintError {
+            error,
+            printed: None,
+        }
+    }
+}
+
+/// Checks a `TYPE:NAME` reference against the configured sources; returns
+/// it normalized.
+pub fn check_reference(vault: &Vault, reference: Option<&str>) -> Result<String, SourceError> {
+    let r = reference.ok_or_else(|| {
+        SourceError::Malformed(
+            "a dynamic variable needs its source: postgres:NAME or command:NAME".into(),
+        )
+    })?;
+    let (kind, name) =
+        defs::parse_reference(r).map_err(|e| SourceError::Malformed(e.to_string()))?;
+    match vault.source(&name)? {
+        Some(d) if d.spec.type_name() == kind => Ok(d.reference()),
+        Some(d) => Err(SourceError::WrongType {
+            name: d.name.clone(),
+            is: d.spec.type_name().to_owned(),
+            wanted: kind.to_string(),
+        }),
+        None => Err(SourceError::NoSuchSource {
+            kind: kind.to_string(),
+            name: name.as_str().to_owned(),
+        }),
+    }
+}
+
+/// Checks a definition before it is stored: well-formed, and for
+/// PostgreSQL an admin URL that exists and parses now, not at the first
+/// lease.
+pub fn check_definition(vault: &Vault, def: &SourceDef) -> Result<(), SourceError> {
+    def.validate()
+        .map_err(|e| SourceError::Malformed(e.to_string()))?;
+    if let SourceSpec::Postgres(p) = &def.spec {
+        let admin = admin_secret(vault, &p.admin_from)?;
+        postgres::admin_config(&admin).map_err(|e| SourceError::Malformed(e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn admin_secret(vault: &Vault, admin_from: &str) -> Result<Zeroizing<Vec<u8>>, SourceError> {
+    let (e, v) =
+        defs::parse_admin_from(admin_from).map_err(|x| SourceError::Malformed(x.to_string()))?;
+    let (_, value) = vault.reveal(&e, &v)?;
     Ok(Zeroizing::new(value.expose_secret().to_vec()))
 }
 
-fn load(vault: &Vault, reference: &str) -> Result<SourceDef, WireError> {
-    let (kind, name) = defs::parse_reference(reference)
-        .map_err(|e| WireError::new("bad_request", e.to_string()))?;
-    match vault.source(&name).map_err(vault_error)? {
+fn load(vault: &Vault, reference: &str) -> Result<SourceDef, SourceError> {
+    let (kind, name) =
+        defs::parse_reference(reference).map_err(|e| SourceError::Malformed(e.to_string()))?;
+    match vault.source(&name)? {
         Some(d) if d.spec.type_name() == kind => Ok(d),
-        _ => Err(WireError::new(
-            "not_found",
-            format!(
-                "source {reference} is not configured (any more): ask the user to add it or to re-declare the variable"
-            ),
-        )),
+        _ => Err(SourceError::NotConfigured(reference.to_owned())),
     }
 }
 
@@ -178,13 +234,13 @@ fn load(vault: &Vault, reference: &str) -> Result<SourceDef, WireError> {
 pub(crate) fn prepare(
     vault: &Vault,
     wanted: &[(String, String)],
-) -> Result<Vec<Prepared>, WireError> {
+) -> Result<Vec<Prepared>, SourceError> {
     let tag = vault.tag();
     let mut out = Vec::new();
     for (var, reference) in wanted {
         let def = load(vault, reference)?;
         let random: [u8; 8] = crypto::random_array()
-            .map_err(|_| WireError::new("internal", "no randomness for a credential id"))?;
+            .map_err(|_| SourceError::Internal("no randomness for a credential id"))?;
         let (admin, credential) = match &def.spec {
             SourceSpec::Postgres(p) => (
                 Some(admin_secret(vault, &p.admin_from)?),
@@ -219,325 +275,172 @@ pub(crate) fn planned(prepared: &[Prepared], deadline: SystemTime) -> Vec<Minted
             source: p.def.name.clone(),
             reference: p.def.reference(),
             credential: p.credential.clone(),
-            expires: custody_core::audit::format_rfc3339(expiry(p, deadline)),
+            expires: custody_core::audit::format_rfc3339(p.expiry(deadline)),
             sealed_token: None,
         })
         .collect()
 }
 
-fn expiry(p: &Prepared, deadline: SystemTime) -> SystemTime {
-    match p.def.spec {
-        SourceSpec::Postgres(_) => deadline + VALID_UNTIL_SLACK,
-        SourceSpec::Command(_) => deadline,
-    }
-}
-
-/// Mints every prepared credential for `lease_id`. On failure the ones
-/// already minted are revoked by the caller through [`settle`]; a command
-/// that printed nothing minted nothing and leaves nothing to revoke. `mask`
-/// names the values a failed command's stderr must not show.
-pub(crate) async fn mint_all(
-    broker: &Arc<Broker>,
+/// Mints one prepared credential for `lease_id`, ending by itself at
+/// `expires` (RFC 3339) or after `ttl`. `mask` names the values a failed
+/// command's stderr must not show.
+pub(crate) async fn mint(
+    p: &Prepared,
     lease_id: &str,
-    prepared: Vec<Prepared>,
-    deadline: SystemTime,
     ttl: Duration,
+    expires: &str,
     mask: &[(&str, &[u8])],
-) -> Result<Fresh, WireError> {
-    let mut fresh = Fresh {
-        values: Vec::new(),
-        also_mask: Vec::new(),
-    };
-    for p in prepared {
-        let reference = p.def.reference();
-        let expires = custody_core::audit::format_rfc3339(expiry(&p, deadline));
-        match &p.def.spec {
-            SourceSpec::Postgres(pg) => {
-                let admin = p.admin.as_ref().map_or(&[][..], |a| a.as_slice());
-                let cfg = postgres::admin_config(admin).map_err(|e| source_error(&reference, e))?;
-                let password = custody_core::generate::random_value(
-                    32,
-                    custody_core::generate::Alphabet::Alnum,
-                )
-                .map_err(|e| source_error(&reference, e))?;
-                postgres::create(&cfg, pg, &p.credential, &password, &expires)
-                    .await
-                    .map_err(|e| source_error(&reference, e))?;
-                fresh.values.push((
-                    p.var.clone(),
-                    postgres::lease_url(&cfg, &p.credential, &password),
-                ));
-                fresh.also_mask.push((p.var.clone(), password));
-            }
-            SourceSpec::Command(c) => {
-                let ttl_secs = ttl.as_secs().max(1);
-                let token = match command::mint(c, lease_id, ttl_secs, &expires, mask).await {
-                    Ok(t) => t,
-                    Err(command::MintFailure { failure, printed }) => {
-                        match printed {
-                            // It printed something: a token may exist; keep
-                            // it sealed so the revocation can end it.
-                            Some(t) => {
-                                if let Ok(Ok(sealed)) = broker.with_vault(|v| {
-                                    Ok(seal_token(
-                                        &v.subkey(Subkey::LeaseToken),
-                                        lease_id,
-                                        &p.credential,
-                                        &t,
-                                    ))
-                                }) {
-                                    broker.credential_sealed(lease_id, &p.credential, sealed);
-                                }
-                            }
-                            // Nothing printed, nothing minted: nothing to revoke.
-                            None => broker.credential_never_minted(lease_id, &p.credential),
-                        }
-                        return Err(source_error(&reference, failure));
-                    }
-                };
-                let sealed = broker.with_vault(|v| {
-                    Ok(seal_token(
-                        &v.subkey(Subkey::LeaseToken),
-                        lease_id,
-                        &p.credential,
-                        &token,
-                    ))
-                })??;
-                broker.credential_sealed(lease_id, &p.credential, sealed);
-                fresh.values.push((p.var.clone(), token));
+) -> Result<Credential, MintError> {
+    let reference = p.def.reference();
+    match &p.def.spec {
+        SourceSpec::Postgres(pg) => {
+            let admin = p.admin.as_ref().map_or(&[][..], |a| a.as_slice());
+            let cfg =
+                postgres::admin_config(admin).map_err(|e| SourceError::failed(&reference, e))?;
+            let password =
+                custody_core::generate::random_value(32, custody_core::generate::Alphabet::Alnum)
+                    .map_err(|e| SourceError::failed(&reference, e))?;
+            postgres::create(&cfg, pg, &p.credential, &password, expires)
+                .await
+                .map_err(|e| SourceError::failed(&reference, e))?;
+            Ok(Credential {
+                value: postgres::lease_url(&cfg, &p.credential, &password),
+                also_mask: Some(password),
+                keep_sealed: false,
+            })
+        }
+        SourceSpec::Command(c) => {
+            let ttl_secs = ttl.as_secs().max(1);
+            match command::mint(c, lease_id, ttl_secs, expires, mask).await {
+                Ok(token) => Ok(Credential {
+                    value: token,
+                    also_mask: None,
+                    keep_sealed: true,
+                }),
+                Err(command::MintFailure { failure, printed }) => Err(MintError {
+                    error: SourceError::failed(&reference, failure),
+                    printed,
+                }),
             }
         }
-        broker.credential_minted(lease_id, &reference, &p.credential, &expires);
     }
-    Ok(fresh)
 }
 
 fn token_aad(lease_id: &str, credential: &str) -> Vec<u8> {
     format!("custody/v1/lease-token\0{lease_id}\0{credential}").into_bytes()
 }
 
-fn seal_token(
+/// Seals a command token for the lease record (hex), bound to the lease
+/// and the credential id.
+pub(crate) fn seal_token(
     key: &Key,
     lease_id: &str,
     credential: &str,
     token: &[u8],
-) -> Result<String, WireError> {
+) -> Result<String, SourceError> {
     crypto::seal(key, &token_aad(lease_id, credential), token)
         .map(hex::encode)
-        .map_err(|_| WireError::new("internal", "cannot seal the token"))
+        .map_err(|_| SourceError::Internal("cannot seal the token"))
 }
 
-fn open_token(key: &Key, lease_id: &str, m: &Minted) -> Result<Zeroizing<Vec<u8>>, String> {
-    let sealed = m
-        .sealed_token
-        .as_deref()
-        .ok_or("the token was never recorded (the broker stopped while minting)")?;
-    let bytes = hex::decode(sealed).map_err(|_| "the recorded token is damaged".to_owned())?;
+fn open_token(key: &Key, lease_id: &str, m: &Minted) -> Result<Zeroizing<Vec<u8>>, SourceError> {
+    let sealed = m.sealed_token.as_deref().ok_or(SourceError::Revocation(
+        "the token was never recorded (the broker stopped while minting)".into(),
+    ))?;
+    let bytes = hex::decode(sealed)
+        .map_err(|_| SourceError::Revocation("the recorded token is damaged".into()))?;
     crypto::open(key, &token_aad(lease_id, &m.credential), &bytes)
-        .map_err(|_| "the recorded token does not authenticate".to_owned())
+        .map_err(|_| SourceError::Revocation("the recorded token does not authenticate".into()))
 }
 
-/// Revokes one credential. Reads the source (and its admin URL) from the
-/// vault each time, so a retry sees the current configuration.
-async fn revoke_one(broker: &Arc<Broker>, lease_id: &str, m: &Minted) -> Result<(), String> {
-    let (def, admin, token_key) = {
-        let st = broker.state();
-        let vault = st
-            .vault
-            .as_ref()
-            .ok_or("the vault is locked (revocation resumes at unlock)")?;
-        let def = load(vault, &m.reference).map_err(|e| e.message)?;
+/// What revoking a credential of one source needs, read from the vault each
+/// time (under the lock), so a retry sees the current configuration.
+pub(crate) struct Revocation {
+    def: SourceDef,
+    admin: Option<Zeroizing<Vec<u8>>>,
+    token_key: Key,
+}
+
+impl Revocation {
+    /// Reads the source `reference` (and its admin URL).
+    pub fn read(vault: &Vault, reference: &str, token_key: Key) -> Result<Self, SourceError> {
+        let def = load(vault, reference)?;
         let admin = match &def.spec {
-            SourceSpec::Postgres(p) => {
-                Some(admin_secret(vault, &p.admin_from).map_err(|e| e.message)?)
-            }
+            SourceSpec::Postgres(p) => Some(admin_secret(vault, &p.admin_from)?),
             SourceSpec::Command(_) => None,
         };
-        (def, admin, vault.subkey(Subkey::LeaseToken))
-    };
-    match &def.spec {
-        SourceSpec::Postgres(pg) => {
-            let cfg = postgres::admin_config(admin.as_ref().map_or(&[][..], |a| a.as_slice()))
-                .map_err(|e| e.to_string())?;
-            postgres::revoke(&cfg, pg, &m.credential)
-                .await
-                .map_err(|e| e.to_string())
-        }
-        SourceSpec::Command(c) => {
-            let token = open_token(&token_key, lease_id, m)?;
-            command::revoke(c, &token).await.map_err(|e| e.to_string())
-        }
-    }
-}
-
-/// Revokes what is left of `lease_id`'s credentials once. Returns the
-/// failure of the first one that did not go.
-async fn revoke_lease(broker: &Arc<Broker>, lease_id: &str, attempts: u32) -> Result<(), String> {
-    let todo = broker.credentials_of(lease_id);
-    for m in todo {
-        revoke_one(broker, lease_id, &m).await?;
-        broker.credential_revoked(lease_id, &m, attempts);
-    }
-    Ok(())
-}
-
-/// Ends `lease_id`'s credentials: a few quick attempts, then (if they all
-/// failed) the lease is marked irrevocable and retried in the background
-/// with exponential backoff. Returns what to tell the requester.
-pub(crate) async fn settle(broker: &Arc<Broker>, lease_id: &str) -> Vec<Value> {
-    let before = broker.credentials_of(lease_id);
-    if before.is_empty() && !broker.has_dynamic(lease_id) {
-        return Vec::new();
-    }
-    broker.dynamic_ending(lease_id);
-    let mut delay = Duration::from_millis(100);
-    let mut last = String::new();
-    for attempt in 1..=FIRST_ATTEMPTS {
-        match revoke_lease(broker, lease_id, attempt).await {
-            Ok(()) => {
-                broker.dynamic_done(lease_id);
-                return before
-                    .iter()
-                    .map(|m| json!({"source": m.reference, "credential": m.credential, "state": "revoked"}))
-                    .collect();
-            }
-            Err(e) => last = e,
-        }
-        if attempt < FIRST_ATTEMPTS {
-            tokio::time::sleep(delay).await;
-            delay *= 3;
-        }
-    }
-    broker.credential_irrevocable(lease_id, &last, FIRST_ATTEMPTS);
-    tokio::spawn(retry(Arc::clone(broker), lease_id.to_owned()));
-    broker
-        .credentials_of(lease_id)
-        .iter()
-        .map(|m| {
-            json!({"source": m.reference, "credential": m.credential,
-                        "state": "irrevocable", "reason": last})
+        Ok(Revocation {
+            def,
+            admin,
+            token_key,
         })
-        .collect()
-}
+    }
 
-/// Background retries with exponential backoff (capped by the broker's
-/// `revoke_retry_max`) until the credentials are revoked or the vault is
-/// locked (then the lease record waits for the next unlock).
-async fn retry(broker: Arc<Broker>, lease_id: String) {
-    let mut delay = Duration::from_secs(1);
-    let mut attempts = FIRST_ATTEMPTS;
-    loop {
-        tokio::time::sleep(delay).await;
-        if broker.state().vault.is_none() || !broker.has_dynamic(&lease_id) {
-            return;
-        }
-        attempts += 1;
-        match revoke_lease(&broker, &lease_id, attempts).await {
-            Ok(()) => {
-                broker.dynamic_done(&lease_id);
-                return;
+    /// Revokes one credential of `lease_id`.
+    pub async fn revoke(&self, lease_id: &str, m: &Minted) -> Result<(), SourceError> {
+        match &self.def.spec {
+            SourceSpec::Postgres(pg) => {
+                let admin = self.admin.as_ref().map_or(&[][..], |a| a.as_slice());
+                let cfg = postgres::admin_config(admin)
+                    .map_err(|e| SourceError::Revocation(e.to_string()))?;
+                postgres::revoke(&cfg, pg, &m.credential)
+                    .await
+                    .map_err(|e| SourceError::Revocation(e.to_string()))
             }
-            Err(e) => broker.credential_irrevocable(&lease_id, &e, attempts),
+            SourceSpec::Command(c) => {
+                let token = open_token(&self.token_key, lease_id, m)?;
+                command::revoke(c, &token)
+                    .await
+                    .map_err(|e| SourceError::Revocation(e.to_string()))
+            }
         }
-        delay = (delay * 2).min(broker.cfg.revoke_retry_max);
     }
 }
 
-/// At unlock: ends what a previous broker left and revokes the credentials
-/// of its leases (from their sealed records in the vault), then drops this
-/// vault's roles that no lease owns, at every PostgreSQL source. Audited.
-pub(crate) async fn recover(broker: Arc<Broker>) {
-    for rec in broker.recover_records() {
-        if broker.adopt(rec.clone()) {
-            let b = Arc::clone(&broker);
-            tokio::spawn(async move {
-                settle(&b, &rec.id).await;
+/// A PostgreSQL source whose roles of this vault can be listed and dropped.
+pub(crate) struct Reapable {
+    /// `TYPE:NAME`, for the audit record.
+    pub reference: String,
+    source: PostgresSource,
+    admin: Zeroizing<Vec<u8>>,
+    prefix: String,
+}
+
+/// Every PostgreSQL source of the vault whose admin URL reads.
+pub(crate) fn reapable(vault: &Vault) -> Vec<Reapable> {
+    let prefix = defs::role_prefix(&vault.tag());
+    let mut out = Vec::new();
+    for def in vault.sources().unwrap_or_default() {
+        if let SourceSpec::Postgres(p) = &def.spec
+            && let Ok(admin) = admin_secret(vault, &p.admin_from)
+        {
+            out.push(Reapable {
+                reference: def.reference(),
+                source: p.clone(),
+                admin,
+                prefix: prefix.clone(),
             });
         }
     }
-    let sources = {
-        let st = broker.state();
-        let Some(vault) = st.vault.as_ref() else {
-            return;
+    out
+}
+
+impl Reapable {
+    /// Drops this vault's roles at the source that `owned` does not claim;
+    /// returns the ones dropped. A source that cannot be reached is skipped.
+    pub async fn reap(&self, owned: impl Fn(&str) -> bool) -> Vec<String> {
+        let Ok(cfg) = postgres::admin_config(&self.admin) else {
+            return Vec::new();
         };
-        let tag = vault.tag();
-        let mut out = Vec::new();
-        for def in vault.sources().unwrap_or_default() {
-            if let SourceSpec::Postgres(p) = &def.spec
-                && let Ok(admin) = admin_secret(vault, &p.admin_from)
-            {
-                out.push((def.clone(), p.clone(), admin, defs::role_prefix(&tag)));
-            }
-        }
-        out
-    };
-    for (def, pg, admin, prefix) in sources {
-        let Ok(cfg) = postgres::admin_config(&admin) else {
-            continue;
+        let Ok(roles) = postgres::roles_with_prefix(&cfg, &self.prefix).await else {
+            return Vec::new();
         };
-        let Ok(roles) = postgres::roles_with_prefix(&cfg, &prefix).await else {
-            continue;
-        };
+        let mut dropped = Vec::new();
         for role in roles {
-            if broker.owns_credential(&role) {
-                continue;
-            }
-            if postgres::revoke(&cfg, &pg, &role).await.is_ok() {
-                broker.credential_reaped(&def.reference(), &role);
+            if !owned(&role) && postgres::revoke(&cfg, &self.source, &role).await.is_ok() {
+                dropped.push(role);
             }
         }
+        dropped
     }
-}
-
-/// Handles `source add` / `source ls` / `source rm` (humans only; checked by
-/// the caller).
-pub(crate) fn define(broker: &Arc<Broker>, def: SourceDef, by: &str) -> Result<Value, WireError> {
-    def.validate()
-        .map_err(|e| WireError::new("bad_request", e.to_string()))?;
-    if let SourceSpec::Postgres(p) = &def.spec {
-        // The admin URL must exist and parse now, not at the first lease.
-        let admin = {
-            let st = broker.state();
-            let vault = st.vault.as_ref().ok_or_else(|| {
-                WireError::new("locked", "the vault is locked: run `custody unlock`")
-            })?;
-            admin_secret(vault, &p.admin_from)?
-        };
-        postgres::admin_config(&admin).map_err(|e| WireError::new("bad_request", e.to_string()))?;
-    }
-    let reference = def.reference();
-    let created = broker.change_vault(
-        custody_core::audit::AuditEvent::VaultChange {
-            action: custody_core::audit::VaultAction::PutSource,
-            environment: reference.clone(),
-            variable: None,
-            by: Some(by.to_owned()),
-        },
-        |v| v.put_source(&def),
-    )?;
-    Ok(json!({"source": reference, "created": created}))
-}
-
-/// Every source (no secrets: the admin URL is named, not shown).
-pub(crate) fn list(broker: &Arc<Broker>) -> Result<Value, WireError> {
-    let defs = broker.with_vault(|v| v.sources())?;
-    Ok(serde_json::to_value(defs).unwrap_or_default())
-}
-
-/// Removes a source.
-pub(crate) fn remove(broker: &Arc<Broker>, name: &str, by: &str) -> Result<Value, WireError> {
-    let n = EnvName::new(name).map_err(|e| WireError::new("bad_request", e.to_string()))?;
-    let removed = broker.change_vault(
-        AuditEvent::VaultChange {
-            action: custody_core::audit::VaultAction::RemoveSource,
-            environment: name.to_owned(),
-            variable: None,
-            by: Some(by.to_owned()),
-        },
-        |v| v.remove_source(&n),
-    )?;
-    if !removed {
-        return Err(WireError::new("not_found", format!("no source '{name}'")));
-    }
-    Ok(json!({"removed": name}))
 }

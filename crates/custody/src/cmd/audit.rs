@@ -225,8 +225,7 @@ fn repaired_break(path: &std::path::Path) -> Option<(u64, Option<u64>)> {
 
 fn repair(g: &Global, secrets: &mut SecretInput, pin_stdin: bool) -> anyhow::Result<ExitCode> {
     if let Some(mut c) = access::broker()?
-        && c.call(Request::Status)
-            .is_ok_and(|s| s["locked"] == json!(false))
+        && c.status().is_ok_and(|s| !s.locked)
     {
         anyhow::bail!(
             "the broker is unlocked and writing the audit log: `custody lock` first, then repair"

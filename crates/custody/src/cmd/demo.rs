@@ -96,9 +96,9 @@ impl Tour {
     fn stop_broker(&self) {
         if let Ok(mut c) = self.broker() {
             let _ = c.call(Request::Lock);
-            if let Ok(v) = c.call(Request::Status)
-                && let Some(pid) = v["pid"].as_u64()
-                && let Some(p) = rustix::process::Pid::from_raw(pid as i32)
+            if let Ok(status) = c.status()
+                && let Ok(pid) = i32::try_from(status.pid)
+                && let Some(p) = rustix::process::Pid::from_raw(pid)
             {
                 let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
             }

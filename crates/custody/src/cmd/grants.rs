@@ -3,9 +3,9 @@
 use std::process::ExitCode;
 
 use anyhow::bail;
-use custody_broker::protocol::{Request, RevokeTarget};
+use custody_broker::protocol::{LeaseListing, Request, RevokeTarget};
 
-use super::{Global, argv_line};
+use super::{Global, argv_line, argv_words};
 use crate::access::{self, broker_err};
 use crate::input::SecretInput;
 use crate::output;
@@ -52,29 +52,31 @@ pub fn grants(g: &Global, _s: &mut SecretInput, _a: GrantsArgs) -> anyhow::Resul
 }
 
 pub fn leases(g: &Global, _s: &mut SecretInput, _a: LeasesArgs) -> anyhow::Result<ExitCode> {
-    let mut client = access::require_broker()?;
-    let v = client.call(Request::Leases).map_err(broker_err)?;
-    let creds = client.call(Request::Status).map_err(broker_err)?["credentials"].take();
+    let listings: Vec<LeaseListing> = access::require_broker()?
+        .call_as(Request::Leases)
+        .map_err(broker_err)?;
     if g.json {
-        output::json(&v)?;
+        output::json(&listings)?;
         return Ok(ExitCode::SUCCESS);
     }
-    super::unlock::print_credentials(&creds);
-    if v.as_array().is_none_or(Vec::is_empty) {
+    let credentials: Vec<_> = listings
+        .iter()
+        .flat_map(|l| l.credentials.iter().cloned())
+        .collect();
+    output::credentials(&credentials);
+    if listings.is_empty() {
         println!("No running leases.");
-    } else {
-        for l in v.as_array().into_iter().flatten() {
-            if l["state"] != "running" {
-                // Ended; its credentials are listed above.
-                continue;
-            }
+    }
+    // Ended leases are there for their credentials, listed above.
+    for l in &listings {
+        if let Some(r) = &l.running {
             println!(
                 "{}  pid {}  until {}  {}\n    {}",
-                l["lease_id"].as_str().unwrap_or_default(),
-                l["pid"],
-                l["deadline"].as_str().unwrap_or_default(),
-                output::field(l["requester"].as_str().unwrap_or_default()),
-                argv_line(&l["argv"])
+                l.lease_id,
+                r.pid,
+                r.deadline,
+                output::field(&r.requester),
+                argv_words(&r.argv)
             );
         }
     }

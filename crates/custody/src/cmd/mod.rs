@@ -304,24 +304,31 @@ pub fn argv_block(argv: &serde_json::Value, indent: &str) -> String {
     out
 }
 
-/// An argv as one shell-like line, each element escaped ([`crate::output::field`]).
+/// An argv (JSON) as one shell-like line: see [`argv_words`].
 pub fn argv_line(argv: &serde_json::Value) -> String {
-    argv.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str())
-                .map(|s| {
-                    if !s.is_empty()
-                        && s.chars()
-                            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
-                    {
-                        crate::output::field(s)
-                    } else {
-                        format!("'{}'", crate::output::field(&s.replace('\'', "'\\''")))
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(" ")
+    let words: Vec<&str> = argv
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str())
+        .collect();
+    argv_words(&words)
+}
+
+/// An argv as one shell-like line, each element escaped ([`crate::output::field`]).
+pub fn argv_words(argv: &[impl AsRef<str>]) -> String {
+    argv.iter()
+        .map(|s| {
+            let s = s.as_ref();
+            if !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+            {
+                crate::output::field(s)
+            } else {
+                format!("'{}'", crate::output::field(&s.replace('\'', "'\\''")))
+            }
         })
-        .unwrap_or_default()
+        .collect::<Vec<_>>()
+        .join(" ")
 }

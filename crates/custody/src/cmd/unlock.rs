@@ -85,8 +85,8 @@ pub fn unlock(g: &Global, secrets: &mut SecretInput, _a: UnlockArgs) -> anyhow::
     // not even asked for); any other (a locked one, or a process posing as
     // one) is replaced by a broker we start.
     let already = access::broker()?
-        .and_then(|mut c| c.call(Request::Status).ok())
-        .is_some_and(|s| s["locked"] == json!(false));
+        .and_then(|mut c| c.status().ok())
+        .is_some_and(|s| !s.locked);
     let passphrase = if already {
         if g.passphrase_stdin {
             // The documented stdin layout: the line is read either way.
@@ -162,65 +162,53 @@ pub fn status(g: &Global, _s: &mut SecretInput, _a: StatusArgs) -> anyhow::Resul
         }
         return Ok(ExitCode::SUCCESS);
     };
-    let mut v: Value = client.call(Request::Status).map_err(broker_err)?;
-    v["running"] = json!(true);
+    let s = client.status().map_err(broker_err)?;
     if g.json {
+        let mut v = serde_json::to_value(&s)?;
+        v["running"] = json!(true);
         output::json(&v)?;
         return Ok(ExitCode::SUCCESS);
     }
     println!(
         "broker: running, {}",
-        if v["locked"] == json!(true) {
-            "LOCKED"
-        } else {
-            "unlocked"
-        }
+        if s.locked { "LOCKED" } else { "unlocked" }
     );
-    println!("vault:  {}", v["vault"].as_str().unwrap_or_default());
-    if let Some(n) = v["audit_unrecorded"].as_u64().filter(|n| *n > 0) {
+    println!("vault:  {}", s.vault.display());
+    if s.audit_unrecorded > 0 {
         println!(
-            "AUDIT:  {n} record(s) of things that happened could not be written (see the broker's log); check `custody audit verify`"
+            "AUDIT:  {} record(s) of things that happened could not be written (see the broker's log); check `custody audit verify`",
+            s.audit_unrecorded
         );
     }
-    println!(
-        "agent sessions: {}",
-        v["sessions"].as_array().map_or(0, Vec::len)
-    );
-    for s in v["sessions"].as_array().into_iter().flatten() {
+    println!("agent sessions: {}", s.sessions.len());
+    for x in &s.sessions {
         println!(
             "  {} {} {} (policy name: {}; {}; pid {}, agent pid {}, agent program {})",
-            crate::output::shown(s["session_id"].as_str().unwrap_or_default()),
-            crate::output::shown(s["client_name"].as_str().unwrap_or_default()),
-            crate::output::shown(s["client_version"].as_str().unwrap_or_default()),
-            s["policy_name"].as_str().unwrap_or_default(),
-            if s["sandboxed"] == json!(true) {
+            output::shown(&x.session_id),
+            output::shown(&x.client_name),
+            output::shown(&x.client_version),
+            x.policy_name,
+            if x.sandboxed {
                 "sandboxed"
             } else {
                 "unsandboxed"
             },
-            s["pid"],
-            s["agent_pid"],
-            crate::output::shown(s["agent_exe"].as_str().unwrap_or("unknown"))
+            x.pid,
+            x.agent_pid,
+            output::shown(x.agent_exe.as_deref().unwrap_or("unknown"))
         );
     }
-    let agents = v["agents"].as_array().cloned().unwrap_or_default();
-    if !agents.is_empty() {
-        println!("agents started with `custody agent`: {}", agents.len());
+    if !s.agents.is_empty() {
+        println!("agents started with `custody agent`: {}", s.agents.len());
     }
-    for a in agents {
-        let enforced: Vec<&str> = a["enforced"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.as_str())
-            .collect();
+    for a in &s.agents {
         println!(
             "  {} (launcher pid {}, {} MCP session(s)): {}",
-            crate::output::shown(a["name"].as_str().unwrap_or_default()),
-            a["pid"],
-            a["sessions"],
-            if a["sandboxed"] == json!(true) {
-                format!("sandboxed ({})", enforced.join(", "))
+            output::shown(&a.name),
+            a.pid,
+            a.sessions,
+            if a.sandboxed {
+                format!("sandboxed ({})", a.enforced.join(", "))
             } else {
                 "UNSANDBOXED".to_owned()
             }
@@ -228,68 +216,34 @@ pub fn status(g: &Global, _s: &mut SecretInput, _a: StatusArgs) -> anyhow::Resul
     }
     println!(
         "pending requests: {}  (see `custody approve --list`)",
-        v["pending"]
+        s.pending
     );
-    println!("grants: {}", v["grants"]);
-    let leases = v["leases"].as_array().cloned().unwrap_or_default();
-    println!("running leases: {}", leases.len());
-    for l in leases {
+    println!("grants: {}", s.grants);
+    println!("running leases: {}", s.leases.len());
+    for l in &s.leases {
         println!(
             "  {} pid {} until {}: {}",
-            l["lease_id"].as_str().unwrap_or_default(),
-            l["pid"],
-            l["deadline"].as_str().unwrap_or_default(),
-            super::argv_line(&l["argv"])
+            l.lease_id,
+            l.pid,
+            l.deadline,
+            super::argv_words(&l.argv)
         );
     }
-    if v["pin_failures"].as_u64().unwrap_or(0) > 0 {
-        println!("failed PIN attempts in a row: {}", v["pin_failures"]);
+    if s.pin_failures > 0 {
+        println!("failed PIN attempts in a row: {}", s.pin_failures);
     }
-    print_credentials(&v["credentials"]);
-    let leaks = v["leaks"].as_array().cloned().unwrap_or_default();
-    if !leaks.is_empty() {
+    output::credentials(&s.credentials);
+    if !s.leaks.is_empty() {
         println!("LEAKS found after runs (secret values written to files; rotate them):");
-        for l in leaks {
+        for l in &s.leaks {
             println!(
                 "  {} lease {}: {} holds {}",
-                l["at"].as_str().unwrap_or_default(),
-                l["lease_id"].as_str().unwrap_or_default(),
-                crate::output::field(l["path"].as_str().unwrap_or_default()),
-                crate::output::field(l["variable"].as_str().unwrap_or_default())
+                l.at,
+                l.lease_id,
+                output::field(&l.path),
+                output::field(&l.variable)
             );
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Dynamic credentials not yet revoked; an *irrevocable* one with its reason.
-pub fn print_credentials(creds: &serde_json::Value) {
-    let creds = creds.as_array().cloned().unwrap_or_default();
-    if creds.is_empty() {
-        return;
-    }
-    println!("dynamic credentials: {}", creds.len());
-    for c in creds {
-        let state = c["state"].as_str().unwrap_or_default();
-        let shown = if state == "irrevocable" {
-            "IRREVOCABLE"
-        } else {
-            state
-        };
-        print!(
-            "  {shown} {} ({}) of lease {}, expires {}",
-            c["credential"].as_str().unwrap_or_default(),
-            c["source"].as_str().unwrap_or_default(),
-            c["lease_id"].as_str().unwrap_or_default(),
-            c["expires"].as_str().unwrap_or_default()
-        );
-        match c["reason"].as_str() {
-            Some(r) => println!(
-                "\n    since {}, {} attempts: {r} (retrying)",
-                c["since"].as_str().unwrap_or_default(),
-                c["attempts"]
-            ),
-            None => println!(),
-        }
-    }
 }

@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use zeroize::Zeroizing;
 
+mod views;
+pub use views::*;
+
 /// Version spoken by this build; `hello` with another version is refused.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest frame, in bytes. A longer announced length gets an error frame and
@@ -576,42 +579,6 @@ impl TryFrom<WireFrame> for ServerFrame {
             _ => Err("a broker frame carries exactly one of ok, error, event"),
         }
     }
-}
-
-/// A request waiting for a human, as `approve --list` and the approval
-/// screen show it. Names and the command, never a value.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PendingRequest {
-    /// Its id.
-    pub id: String,
-    /// Who asks, for the screen (`agent codex (pid 42, sandboxed)`).
-    pub requester: String,
-    /// The requester's policy name.
-    pub client: String,
-    /// Whether an agent asks from inside `custody agent`'s sandbox.
-    pub sandboxed: bool,
-    /// Whether an agent asks (its whole passed environment is shown).
-    pub agent: bool,
-    /// The exact command.
-    pub argv: Vec<String>,
-    /// The program as bound (absolute path).
-    pub program: String,
-    /// The environment the command would get besides its secrets.
-    pub passthrough: BTreeMap<String, String>,
-    /// Files bound by content (arguments naming files).
-    pub files: Vec<String>,
-    /// Working directory.
-    pub cwd: String,
-    /// Environments asked for.
-    pub environments: Vec<String>,
-    /// Variables (`ENV/VAR`) the run would get.
-    pub variables: Vec<String>,
-    /// Its deadline, in seconds.
-    pub timeout_secs: u64,
-    /// Whether policy wants a fresh approval for every run here.
-    pub always_approve: bool,
-    /// When it was asked (RFC 3339).
-    pub created_at: String,
 }
 
 /// Pushed events.

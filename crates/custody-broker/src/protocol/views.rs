@@ -1,0 +1,214 @@
+//! Typed views the broker answers with: what `status`, `leases` and the
+//! approval queue show. Names, ids and commands, never a value.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A request waiting for a human, as `approve --list` and the approval
+/// screen show it. Names and the command, never a value.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PendingRequest {
+    /// Its id.
+    pub id: String,
+    /// Who asks, for the screen (`agent codex (pid 42, sandboxed)`).
+    pub requester: String,
+    /// The requester's policy name.
+    pub client: String,
+    /// Whether an agent asks from inside `custody agent`'s sandbox.
+    pub sandboxed: bool,
+    /// Whether an agent asks (its whole passed environment is shown).
+    pub agent: bool,
+    /// The exact command.
+    pub argv: Vec<String>,
+    /// The program as bound (absolute path).
+    pub program: String,
+    /// The environment the command would get besides its secrets.
+    pub passthrough: BTreeMap<String, String>,
+    /// Files bound by content (arguments naming files).
+    pub files: Vec<String>,
+    /// Working directory.
+    pub cwd: String,
+    /// Environments asked for.
+    pub environments: Vec<String>,
+    /// Variables (`ENV/VAR`) the run would get.
+    pub variables: Vec<String>,
+    /// Its deadline, in seconds.
+    pub timeout_secs: u64,
+    /// Whether policy wants a fresh approval for every run here.
+    pub always_approve: bool,
+    /// When it was asked (RFC 3339).
+    pub created_at: String,
+}
+
+/// The broker's state, for `custody status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    /// The broker's pid.
+    pub pid: u32,
+    /// Whether the vault is locked.
+    pub locked: bool,
+    /// The vault file.
+    pub vault: PathBuf,
+    /// Audit records that could not be written (logged, counted).
+    pub audit_unrecorded: u64,
+    /// MCP sessions.
+    pub sessions: Vec<SessionView>,
+    /// Agents started with `custody agent` that still run.
+    pub agents: Vec<AgentView>,
+    /// Requests waiting for a human.
+    pub pending: usize,
+    /// Live grants.
+    pub grants: usize,
+    /// Running leases.
+    pub leases: Vec<LeaseView>,
+    /// Wrong PINs in a row.
+    pub pin_failures: u32,
+    /// The idle lock, in seconds.
+    pub idle_lock_secs: u64,
+    /// Secret values found in files after runs, most recent last.
+    pub leaks: Vec<LeakView>,
+    /// Dynamic credentials not yet revoked.
+    pub credentials: Vec<CredentialView>,
+}
+
+/// One MCP session.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionView {
+    /// Its id.
+    pub session_id: String,
+    /// The name the client gave (untrusted, shown).
+    pub client_name: String,
+    /// The name policy applies.
+    pub policy_name: String,
+    /// The version the client gave.
+    pub client_version: String,
+    /// The agent's executable as the kernel has it, when readable.
+    pub agent_exe: Option<String>,
+    /// The MCP server's pid.
+    pub pid: u32,
+    /// The agent client's pid (or its `custody agent` launcher's).
+    pub agent_pid: u32,
+    /// Whether it runs inside `custody agent`'s sandbox.
+    pub sandboxed: bool,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+}
+
+/// An agent started with `custody agent`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AgentView {
+    /// The human's name for it (its policy name).
+    pub name: String,
+    /// The launcher's pid.
+    pub pid: u32,
+    /// Whether it is sandboxed.
+    pub sandboxed: bool,
+    /// The protections the kernel enforces.
+    pub enforced: Vec<String>,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// Its MCP sessions.
+    pub sessions: usize,
+}
+
+/// A running lease.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeaseView {
+    /// Its id.
+    pub lease_id: String,
+    /// The grant it runs under.
+    pub grant_id: String,
+    /// The child's pid.
+    pub pid: u32,
+    /// The command.
+    pub argv: Vec<String>,
+    /// Who asked.
+    pub requester: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// When it is killed (RFC 3339).
+    pub deadline: String,
+}
+
+/// A secret value found in a file after a run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeakView {
+    /// The lease whose run wrote it.
+    pub lease_id: String,
+    /// The file.
+    pub path: String,
+    /// The variable whose value it holds (a name).
+    pub variable: String,
+    /// When it was found (RFC 3339).
+    pub at: String,
+}
+
+/// Where a dynamic credential is in its life.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialState {
+    /// Its lease runs.
+    Live,
+    /// Its lease ended; revocation is under way.
+    Revoking,
+    /// Revocation failed so far; retried in the background.
+    Irrevocable,
+}
+
+/// A dynamic credential not yet revoked.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CredentialView {
+    /// Its lease.
+    pub lease_id: String,
+    /// `TYPE:NAME`.
+    pub source: String,
+    /// Its public id (a role name, `tok-…`).
+    pub credential: String,
+    /// When it ends at the source by itself (RFC 3339).
+    pub expires: String,
+    /// Where it is.
+    pub state: CredentialState,
+    /// Why it is not revoked yet (irrevocable only).
+    pub reason: Option<String>,
+    /// Since when (irrevocable only, RFC 3339).
+    pub since: Option<String>,
+    /// Revocation attempts so far.
+    pub attempts: u32,
+}
+
+/// A lease as `custody leases` lists it: a running one, or one that ended
+/// while its credentials are still being revoked.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeaseListing {
+    /// Its id.
+    pub lease_id: String,
+    /// `running`, `revoking` or `irrevocable`.
+    pub state: String,
+    /// Why its credentials are not revoked yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The running lease (absent once it ended).
+    #[serde(flatten)]
+    pub running: Option<RunningLease>,
+    /// Its dynamic credentials not yet revoked.
+    pub credentials: Vec<CredentialView>,
+}
+
+/// What a running lease adds to its listing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunningLease {
+    /// The grant it runs under.
+    pub grant_id: String,
+    /// The child's pid.
+    pub pid: u32,
+    /// The command.
+    pub argv: Vec<String>,
+    /// Who asked.
+    pub requester: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// When it is killed (RFC 3339).
+    pub deadline: String,
+}
