@@ -624,3 +624,88 @@ fn attack_moved_or_edited_sealed_records_do_not_open() {
     v.remove_lease_record("l-000000000002").unwrap();
     assert_eq!(v.lease_records().unwrap().len(), 1);
 }
+
+/// The same-user agent edits the vault file so that one name points at
+/// another's row: the index columns are keyed hashes it cannot compute, but
+/// it can swap them. Approving `dev/DATABASE_URL` (or `TEST_KEY`) must never
+/// inject prod's URL (or `PROD_KEY`): the name sealed in the row's label is
+/// checked against the name asked for.
+#[test]
+fn attack_swapped_name_indexes_never_reveal_another_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = new_vault(&dir);
+    let none = VariableUpdate::default();
+    for e in ["dev", "prod"] {
+        v.create_environment(&env(e), "").unwrap();
+        v.set_variable(
+            &env(e),
+            &var("DATABASE_URL"),
+            format!("postgres://{e}-database-url").as_bytes(),
+            &none,
+        )
+        .unwrap();
+    }
+    v.set_variable(&env("dev"), &var("TEST_KEY"), b"sk_test_harmless_1", &none)
+        .unwrap();
+    v.set_variable(&env("dev"), &var("PROD_KEY"), b"sk_live_precious_2", &none)
+        .unwrap();
+    let c = rusqlite::Connection::open(v.path()).unwrap();
+    // Two variables of one environment trade names.
+    let idx = |e: &str, n: &str| -> Vec<u8> {
+        let env_id = v.env_id(&env(e)).unwrap();
+        v.var_index(&env_id, &var(n)).to_vec()
+    };
+    let (test_idx, prod_idx) = (idx("dev", "TEST_KEY"), idx("dev", "PROD_KEY"));
+    c.execute(
+        "UPDATE variables SET name_index = x'00' WHERE name_index = ?1",
+        params![test_idx],
+    )
+    .unwrap();
+    c.execute(
+        "UPDATE variables SET name_index = ?1 WHERE name_index = ?2",
+        params![test_idx, prod_idx],
+    )
+    .unwrap();
+    c.execute(
+        "UPDATE variables SET name_index = ?1 WHERE name_index = x'00'",
+        params![prod_idx],
+    )
+    .unwrap();
+    match v.reveal(&env("dev"), &var("TEST_KEY")) {
+        Ok((_, value)) => panic!(
+            "TEST_KEY revealed {:?}",
+            String::from_utf8_lossy(value.expose_secret())
+        ),
+        Err(e) => assert!(matches!(e, VaultError::Tampered { .. }), "{e}"),
+    }
+    // Two environments trade names.
+    let env_idx = |e: &str| v.env_index(&env(e)).to_vec();
+    let (dev_idx, prod_env_idx) = (env_idx("dev"), env_idx("prod"));
+    c.execute(
+        "UPDATE environments SET name_index = x'00' WHERE name_index = ?1",
+        params![dev_idx],
+    )
+    .unwrap();
+    c.execute(
+        "UPDATE environments SET name_index = ?1 WHERE name_index = ?2",
+        params![dev_idx, prod_env_idx],
+    )
+    .unwrap();
+    c.execute(
+        "UPDATE environments SET name_index = ?1 WHERE name_index = x'00'",
+        params![prod_env_idx],
+    )
+    .unwrap();
+    match v.reveal(&env("dev"), &var("DATABASE_URL")) {
+        Ok((_, value)) => panic!(
+            "dev/DATABASE_URL revealed {:?}",
+            String::from_utf8_lossy(value.expose_secret())
+        ),
+        Err(e) => assert!(matches!(e, VaultError::Tampered { .. }), "{e}"),
+    }
+    // The listing says so too, instead of showing prod's variables as dev's.
+    assert!(matches!(
+        v.variables(&env("dev")),
+        Err(VaultError::Tampered { .. })
+    ));
+}
