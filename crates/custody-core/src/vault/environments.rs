@@ -10,19 +10,31 @@ impl Vault {
         crypto::keyed_hash(&self.index_key, &[b"env", name.as_str().as_bytes()])
     }
 
+    /// The id of environment `name`. The row is found by its keyed name
+    /// index, then its sealed label must name `name`: an index column the
+    /// same-user agent swapped between two rows is caught here, instead of
+    /// `dev` quietly reading `prod`'s variables.
     pub(super) fn env_id(&self, name: &EnvName) -> Result<Id> {
-        let id: Option<Vec<u8>> = self
+        let row: Option<(Vec<u8>, Vec<u8>)> = self
             .conn
-            .prepare_cached("SELECT id FROM environments WHERE name_index = ?1")
+            .prepare_cached("SELECT id, sealed_label FROM environments WHERE name_index = ?1")
             .and_then(|mut s| {
-                s.query_row(params![&self.env_index(name)[..]], |r| r.get(0))
-                    .optional()
+                s.query_row(params![&self.env_index(name)[..]], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
             })
             .map_err(|e| storage(e, &self.path))?;
-        match id {
-            Some(id) => to_id(id),
-            None => Err(VaultError::NoSuchEnvironment(name.to_string())),
+        let Some((id, sealed)) = row else {
+            return Err(VaultError::NoSuchEnvironment(name.to_string()));
+        };
+        let id = to_id(id)?;
+        let what = format!("name of environment {name}");
+        let label = self.open_label(b"env-label", &[&id], &sealed, &what)?;
+        if label.name != name.as_str() {
+            return Err(VaultError::Tampered { what });
         }
+        Ok(id)
     }
 
     pub(super) fn seal_label(&self, kind: &[u8], ids: &[&[u8]], label: &Label) -> Result<Vec<u8>> {

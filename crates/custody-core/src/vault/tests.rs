@@ -678,6 +678,15 @@ fn attack_swapped_name_indexes_never_reveal_another_value() {
         ),
         Err(e) => assert!(matches!(e, VaultError::Tampered { .. }), "{e}"),
     }
+    // Nor does a change or a removal land on the other row.
+    assert!(matches!(
+        v.set_variable(&env("dev"), &var("TEST_KEY"), b"sk_test_new_value_3", &none),
+        Err(VaultError::Tampered { .. })
+    ));
+    assert!(matches!(
+        v.unset_variable(&env("dev"), &var("TEST_KEY")),
+        Err(VaultError::Tampered { .. })
+    ));
     // Two environments trade names.
     let env_idx = |e: &str| v.env_index(&env(e)).to_vec();
     let (dev_idx, prod_env_idx) = (env_idx("dev"), env_idx("prod"));

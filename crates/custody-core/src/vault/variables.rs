@@ -124,22 +124,38 @@ impl Vault {
         Ok(report)
     }
 
-    /// Removes a variable.
+    /// Removes a variable (the row whose sealed name is `var`: a swapped
+    /// index never deletes another variable).
     pub fn unset_variable(&mut self, env: &EnvName, var: &VarName) -> Result<()> {
         let env_id = self.env_id(env)?;
-        let n = self
+        let row: Option<(Vec<u8>, Vec<u8>)> = self
             .conn
-            .execute(
-                "DELETE FROM variables WHERE env_id = ?1 AND name_index = ?2",
-                params![&env_id[..], &self.var_index(&env_id, var)[..]],
+            .prepare_cached(
+                "SELECT id, sealed_label FROM variables WHERE env_id = ?1 AND name_index = ?2",
             )
+            .and_then(|mut s| {
+                s.query_row(
+                    params![&env_id[..], &self.var_index(&env_id, var)[..]],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+            })
             .map_err(|e| storage(e, &self.path))?;
-        if n == 0 {
+        let Some((id, sealed)) = row else {
             return Err(VaultError::NoSuchVariable {
                 env: env.to_string(),
                 var: var.to_string(),
             });
+        };
+        let id = to_id(id)?;
+        let what = Self::what(env, var, "name");
+        let label = self.open_label(b"var-label", &[&env_id, &id], &sealed, &what)?;
+        if label.name != var.as_str() {
+            return Err(VaultError::Tampered { what });
         }
+        self.conn
+            .execute("DELETE FROM variables WHERE id = ?1", params![&id[..]])
+            .map_err(|e| storage(e, &self.path))?;
         self.touch_env(&env_id)
     }
 
@@ -306,6 +322,13 @@ impl Vault {
             &label,
             &Self::what(env, var, "name"),
         )?;
+        // The row was found by its name index, a column anyone who can
+        // write the file can swap between rows: the sealed name decides.
+        if label.name != var.as_str() {
+            return Err(VaultError::Tampered {
+                what: Self::what(env, var, "name"),
+            });
+        }
         if label.kind == VarKind::Dynamic {
             return Err(VaultError::Dynamic {
                 env: env.to_string(),
@@ -476,7 +499,10 @@ fn upsert_variable(
                 &sealed_label,
             )
             .map_err(|_| VaultError::Tampered { what: what.clone() })?;
-            let mut label = Label::decode(&plain).map_err(|_| VaultError::Tampered { what })?;
+            let mut label = Label::decode(&plain)
+                .ok()
+                .filter(|l| l.name == var.as_str())
+                .ok_or(VaultError::Tampered { what })?;
             if let Some(d) = &update.description {
                 label.description.clone_from(d);
             }
