@@ -132,22 +132,43 @@ pub async fn run(
         })?;
         // One read transaction for every value (see `read_together`).
         vault.read_together(|vault| -> Result<(), WireError> {
+            let bad =
+                |x: custody_core::names::NameError| WireError::new("bad_request", x.to_string());
+            // Each environment's values in one query, then back in the
+            // grant's order (a later environment's variable wins).
+            let mut by_env: Vec<(EnvName, Vec<VarName>)> = Vec::new();
+            let mut order = Vec::new();
             for full in &grant.scope.variables {
                 let Some((e, v)) = full.split_once('/') else {
                     continue;
                 };
-                let env =
-                    EnvName::new(e).map_err(|x| WireError::new("bad_request", x.to_string()))?;
-                let var =
-                    VarName::new(v).map_err(|x| WireError::new("bad_request", x.to_string()))?;
-                match vault.reveal(&env, &var) {
-                    Ok((kind, value)) => injected.push(Injected {
-                        name: v.to_owned(),
+                let (env, var) = (EnvName::new(e).map_err(bad)?, VarName::new(v).map_err(bad)?);
+                let slot = match by_env.iter().position(|(n, _)| *n == env) {
+                    Some(i) => i,
+                    None => {
+                        by_env.push((env, Vec::new()));
+                        by_env.len() - 1
+                    }
+                };
+                order.push((slot, by_env[slot].1.len()));
+                by_env[slot].1.push(var);
+            }
+            let mut revealed = Vec::with_capacity(by_env.len());
+            for (env, vars) in &by_env {
+                let values = vault.reveal_many(env, vars).map_err(vault_error)?;
+                revealed.push(values.into_iter().map(Some).collect::<Vec<_>>());
+            }
+            for (slot, i) in order {
+                let name = by_env[slot].1[i].as_str().to_owned();
+                match revealed[slot][i].take() {
+                    None => continue, // Each slot is taken once.
+                    Some(Ok((kind, value))) => injected.push(Injected {
+                        name,
                         as_file: kind == VarKind::File,
                         value: Zeroizing::new(value.expose_secret().to_vec()),
                     }),
-                    Err(VaultError::Dynamic { from, .. }) => wanted.push((v.to_owned(), from)),
-                    Err(other) => return Err(vault_error(other)),
+                    Some(Err(VaultError::Dynamic { from, .. })) => wanted.push((name, from)),
+                    Some(Err(other)) => return Err(vault_error(other)),
                 }
             }
             Ok(())

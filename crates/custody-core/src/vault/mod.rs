@@ -214,7 +214,16 @@ struct Listings {
     /// `(PRAGMA data_version, total_changes)` when they were made: the first
     /// moves when another connection commits, the second when this one writes.
     stamp: (i64, u64),
-    by_env: HashMap<Id, Vec<VariableInfo>>,
+    by_env: HashMap<Id, std::sync::Arc<Listing>>,
+}
+
+/// One environment's variables, opened: what `variables` answers, and which
+/// row holds which (its sealed label already authenticated), so a reveal
+/// need not open the label again.
+struct Listing {
+    infos: Vec<VariableInfo>,
+    /// Row id → index in `infos`.
+    rows: HashMap<Id, usize>,
 }
 
 impl fmt::Debug for Vault {

@@ -671,6 +671,10 @@ fn attack_swapped_name_indexes_never_reveal_another_value() {
         params![prod_idx],
     )
     .unwrap();
+    assert!(matches!(
+        &v.reveal_many(&env("dev"), &[var("TEST_KEY")]).unwrap()[0],
+        Err(VaultError::Tampered { .. })
+    ));
     match v.reveal(&env("dev"), &var("TEST_KEY")) {
         Ok((_, value)) => panic!(
             "TEST_KEY revealed {:?}",
@@ -716,5 +720,59 @@ fn attack_swapped_name_indexes_never_reveal_another_value() {
     assert!(matches!(
         v.variables(&env("dev")),
         Err(VaultError::Tampered { .. })
+    ));
+}
+
+/// `reveal_many` answers each variable exactly as `reveal` does, in the
+/// order asked, duplicates included.
+#[test]
+fn reveal_many_answers_like_reveal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = new_vault(&dir);
+    let none = VariableUpdate::default();
+    v.create_environment(&env("e"), "").unwrap();
+    for i in 0..40 {
+        v.set_variable(
+            &env("e"),
+            &var(&format!("V{i}")),
+            format!("value-number-{i}").as_bytes(),
+            &none,
+        )
+        .unwrap();
+    }
+    let file = VariableUpdate {
+        kind: Some(VarKind::File),
+        ..VariableUpdate::default()
+    };
+    v.set_variable(&env("e"), &var("CERT"), b"-----BEGIN CERT-----", &file)
+        .unwrap();
+    let dynamic = VariableUpdate {
+        kind: Some(VarKind::Dynamic),
+        source: Some("postgres:main".into()),
+        ..VariableUpdate::default()
+    };
+    v.declare_variable(&env("e"), &var("DB"), &dynamic).unwrap();
+    v.declare_variable(&env("e"), &var("LATER"), &none).unwrap();
+    let asked: Vec<VarName> = ["V7", "CERT", "DB", "LATER", "MISSING", "V39", "V7"]
+        .iter()
+        .map(|n| var(n))
+        .collect();
+    let many = v.reveal_many(&env("e"), &asked).unwrap();
+    assert_eq!(many.len(), asked.len());
+    let shown = |r: &Result<(VarKind, crate::vault::SecretValue)>| match r {
+        Ok((k, value)) => format!("{k:?}={}", String::from_utf8_lossy(value.expose_secret())),
+        Err(e) => e.to_string(),
+    };
+    for (name, got) in asked.iter().zip(&many) {
+        assert_eq!(shown(got), shown(&v.reveal(&env("e"), name)), "{name}");
+    }
+    assert_eq!(shown(&many[0]), "Env=value-number-7");
+    assert_eq!(shown(&many[1]), "File=-----BEGIN CERT-----");
+    assert!(matches!(many[2], Err(VaultError::Dynamic { .. })));
+    assert!(matches!(many[3], Err(VaultError::NotSet { .. })));
+    assert!(matches!(many[4], Err(VaultError::NoSuchVariable { .. })));
+    assert!(matches!(
+        v.reveal_many(&env("nope"), &asked),
+        Err(VaultError::NoSuchEnvironment(_))
     ));
 }

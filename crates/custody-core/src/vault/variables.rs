@@ -1,6 +1,8 @@
 //! Variables: set, declare, import, unset, list and reveal. Values are
 //! sealed with AAD binding vault, environment, variable and version.
 
+use std::sync::Arc;
+
 use rusqlite::{OptionalExtension, params};
 
 use super::*;
@@ -177,6 +179,12 @@ impl Vault {
     /// other. The keeping ends with the `Vault`, i.e. at lock.
     pub fn variables(&self, env: &EnvName) -> Result<Vec<VariableInfo>> {
         let env_id = self.env_id(env)?;
+        Ok(self.listing(env, &env_id)?.0.infos.clone())
+    }
+
+    /// The kept listing of `env` (opened now if the database changed since),
+    /// and the database state it is for.
+    fn listing(&self, env: &EnvName, env_id: &Id) -> Result<(Arc<Listing>, (i64, u64))> {
         let stamp = self.change_stamp()?;
         {
             let mut l = self.listings.borrow_mut();
@@ -184,16 +192,16 @@ impl Vault {
                 l.stamp = stamp;
                 l.by_env.clear();
             }
-            if let Some(hit) = l.by_env.get(&env_id) {
-                return Ok(hit.clone());
+            if let Some(hit) = l.by_env.get(env_id) {
+                return Ok((Arc::clone(hit), stamp));
             }
         }
-        let out = self.open_listing(env, &env_id)?;
+        let out = Arc::new(self.open_listing(env, env_id)?);
         self.listings
             .borrow_mut()
             .by_env
-            .insert(env_id, out.clone());
-        Ok(out)
+            .insert(*env_id, Arc::clone(&out));
+        Ok((out, stamp))
     }
 
     /// Where the database is: see [`Listings`].
@@ -205,7 +213,7 @@ impl Vault {
         Ok((data_version, self.conn.total_changes()))
     }
 
-    fn open_listing(&self, env: &EnvName, env_id: &Id) -> Result<Vec<VariableInfo>> {
+    fn open_listing(&self, env: &EnvName, env_id: &Id) -> Result<Listing> {
         let env_id = *env_id;
         let mut stmt = self
             .conn
@@ -233,7 +241,7 @@ impl Vault {
         // cores for big environments (scoped threads, nothing outlives this).
         // Only the key and ids cross into the threads, not the connection.
         let (seal_key, vault_id) = (&self.seal_key, &self.vault_id);
-        let decode = |chunk: &[Row]| -> Result<Vec<VariableInfo>> {
+        let decode = |chunk: &[Row]| -> Result<Vec<(Id, VariableInfo)>> {
             chunk
                 .iter()
                 .map(|row| variable_info(seal_key, vault_id, env, &env_id, row))
@@ -252,7 +260,7 @@ impl Vault {
         };
         let mut out = if workers > 1 {
             let size = rows.len().div_ceil(workers);
-            let parts: Vec<Result<Vec<VariableInfo>>> = std::thread::scope(|s| {
+            let parts: Vec<Result<Vec<(Id, VariableInfo)>>> = std::thread::scope(|s| {
                 let handles: Vec<_> = rows
                     .chunks(size)
                     .map(|chunk| s.spawn(move || decode(chunk)))
@@ -274,12 +282,20 @@ impl Vault {
         } else {
             decode(&rows)?
         };
-        out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        out.sort_unstable_by(|a, b| a.1.name.cmp(&b.1.name));
+        let rows = out
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| (*id, i))
+            .collect();
+        Ok(Listing {
+            infos: out.into_iter().map(|(_, info)| info).collect(),
+            rows,
+        })
     }
 
-    /// Decrypts one value. Only the broker (and, until it exists, the CLI
-    /// path that opens the vault directly) calls this.
+    /// Decrypts one value. Only the broker (and the CLI path that opens
+    /// the vault directly) calls this.
     pub fn reveal(&self, env: &EnvName, var: &VarName) -> Result<(VarKind, SecretValue)> {
         let env_id = self.env_id(env)?;
         let row: Option<SealedRow> = self
@@ -303,40 +319,99 @@ impl Vault {
                 .optional()
             })
             .map_err(|e| storage(e, &self.path))?;
-        let Some(SealedRow {
-            id,
-            sealed_label: label,
-            sealed_value: sealed,
-            version,
-        }) = row
-        else {
+        self.open_row(env, &env_id, var, row.as_ref(), None)
+    }
+
+    /// Decrypts several values of one environment, each as [`Vault::reveal`]
+    /// would (its own error for a variable that is missing, dynamic, unset
+    /// or tampered with); the environment is looked up once and its rows
+    /// read in one query. For a run's values: one statement instead of one
+    /// per variable.
+    pub fn reveal_many(
+        &self,
+        env: &EnvName,
+        vars: &[VarName],
+    ) -> Result<Vec<Result<(VarKind, SecretValue)>>> {
+        let env_id = self.env_id(env)?;
+        // The kept listing knows each row's authenticated label; it is used
+        // only if the database did not change between it and the rows read.
+        let (listing, listed_at) = self.listing(env, &env_id)?;
+        let mut rows: HashMap<Vec<u8>, SealedRow> = HashMap::new();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT name_index, id, sealed_label, sealed_value, version FROM variables
+                 WHERE env_id = ?1",
+            )
+            .map_err(|e| storage(e, &self.path))?;
+        let mut q = stmt
+            .query(params![&env_id[..]])
+            .map_err(|e| storage(e, &self.path))?;
+        while let Some(r) = q.next().map_err(|e| storage(e, &self.path))? {
+            let read = || -> rusqlite::Result<(Vec<u8>, SealedRow)> {
+                Ok((
+                    r.get(0)?,
+                    SealedRow {
+                        id: r.get(1)?,
+                        sealed_label: r.get(2)?,
+                        sealed_value: r.get(3)?,
+                        version: r.get(4)?,
+                    },
+                ))
+            };
+            let (index, row) = read().map_err(|e| storage(e, &self.path))?;
+            rows.insert(index, row);
+        }
+        drop(q);
+        drop(stmt);
+        let known = (self.change_stamp()? == listed_at).then_some(&*listing);
+        Ok(vars
+            .iter()
+            .map(|var| {
+                let row = rows.get(&self.var_index(&env_id, var)[..]);
+                self.open_row(env, &env_id, var, row, known)
+            })
+            .collect())
+    }
+
+    /// Opens a row found for `env/var`: its label must name `var` (the
+    /// index that found it is a column anyone who can write the file can
+    /// swap between rows), then its value.
+    fn open_row(
+        &self,
+        env: &EnvName,
+        env_id: &Id,
+        var: &VarName,
+        row: Option<&SealedRow>,
+        known: Option<&Listing>,
+    ) -> Result<(VarKind, SecretValue)> {
+        let Some(row) = row else {
             return Err(VaultError::NoSuchVariable {
                 env: env.to_string(),
                 var: var.to_string(),
             });
         };
-        let id = to_id(id)?;
-        let label = self.open_label(
-            b"var-label",
-            &[&env_id, &id],
-            &label,
-            &Self::what(env, var, "name"),
-        )?;
-        // The row was found by its name index, a column anyone who can
-        // write the file can swap between rows: the sealed name decides.
-        if label.name != var.as_str() {
-            return Err(VaultError::Tampered {
-                what: Self::what(env, var, "name"),
-            });
+        let id = to_id(row.id.clone())?;
+        let what = Self::what(env, var, "name");
+        let opened;
+        let (name, kind, source) = match known.and_then(|l| l.rows.get(&id).map(|&i| &l.infos[i])) {
+            Some(i) => (&i.name, i.kind, &i.source),
+            None => {
+                opened = self.open_label(b"var-label", &[env_id, &id], &row.sealed_label, &what)?;
+                (&opened.name, opened.kind, &opened.source)
+            }
+        };
+        if name != var.as_str() {
+            return Err(VaultError::Tampered { what });
         }
-        if label.kind == VarKind::Dynamic {
+        if kind == VarKind::Dynamic {
             return Err(VaultError::Dynamic {
                 env: env.to_string(),
                 var: var.to_string(),
-                from: label.source.unwrap_or_default(),
+                from: source.clone().unwrap_or_default(),
             });
         }
-        let Some(sealed) = sealed else {
+        let Some(sealed) = &row.sealed_value else {
             return Err(VaultError::NotSet {
                 env: env.to_string(),
                 var: var.to_string(),
@@ -346,14 +421,14 @@ impl Vault {
             &self.seal_key,
             &aad(
                 b"value",
-                &[&self.vault_id, &env_id, &id, &version.to_be_bytes()],
+                &[&self.vault_id, env_id, &id, &row.version.to_be_bytes()],
             ),
-            &sealed,
+            sealed,
         )
         .map_err(|_| VaultError::Tampered {
             what: Self::what(env, var, "value"),
         })?;
-        Ok((label.kind, secret_from(plain)))
+        Ok((kind, secret_from(plain)))
     }
 }
 
@@ -556,7 +631,7 @@ fn variable_info(
     env: &EnvName,
     env_id: &Id,
     row: &Row,
-) -> Result<VariableInfo> {
+) -> Result<(Id, VariableInfo)> {
     let id = Id::try_from(row.id.as_slice())
         .map_err(|_| VaultError::Storage("malformed row id".into()))?;
     let plain = crypto::open(
@@ -575,15 +650,18 @@ fn variable_info(
         .sealed_len
         .and_then(|n| usize::try_from(n).ok())
         .map(|n| n.saturating_sub(SEALED_OVERHEAD));
-    Ok(VariableInfo {
-        name: label.name,
-        description: label.description,
-        kind: label.kind,
-        source: label.source,
-        is_set: value_len.is_some() || label.kind == VarKind::Dynamic,
-        too_short_to_mask: value_len.is_some_and(|n| n < crate::mask::MIN_MASKABLE_LEN),
-        version: u64::try_from(row.version).unwrap_or(0),
-        created_at: row.created_at,
-        updated_at: row.updated_at,
-    })
+    Ok((
+        id,
+        VariableInfo {
+            name: label.name,
+            description: label.description,
+            kind: label.kind,
+            source: label.source,
+            is_set: value_len.is_some() || label.kind == VarKind::Dynamic,
+            too_short_to_mask: value_len.is_some_and(|n| n < crate::mask::MIN_MASKABLE_LEN),
+            version: u64::try_from(row.version).unwrap_or(0),
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        },
+    ))
 }
