@@ -22,6 +22,8 @@ use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -206,13 +208,17 @@ pub struct Vault {
     /// Opened variable listings (names and facts, never values), reused
     /// while the database is unchanged: see `Vault::variables`.
     listings: RefCell<Listings>,
+    /// Rows of `variables` and `environments` this connection changed.
+    names_changed: Arc<AtomicU64>,
 }
 
 /// Listings valid for one database state.
 #[derive(Default)]
 struct Listings {
-    /// `(PRAGMA data_version, total_changes)` when they were made: the first
-    /// moves when another connection commits, the second when this one writes.
+    /// `(PRAGMA data_version, names_changed)` when they were made: the first
+    /// moves when another connection commits, the second when this one
+    /// changes a variable or an environment (not at every audit head or
+    /// lease record, so a run does not throw the listings away).
     stamp: (i64, u64),
     by_env: HashMap<Id, std::sync::Arc<Listing>>,
 }
@@ -372,7 +378,27 @@ impl Vault {
         Ok(vault)
     }
 
-    fn finish_open(conn: Connection, path: &Path, vault_id: Id, vault_key: Key) -> Result<Vault> {
+    fn finish_open(
+        mut conn: Connection,
+        path: &Path,
+        vault_id: Id,
+        vault_key: Key,
+    ) -> Result<Vault> {
+        // Every row this connection changes in the tables a listing is made
+        // of counts (other connections' commits move `data_version`).
+        let names_changed = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&names_changed);
+        conn.update_hook(Some(move |_, _: &str, table: &str, _| {
+            if table == "variables" || table == "environments" {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }))
+        .map_err(|e| storage(e, path))?;
+        let counter = Arc::clone(&names_changed);
+        conn.rollback_hook(Some(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }))
+        .map_err(|e| storage(e, path))?;
         conn.execute_batch(
             "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
         )
@@ -387,6 +413,7 @@ impl Vault {
             seal_key,
             index_key,
             listings: RefCell::default(),
+            names_changed,
         })
     }
 

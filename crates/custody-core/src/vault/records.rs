@@ -167,6 +167,9 @@ impl Vault {
                 let _ = self
                     .conn
                     .execute_batch("ROLLBACK TO custody_change; RELEASE custody_change");
+                // Rows went back without the update hook seeing it: a
+                // listing made inside the change is stale.
+                self.names_changed.fetch_add(1, Ordering::Relaxed);
                 Err(err)
             }
         }

@@ -467,7 +467,22 @@ fn kept_listings_follow_changes_from_any_connection() {
     );
 
     b.unset_variable(&env("app"), &var("ONE")).unwrap();
-    assert_eq!(listed(&a), [two], "another connection's removal");
+    assert_eq!(listed(&a), [two.clone()], "another connection's removal");
+
+    // A change undone (its audit record failed, say) leaves no listing
+    // made in between behind.
+    let undone: std::result::Result<(), VaultError> = a.atomically(|v| {
+        v.declare_variable(&env("app"), &var("GONE"), &none)?;
+        assert_eq!(listed(v).len(), 2, "seen inside the change");
+        Err(VaultError::Storage("the audit record failed".into()))
+    });
+    assert!(undone.is_err());
+    assert_eq!(listed(&a), [two.clone()], "a change rolled back");
+
+    // What is not a variable or an environment keeps the listing; it is
+    // still right afterwards.
+    a.put_lease_record("l-000000000001", b"{}").unwrap();
+    assert_eq!(listed(&a), [two]);
 }
 
 /// Every file of the vault (main, WAL, shared memory) concatenated.

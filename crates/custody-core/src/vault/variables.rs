@@ -1,8 +1,6 @@
 //! Variables: set, declare, import, unset, list and reveal. Values are
 //! sealed with AAD binding vault, environment, variable and version.
 
-use std::sync::Arc;
-
 use rusqlite::{OptionalExtension, params};
 
 use super::*;
@@ -210,7 +208,7 @@ impl Vault {
             .conn
             .query_row("PRAGMA data_version", [], |r| r.get(0))
             .map_err(|e| storage(e, &self.path))?;
-        Ok((data_version, self.conn.total_changes()))
+        Ok((data_version, self.names_changed.load(Ordering::Relaxed)))
     }
 
     fn open_listing(&self, env: &EnvName, env_id: &Id) -> Result<Listing> {
