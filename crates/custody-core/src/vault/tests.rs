@@ -467,7 +467,11 @@ fn kept_listings_follow_changes_from_any_connection() {
     );
 
     b.unset_variable(&env("app"), &var("ONE")).unwrap();
-    assert_eq!(listed(&a), [two.clone()], "another connection's removal");
+    assert_eq!(
+        listed(&a),
+        std::slice::from_ref(&two),
+        "another connection's removal"
+    );
 
     // A change undone (its audit record failed, say) leaves no listing
     // made in between behind.
@@ -477,7 +481,11 @@ fn kept_listings_follow_changes_from_any_connection() {
         Err(VaultError::Storage("the audit record failed".into()))
     });
     assert!(undone.is_err());
-    assert_eq!(listed(&a), [two.clone()], "a change rolled back");
+    assert_eq!(
+        listed(&a),
+        std::slice::from_ref(&two),
+        "a change rolled back"
+    );
 
     // What is not a variable or an environment keeps the listing; it is
     // still right afterwards.
