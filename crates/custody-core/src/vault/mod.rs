@@ -224,12 +224,13 @@ struct Listings {
 }
 
 /// One environment's variables, opened: what `variables` answers, and which
-/// row holds which (its sealed label already authenticated), so a reveal
-/// need not open the label again.
+/// row holds each (its sealed label, bound to the row id, already
+/// authenticated), so a reveal need not open labels or trust name indexes.
 struct Listing {
+    /// Sorted by name.
     infos: Vec<VariableInfo>,
-    /// Row id → index in `infos`.
-    rows: HashMap<Id, usize>,
+    /// The row id of each.
+    ids: Vec<Id>,
 }
 
 impl fmt::Debug for Vault {

@@ -281,15 +281,8 @@ impl Vault {
             decode(&rows)?
         };
         out.sort_unstable_by(|a, b| a.1.name.cmp(&b.1.name));
-        let rows = out
-            .iter()
-            .enumerate()
-            .map(|(i, (id, _))| (*id, i))
-            .collect();
-        Ok(Listing {
-            infos: out.into_iter().map(|(_, info)| info).collect(),
-            rows,
-        })
+        let (ids, infos) = out.into_iter().unzip();
+        Ok(Listing { infos, ids })
     }
 
     /// Decrypts one value. Only the broker (and the CLI path that opens
@@ -317,63 +310,71 @@ impl Vault {
                 .optional()
             })
             .map_err(|e| storage(e, &self.path))?;
-        self.open_row(env, &env_id, var, row.as_ref(), None)
+        self.open_row(env, &env_id, var, row.as_ref())
     }
 
     /// Decrypts several values of one environment, each as [`Vault::reveal`]
     /// would (its own error for a variable that is missing, dynamic, unset
-    /// or tampered with); the environment is looked up once and its rows
-    /// read in one query. For a run's values: one statement instead of one
-    /// per variable.
+    /// or tampered with), in one query. Which row holds which variable comes
+    /// from the kept listing (each row's label authenticated, bound to its
+    /// id), not from the name index; if the database changed between the
+    /// listing and the query, each value goes through [`Vault::reveal`].
     pub fn reveal_many(
         &self,
         env: &EnvName,
         vars: &[VarName],
     ) -> Result<Vec<Result<(VarKind, SecretValue)>>> {
         let env_id = self.env_id(env)?;
-        // The kept listing knows each row's authenticated label; it is used
-        // only if the database did not change between it and the rows read.
         let (listing, listed_at) = self.listing(env, &env_id)?;
-        let mut rows: HashMap<Vec<u8>, SealedRow> = HashMap::new();
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT name_index, id, sealed_label, sealed_value, version FROM variables
-                 WHERE env_id = ?1",
-            )
-            .map_err(|e| storage(e, &self.path))?;
-        let mut q = stmt
-            .query(params![&env_id[..]])
-            .map_err(|e| storage(e, &self.path))?;
-        while let Some(r) = q.next().map_err(|e| storage(e, &self.path))? {
-            let read = || -> rusqlite::Result<(Vec<u8>, SealedRow)> {
-                Ok((
-                    r.get(0)?,
-                    SealedRow {
-                        id: r.get(1)?,
-                        sealed_label: r.get(2)?,
-                        sealed_value: r.get(3)?,
-                        version: r.get(4)?,
-                    },
-                ))
-            };
-            let (index, row) = read().map_err(|e| storage(e, &self.path))?;
-            rows.insert(index, row);
+        let mut rows: HashMap<Id, (Option<Vec<u8>>, i64)> =
+            HashMap::with_capacity(listing.ids.len());
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT id, sealed_value, version FROM variables WHERE env_id = ?1")
+                .map_err(|e| storage(e, &self.path))?;
+            let mut q = stmt
+                .query(params![&env_id[..]])
+                .map_err(|e| storage(e, &self.path))?;
+            while let Some(r) = q.next().map_err(|e| storage(e, &self.path))? {
+                let id: Vec<u8> = r.get(0).map_err(|e| storage(e, &self.path))?;
+                let sealed = r.get(1).map_err(|e| storage(e, &self.path))?;
+                let version = r.get(2).map_err(|e| storage(e, &self.path))?;
+                rows.insert(to_id(id)?, (sealed, version));
+            }
         }
-        drop(q);
-        drop(stmt);
-        let known = (self.change_stamp()? == listed_at).then_some(&*listing);
+        if self.change_stamp()? != listed_at {
+            return Ok(vars.iter().map(|var| self.reveal(env, var)).collect());
+        }
         Ok(vars
             .iter()
             .map(|var| {
-                let row = rows.get(&self.var_index(&env_id, var)[..]);
-                self.open_row(env, &env_id, var, row, known)
+                let missing = || VaultError::NoSuchVariable {
+                    env: env.to_string(),
+                    var: var.to_string(),
+                };
+                let i = listing
+                    .infos
+                    .binary_search_by(|i| i.name.as_str().cmp(var.as_str()))
+                    .map_err(|_| missing())?;
+                let (info, id) = (&listing.infos[i], &listing.ids[i]);
+                let (sealed, version) = rows.get(id).ok_or_else(missing)?;
+                self.open_value(
+                    env,
+                    &env_id,
+                    var,
+                    id,
+                    info.kind,
+                    info.source.as_ref(),
+                    sealed.as_deref(),
+                    *version,
+                )
             })
             .collect())
     }
 
-    /// Opens a row found for `env/var`: its label must name `var` (the
-    /// index that found it is a column anyone who can write the file can
+    /// Opens a row found for `env/var` by its name index: its label must
+    /// name `var` (the index is a column anyone who can write the file can
     /// swap between rows), then its value.
     fn open_row(
         &self,
@@ -381,7 +382,6 @@ impl Vault {
         env_id: &Id,
         var: &VarName,
         row: Option<&SealedRow>,
-        known: Option<&Listing>,
     ) -> Result<(VarKind, SecretValue)> {
         let Some(row) = row else {
             return Err(VaultError::NoSuchVariable {
@@ -391,25 +391,43 @@ impl Vault {
         };
         let id = to_id(row.id.clone())?;
         let what = Self::what(env, var, "name");
-        let opened;
-        let (name, kind, source) = match known.and_then(|l| l.rows.get(&id).map(|&i| &l.infos[i])) {
-            Some(i) => (&i.name, i.kind, &i.source),
-            None => {
-                opened = self.open_label(b"var-label", &[env_id, &id], &row.sealed_label, &what)?;
-                (&opened.name, opened.kind, &opened.source)
-            }
-        };
-        if name != var.as_str() {
+        let label = self.open_label(b"var-label", &[env_id, &id], &row.sealed_label, &what)?;
+        if label.name != var.as_str() {
             return Err(VaultError::Tampered { what });
         }
+        self.open_value(
+            env,
+            env_id,
+            var,
+            &id,
+            label.kind,
+            label.source.as_ref(),
+            row.sealed_value.as_deref(),
+            row.version,
+        )
+    }
+
+    /// Opens the value of row `id`, whose authenticated label says `kind`.
+    #[allow(clippy::too_many_arguments)] // one row's parts, named
+    fn open_value(
+        &self,
+        env: &EnvName,
+        env_id: &Id,
+        var: &VarName,
+        id: &Id,
+        kind: VarKind,
+        source: Option<&String>,
+        sealed: Option<&[u8]>,
+        version: i64,
+    ) -> Result<(VarKind, SecretValue)> {
         if kind == VarKind::Dynamic {
             return Err(VaultError::Dynamic {
                 env: env.to_string(),
                 var: var.to_string(),
-                from: source.clone().unwrap_or_default(),
+                from: source.cloned().unwrap_or_default(),
             });
         }
-        let Some(sealed) = &row.sealed_value else {
+        let Some(sealed) = sealed else {
             return Err(VaultError::NotSet {
                 env: env.to_string(),
                 var: var.to_string(),
@@ -419,7 +437,7 @@ impl Vault {
             &self.seal_key,
             &aad(
                 b"value",
-                &[&self.vault_id, env_id, &id, &row.version.to_be_bytes()],
+                &[&self.vault_id, env_id, id, &version.to_be_bytes()],
             ),
             sealed,
         )
