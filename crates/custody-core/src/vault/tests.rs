@@ -2,6 +2,7 @@
 
 use secrecy::ExposeSecret;
 
+use super::lifecycle::*;
 use super::*;
 
 const PASS: &[u8] = b"correct horse battery staple";
