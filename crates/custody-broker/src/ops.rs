@@ -378,7 +378,35 @@ pub fn vault_request(
             Ok(v)
         }
         Request::AuditTail { limit } => audit_tail(broker, &requester, limit),
-        _ => Err(WireError::new("bad_request", "unsupported request")),
+        // Dispatched elsewhere (`server::dispatch`, the connection): listed,
+        // not caught by a wildcard, so a new request must be placed.
+        Request::Hello { .. }
+        | Request::Status
+        | Request::Unlock
+        | Request::Lock
+        | Request::Catalog
+        | Request::RegisterSession { .. }
+        | Request::AgentLaunch { .. }
+        | Request::Run(_)
+        | Request::RunInput { .. }
+        | Request::RunResize(_)
+        | Request::Approve { .. }
+        | Request::PinChallenge
+        | Request::PinExchange { .. }
+        | Request::KeyChallenge
+        | Request::PinAbort
+        | Request::PolicyShow
+        | Request::PolicyApply { .. }
+        | Request::Deny { .. }
+        | Request::Pending
+        | Request::RequestStatus { .. }
+        | Request::Cancel { .. }
+        | Request::Grants
+        | Request::Leases
+        | Request::Revoke(_)
+        | Request::Watch
+        | Request::AuditVerify
+        | Request::Scan { .. } => Err(WireError::new("internal", "not a vault request")),
     }
 }
 

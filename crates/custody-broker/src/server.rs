@@ -527,14 +527,27 @@ async fn dispatch(
             let staged = staged.then(|| index_file.map(std::path::PathBuf::from));
             crate::scan_request::handle(broker, peer, path, git_history, staged, None).await
         }
-        Request::Run(_) | Request::Watch => {
+        Request::Run(_) | Request::Watch | Request::Catalog => {
             Err(WireError::new("internal", "handled by the connection"))
         }
         Request::RunInput { .. } | Request::RunResize(_) => Err(WireError::new(
             "bad_request",
             "run_input and run_resize are sent only during a run on a terminal",
         )),
-        other => ops::vault_request(broker, peer, other, secret, verified),
+        vault @ (Request::EnvCreate { .. }
+        | Request::EnvList
+        | Request::EnvDescribe { .. }
+        | Request::EnvRemove { .. }
+        | Request::Set { .. }
+        | Request::Declare { .. }
+        | Request::Generate { .. }
+        | Request::SourceAdd { .. }
+        | Request::SourceList
+        | Request::SourceRemove { .. }
+        | Request::Unset { .. }
+        | Request::List { .. }
+        | Request::Import { .. }
+        | Request::AuditTail { .. }) => ops::vault_request(broker, peer, vault, secret, verified),
     }
 }
 
