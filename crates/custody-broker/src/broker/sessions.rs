@@ -3,6 +3,151 @@
 
 use super::*;
 
+/// Which processes are agents, from the state (G3).
+impl State {
+    pub(super) fn is_agent_process(&self, pid: u32) -> Option<u32> {
+        if self.agents.is_empty() {
+            return None;
+        }
+        // Walk up one parent at a time and stop at the first agent process:
+        // a `custody mcp` connection is found with a single /proc read.
+        let mut cur = pid;
+        for _ in 0..procs::MAX_DEPTH {
+            let (ppid, start) = procs::stat(cur)?;
+            if self.agents.get(&cur) == Some(&start) {
+                return Some(cur);
+            }
+            if ppid == 0 || ppid == cur {
+                return None;
+            }
+            cur = ppid;
+        }
+        None
+    }
+
+    /// Seals the agent processes still alive into the vault (pid, start,
+    /// policy name), so a broker started after this one was killed still
+    /// knows them. Best effort: without an open vault it waits for unlock.
+    pub(super) fn record_agents(&mut self) {
+        let Some(vault) = self.vault.as_ref() else {
+            return;
+        };
+        let mut out = Vec::new();
+        self.agents
+            .retain(|pid, start| procs::same_process(*pid, *start));
+        let agents = &self.agents;
+        self.launchers.retain(|pid, _| agents.contains_key(pid));
+        for (pid, start) in &self.agents {
+            if let Some(l) = self.launchers.get(pid) {
+                out.push(json!([pid, start, l.name, l.sandboxed]));
+                continue;
+            }
+            let name = self
+                .session_for_agent(*pid)
+                .map(|s| s.policy_name.clone())
+                .or_else(|| self.recorded.get(pid).cloned())
+                .unwrap_or_else(|| "agent".to_owned());
+            out.push(json!([pid, start, name]));
+        }
+        if let Ok(bytes) = serde_json::to_vec(&out) {
+            let _ = vault.set_agents_record(&bytes);
+        }
+    }
+
+    /// Takes in the agent processes a previous broker recorded, those still
+    /// the same processes (pid and start time): their descendants are that
+    /// agent's until its session registers again.
+    pub(super) fn recall_agents(&mut self) {
+        let Some(bytes) = self
+            .vault
+            .as_ref()
+            .and_then(|v| v.agents_record().ok().flatten())
+        else {
+            return;
+        };
+        /// An agent process, or (with the sandbox flag) a launcher.
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Recorded {
+            Launcher(u32, u64, String, bool),
+            Agent(u32, u64, String),
+        }
+        let Ok(list) = serde_json::from_slice::<Vec<Recorded>>(&bytes) else {
+            return;
+        };
+        for entry in list.into_iter().take(4096) {
+            let (pid, start, name, launcher) = match entry {
+                Recorded::Launcher(p, s, n, sandboxed) => (p, s, n, Some(sandboxed)),
+                Recorded::Agent(p, s, n) => (p, s, n, None),
+            };
+            if pid > 1 && procs::same_process(pid, start) {
+                self.agents.insert(pid, start);
+                let name = custody_core::clients::canonical(&name);
+                if let Some(sandboxed) = launcher {
+                    self.launchers.insert(
+                        pid,
+                        Launcher {
+                            name,
+                            sandboxed,
+                            enforced: Vec::new(),
+                            started: SystemTime::now(),
+                        },
+                    );
+                } else {
+                    self.recorded.insert(pid, name);
+                }
+            }
+        }
+    }
+
+    /// The `custody agent` launcher `pid` descends from (or is), if any: a
+    /// registered one, or one this broker has not heard from (it started
+    /// after the launcher, and the launcher has not re-registered yet),
+    /// which is taken in as an agent, unsandboxed until it registers.
+    pub(super) fn launcher_of(&mut self, pid: u32) -> Option<u32> {
+        // The outermost agent or launcher above `pid` decides: a launcher
+        // counts only when no agent is above it (a process in an agent's
+        // tree that calls itself `custody agent --name X` is still that
+        // agent's, whatever X it picks).
+        let mut outermost: Option<(u32, u64, Option<String>)> = None;
+        let mut cur = pid;
+        for _ in 0..procs::MAX_DEPTH {
+            let Some((ppid, start)) = procs::stat(cur) else {
+                break;
+            };
+            if self.agents.get(&cur) == Some(&start) {
+                outermost = Some((cur, start, None));
+            } else if let Some(name) = procs::launcher_name(cur) {
+                outermost = Some((cur, start, Some(name)));
+            }
+            if ppid == 0 || ppid == cur {
+                break;
+            }
+            cur = ppid;
+        }
+        let (pid, start, name) = outermost?;
+        if let Some(name) = name {
+            self.agents.insert(pid, start);
+            self.launchers.insert(
+                pid,
+                Launcher {
+                    name,
+                    sandboxed: false,
+                    enforced: Vec::new(),
+                    started: SystemTime::now(),
+                },
+            );
+        }
+        self.launchers.contains_key(&pid).then_some(pid)
+    }
+
+    pub(super) fn session_for_agent(&self, agent_pid: u32) -> Option<&Session> {
+        self.sessions
+            .values()
+            .find(|s| s.agent_pid == agent_pid || s.mcp_pid == agent_pid)
+    }
+}
+
 impl Broker {
     /// Registers an agent session for the connection of `peer`. The agent is
     /// the peer's real parent (from /proc), whatever the client claims.
