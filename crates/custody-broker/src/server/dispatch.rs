@@ -1,0 +1,116 @@
+//! One request, answered: the exhaustive dispatch of everything that is not
+//! streamed or handled by the connection itself.
+
+use super::*;
+
+pub(super) fn secret_required(
+    secret: Option<Zeroizing<Vec<u8>>>,
+    what: &str,
+) -> Result<Zeroizing<Vec<u8>>, WireError> {
+    secret.ok_or_else(|| {
+        WireError::new(
+            "bad_request",
+            format!("{what} must be sent in a secret frame"),
+        )
+    })
+}
+
+pub(super) async fn dispatch(
+    broker: &Arc<Broker>,
+    peer: &mut Peer,
+    req: Request,
+    secret: Option<Zeroizing<Vec<u8>>>,
+    verified: Option<crate::broker::pin::PinVerified>,
+) -> Result<Value, WireError> {
+    use crate::ops;
+    match req {
+        Request::Hello { .. } => Err(WireError::new("bad_request", "hello was already sent")),
+        Request::Status => view(broker.status()),
+        Request::Unlock => {
+            broker
+                .unlock(secret_required(secret, "the passphrase")?)
+                .await
+        }
+        Request::Lock => Ok(broker.lock(custody_core::audit::LockReason::Manual).await),
+        Request::RegisterSession {
+            client_name,
+            client_version,
+            parent_pid,
+            ..
+        } => broker.register_session(peer, &client_name, &client_version, parent_pid),
+        Request::AgentLaunch {
+            name,
+            sandboxed,
+            enforced,
+        } => broker.register_launcher(peer, &name, sandboxed, enforced),
+        Request::Approve { request_id, scope } => {
+            broker.approve(peer, &request_id, scope, verified).await
+        }
+        Request::Deny { request_id } => broker.deny(peer, &request_id),
+        Request::PolicyShow => broker.policy_show(&broker.requester(peer)),
+        Request::PolicyApply { text } => broker.policy_apply(peer, text, verified).await,
+        Request::PinChallenge
+        | Request::PinExchange { .. }
+        | Request::KeyChallenge
+        | Request::PinAbort => Err(WireError::new(
+            "bad_request",
+            "PIN exchanges are handled by the connection",
+        )),
+        Request::Pending => {
+            let me = broker.requester(peer);
+            let only = matches!(me, crate::grants::Requester::Agent { .. }).then_some(&me);
+            Ok(broker.pending(only))
+        }
+        Request::RequestStatus { request_id } => broker.request_status(&request_id),
+        Request::Cancel { request_id } => broker.cancel(&request_id, &broker.requester(peer)),
+        Request::Grants => {
+            let me = broker.requester(peer);
+            let only = matches!(me, crate::grants::Requester::Agent { .. }).then_some(&me);
+            Ok(broker.grants(only))
+        }
+        Request::Leases => view(broker.leases()),
+        Request::Revoke(target) => {
+            let me = broker.requester(peer);
+            let only = matches!(me, crate::grants::Requester::Agent { .. }).then_some(&me);
+            broker.revoke(&target, &me.describe(), only)
+        }
+        Request::AuditVerify => broker.audit_verify(),
+        Request::Scan {
+            path,
+            git_history,
+            staged,
+            index_file,
+            ..
+        } => {
+            let staged = staged.then(|| index_file.map(std::path::PathBuf::from));
+            crate::scan_request::handle(broker, peer, path, git_history, staged, None).await
+        }
+        Request::Run(_) | Request::Watch | Request::Catalog => {
+            Err(WireError::new("internal", "handled by the connection"))
+        }
+        Request::RunInput { .. } | Request::RunResize(_) => Err(WireError::new(
+            "bad_request",
+            "run_input and run_resize are sent only during a run on a terminal",
+        )),
+        vault @ (Request::EnvCreate { .. }
+        | Request::EnvList
+        | Request::EnvDescribe { .. }
+        | Request::EnvRemove { .. }
+        | Request::Set { .. }
+        | Request::Declare { .. }
+        | Request::Generate { .. }
+        | Request::SourceAdd { .. }
+        | Request::SourceList
+        | Request::SourceRemove { .. }
+        | Request::Unset { .. }
+        | Request::List { .. }
+        | Request::Import { .. }
+        | Request::AuditTail { .. }) => ops::vault_request(broker, peer, vault, secret, verified),
+    }
+}
+
+/// A typed answer on the wire.
+pub(super) fn view(answer: impl serde::Serialize) -> Result<Value, WireError> {
+    serde_json::to_value(answer)
+        .map_err(|_| WireError::new("internal", "the answer does not serialize"))
+}
