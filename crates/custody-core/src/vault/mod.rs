@@ -13,6 +13,7 @@ mod error;
 mod label;
 mod lifecycle;
 mod records;
+mod reveal;
 mod schema;
 mod sources;
 mod variables;
