@@ -108,14 +108,7 @@ impl Broker {
                 lease_id: id.clone(),
                 state: "running".into(),
                 reason: None,
-                running: Some(RunningLease {
-                    grant_id: l.grant_id.clone(),
-                    pid: l.pid,
-                    argv: l.argv.clone(),
-                    requester: l.requester.describe(),
-                    started_at: rfc3339(l.started_at),
-                    deadline: rfc3339(l.deadline_at),
-                }),
+                running: Some(l.view()),
                 credentials: of(id),
             })
             .collect();

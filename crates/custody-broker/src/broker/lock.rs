@@ -51,12 +51,7 @@ impl Broker {
                 .iter()
                 .map(|(id, l)| LeaseView {
                     lease_id: id.clone(),
-                    grant_id: l.grant_id.clone(),
-                    pid: l.pid,
-                    argv: l.argv.clone(),
-                    requester: l.requester.describe(),
-                    started_at: rfc3339(l.started_at),
-                    deadline: rfc3339(l.deadline_at),
+                    lease: l.view(),
                 })
                 .collect(),
             pin_failures: st.pin_failures,

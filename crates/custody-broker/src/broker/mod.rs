@@ -193,6 +193,20 @@ pub(crate) struct LeaseEntry {
     pub(crate) stop: watch::Sender<Option<EndReason>>,
 }
 
+impl LeaseEntry {
+    /// What `status` and `leases` show of it.
+    fn view(&self) -> RunningLease {
+        RunningLease {
+            grant_id: self.grant_id.clone(),
+            pid: self.pid,
+            argv: self.argv.clone(),
+            requester: self.requester.describe(),
+            started_at: rfc3339(self.started_at),
+            deadline: rfc3339(self.deadline_at),
+        }
+    }
+}
+
 pub(crate) struct State {
     pub(crate) vault: Option<Vault>,
     audit: Option<AuditChain>,

@@ -113,23 +113,14 @@ pub struct AgentView {
     pub sessions: usize,
 }
 
-/// A running lease.
+/// A running lease, for `status`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LeaseView {
     /// Its id.
     pub lease_id: String,
-    /// The grant it runs under.
-    pub grant_id: String,
-    /// The child's pid.
-    pub pid: u32,
-    /// The command.
-    pub argv: Vec<String>,
-    /// Who asked.
-    pub requester: String,
-    /// When it started (RFC 3339).
-    pub started_at: String,
-    /// When it is killed (RFC 3339).
-    pub deadline: String,
+    /// What it runs.
+    #[serde(flatten)]
+    pub lease: RunningLease,
 }
 
 /// A secret value found in a file after a run.

@@ -224,9 +224,9 @@ pub fn status(g: &Global, _s: &mut SecretInput, _a: StatusArgs) -> anyhow::Resul
         println!(
             "  {} pid {} until {}: {}",
             l.lease_id,
-            l.pid,
-            l.deadline,
-            super::argv_words(&l.argv)
+            l.lease.pid,
+            l.lease.deadline,
+            super::argv_words(&l.lease.argv)
         );
     }
     if s.pin_failures > 0 {
