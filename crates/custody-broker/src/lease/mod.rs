@@ -217,8 +217,10 @@ fn write_secret_files(
     Ok(out)
 }
 
-/// Starts the process. Returns the started facts and a future-like handle
-/// (`supervise`) to await its end.
+/// Starts the process: writes its file-kind values into the lease's private
+/// directory, then spawns it (its own process group, or its own session on
+/// a pty). Returns the child to hand to [`supervise`], the facts the lease
+/// record keeps (pid, start time) and the lease directory.
 pub fn spawn(plan: &LeasePlan) -> Result<(Spawned, Started, PathBuf), LeaseError> {
     let dir = lease_dir(&plan.runtime_dir, &plan.id);
     let files = write_secret_files(&dir, &plan.injected).map_err(LeaseError::Files)?;

@@ -48,9 +48,9 @@ pub type Result<T, E = VaultError> = std::result::Result<T, E>;
 /// prints `[REDACTED]`, no `Display` or `Serialize`.
 pub type SecretValue = SecretSlice<u8>;
 
-/// Largest value accepted, in bytes. Values travel to the broker in 1 MiB
-/// protocol frames (base64 in JSON), and real secrets (tokens, keys,
-/// kubeconfigs, service-account JSON) are far smaller.
+/// Largest value accepted, in bytes. Values travel to the broker as raw
+/// secret frames (never through JSON) of at most 1 MiB, and real secrets
+/// (tokens, keys, kubeconfigs, service-account JSON) are far smaller.
 pub const MAX_VALUE_LEN: usize = 512 * 1024;
 /// Largest description accepted, in bytes.
 pub const MAX_DESCRIPTION_LEN: usize = 4096;

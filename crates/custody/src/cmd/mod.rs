@@ -12,16 +12,20 @@ mod generate;
 mod grants;
 mod import;
 mod init;
+mod leases;
+mod lock;
 mod ls;
 mod mcp;
 mod mcp_install;
 mod passwd;
 mod policy;
+mod revoke;
 mod run;
 mod run_pty;
 mod scan;
 mod set;
 mod source;
+mod status;
 mod unlock;
 mod unset;
 
@@ -175,9 +179,9 @@ pub enum Command {
     /// Unlock the vault in the broker (starting the broker if needed).
     Unlock(unlock::UnlockArgs),
     /// Lock: forget the key, kill every lease, cancel pending requests.
-    Lock(unlock::LockArgs),
+    Lock(lock::LockArgs),
     /// Broker state: locked or not, sessions, requests, grants, leases.
-    Status(unlock::StatusArgs),
+    Status(status::StatusArgs),
     /// Run a command with an environment's secrets injected (after approval).
     Run(run::RunArgs),
     /// Approve pending requests (interactive queue, or one by id).
@@ -187,9 +191,9 @@ pub enum Command {
     /// Grants in force.
     Grants(grants::GrantsArgs),
     /// Running leases.
-    Leases(grants::LeasesArgs),
+    Leases(leases::LeasesArgs),
     /// Revoke a grant or lease (or --all): running processes are killed.
-    Revoke(grants::RevokeArgs),
+    Revoke(revoke::RevokeArgs),
     /// Read or verify the audit log.
     Audit(audit::AuditArgs),
     /// Serve the MCP tools on stdio for an agent client (`mcp install` adds
@@ -227,14 +231,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Import(a) => import::run(g, &mut secrets, a),
         Command::Daemon(a) => daemon::run(g, &mut secrets, a),
         Command::Unlock(a) => unlock::unlock(g, &mut secrets, a),
-        Command::Lock(a) => unlock::lock(g, &mut secrets, a),
-        Command::Status(a) => unlock::status(g, &mut secrets, a),
+        Command::Lock(a) => lock::lock(g, &mut secrets, a),
+        Command::Status(a) => status::status(g, &mut secrets, a),
         Command::Run(a) => run::run(g, &mut secrets, a),
         Command::Approve(a) => approve::approve(g, &mut secrets, a),
         Command::Deny(a) => approve::deny(g, &mut secrets, a),
         Command::Grants(a) => grants::grants(g, &mut secrets, a),
-        Command::Leases(a) => grants::leases(g, &mut secrets, a),
-        Command::Revoke(a) => grants::revoke(g, &mut secrets, a),
+        Command::Leases(a) => leases::leases(g, &mut secrets, a),
+        Command::Revoke(a) => revoke::revoke(g, &mut secrets, a),
         Command::Audit(a) => audit::run(g, &mut secrets, a),
         Command::Mcp(a) => mcp::run(g, &mut secrets, a),
         Command::Scan(a) => scan::run(g, &mut secrets, a),
