@@ -6,8 +6,7 @@
 //! `cargo bench -p custody-broker --bench dynamic_pg`
 #![allow(clippy::unwrap_used)] // bench setup: a panic is the failure report
 
-#[path = "../../../tests/support/pg.rs"]
-mod pg;
+use custody_testkit::pg;
 
 use std::time::Duration;
 

@@ -6,8 +6,7 @@
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 mod common;
-#[path = "../../../tests/support/pg.rs"]
-mod pg;
+use custody_testkit::pg;
 
 use std::time::Duration;
 

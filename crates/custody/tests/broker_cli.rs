@@ -9,6 +9,7 @@ use std::process::{Child, Command as StdCommand, Stdio};
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
+use custody_testkit::{Home, pg};
 use predicates::prelude::*;
 use predicates::str::contains;
 use serde_json::Value;
@@ -18,14 +19,22 @@ const PIN: &str = "246802";
 
 /// A home + runtime dir with an initialised vault; the daemon is stopped on drop.
 struct Env {
-    dir: tempfile::TempDir,
+    kit: Home,
+}
+
+/// The home's directories and commands ([`Home`]).
+impl std::ops::Deref for Env {
+    type Target = Home;
+    fn deref(&self) -> &Home {
+        &self.kit
+    }
 }
 
 impl Env {
     /// Directories only: no vault yet.
     fn empty() -> Env {
         Env {
-            dir: tempfile::tempdir().unwrap(),
+            kit: Home::new(None),
         }
     }
 
@@ -44,14 +53,6 @@ impl Env {
         e
     }
 
-    fn home(&self) -> PathBuf {
-        self.dir.path().join("home")
-    }
-
-    fn runtime(&self) -> PathBuf {
-        self.dir.path().join("run")
-    }
-
     fn apply(&self, c: &mut StdCommand) {
         c.env("CUSTODY_HOME", self.home())
             .env("CUSTODY_RUNTIME_DIR", self.runtime())
@@ -62,13 +63,8 @@ impl Env {
     fn cmd(&self) -> Command {
         // In a session of its own: no controlling terminal, so a test never
         // prompts on (or waits for) the terminal the suite runs in.
-        let mut c = Command::new("setsid");
-        c.arg("-w").arg(assert_cmd::cargo::cargo_bin("custody"));
-        c.env("CUSTODY_HOME", self.home())
-            .env("CUSTODY_RUNTIME_DIR", self.runtime())
-            .env_remove("XDG_DATA_HOME")
-            .env_remove("XDG_RUNTIME_DIR")
-            .timeout(Duration::from_secs(60));
+        let mut c = Command::from_std(self.command(&assert_cmd::cargo::cargo_bin("custody")));
+        c.timeout(Duration::from_secs(60));
         c
     }
 
@@ -146,13 +142,7 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         if let Some(pid) = self.daemon_pid() {
-            let _ = rustix::process::kill_process(
-                rustix::process::Pid::from_raw(pid as i32).unwrap(),
-                rustix::process::Signal::TERM,
-            );
-            wait_until(Duration::from_secs(15), || {
-                !Path::new(&format!("/proc/{pid}")).exists()
-            });
+            custody_testkit::stop_process(pid);
         }
     }
 }
@@ -689,9 +679,6 @@ fn demo_runs_end_to_end() {
         .failure()
         .stderr(contains("--yes"));
 }
-
-#[path = "../../../tests/support/pg.rs"]
-mod pg;
 
 /// Dynamic PostgreSQL credentials through the CLI, across a crash: `source
 /// add`, `set --kind postgres:NAME`, a run that holds its role, kill -9 of

@@ -4,12 +4,13 @@
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command as StdCommand;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use assert_cmd::Command;
 use base64::Engine;
+use custody_testkit::Home;
 use serde_json::Value;
 
 const PASS: &str = "scan test passphrase";
@@ -27,17 +28,23 @@ fn b64(v: &str) -> String {
 
 /// A home + runtime dir, a work dir; the daemon (if any) is stopped on drop.
 struct Env {
-    dir: tempfile::TempDir,
+    kit: Home,
+}
+
+/// The home's directories and commands ([`Home`]).
+impl std::ops::Deref for Env {
+    type Target = Home;
+    fn deref(&self) -> &Home {
+        &self.kit
+    }
 }
 
 impl Env {
     /// No vault at all.
     fn bare() -> Env {
-        let e = Env {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        fs::create_dir_all(e.work()).unwrap();
-        e
+        Env {
+            kit: Home::new(None),
+        }
     }
 
     /// A vault whose `dev/TOKEN` holds [`SECRET`].
@@ -66,20 +73,9 @@ impl Env {
         e
     }
 
-    fn work(&self) -> PathBuf {
-        self.dir.path().join("work")
-    }
-
     fn cmd(&self) -> Command {
-        // In a session of its own: no controlling terminal, so a test never
-        // prompts on (or waits for) the terminal the suite runs in.
-        let mut c = Command::new("setsid");
-        c.arg("-w").arg(assert_cmd::cargo::cargo_bin("custody"));
-        c.env("CUSTODY_HOME", self.dir.path().join("home"))
-            .env("CUSTODY_RUNTIME_DIR", self.dir.path().join("run"))
-            .env_remove("XDG_DATA_HOME")
-            .env_remove("XDG_RUNTIME_DIR")
-            .timeout(Duration::from_secs(60));
+        let mut c = Command::from_std(self.command(&assert_cmd::cargo::cargo_bin("custody")));
+        c.timeout(Duration::from_secs(60));
         c
     }
 
@@ -158,21 +154,7 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        let out = self.cmd().args(["--json", "status"]).output();
-        let pid = out
-            .ok()
-            .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
-            .and_then(|v| v["pid"].as_u64());
-        if let Some(pid) = pid {
-            let _ = rustix::process::kill_process(
-                rustix::process::Pid::from_raw(pid as i32).unwrap(),
-                rustix::process::Signal::TERM,
-            );
-            let until = Instant::now() + Duration::from_secs(15);
-            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(25));
-            }
-        }
+        self.stop_broker(&assert_cmd::cargo::cargo_bin("custody"));
     }
 }
 

@@ -406,9 +406,8 @@ pub fn stream_output(events: &[Event], stream: &str) -> Vec<u8> {
 }
 
 /// Whether `needle` occurs in `hay`.
-pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
-}
+#[allow(unused_imports)] // not every test binary uses it
+pub use custody_testkit::contains;
 
 /// The error code of a failed call (panics on success).
 pub fn code(res: &Result<Value, ClientError>) -> String {

@@ -9,12 +9,12 @@
 //! agent's tree spawns is refused).
 #![allow(clippy::unwrap_used, dead_code)] // test helpers: a panic is the failure report
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
+use custody_testkit::Home;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, ClientRequest,
     Implementation, ProgressNotificationParam, ProtocolVersion, Request, ServerResult,
@@ -30,13 +30,21 @@ pub const CLIENT: &str = "testagent";
 
 /// A home + runtime dir with an initialised vault; the daemon is stopped on drop.
 pub struct Env {
-    pub dir: tempfile::TempDir,
+    pub kit: Home,
+}
+
+/// The home's directories and commands ([`Home`]).
+impl std::ops::Deref for Env {
+    type Target = Home;
+    fn deref(&self) -> &Home {
+        &self.kit
+    }
 }
 
 impl Env {
     pub fn new() -> Env {
         let e = Env {
-            dir: tempfile::tempdir().unwrap(),
+            kit: Home::new(None),
         };
         e.cmd()
             .args([
@@ -57,30 +65,11 @@ impl Env {
         e
     }
 
-    pub fn home(&self) -> PathBuf {
-        self.dir.path().join("home")
-    }
-
-    pub fn runtime(&self) -> PathBuf {
-        self.dir.path().join("run")
-    }
-
-    pub fn work(&self) -> PathBuf {
-        let p = self.dir.path().join("work");
-        std::fs::create_dir_all(&p).unwrap();
-        p
-    }
-
     pub fn cmd(&self) -> Command {
         // In a session of its own: no controlling terminal, so a test never
         // prompts on (or waits for) the terminal the suite runs in.
-        let mut c = Command::new("setsid");
-        c.arg("-w").arg(assert_cmd::cargo::cargo_bin("custody"));
-        c.env("CUSTODY_HOME", self.home())
-            .env("CUSTODY_RUNTIME_DIR", self.runtime())
-            .env_remove("XDG_DATA_HOME")
-            .env_remove("XDG_RUNTIME_DIR")
-            .env_remove("CUSTODY_MCP_APPROVAL_WAIT")
+        let mut c = Command::from_std(self.kit.command(&assert_cmd::cargo::cargo_bin("custody")));
+        c.env_remove("CUSTODY_MCP_APPROVAL_WAIT")
             .timeout(Duration::from_secs(60));
         c
     }
@@ -157,25 +146,12 @@ impl Env {
     pub fn deny(&self, id: &str) {
         self.cmd().args(["deny", id]).assert().success();
     }
-
-    fn daemon_pid(&self) -> Option<i32> {
-        let out = self.cmd().args(["status", "--json"]).output().ok()?;
-        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-        v["pid"].as_i64().map(|p| p as i32)
-    }
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
-        if let Some(pid) = self.daemon_pid() {
-            if let Some(p) = rustix::process::Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
-            }
-            let until = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < until && std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                std::thread::sleep(Duration::from_millis(25));
-            }
-        }
+        self.kit
+            .stop_broker(&assert_cmd::cargo::cargo_bin("custody"));
     }
 }
 
@@ -377,6 +353,5 @@ pub fn assert_tool_error(r: &CallToolResult, needle: &str) {
     );
 }
 
-pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
-}
+#[allow(unused_imports)] // not every test binary uses it
+pub use custody_testkit::contains;

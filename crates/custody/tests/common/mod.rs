@@ -3,11 +3,12 @@
 #![allow(dead_code)] // each test binary uses its own part of the kit
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command as StdCommand;
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
+use custody_testkit::Home;
 use serde_json::Value;
 
 pub const PASS: &str = "same-user test passphrase";
@@ -19,21 +20,23 @@ pub const NOBODY: u32 = 65534;
 /// A human's vault and broker in temp directories, run as `uid` (`None`:
 /// as whoever runs the tests). Stops the daemon on drop.
 pub struct Env {
-    pub dir: tempfile::TempDir,
-    pub uid: Option<u32>,
+    pub kit: Home,
+}
+
+/// The home's directories and commands ([`Home`]).
+impl std::ops::Deref for Env {
+    type Target = Home;
+    fn deref(&self) -> &Home {
+        &self.kit
+    }
 }
 
 impl Env {
     /// Initialised, unlocked, with environment `dev` holding `TOKEN`.
     pub fn new(uid: Option<u32>) -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        fs::create_dir(dir.path().join("work")).unwrap();
-        if let Some(uid) = uid {
-            let own = |p: &Path| std::os::unix::fs::chown(p, Some(uid), Some(uid)).unwrap();
-            own(dir.path());
-            own(&dir.path().join("work"));
-        }
-        let e = Env { dir, uid };
+        let e = Env {
+            kit: Home::new(uid),
+        };
         e.ok(
             &[
                 "init",
@@ -55,38 +58,12 @@ impl Env {
         e
     }
 
-    pub fn home(&self) -> PathBuf {
-        self.dir.path().join("home")
-    }
-
-    pub fn runtime(&self) -> PathBuf {
-        self.dir.path().join("run")
-    }
-
-    pub fn work(&self) -> PathBuf {
-        self.dir.path().join("work")
-    }
-
     /// `program` as this environment's user, in a session of its own (no
     /// controlling terminal).
     pub fn command(&self, program: &Path) -> StdCommand {
-        let mut c = StdCommand::new("setsid");
-        c.arg("-w");
-        if let Some(uid) = self.uid {
-            c.args([
-                "setpriv",
-                &format!("--reuid={uid}"),
-                &format!("--regid={uid}"),
-                "--clear-groups",
-            ]);
-        }
-        c.arg(program)
-            .current_dir(self.work())
-            .env("CUSTODY_HOME", self.home())
-            .env("CUSTODY_RUNTIME_DIR", self.runtime())
-            .env("CUSTODY_MCP_APPROVAL_WAIT", "1s")
-            .env_remove("XDG_DATA_HOME")
-            .env_remove("XDG_RUNTIME_DIR");
+        let mut c = self.kit.command(program);
+        c.current_dir(self.work())
+            .env("CUSTODY_MCP_APPROVAL_WAIT", "1s");
         c
     }
 
@@ -219,24 +196,8 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        let status = self
-            .command(&assert_cmd::cargo::cargo_bin("custody"))
-            .args(["--json", "status"])
-            .output();
-        let pid = status
-            .ok()
-            .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
-            .and_then(|v| v["pid"].as_u64());
-        if let Some(pid) = pid {
-            let _ = rustix::process::kill_process(
-                rustix::process::Pid::from_raw(pid as i32).unwrap(),
-                rustix::process::Signal::TERM,
-            );
-            let until = Instant::now() + Duration::from_secs(15);
-            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(25));
-            }
-        }
+        self.kit
+            .stop_broker(&assert_cmd::cargo::cargo_bin("custody"));
     }
 }
 

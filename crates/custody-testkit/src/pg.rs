@@ -4,9 +4,7 @@
 //! `runuser` when the tests run as root, since initdb refuses root), on a
 //! free loopback port, password (SCRAM) authentication over TCP, so a
 //! minted role's password is really checked. Stopped with `-m immediate`
-//! on drop. Shared by the broker's and the CLI's tests (`#[path]`).
-
-#![allow(dead_code)] // not every test file uses every helper
+//! on drop. Shared by the broker's and the CLI's tests.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
