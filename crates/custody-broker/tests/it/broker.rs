@@ -5,15 +5,13 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-mod common;
-
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use custody_broker::protocol::{
     self, ApprovalScope, CatalogEnvironment, Event, FrameError, PROTOCOL_VERSION, Request,
     RevokeTarget, RunSpec,

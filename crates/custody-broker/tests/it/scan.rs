@@ -4,13 +4,11 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use custody_broker::protocol::Request;
 use custody_core::audit::AuditEvent;
 use serde_json::{Value, json};

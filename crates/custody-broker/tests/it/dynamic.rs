@@ -5,12 +5,11 @@
 //! foreign roles untouched. Values never appear in output or audit.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-mod common;
 use custody_testkit::pg;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use custody_broker::protocol::{ApprovalScope, Request};
 use custody_core::sources::{
     CommandSource, DEFAULT_CREATION, DEFAULT_REVOCATION, PostgresSource, SourceDef, SourceSpec,

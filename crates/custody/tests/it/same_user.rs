@@ -9,14 +9,12 @@
 //! so no defence leans on root's privileges.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 use std::process::Command as StdCommand;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 /// The agent's `run` of `command` in `dev`, from its work dir.

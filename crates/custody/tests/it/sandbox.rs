@@ -10,14 +10,12 @@
 //! Everything runs as the test's user and, as root, again as uid 65534.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const CERT: &str = "cert-5c1e9a77d03b4f28";

@@ -2,11 +2,9 @@
 //! protocol eras, approval granted / denied / timed out / cancelled.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "s3cr3t-VALUE_0123456789abcdefXYZ";

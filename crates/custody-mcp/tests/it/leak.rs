@@ -3,9 +3,7 @@
 //! included) nor anything the server logs holds a value or its encodings.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 /// Plain value.

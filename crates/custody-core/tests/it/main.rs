@@ -1,0 +1,8 @@
+//! The integration tests of this crate, one binary (one link): each
+//! module is one area.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod audit;
+mod dotenv;
+mod masking;
+mod vault;
