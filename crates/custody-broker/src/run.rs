@@ -8,10 +8,8 @@ use std::time::{Duration, SystemTime};
 use custody_core::mask::MaskingEngine;
 use custody_core::names::{EnvName, VarName};
 use custody_core::vault::{VarKind, VaultError};
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
-use zeroize::Zeroizing;
 
 use crate::broker::{Broker, Decision, Peer, vault_error};
 use crate::grants::new_id;
@@ -165,7 +163,7 @@ pub async fn run(
                     Some(Ok((kind, value))) => injected.push(Injected {
                         name,
                         as_file: kind == VarKind::File,
-                        value: Zeroizing::new(value.expose_secret().to_vec()),
+                        value,
                     }),
                     Some(Err(VaultError::Dynamic { from, .. })) => wanted.push((name, from)),
                     Some(Err(other)) => return Err(vault_error(other)),
@@ -185,7 +183,7 @@ pub async fn run(
         broker.dynamic_planned(&lease_id, &program, sources::planned(&prepared, deadline))?;
         let mask: Vec<(&str, &[u8])> = injected
             .iter()
-            .map(|i| (i.name.as_str(), i.value.as_slice()))
+            .map(|i| (i.name.as_str(), i.value.expose()))
             .collect();
         let minted = broker
             .mint_all(&lease_id, prepared, deadline, ttl, &mask)
@@ -197,7 +195,7 @@ pub async fn run(
                     injected.push(Injected {
                         name,
                         as_file: false,
-                        value,
+                        value: value.into(),
                     });
                 }
                 also_mask = fresh.also_mask;
@@ -211,8 +209,8 @@ pub async fn run(
     }
     let values: Vec<(&str, &[u8])> = injected
         .iter()
-        .map(|i| (i.name.as_str(), i.value.as_slice()))
-        .chain(also_mask.iter().map(|(n, v)| (n.as_str(), v.as_slice())))
+        .map(|i| (i.name.as_str(), i.value.expose()))
+        .chain(also_mask.iter().map(|(n, v)| (n.as_str(), v.expose())))
         .collect();
     // Stored values only: reused while they stay the same. Minted ones are
     // new each time.

@@ -24,6 +24,7 @@ pub mod pake;
 pub mod paths;
 pub mod policy;
 pub mod scan;
+pub mod secret;
 pub mod sources;
 pub mod vault;
 

@@ -3,6 +3,7 @@
 //! vault file directly with the passphrase. This is the one place that
 //! decides; the subcommands only see [`Backend`].
 
+use custody_core::secret::{Passphrase, Pin};
 use std::path::PathBuf;
 
 use anyhow::{Context, anyhow};
@@ -16,7 +17,6 @@ use custody_core::vault::audited::{self, ChangeError};
 use custody_core::vault::{EnvironmentInfo, VariableInfo, VariableUpdate, Vault, VaultError};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use zeroize::Zeroizing;
 
 use crate::global::Global;
 use crate::input::{self, SecretInput};
@@ -101,19 +101,18 @@ pub struct BrokerFailure(pub ClientError);
 
 /// The passphrase line (with `--passphrase-stdin`) and the PIN line (with
 /// `pin_stdin`), in that order.
-#[allow(clippy::type_complexity)] // two optional secrets, named at the call
 fn stdin_lines(
     global: &Global,
     secrets: &mut SecretInput,
     pin_stdin: bool,
-) -> anyhow::Result<(Option<Zeroizing<Vec<u8>>>, Option<Zeroizing<Vec<u8>>>)> {
+) -> anyhow::Result<(Option<Passphrase>, Option<Pin>)> {
     let passphrase = if global.passphrase_stdin {
-        Some(secrets.line("passphrase")?)
+        Some(secrets.passphrase()?)
     } else {
         None
     };
     let pin = if pin_stdin {
-        Some(secrets.line("approval PIN")?)
+        Some(secrets.pin()?)
     } else {
         None
     };
@@ -134,7 +133,7 @@ pub enum Backend {
 /// it yields the key the proof is made with). Neither crosses the socket.
 pub enum ChangeAuth {
     /// The PIN, read or asked.
-    Pin(Option<Zeroizing<Vec<u8>>>),
+    Pin(Option<Pin>),
     /// The vault's change-proof subkey, from the passphrase.
     VaultKey(custody_core::crypto::Key),
 }
@@ -152,14 +151,11 @@ impl ChangeAuth {
         ChangeAuth::from_inputs(pin, passphrase)
     }
 
-    fn from_inputs(
-        pin: Option<Zeroizing<Vec<u8>>>,
-        passphrase: Option<Zeroizing<Vec<u8>>>,
-    ) -> anyhow::Result<ChangeAuth> {
+    fn from_inputs(pin: Option<Pin>, passphrase: Option<Passphrase>) -> anyhow::Result<ChangeAuth> {
         Ok(match (pin, passphrase) {
             (Some(pin), _) => ChangeAuth::Pin(Some(pin)),
             (None, Some(passphrase)) => {
-                let vault = Vault::unlock(&vault_path()?, &passphrase)?;
+                let vault = Vault::unlock(&vault_path()?, passphrase.expose())?;
                 ChangeAuth::VaultKey(vault.subkey(custody_core::crypto::Subkey::ChangeProof))
             }
             (None, None) => ChangeAuth::Pin(None),
@@ -176,7 +172,7 @@ impl ChangeAuth {
         match self {
             ChangeAuth::Pin(stored) => {
                 let pin = change_pin(stored)?;
-                client.call_with_pin(req, &pin, secret)
+                client.call_with_pin(req, pin.expose(), secret)
             }
             ChangeAuth::VaultKey(key) => client.call_with_vault_key(req, key, secret),
         }
@@ -187,18 +183,21 @@ impl ChangeAuth {
 /// The approval PIN for a change through the broker: the line of stdin
 /// read with `--pin-stdin`, or a hidden prompt on the terminal; without
 /// either, an error that says how to give it.
-pub fn change_pin(stored: &mut Option<Zeroizing<Vec<u8>>>) -> anyhow::Result<Zeroizing<Vec<u8>>> {
-    if let Some(p) = stored {
-        return Ok(p.clone());
+pub fn change_pin(stored: &mut Option<Pin>) -> anyhow::Result<&Pin> {
+    if stored.is_none() {
+        if !input::has_tty() {
+            return Err(anyhow!(
+                "changing the vault through the broker needs the approval PIN: pass --pin-stdin (the PIN on its own line of stdin, after the passphrase line if --passphrase-stdin is given too)"
+            ));
+        }
+        *stored = Some(input::prompt_pin(
+            "Approval PIN (to change the vault): ",
+            "--pin-stdin",
+        )?);
     }
-    if !input::has_tty() {
-        return Err(anyhow!(
-            "changing the vault through the broker needs the approval PIN: pass --pin-stdin (the PIN on its own line of stdin, after the passphrase line if --passphrase-stdin is given too)"
-        ));
-    }
-    let pin = input::prompt_hidden("Approval PIN (to change the vault): ", "--pin-stdin")?;
-    *stored = Some(pin.clone());
-    Ok(pin)
+    stored
+        .as_ref()
+        .ok_or_else(|| anyhow!("internal: no approval PIN"))
 }
 
 /// Opens the backend for a vault command. With `--passphrase-stdin` the
@@ -216,7 +215,7 @@ pub fn open(global: &Global, secrets: &mut SecretInput) -> anyhow::Result<Backen
 
 /// The vault file, opened with the passphrase (read, or asked for);
 /// `locked`: a locked broker runs (said when the passphrase cannot be asked).
-fn open_direct(passphrase: Option<Zeroizing<Vec<u8>>>, locked: bool) -> anyhow::Result<Backend> {
+fn open_direct(passphrase: Option<Passphrase>, locked: bool) -> anyhow::Result<Backend> {
     let path = vault_path()?;
     if !path.exists() {
         // Say so before asking for a passphrase that cannot help.
@@ -224,7 +223,7 @@ fn open_direct(passphrase: Option<Zeroizing<Vec<u8>>>, locked: bool) -> anyhow::
     }
     let passphrase = match passphrase {
         Some(p) => p,
-        None => input::prompt_hidden("Vault passphrase: ", "--passphrase-stdin").map_err(|e| {
+        None => input::prompt_passphrase("Vault passphrase: ", "--passphrase-stdin").map_err(|e| {
             if locked {
                 anyhow!(
                     "the vault is locked: run `custody unlock` first, or pass --passphrase-stdin to read the vault file directly ({e:#})"
@@ -235,7 +234,7 @@ fn open_direct(passphrase: Option<Zeroizing<Vec<u8>>>, locked: bool) -> anyhow::
         })?,
     };
     Ok(Backend::Direct(Box::new(Direct {
-        vault: Vault::unlock(&path, &passphrase)?,
+        vault: Vault::unlock(&path, passphrase.expose())?,
         chain: None,
     })))
 }
@@ -342,22 +341,19 @@ pub fn open_vault_asking(
         return Err(VaultError::NotFound { path }.into());
     }
     let passphrase = if global.passphrase_stdin {
-        secrets.line("passphrase")?
+        secrets.passphrase()?
     } else {
-        input::prompt_hidden(prompt, "--passphrase-stdin")?
+        input::prompt_passphrase(prompt, "--passphrase-stdin")?
     };
-    Ok(Vault::unlock(&path, &passphrase)?)
+    Ok(Vault::unlock(&path, passphrase.expose())?)
 }
 
 /// The current passphrase, from stdin or the terminal.
-pub fn read_passphrase(
-    global: &Global,
-    secrets: &mut SecretInput,
-) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+pub fn read_passphrase(global: &Global, secrets: &mut SecretInput) -> anyhow::Result<Passphrase> {
     if global.passphrase_stdin {
-        secrets.line("passphrase")
+        secrets.passphrase()
     } else {
-        input::prompt_hidden("Vault passphrase: ", "--passphrase-stdin")
+        input::prompt_passphrase("Vault passphrase: ", "--passphrase-stdin")
     }
 }
 

@@ -5,6 +5,7 @@
 //! lines after it are handed out in order (`--pin-stdin`, `passwd`'s new
 //! passphrase), and what is left is a value (`custody set`).
 
+use custody_core::secret::{Passphrase, Pin};
 use std::fs::OpenOptions;
 use std::io::{IsTerminal, Read};
 
@@ -64,6 +65,16 @@ impl SecretInput {
         Ok(out)
     }
 
+    /// The passphrase line of stdin (`--passphrase-stdin`).
+    pub fn passphrase(&mut self) -> anyhow::Result<Passphrase> {
+        self.line("passphrase").map(Passphrase::new)
+    }
+
+    /// The approval PIN line of stdin (`--pin-stdin`).
+    pub fn pin(&mut self) -> anyhow::Result<Pin> {
+        self.line("approval PIN").map(Pin::new)
+    }
+
     /// Everything of stdin not yet consumed.
     pub fn rest(&mut self) -> anyhow::Result<Zeroizing<Vec<u8>>> {
         let pos = self.pos;
@@ -109,6 +120,16 @@ pub fn prompt_hidden(prompt: &str, flag: &str) -> anyhow::Result<Zeroizing<Vec<u
     let s =
         Zeroizing::new(rpassword::prompt_password(prompt).context("reading from the terminal")?);
     Ok(Zeroizing::new(s.as_bytes().to_vec()))
+}
+
+/// Asks for a passphrase on the terminal without echo.
+pub fn prompt_passphrase(prompt: &str, flag: &str) -> anyhow::Result<Passphrase> {
+    prompt_hidden(prompt, flag).map(Passphrase::new)
+}
+
+/// Asks for the approval PIN on the terminal without echo.
+pub fn prompt_pin(prompt: &str, flag: &str) -> anyhow::Result<Pin> {
+    prompt_hidden(prompt, flag).map(Pin::new)
 }
 
 /// Asks twice on the terminal and insists both answers match.

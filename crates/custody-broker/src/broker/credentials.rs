@@ -30,9 +30,9 @@ impl From<SourceError> for WireError {
 /// What a lease gets from its sources.
 pub(crate) struct Fresh {
     /// Injected as `(variable, value)`.
-    pub values: Vec<(String, Zeroizing<Vec<u8>>)>,
+    pub values: Vec<(String, custody_core::secret::Token)>,
     /// Masked too, never injected alone (a role's password inside its URL).
-    pub also_mask: Vec<(String, Zeroizing<Vec<u8>>)>,
+    pub also_mask: Vec<(String, custody_core::secret::Token)>,
 }
 
 impl Broker {
@@ -116,7 +116,7 @@ impl Broker {
             match sources::mint(&p, lease_id, ttl, &expires, mask).await {
                 Ok(c) => {
                     if c.keep_sealed {
-                        let sealed = self.seal_token(lease_id, &p.credential, &c.value)?;
+                        let sealed = self.seal_token(lease_id, &p.credential, c.value.expose())?;
                         self.credential_sealed(lease_id, &p.credential, sealed);
                     }
                     fresh.values.push((p.var.clone(), c.value));
@@ -129,7 +129,8 @@ impl Broker {
                         // It printed something: a token may exist; keep it
                         // sealed so the revocation can end it.
                         Some(t) => {
-                            if let Ok(sealed) = self.seal_token(lease_id, &p.credential, &t) {
+                            if let Ok(sealed) = self.seal_token(lease_id, &p.credential, t.expose())
+                            {
                                 self.credential_sealed(lease_id, &p.credential, sealed);
                             }
                         }

@@ -65,7 +65,7 @@ impl Broker {
     /// chain, and writes what the reaper found since the last unlock.
     pub async fn unlock(
         self: &Arc<Self>,
-        passphrase: Zeroizing<Vec<u8>>,
+        passphrase: custody_core::secret::Passphrase,
     ) -> Result<Value, WireError> {
         if self.state().vault.is_some() {
             return Ok(json!({"unlocked": true, "already": true}));
@@ -79,7 +79,7 @@ impl Broker {
             ));
         }
         let path = self.cfg.vault_path();
-        let vault = tokio::task::spawn_blocking(move || Vault::unlock(&path, &passphrase))
+        let vault = tokio::task::spawn_blocking(move || Vault::unlock(&path, passphrase.expose()))
             .await
             .map_err(|_| WireError::new("internal", "unlock task failed"))?
             .map_err(vault_error)?;

@@ -17,7 +17,6 @@ use custody_core::policy::Policy;
 use custody_core::vault::{Vault, VaultError};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, oneshot, watch};
-use zeroize::Zeroizing;
 
 use crate::grants::{Grant, Requester, Scope, new_id};
 use crate::lease::EndReason;

@@ -73,8 +73,8 @@ pub struct Injected {
     pub name: String,
     /// `true`: write to a file and pass its path.
     pub as_file: bool,
-    /// The value (zeroized on drop; no Debug).
-    pub value: Zeroizing<Vec<u8>>,
+    /// The value.
+    pub value: custody_core::secret::Value,
 }
 
 /// Everything needed to start a lease.
@@ -211,7 +211,7 @@ fn write_secret_files(
             .create_new(true)
             .mode(0o600)
             .open(&path)?;
-        f.write_all(&inj.value)?;
+        f.write_all(inj.value.expose())?;
         out.push((inj.name.clone(), path));
     }
     Ok(out)
@@ -268,7 +268,7 @@ pub fn spawn(plan: &LeasePlan) -> Result<(Spawned, Started, PathBuf), LeaseError
     for inj in plan.injected.iter().filter(|i| !i.as_file) {
         cmd.env(
             &inj.name,
-            std::ffi::OsStr::from_encoded_bytes_checked(&inj.value),
+            std::ffi::OsStr::from_encoded_bytes_checked(inj.value.expose()),
         );
     }
     for (name, path) in &files {
@@ -536,7 +536,7 @@ mod tests {
         Injected {
             name: name.into(),
             as_file: false,
-            value: Zeroizing::new(vec![b'v'; len]),
+            value: custody_core::secret::Value::from_vec(vec![b'v'; len]),
         }
     }
 

@@ -47,7 +47,6 @@ use custody_core::names::{EnvName, VarName};
 use custody_core::scan::{Detector, Finding, Hit};
 use custody_core::vault::{Vault, VaultError};
 use ignore::{WalkBuilder, WalkState};
-use secrecy::ExposeSecret;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -519,10 +518,7 @@ pub fn vault_values(
             }
             let v = VarName::new(&var.name)?;
             let (_, value) = vault.reveal(&e, &v)?;
-            out.push((
-                format!("{}/{}", env.name, var.name),
-                Zeroizing::new(value.expose_secret().to_vec()),
-            ));
+            out.push((format!("{}/{}", env.name, var.name), value.into_inner()));
         }
     }
     Ok(out)

@@ -28,7 +28,10 @@ pub(super) async fn dispatch(
         Request::Status => view(broker.status()),
         Request::Unlock => {
             broker
-                .unlock(secret_required(secret, "the passphrase")?)
+                .unlock(custody_core::secret::Passphrase::new(secret_required(
+                    secret,
+                    "the passphrase",
+                )?))
                 .await
         }
         Request::Lock => Ok(broker.lock(custody_core::audit::LockReason::Manual).await),

@@ -66,7 +66,7 @@ pub struct MintFailure {
     /// What went wrong, with the tail of the command's stderr.
     pub failure: CommandFailure,
     /// Its stdout, when it printed something.
-    pub printed: Option<Zeroizing<Vec<u8>>>,
+    pub printed: Option<custody_core::secret::Token>,
 }
 
 /// The last lines of a failed command's stderr, for its error: `mask`ed,
@@ -110,7 +110,7 @@ pub async fn mint(
     ttl_secs: u64,
     expires: &str,
     mask: &[(&str, &[u8])],
-) -> Result<Zeroizing<Vec<u8>>, MintFailure> {
+) -> Result<custody_core::secret::Token, MintFailure> {
     let fail = |failure: CommandFailure| MintFailure {
         failure,
         printed: None,
@@ -190,7 +190,7 @@ pub async fn mint(
         token.pop();
     }
     if status.success() && !token.is_empty() {
-        return Ok(token);
+        return Ok(token.into());
     }
     let failure = if status.success() {
         CommandFailure("the mint command printed no token".into())
@@ -208,7 +208,7 @@ pub async fn mint(
     };
     Err(MintFailure {
         failure,
-        printed: (!token.is_empty()).then_some(token),
+        printed: (!token.is_empty()).then(|| token.into()),
     })
 }
 

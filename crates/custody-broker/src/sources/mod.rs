@@ -23,11 +23,10 @@ pub mod postgres;
 use std::time::{Duration, SystemTime};
 
 use custody_core::crypto::{self, Key};
+use custody_core::secret::{Token, Value};
 use custody_core::sources::{self as defs, PostgresSource, SourceDef, SourceSpec};
 use custody_core::vault::{Vault, VaultError};
-use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
 
 /// How long a role outlives its lease's deadline at most (`VALID UNTIL`),
 /// for the kill grace and clock skew.
@@ -129,7 +128,7 @@ pub(crate) struct Prepared {
     pub var: String,
     def: SourceDef,
     /// The admin URL, for a PostgreSQL source.
-    admin: Option<Zeroizing<Vec<u8>>>,
+    admin: Option<Value>,
     pub credential: String,
 }
 
@@ -152,9 +151,9 @@ impl Prepared {
 /// One minted credential's secrets.
 pub(crate) struct Credential {
     /// Injected as the variable's value.
-    pub value: Zeroizing<Vec<u8>>,
+    pub value: Token,
     /// Masked too, never injected alone (a role's password inside its URL).
-    pub also_mask: Option<Zeroizing<Vec<u8>>>,
+    pub also_mask: Option<Token>,
     /// The value is a token only the source can end: the broker keeps it
     /// sealed for the revocation.
     pub keep_sealed: bool,
@@ -164,7 +163,7 @@ pub(crate) struct Credential {
 /// though its command failed afterwards (it must be revoked).
 pub(crate) struct MintError {
     pub error: SourceError,
-    pub printed: Option<Zeroizing<Vec<u8>>>,
+    pub printed: Option<Token>,
 }
 
 impl From<SourceError> for MintError {
@@ -208,16 +207,17 @@ pub fn check_definition(vault: &Vault, def: &SourceDef) -> Result<(), SourceErro
         .map_err(|e| SourceError::Malformed(e.to_string()))?;
     if let SourceSpec::Postgres(p) = &def.spec {
         let admin = admin_secret(vault, &p.admin_from)?;
-        postgres::admin_config(&admin).map_err(|e| SourceError::Malformed(e.to_string()))?;
+        postgres::admin_config(admin.expose())
+            .map_err(|e| SourceError::Malformed(e.to_string()))?;
     }
     Ok(())
 }
 
-fn admin_secret(vault: &Vault, admin_from: &str) -> Result<Zeroizing<Vec<u8>>, SourceError> {
+fn admin_secret(vault: &Vault, admin_from: &str) -> Result<Value, SourceError> {
     let (e, v) =
         defs::parse_admin_from(admin_from).map_err(|x| SourceError::Malformed(x.to_string()))?;
     let (_, value) = vault.reveal(&e, &v)?;
-    Ok(Zeroizing::new(value.expose_secret().to_vec()))
+    Ok(value)
 }
 
 fn load(vault: &Vault, reference: &str) -> Result<SourceDef, SourceError> {
@@ -294,7 +294,7 @@ pub(crate) async fn mint(
     let reference = p.def.reference();
     match &p.def.spec {
         SourceSpec::Postgres(pg) => {
-            let admin = p.admin.as_ref().map_or(&[][..], |a| a.as_slice());
+            let admin = p.admin.as_ref().map_or(&[][..], |a| a.expose());
             let cfg =
                 postgres::admin_config(admin).map_err(|e| SourceError::failed(&reference, e))?;
             let password =
@@ -304,8 +304,8 @@ pub(crate) async fn mint(
                 .await
                 .map_err(|e| SourceError::failed(&reference, e))?;
             Ok(Credential {
-                value: postgres::lease_url(&cfg, &p.credential, &password),
-                also_mask: Some(password),
+                value: Token::new(postgres::lease_url(&cfg, &p.credential, &password)),
+                also_mask: Some(Token::new(password)),
                 keep_sealed: false,
             })
         }
@@ -343,13 +343,14 @@ pub(crate) fn seal_token(
         .map_err(|_| SourceError::Internal("cannot seal the token"))
 }
 
-fn open_token(key: &Key, lease_id: &str, m: &Minted) -> Result<Zeroizing<Vec<u8>>, SourceError> {
+fn open_token(key: &Key, lease_id: &str, m: &Minted) -> Result<Token, SourceError> {
     let sealed = m.sealed_token.as_deref().ok_or(SourceError::Revocation(
         "the token was never recorded (the broker stopped while minting)".into(),
     ))?;
     let bytes = hex::decode(sealed)
         .map_err(|_| SourceError::Revocation("the recorded token is damaged".into()))?;
     crypto::open(key, &token_aad(lease_id, &m.credential), &bytes)
+        .map(Token::new)
         .map_err(|_| SourceError::Revocation("the recorded token does not authenticate".into()))
 }
 
@@ -357,7 +358,7 @@ fn open_token(key: &Key, lease_id: &str, m: &Minted) -> Result<Zeroizing<Vec<u8>
 /// time (under the lock), so a retry sees the current configuration.
 pub(crate) struct Revocation {
     def: SourceDef,
-    admin: Option<Zeroizing<Vec<u8>>>,
+    admin: Option<Value>,
     token_key: Key,
 }
 
@@ -380,7 +381,7 @@ impl Revocation {
     pub async fn revoke(&self, lease_id: &str, m: &Minted) -> Result<(), SourceError> {
         match &self.def.spec {
             SourceSpec::Postgres(pg) => {
-                let admin = self.admin.as_ref().map_or(&[][..], |a| a.as_slice());
+                let admin = self.admin.as_ref().map_or(&[][..], |a| a.expose());
                 let cfg = postgres::admin_config(admin)
                     .map_err(|e| SourceError::Revocation(e.to_string()))?;
                 postgres::revoke(&cfg, pg, &m.credential)
@@ -389,7 +390,7 @@ impl Revocation {
             }
             SourceSpec::Command(c) => {
                 let token = open_token(&self.token_key, lease_id, m)?;
-                command::revoke(c, &token)
+                command::revoke(c, token.expose())
                     .await
                     .map_err(|e| SourceError::Revocation(e.to_string()))
             }
@@ -402,7 +403,7 @@ pub(crate) struct Reapable {
     /// `TYPE:NAME`, for the audit record.
     pub reference: String,
     source: PostgresSource,
-    admin: Zeroizing<Vec<u8>>,
+    admin: Value,
     prefix: String,
 }
 
@@ -429,7 +430,7 @@ impl Reapable {
     /// Drops this vault's roles at the source that `owned` does not claim;
     /// returns the ones dropped. A source that cannot be reached is skipped.
     pub async fn reap(&self, owned: impl Fn(&str) -> bool) -> Vec<String> {
-        let Ok(cfg) = postgres::admin_config(&self.admin) else {
+        let Ok(cfg) = postgres::admin_config(self.admin.expose()) else {
             return Vec::new();
         };
         let Ok(roles) = postgres::roles_with_prefix(&cfg, &self.prefix).await else {

@@ -29,7 +29,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use secrecy::SecretSlice;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -46,7 +45,7 @@ pub type Result<T, E = VaultError> = std::result::Result<T, E>;
 
 /// A secret value as handed out by the vault: zeroized on drop, `Debug`
 /// prints `[REDACTED]`, no `Display` or `Serialize`.
-pub type SecretValue = SecretSlice<u8>;
+pub type SecretValue = crate::secret::Value;
 
 /// Largest value accepted, in bytes. Values travel to the broker as raw
 /// secret frames (never through JSON) of at most 1 MiB, and real secrets
@@ -348,11 +347,10 @@ impl Vault {
     }
 }
 
-/// Moves decrypted bytes into a secret box of exactly their length, so no
-/// spare capacity with a copy is left behind; the source is zeroized.
+/// Moves decrypted bytes into the named value type (no copy; the buffer's
+/// spare capacity is zeroized with it).
 fn secret_from(plain: Zeroizing<Vec<u8>>) -> SecretValue {
-    let boxed: Box<[u8]> = plain.as_slice().into();
-    SecretSlice::from(boxed)
+    SecretValue::new(plain)
 }
 
 fn check_description(d: &str) -> Result<()> {

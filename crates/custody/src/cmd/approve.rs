@@ -1,5 +1,6 @@
 //! `custody approve` and `custody deny`: the human's side of a request.
 
+use custody_core::secret::Pin;
 use std::io::{BufRead, BufReader, Write};
 use std::process::ExitCode;
 
@@ -171,14 +172,14 @@ fn list(v: &Value) -> String {
         .unwrap_or_default()
 }
 
-fn send_approval(id: &str, scope: ApprovalScope, pin: &[u8]) -> anyhow::Result<Value> {
+fn send_approval(id: &str, scope: ApprovalScope, pin: &Pin) -> anyhow::Result<Value> {
     let mut c = access::require_broker()?;
     c.call_with_pin(
         Request::Approve {
             request_id: id.to_owned(),
             scope,
         },
-        pin,
+        pin.expose(),
         None,
     )
     .map_err(broker_err)
@@ -205,7 +206,7 @@ pub fn approve(g: &Global, secrets: &mut SecretInput, a: ApproveArgs) -> anyhow:
     };
     let scope = scope(&a)?;
     let pin = if a.pin_stdin {
-        secrets.line("approval PIN")?
+        secrets.pin()?
     } else {
         let pending = client.call(Request::Pending).map_err(broker_err)?;
         if let Some(p) = pending
@@ -216,7 +217,7 @@ pub fn approve(g: &Global, secrets: &mut SecretInput, a: ApproveArgs) -> anyhow:
         {
             eprintln!("{}", describe(p));
         }
-        input::prompt_hidden("Approval PIN: ", "--pin-stdin")?
+        input::prompt_pin("Approval PIN: ", "--pin-stdin")?
     };
     let v = send_approval(&id, scope, &pin)?;
     if g.json {
@@ -286,7 +287,7 @@ fn decide_on_tty(id: &str, details: Option<&Value>) -> anyhow::Result<Option<Str
     // A wrong PIN says so and asks again (each try counts toward the
     // lockout, which ends the loop by locking the vault).
     for _ in 0..3 {
-        let pin = input::prompt_hidden("Approval PIN: ", "--pin-stdin")?;
+        let pin = input::prompt_pin("Approval PIN: ", "--pin-stdin")?;
         match send_approval(id, scope, &pin) {
             Ok(v) => {
                 return Ok(Some(format!(

@@ -233,11 +233,11 @@ fn repair(g: &Global, secrets: &mut SecretInput, pin_stdin: bool) -> anyhow::Res
     }
     let vault = access::open_vault(g, secrets)?;
     let pin = if pin_stdin {
-        secrets.line("approval PIN")?
+        secrets.pin()?
     } else {
-        crate::input::prompt_hidden("Approval PIN: ", "--pin-stdin")?
+        crate::input::prompt_pin("Approval PIN: ", "--pin-stdin")?
     };
-    if !vault.verify_pin(&pin)? {
+    if !vault.verify_pin(pin.expose())? {
         return Err(access::broker_err(custody_broker::ClientError::Broker(
             custody_broker::protocol::WireError::new(
                 "wrong_pin",

@@ -28,7 +28,7 @@ pub struct DaemonArgs {
 
 pub fn run(_g: &Global, secrets: &mut SecretInput, a: DaemonArgs) -> anyhow::Result<ExitCode> {
     let passphrase = if a.unlock_stdin {
-        Some(secrets.line("passphrase")?)
+        Some(secrets.passphrase()?)
     } else {
         None
     };

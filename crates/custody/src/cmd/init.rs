@@ -1,5 +1,6 @@
 //! `custody init`: create the vault.
 
+use custody_core::secret::{Passphrase, Pin};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -28,35 +29,35 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: InitArgs) -> anyhow::Result
         return Err(custody_core::vault::VaultError::AlreadyExists { path }.into());
     }
     let passphrase = if g.passphrase_stdin {
-        secrets.line("passphrase")?
+        secrets.passphrase()?
     } else {
-        input::prompt_new(
+        Passphrase::new(input::prompt_new(
             "New vault passphrase: ",
             "Repeat the passphrase: ",
             "--passphrase-stdin",
             input::check_new_passphrase,
-        )?
+        )?)
     };
-    input::check_new_passphrase(&passphrase)?;
+    input::check_new_passphrase(passphrase.expose())?;
     let pin = if a.pin_stdin {
-        secrets.line("approval PIN")?
+        secrets.pin()?
     } else {
-        input::prompt_new(
+        Pin::new(input::prompt_new(
             &format!(
                 "Approval PIN (at least {MIN_PIN_LEN} characters, asked for every approval): "
             ),
             "Repeat the PIN: ",
             "--pin-stdin",
             input::check_new_pin,
-        )?
+        )?)
     };
-    input::check_new_pin(&pin)?;
+    input::check_new_pin(pin.expose())?;
     let params = if a.insecure_fast_kdf {
         KdfParams::INSECURE_FAST
     } else {
         KdfParams::DEFAULT
     };
-    let vault = Vault::create(&path, &passphrase, &pin, params)
+    let vault = Vault::create(&path, passphrase.expose(), pin.expose(), params)
         .with_context(|| format!("creating the vault at {}", path.display()))?;
     if g.json {
         crate::output::json(&json!({

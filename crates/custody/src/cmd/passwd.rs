@@ -1,5 +1,6 @@
 //! `custody passwd`: change the vault passphrase.
 
+use custody_core::secret::Passphrase;
 use std::process::ExitCode;
 
 use serde_json::json;
@@ -21,16 +22,16 @@ pub fn run(g: &Global, secrets: &mut SecretInput, _a: PasswdArgs) -> anyhow::Res
     let mut chain = access::open_audit(&vault)?;
     // With --passphrase-stdin: line 1 is the current passphrase, line 2 the new one.
     let new = if g.passphrase_stdin {
-        secrets.line("new passphrase")?
+        Passphrase::new(secrets.line("new passphrase")?)
     } else {
-        input::prompt_new(
+        Passphrase::new(input::prompt_new(
             "New vault passphrase: ",
             "Repeat the new passphrase: ",
             "--passphrase-stdin",
             input::check_new_passphrase,
-        )?
+        )?)
     };
-    input::check_new_passphrase(&new)?;
+    input::check_new_passphrase(new.expose())?;
     let params = vault.kdf_params()?;
     let event = AuditEvent::VaultChange {
         action: VaultAction::ChangePassphrase,
@@ -40,7 +41,7 @@ pub fn run(g: &Global, secrets: &mut SecretInput, _a: PasswdArgs) -> anyhow::Res
     };
     let reason = |e: &VaultError| custody_broker::broker::vault_error_code(e).to_owned();
     audited::change(&mut vault, &mut chain, event, reason, |v| {
-        v.change_passphrase(&new, params)
+        v.change_passphrase(new.expose(), params)
     })
     .map_err(|e| match e {
         audited::ChangeError::Refused { error, .. } => anyhow::Error::from(error),

@@ -71,20 +71,20 @@ fn apply(
     let mut c = access::require_broker()?;
     if g.passphrase_stdin {
         // The documented stdin layout: passphrase line first, then the PIN.
-        s.line("passphrase")?;
+        s.passphrase()?;
     }
     let pin = if pin_stdin {
-        s.line("approval PIN")?
+        s.pin()?
     } else {
         eprintln!("Applying {from} as the policy in force.");
-        input::prompt_hidden("Approval PIN: ", "--pin-stdin")?
+        input::prompt_pin("Approval PIN: ", "--pin-stdin")?
     };
     let v = c
         .call_with_pin(
             Request::PolicyApply {
                 text: text.to_owned(),
             },
-            &pin,
+            pin.expose(),
             None,
         )
         .map_err(broker_err)?;

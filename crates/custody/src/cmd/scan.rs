@@ -13,6 +13,7 @@
 //! a live key is a leak whether or not custody holds it; the hook blocks it
 //! too, `git commit --no-verify` overrides once), 2 the scan could not run.
 
+use custody_core::secret::Passphrase;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -66,7 +67,7 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: ScanArgs) -> anyhow::Result
     // Read once: the broker needs no passphrase, but a locked one sends
     // the scan back here, which does.
     let passphrase = if g.passphrase_stdin {
-        Some(secrets.line("passphrase")?)
+        Some(secrets.passphrase()?)
     } else {
         None
     };
@@ -161,7 +162,7 @@ fn rule_name(name: &str) -> Option<&'static str> {
 /// (with a warning) when there is no vault or no way to ask.
 fn engine_here(
     g: &Global,
-    passphrase: Option<zeroize::Zeroizing<Vec<u8>>>,
+    passphrase: Option<Passphrase>,
     hook: bool,
 ) -> anyhow::Result<Option<(MaskingEngine, Vec<String>)>> {
     let path = access::vault_path()?;
@@ -174,7 +175,7 @@ fn engine_here(
     let passphrase = if let Some(p) = passphrase {
         p
     } else if input::has_tty() {
-        input::prompt_hidden("Vault passphrase: ", "--passphrase-stdin")?
+        input::prompt_passphrase("Vault passphrase: ", "--passphrase-stdin")?
     } else if hook {
         // A commit hook never lets a commit through unchecked.
         anyhow::bail!(
@@ -186,7 +187,7 @@ fn engine_here(
         );
         return Ok(None);
     };
-    let vault = Vault::unlock(&path, &passphrase)?;
+    let vault = Vault::unlock(&path, passphrase.expose())?;
     let values = walk::vault_values(&vault, &|_| true)?;
     let dynamic = walk::dynamic_variables(&vault, &|_| true)?;
     drop(vault);
@@ -198,7 +199,7 @@ fn engine_here(
 
 fn scan_here(
     g: &Global,
-    passphrase: Option<zeroize::Zeroizing<Vec<u8>>>,
+    passphrase: Option<Passphrase>,
     root: &Path,
     a: &ScanArgs,
 ) -> anyhow::Result<ScanReport> {

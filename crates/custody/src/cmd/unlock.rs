@@ -1,5 +1,6 @@
 //! `custody unlock`: start an unlocked broker (or say it already is).
 
+use custody_core::secret::Passphrase;
 use std::process::{ExitCode, Stdio};
 
 use anyhow::Context;
@@ -83,9 +84,9 @@ pub fn unlock(g: &Global, secrets: &mut SecretInput, _a: UnlockArgs) -> anyhow::
     let passphrase = if already {
         if g.passphrase_stdin {
             // The documented stdin layout: the line is read either way.
-            secrets.line("passphrase")?
+            secrets.passphrase()?
         } else {
-            zeroize::Zeroizing::new(Vec::new())
+            Passphrase::from_vec(Vec::new())
         }
     } else {
         access::read_passphrase(g, secrets)?
@@ -93,7 +94,7 @@ pub fn unlock(g: &Global, secrets: &mut SecretInput, _a: UnlockArgs) -> anyhow::
     let (v, started) = if already {
         (json!({"unlocked": true, "already": true}), false)
     } else {
-        (start_unlocked_daemon(&passphrase)?, true)
+        (start_unlocked_daemon(passphrase.expose())?, true)
     };
     drop(passphrase);
     if g.json {

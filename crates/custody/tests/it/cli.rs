@@ -11,7 +11,6 @@ use custody_core::names::{EnvName, VarName};
 use custody_core::vault::Vault;
 use predicates::prelude::*;
 use predicates::str::contains;
-use secrecy::ExposeSecret;
 
 const PASS: &str = "test passphrase 1";
 const PIN: &str = "135790";
@@ -96,7 +95,7 @@ impl Home {
             .vault()
             .reveal(&EnvName::new(env).unwrap(), &VarName::new(var).unwrap())
             .unwrap();
-        v.expose_secret().to_vec()
+        v.expose().to_vec()
     }
 
     /// Every file of the vault (main file, WAL, shared memory) concatenated.
@@ -727,7 +726,7 @@ fn passwd_rewraps() {
     let (_, value) = v
         .reveal(&EnvName::new("e").unwrap(), &VarName::new("A").unwrap())
         .unwrap();
-    assert_eq!(value.expose_secret(), b"value-value");
+    assert_eq!(value.expose(), b"value-value");
     h.cmd()
         .args(["--passphrase-stdin", "passwd"])
         .write_stdin("a brand new passphrase\nshort\n")
