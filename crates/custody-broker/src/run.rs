@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use crate::broker::{Broker, Decision, Peer, vault_error};
 use crate::grants::new_id;
 use crate::lease::{self, EndReason, Injected, LeasePlan};
-use crate::protocol::{Event, RunSpec, WireError};
+use crate::protocol::{Event, LeakCheck, RunLeak, RunResult, RunSpec, WireError};
 use crate::sources;
 
 /// Longest lease anyone can ask for, whatever the policy says.
@@ -299,23 +299,38 @@ pub async fn run(
     .await
     .unwrap_or_default();
     broker.leaks_found(&lease_id, &report.leaks);
-    let mut v = serde_json::to_value(&outcome).unwrap_or_else(|_| json!({}));
-    v["status"] = json!("finished");
-    v["leaks"] = json!(report.leaks);
-    if !credentials.is_empty() {
-        v["credentials"] = json!(credentials);
-    }
-    v["leak_check"] = json!({"files": report.files, "bytes": report.bytes,
-                             "truncated": report.truncated});
-    if spec.capture_limit.is_none() {
-        // Streamed already; do not send it twice.
-        if let Some(o) = v.as_object_mut() {
-            o.remove("stdout");
-            o.remove("stderr");
-        }
-    }
-    fit_in_frame(&mut v);
-    Ok(v)
+    // Streamed already when nothing was to be captured: not sent twice.
+    let captured = spec.capture_limit.is_some();
+    let mut result = RunResult {
+        status: "finished".into(),
+        lease_id: outcome.lease_id,
+        exit_code: outcome.exit_code,
+        signal: outcome.signal,
+        reason: outcome.reason.as_str().to_owned(),
+        mask_counts: outcome.mask_counts,
+        masked_count: outcome.masked_count,
+        stdout: captured.then_some(outcome.stdout),
+        stderr: captured.then_some(outcome.stderr),
+        truncated: outcome.truncated,
+        duration_ms: outcome.duration_ms,
+        leaks: report
+            .leaks
+            .into_iter()
+            .map(|l| RunLeak {
+                path: l.path,
+                variable: l.variable,
+            })
+            .collect(),
+        credentials,
+        leak_check: LeakCheck {
+            files: report.files,
+            bytes: report.bytes,
+            truncated: report.truncated,
+        },
+    };
+    fit_in_frame(&mut result);
+    serde_json::to_value(&result)
+        .map_err(|_| WireError::new("internal", "the run result does not serialize"))
 }
 
 /// Room left in a response frame for its envelope (`{"id":…,"ok":…}`).
@@ -327,19 +342,19 @@ const FRAME_ENVELOPE: usize = 1024;
 /// of up to 6 bytes per byte), and a result that cannot be sent is lost with
 /// its connection. Each stream keeps at least half of the room (or all it
 /// needs, if less).
-fn fit_in_frame(v: &mut Value) {
+fn fit_in_frame(r: &mut RunResult) {
     let budget = crate::protocol::MAX_FRAME - FRAME_ENVELOPE;
-    let Ok(len) = serde_json::to_vec(&*v).map(|b| b.len()) else {
+    let Ok(len) = serde_json::to_vec(&*r).map(|b| b.len()) else {
         return;
     };
     if len <= budget {
         return;
     }
-    let encoded = |k: &str| {
-        v[k].as_str()
+    let encoded = |s: &Option<String>| {
+        s.as_deref()
             .map_or(0, |s| s.chars().map(json_len).sum::<usize>())
     };
-    let (out, err) = (encoded("stdout"), encoded("stderr"));
+    let (out, err) = (encoded(&r.stdout), encoded(&r.stderr));
     let room = budget.saturating_sub(len.saturating_sub(out + err));
     let half = room / 2;
     let (keep_out, keep_err) = if out <= half {
@@ -349,13 +364,12 @@ fn fit_in_frame(v: &mut Value) {
     } else {
         (half, room - half)
     };
-    for (key, keep) in [("stdout", keep_out), ("stderr", keep_err)] {
-        if let Some(s) = v[key].as_str() {
-            let kept = tail_within(s, keep).to_owned();
-            v[key] = json!(kept);
+    for (stream, keep) in [(&mut r.stdout, keep_out), (&mut r.stderr, keep_err)] {
+        if let Some(s) = stream.as_mut() {
+            *s = tail_within(s, keep).to_owned();
         }
     }
-    v["truncated"] = json!(true);
+    r.truncated = true;
 }
 
 /// The longest tail of `s` whose JSON encoding is at most `room` bytes.

@@ -15,8 +15,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use custody_broker::protocol::{Event, Request, RunSpec};
-use serde_json::Value;
+use custody_broker::protocol::{Event, Request, RunResult, RunSpec};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -91,7 +90,13 @@ impl Flight {
                 };
                 match sort(frame, id) {
                     Streamed::Done(r) => {
-                        let done = r.map(|v| outcome(&v, request_id.take()));
+                        let done = r.and_then(|v| {
+                            serde_json::from_value::<RunResult>(v)
+                                .map(|r| outcome(r, request_id.take()))
+                                .map_err(|_| {
+                                    LinkError::Connection("the run result did not parse".into())
+                                })
+                        });
                         let _ = tx.send(Phase::Done(Box::new(done)));
                         return;
                     }
@@ -217,16 +222,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A finished run's result, from the broker's answer.
-fn outcome(v: &Value, request_id: Option<String>) -> RunOutcome {
-    let leaks: Vec<LeakView> = v["leaks"]
-        .as_array()
+fn outcome(r: RunResult, request_id: Option<String>) -> RunOutcome {
+    let leaks: Vec<LeakView> = r
+        .leaks
         .into_iter()
-        .flatten()
-        .filter_map(|l| {
-            Some(LeakView {
-                path: l["path"].as_str()?.to_owned(),
-                variable: l["variable"].as_str()?.to_owned(),
-            })
+        .map(|l| LeakView {
+            path: l.path,
+            variable: l.variable,
         })
         .collect();
     let message = (!leaks.is_empty()).then(|| {
@@ -237,15 +239,15 @@ fn outcome(v: &Value, request_id: Option<String>) -> RunOutcome {
     });
     RunOutcome {
         status: "finished".into(),
-        exit_code: v["exit_code"].as_i64().and_then(|c| i32::try_from(c).ok()),
-        signal: v["signal"].as_i64().and_then(|c| i32::try_from(c).ok()),
-        ended_by: v["reason"].as_str().map(str::to_owned),
-        stdout: Some(v["stdout"].as_str().unwrap_or_default().to_owned()),
-        stderr: Some(v["stderr"].as_str().unwrap_or_default().to_owned()),
-        masked_count: Some(v["masked_count"].as_u64().unwrap_or(0)),
-        truncated: Some(v["truncated"].as_bool().unwrap_or(false)),
-        lease_id: v["lease_id"].as_str().map(str::to_owned),
-        duration_ms: v["duration_ms"].as_u64(),
+        exit_code: r.exit_code,
+        signal: r.signal,
+        ended_by: Some(r.reason),
+        stdout: Some(r.stdout.unwrap_or_default()),
+        stderr: Some(r.stderr.unwrap_or_default()),
+        masked_count: Some(r.masked_count),
+        truncated: Some(r.truncated),
+        lease_id: Some(r.lease_id),
+        duration_ms: Some(r.duration_ms),
         leaks: Some(leaks),
         message,
         request_id,

@@ -7,6 +7,7 @@ use custody_core::crypto::Subkey;
 use custody_core::sources::SourceDef;
 
 use super::*;
+use crate::protocol::SettledCredential;
 use crate::sources::{self, Minted, Prepared, Revocation, SourceError};
 
 /// Revocation attempts at lease end before the credential is reported
@@ -186,7 +187,7 @@ impl Broker {
     /// all failed) the lease is marked irrevocable and retried in the
     /// background with exponential backoff. Returns what to tell the
     /// requester.
-    pub(crate) async fn settle(self: &Arc<Self>, lease_id: &str) -> Vec<Value> {
+    pub(crate) async fn settle(self: &Arc<Self>, lease_id: &str) -> Vec<SettledCredential> {
         let before = self.credentials_of(lease_id);
         if before.is_empty() && !self.has_dynamic(lease_id) {
             return Vec::new();
@@ -200,7 +201,12 @@ impl Broker {
                     self.dynamic_done(lease_id);
                     return before
                         .iter()
-                        .map(|m| json!({"source": m.reference, "credential": m.credential, "state": "revoked"}))
+                        .map(|m| SettledCredential {
+                            source: m.reference.clone(),
+                            credential: m.credential.clone(),
+                            state: "revoked".into(),
+                            reason: None,
+                        })
                         .collect();
                 }
                 Err(e) => last = e,
@@ -214,9 +220,11 @@ impl Broker {
         tokio::spawn(Arc::clone(self).retry(lease_id.to_owned()));
         self.credentials_of(lease_id)
             .iter()
-            .map(|m| {
-                json!({"source": m.reference, "credential": m.credential,
-                        "state": "irrevocable", "reason": last})
+            .map(|m| SettledCredential {
+                source: m.reference.clone(),
+                credential: m.credential.clone(),
+                state: "irrevocable".into(),
+                reason: Some(last.clone()),
             })
             .collect()
     }

@@ -203,3 +203,75 @@ pub struct RunningLease {
     /// When it is killed (RFC 3339).
     pub deadline: String,
 }
+
+/// A finished run, as `run` answers it (a run still waiting answers
+/// `status: pending` with its request id instead).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunResult {
+    /// `finished`.
+    pub status: String,
+    /// The lease it ran under.
+    pub lease_id: String,
+    /// Its exit code, if it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+    /// Why it ended: `exited`, `deadline`, `revoked`, `locked`, `cancelled`,
+    /// `shutdown`.
+    pub reason: String,
+    /// Masks applied, per variable (names only).
+    pub mask_counts: BTreeMap<String, u64>,
+    /// Masks applied in all.
+    pub masked_count: u64,
+    /// The tail of its masked stdout (absent when it was streamed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+    /// The tail of its masked stderr (absent when it was streamed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
+    /// Whether a tail was cut.
+    pub truncated: bool,
+    /// Wall time.
+    pub duration_ms: u64,
+    /// Files the run wrote that hold a secret value.
+    pub leaks: Vec<RunLeak>,
+    /// Its dynamic credentials, revoked (or not yet).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<SettledCredential>,
+    /// What the post-run leak check read.
+    pub leak_check: LeakCheck,
+}
+
+/// A file a run wrote that holds a secret value.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunLeak {
+    /// The file, relative to the run's working directory.
+    pub path: String,
+    /// The variable whose value it holds (a name).
+    pub variable: String,
+}
+
+/// A dynamic credential at the end of its lease.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SettledCredential {
+    /// `TYPE:NAME`.
+    pub source: String,
+    /// Its public id.
+    pub credential: String,
+    /// `revoked` or `irrevocable`.
+    pub state: String,
+    /// Why it is not revoked yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What the post-run leak check read.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeakCheck {
+    /// Files read.
+    pub files: u64,
+    /// Bytes read.
+    pub bytes: u64,
+    /// A bound was reached.
+    pub truncated: bool,
+}

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
-use custody_broker::protocol::{Event, Request, RunSpec, unb64};
+use custody_broker::protocol::{Event, Request, RunResult, RunSpec, unb64};
 
 use super::Global;
 use crate::access::{self, broker_err};
@@ -129,33 +129,35 @@ pub fn run(g: &Global, _s: &mut SecretInput, a: RunArgs) -> anyhow::Result<ExitC
     if g.json {
         crate::output::json(&v)?;
     }
-    for leak in v["leaks"].as_array().into_iter().flatten() {
+    let r: RunResult =
+        serde_json::from_value(v).context("unexpected run result from the broker")?;
+    for leak in &r.leaks {
         eprintln!(
             "custody: warning: {} now holds the value of {} (written during this run): remove it and never commit it",
-            crate::output::field(leak["path"].as_str().unwrap_or("?")),
-            crate::output::field(leak["variable"].as_str().unwrap_or("?")),
+            crate::output::field(&leak.path),
+            crate::output::field(&leak.variable),
         );
     }
-    match v["reason"].as_str() {
-        Some("deadline") => eprintln!(
+    match r.reason.as_str() {
+        "deadline" => eprintln!(
             "custody: the command hit its {} deadline and was killed",
             a.timeout
         ),
-        Some("revoked") => eprintln!(
+        "revoked" => eprintln!(
             "custody: the lease was revoked (`custody revoke`) and the command was killed"
         ),
-        Some("locked") => {
+        "locked" => {
             eprintln!("custody: the vault was locked and the command was killed")
         }
-        Some("shutdown") => {
+        "shutdown" => {
             eprintln!("custody: the broker shut down and the command was killed")
         }
         _ => {}
     }
-    if let Some(c) = v["exit_code"].as_i64() {
+    if let Some(c) = r.exit_code {
         return Ok(ExitCode::from(u8::try_from(c).unwrap_or(1)));
     }
-    if let Some(sig) = v["signal"].as_i64() {
+    if let Some(sig) = r.signal {
         return Ok(ExitCode::from(u8::try_from(128 + sig).unwrap_or(1)));
     }
     Ok(ExitCode::from(1))
