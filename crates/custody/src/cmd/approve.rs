@@ -21,8 +21,8 @@ pub struct ApproveArgs {
     #[arg(long, conflicts_with = "for_")]
     once: bool,
     /// Allow this exact command for a while, e.g. 15m.
-    #[arg(long = "for", value_name = "DURATION")]
-    for_: Option<String>,
+    #[arg(long = "for", value_name = "DURATION", value_parser = super::duration_arg)]
+    for_: Option<super::DurationArg>,
     /// Read the approval PIN from the first line of stdin.
     #[arg(long)]
     pin_stdin: bool,
@@ -44,12 +44,9 @@ pub struct DenyArgs {
 fn scope(a: &ApproveArgs) -> anyhow::Result<ApprovalScope> {
     match &a.for_ {
         None => Ok(ApprovalScope::Once),
-        Some(d) => {
-            let secs = custody_core::duration::parse(d)
-                .ok_or_else(|| anyhow!("--for '{d}' is not a duration like 15m or 1h"))?
-                .as_secs();
-            Ok(ApprovalScope::For { secs })
-        }
+        Some(d) => Ok(ApprovalScope::For {
+            secs: d.value.as_secs(),
+        }),
     }
 }
 

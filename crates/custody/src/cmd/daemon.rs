@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use custody_broker::BrokerConfig;
 
 use super::Global;
@@ -12,11 +12,11 @@ use crate::input::SecretInput;
 #[derive(Debug, clap::Args)]
 pub struct DaemonArgs {
     /// Lock the vault after this long without a request.
-    #[arg(long, default_value = "8h")]
-    idle_lock: String,
+    #[arg(long, default_value = "8h", value_parser = super::duration_arg)]
+    idle_lock: super::DurationArg,
     /// Time between SIGTERM and SIGKILL when a lease ends early.
-    #[arg(long, default_value = "5s")]
-    kill_grace: String,
+    #[arg(long, default_value = "5s", value_parser = super::duration_arg)]
+    kill_grace: super::DurationArg,
     /// Read the passphrase from the first line of stdin, unlock before
     /// serving, report `ok` (or `error CODE MESSAGE`) on one line of
     /// stdout, then take over the socket path. This is how `custody unlock`
@@ -35,14 +35,8 @@ pub fn run(_g: &Global, secrets: &mut SecretInput, a: DaemonArgs) -> anyhow::Res
     let home = custody_core::paths::home_dir()
         .context("cannot tell where the vault lives: set CUSTODY_HOME (or HOME)")?;
     let mut cfg = BrokerConfig::new(home, custody_broker::paths::runtime_dir());
-    cfg.idle_lock = custody_core::duration::parse(&a.idle_lock).ok_or_else(|| {
-        anyhow!(
-            "--idle-lock '{}' is not a duration like 30m or 8h",
-            a.idle_lock
-        )
-    })?;
-    cfg.kill_grace = custody_core::duration::parse(&a.kill_grace)
-        .ok_or_else(|| anyhow!("--kill-grace '{}' is not a duration like 5s", a.kill_grace))?;
+    cfg.idle_lock = a.idle_lock.value;
+    cfg.kill_grace = a.kill_grace.value;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

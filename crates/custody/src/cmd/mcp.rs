@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 
 use super::Global;
 use crate::input::SecretInput;
@@ -17,8 +17,13 @@ pub struct McpArgs {
     command: Option<McpCommand>,
     /// How long `run` waits for an approval before answering "pending"
     /// with a request id; keep it under the client's tool-call timeout.
-    #[arg(long, env = "CUSTODY_MCP_APPROVAL_WAIT", default_value = "50s")]
-    approval_wait: String,
+    #[arg(
+        long,
+        env = "CUSTODY_MCP_APPROVAL_WAIT",
+        default_value = "50s",
+        value_parser = super::duration_at_least_1s
+    )]
+    approval_wait: super::DurationArg,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -31,14 +36,7 @@ pub fn run(g: &Global, _s: &mut SecretInput, a: McpArgs) -> anyhow::Result<ExitC
     if let Some(McpCommand::Install(i)) = a.command {
         return super::mcp_install::run(g, i);
     }
-    let wait = custody_core::duration::parse(&a.approval_wait)
-        .filter(|d| *d >= Duration::from_secs(1))
-        .ok_or_else(|| {
-            anyhow!(
-                "--approval-wait '{}' is not a duration of at least 1s, like 50s or 2m",
-                a.approval_wait
-            )
-        })?;
+    let wait = a.approval_wait.value;
     let cfg = custody_mcp::McpConfig {
         socket: custody_broker::paths::socket_path(),
         approval_wait: wait,

@@ -308,6 +308,35 @@ pub fn argv_block(argv: &serde_json::Value, indent: &str) -> String {
     out
 }
 
+/// A duration argument (`30s`, `10m`, `1h`, …): its value, and the text as
+/// given, for messages.
+#[derive(Debug, Clone)]
+pub struct DurationArg {
+    /// The duration.
+    pub value: std::time::Duration,
+    /// As the user wrote it.
+    pub text: String,
+}
+
+/// Clap's parser for [`DurationArg`]: a bad one is a usage error, with the
+/// flag named.
+pub fn duration_arg(s: &str) -> Result<DurationArg, String> {
+    custody_core::duration::parse(s)
+        .map(|value| DurationArg {
+            value,
+            text: s.to_owned(),
+        })
+        .ok_or_else(|| "not a duration like 30s, 10m or 1h".to_owned())
+}
+
+/// [`duration_arg`], at least a second (the MCP server's approval wait).
+pub fn duration_at_least_1s(s: &str) -> Result<DurationArg, String> {
+    duration_arg(s)
+        .ok()
+        .filter(|d| d.value >= std::time::Duration::from_secs(1))
+        .ok_or_else(|| "not a duration of at least 1s, like 50s or 2m".to_owned())
+}
+
 /// An argv (JSON) as one shell-like line: see [`argv_words`].
 pub fn argv_line(argv: &serde_json::Value) -> String {
     let words: Vec<&str> = argv

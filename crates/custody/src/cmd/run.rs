@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use custody_broker::protocol::{Event, Request, RunResult, RunSpec, unb64};
 
 use super::Global;
@@ -22,8 +22,8 @@ pub struct RunArgs {
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Hard deadline: the process group is killed after this long.
-    #[arg(long, default_value = "10m")]
-    timeout: String,
+    #[arg(long, default_value = "10m", value_parser = super::duration_arg)]
+    timeout: super::DurationArg,
     /// Never ask for approval here; wait for `custody approve` elsewhere.
     #[arg(long)]
     no_prompt: bool,
@@ -49,12 +49,7 @@ pub struct RunArgs {
 }
 
 pub fn run(g: &Global, _s: &mut SecretInput, a: RunArgs) -> anyhow::Result<ExitCode> {
-    let timeout = custody_core::duration::parse(&a.timeout).ok_or_else(|| {
-        anyhow!(
-            "--timeout '{}' is not a duration like 30s, 10m or 1h",
-            a.timeout
-        )
-    })?;
+    let timeout = a.timeout.value;
     let cwd = std::env::current_dir().context("reading the current directory")?;
     // Your environment, as `op run` passes it (the broker drops what only a
     // terminal may not pass, see `lease::passthrough_for`); `--clean-env`:
@@ -141,7 +136,7 @@ pub fn run(g: &Global, _s: &mut SecretInput, a: RunArgs) -> anyhow::Result<ExitC
     match r.reason.as_str() {
         "deadline" => eprintln!(
             "custody: the command hit its {} deadline and was killed",
-            a.timeout
+            a.timeout.text
         ),
         "revoked" => eprintln!(
             "custody: the lease was revoked (`custody revoke`) and the command was killed"

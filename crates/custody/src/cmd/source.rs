@@ -75,8 +75,8 @@ pub struct CommandArgs {
     #[arg(long, value_name = "SHELL COMMAND")]
     revoke: Option<String>,
     /// Longest life of a token (a lease using it ends by then).
-    #[arg(long, default_value = "15m")]
-    ttl: String,
+    #[arg(long, default_value = "15m", value_parser = super::duration_arg)]
+    ttl: super::DurationArg,
     /// Read the approval PIN from a line of stdin.
     #[arg(long)]
     pin_stdin: bool,
@@ -137,8 +137,7 @@ pub fn run(g: &Global, s: &mut SecretInput, c: SourceCommand) -> anyhow::Result<
                     }
                 }
                 AddCommand::Command(a) => {
-                    let ttl = custody_core::duration::parse(&a.ttl)
-                        .with_context(|| format!("'{}' is not a duration (e.g. 15m, 1h)", a.ttl))?;
+                    let ttl = a.ttl.value;
                     SourceDef {
                         name: a.name,
                         spec: SourceSpec::Command(CommandSource {

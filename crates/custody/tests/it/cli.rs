@@ -1037,6 +1037,32 @@ fn global_options_show_only_where_they_mean_something() {
         .stdout(contains("\"running\": false"));
 }
 
+/// A bad duration is a usage error (exit 2) that names the flag, before
+/// anything runs or connects: every duration flag goes through one parser.
+#[test]
+fn a_bad_duration_is_a_usage_error_naming_the_flag() {
+    let h = Home::empty();
+    for (args, flag) in [
+        (&["run", "--timeout", "5x", "--", "true"][..], "--timeout"),
+        (&["approve", "r-1", "--for", "soon"], "--for"),
+        (&["daemon", "--idle-lock", "8 hours"], "--idle-lock"),
+        (&["mcp", "--approval-wait", "0s"], "--approval-wait"),
+        (
+            &[
+                "source", "add", "command", "gh", "--mint", "true", "--ttl", "1 week",
+            ],
+            "--ttl",
+        ),
+    ] {
+        let out = h.cmd().args(args).assert().code(2);
+        let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+        assert!(
+            err.contains(flag) && err.contains("not a duration"),
+            "{args:?}:\n{err}"
+        );
+    }
+}
+
 /// First hour, item 15: completion scripts and a man page, generated from
 /// the CLI's own definitions.
 #[test]
