@@ -220,3 +220,47 @@ pub fn reap(home: &Path, runtime_dir: &Path) -> ReapReport {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+    use super::*;
+
+    /// A same-user agent knows its lease's id (`custody leases`) and can
+    /// write in `$CUSTODY_HOME/leases`: a symlink planted where the record
+    /// is written first must not make the broker overwrite the file it
+    /// points at (the user's shell profile, say).
+    #[test]
+    fn attack_a_planted_symlink_never_redirects_a_lease_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let victim = dir.path().join("victim-profile");
+        fs::write(&victim, "export PATH=/usr/bin\n").unwrap();
+        let id = "l-0123456789ab";
+        crate::paths::ensure_private_dir(&dir_of(&home)).unwrap();
+        for name in [format!(".{id}.tmp"), format!(".{id}.json.tmp")] {
+            std::os::unix::fs::symlink(&victim, dir_of(&home).join(name)).unwrap();
+        }
+        let rec = LeaseRecord {
+            id: id.into(),
+            pid: 0,
+            start_ticks: 0,
+            dir: PathBuf::new(),
+            program: "true".into(),
+            dynamic: Vec::new(),
+        };
+        persist(&home, None, &rec).unwrap();
+        assert_eq!(
+            fs::read_to_string(&victim).unwrap(),
+            "export PATH=/usr/bin\n",
+            "the record was written through the planted link"
+        );
+        let written = fs::read(dir_of(&home).join(format!("{id}.json"))).unwrap();
+        assert_eq!(LeaseRecord::from_bytes(&written), Some(rec));
+    }
+
+    fn dir_of(home: &Path) -> PathBuf {
+        dir(home)
+    }
+}
