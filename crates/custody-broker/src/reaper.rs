@@ -15,7 +15,6 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use custody_core::vault::Vault;
@@ -127,23 +126,23 @@ pub fn persist(home: &Path, vault: Option<&Vault>, rec: &LeaseRecord) -> std::io
     persist_file(home, rec)
 }
 
-/// Writes a record's file (atomically).
+/// Writes a record's file atomically: a new file under a random name
+/// (created exclusively, 0600: nothing planted in the directory is opened
+/// or followed), then renamed over the record.
 fn persist_file(home: &Path, rec: &LeaseRecord) -> std::io::Result<()> {
     let d = dir(home);
     crate::paths::ensure_private_dir(&d)?;
-    let tmp = d.join(format!(".{}.tmp", rec.id));
     let json = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut f = tempfile::Builder::new()
+        .prefix(".record-")
+        .tempfile_in(&d)?;
     f.write_all(&json)?;
     // No fsync: the record only has to survive a crash of the broker process,
     // and the page cache does. After a machine crash the lease's processes
     // are gone anyway (and dynamic credentials carry their own expiry).
-    fs::rename(&tmp, d.join(format!("{}.json", rec.id)))
+    f.persist(d.join(format!("{}.json", rec.id)))
+        .map(drop)
+        .map_err(|e| e.error)
 }
 
 /// Removes a record, file and sealed copy (the lease ended normally).
