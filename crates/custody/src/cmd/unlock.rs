@@ -14,6 +14,28 @@ use crate::output;
 #[derive(Debug, clap::Args)]
 pub struct UnlockArgs {}
 
+/// Opens the daemon's log for appending without following a symlink: one
+/// planted at its name (the runtime directory is the user's, so an agent
+/// can write there) is removed, never written through.
+fn open_daemon_log(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(path)
+    };
+    match open() {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            std::fs::remove_file(path)?;
+            open()
+        }
+        other => other,
+    }
+}
+
 /// Starts `custody daemon --unlock-stdin` in the background (its own
 /// process group, no terminal) and hands it the passphrase through a pipe:
 /// the passphrase goes only to a process this command started itself, never
@@ -26,13 +48,7 @@ fn start_unlocked_daemon(passphrase: &[u8]) -> anyhow::Result<Value> {
     let runtime = custody_broker::paths::runtime_dir();
     custody_broker::paths::ensure_private_dir(&runtime)
         .with_context(|| format!("preparing {}", runtime.display()))?;
-    use std::os::unix::fs::OpenOptionsExt;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(runtime.join("daemon.log"))
-        .context("opening the daemon log")?;
+    let log = open_daemon_log(&runtime.join("daemon.log")).context("opening the daemon log")?;
     use std::os::unix::process::CommandExt;
     let mut child = std::process::Command::new(exe)
         .args(["daemon", "--unlock-stdin"])

@@ -182,6 +182,22 @@ fn spawn_run(e: &Env, args: &[&str]) -> Child {
         .unwrap()
 }
 
+/// A same-user agent can write in the runtime directory: a symlink it
+/// plants at the daemon's log name must not make `custody unlock` append
+/// the broker's log to the file it points at; the link is replaced.
+#[test]
+fn attack_a_planted_daemon_log_symlink_is_not_written_through() {
+    let e = Env::new();
+    let victim = e.dir.path().join("victim-notes.txt");
+    fs::write(&victim, "mine\n").unwrap();
+    fs::create_dir_all(e.runtime()).unwrap();
+    std::os::unix::fs::symlink(&victim, e.runtime().join("daemon.log")).unwrap();
+    e.unlock();
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "mine\n");
+    let log = fs::symlink_metadata(e.runtime().join("daemon.log")).unwrap();
+    assert!(log.file_type().is_file(), "the link was not replaced");
+}
+
 #[test]
 fn unlock_starts_the_broker_and_lock_status_report_it() {
     let e = Env::new();
