@@ -438,10 +438,8 @@ fn audit_tail(
     // them from the grants in force.
     let mut grants: BTreeSet<String> = broker
         .grants(Some(requester))
-        .as_array()
         .into_iter()
-        .flatten()
-        .filter_map(|g| g["grant_id"].as_str().map(str::to_owned))
+        .map(|g| g.grant_id)
         .collect();
     let (mut requests, mut leases, mut sessions) =
         (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());

@@ -5,23 +5,23 @@ use super::*;
 
 impl Broker {
     /// Active grants (an agent sees only its own).
-    pub fn grants(&self, only: Option<&Requester>) -> Value {
+    pub fn grants(&self, only: Option<&Requester>) -> Vec<GrantInfo> {
         let st = self.state();
-        Value::Array(
-            st.grants
-                .values()
-                .filter(|g| only.is_none_or(|r| &g.requester == r))
-                .map(|g| {
-                    json!({
-                        "grant_id": g.id, "request_id": g.request_id,
-                        "requester": g.requester.describe(), "argv": g.scope.argv,
-                        "cwd": g.scope.cwd, "environments": g.scope.environments,
-                        "variables": g.scope.variables, "expires_at": rfc3339(g.expires_at),
-                        "uses_left": g.uses_left,
-                    })
-                })
-                .collect(),
-        )
+        st.grants
+            .values()
+            .filter(|g| only.is_none_or(|r| &g.requester == r))
+            .map(|g| GrantInfo {
+                grant_id: g.id.clone(),
+                request_id: g.request_id.clone(),
+                requester: g.requester.describe(),
+                argv: g.scope.argv.clone(),
+                cwd: g.scope.cwd.clone(),
+                environments: g.scope.environments.iter().cloned().collect(),
+                variables: g.scope.variables.iter().cloned().collect(),
+                expires_at: rfc3339(g.expires_at),
+                uses_left: g.uses_left,
+            })
+            .collect()
     }
 
     /// Revokes grants and/or leases. `only`: an agent may revoke only its own.
@@ -30,11 +30,11 @@ impl Broker {
         target: &crate::protocol::RevokeTarget,
         by: &str,
         only: Option<&Requester>,
-    ) -> Result<Value, WireError> {
+    ) -> Result<Revoked, WireError> {
         use crate::protocol::RevokeTarget as T;
         let mut st = self.state();
         let mine = |r: &Requester| only.is_none_or(|o| o == r);
-        let (grants, leases): (Vec<String>, Vec<String>) = match target {
+        let (revoked_grants, revoked_leases): (Vec<String>, Vec<String>) = match target {
             T::All => (
                 st.grants
                     .values()
@@ -74,22 +74,25 @@ impl Broker {
             },
         };
         if st.audit.is_some() {
-            for t in grants.iter().chain(&leases) {
+            for t in revoked_grants.iter().chain(&revoked_leases) {
                 st.audit(AuditEvent::Revoke {
                     target: t.clone(),
                     by: by.to_owned(),
                 })?;
             }
         }
-        for g in &grants {
+        for g in &revoked_grants {
             st.grants.remove(g);
         }
-        for l in &leases {
+        for l in &revoked_leases {
             if let Some(entry) = st.leases.get(l) {
                 let _ = entry.stop.send(Some(EndReason::Revoked));
             }
         }
-        Ok(json!({"revoked_grants": grants, "revoked_leases": leases}))
+        Ok(Revoked {
+            revoked_grants,
+            revoked_leases,
+        })
     }
 
     /// Running leases (`state: running`, with their dynamic credentials),

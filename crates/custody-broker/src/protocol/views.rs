@@ -275,3 +275,35 @@ pub struct LeakCheck {
     /// A bound was reached.
     pub truncated: bool,
 }
+
+/// A grant in force, for `grants`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GrantInfo {
+    /// Its id (`g-…`).
+    pub grant_id: String,
+    /// The request it came from (`policy` when pre-approved).
+    pub request_id: String,
+    /// Who holds it.
+    pub requester: String,
+    /// The exact argv it covers.
+    pub argv: Vec<String>,
+    /// The exact working directory it covers.
+    pub cwd: String,
+    /// Environments it covers.
+    pub environments: Vec<String>,
+    /// Variables (`ENV/VAR`) it injects.
+    pub variables: Vec<String>,
+    /// When it ends (RFC 3339).
+    pub expires_at: String,
+    /// Runs left (`None`: unlimited until it expires).
+    pub uses_left: Option<u32>,
+}
+
+/// What a `revoke` ended.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Revoked {
+    /// Grants revoked.
+    pub revoked_grants: Vec<String>,
+    /// Running leases killed.
+    pub revoked_leases: Vec<String>,
+}

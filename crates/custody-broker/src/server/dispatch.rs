@@ -69,13 +69,13 @@ pub(super) async fn dispatch(
         Request::Grants => {
             let me = broker.requester(peer);
             let only = matches!(me, crate::grants::Requester::Agent { .. }).then_some(&me);
-            Ok(broker.grants(only))
+            view(broker.grants(only))
         }
         Request::Leases => view(broker.leases()),
         Request::Revoke(target) => {
             let me = broker.requester(peer);
             let only = matches!(me, crate::grants::Requester::Agent { .. }).then_some(&me);
-            broker.revoke(&target, &me.describe(), only)
+            broker.revoke(&target, &me.describe(), only).and_then(view)
         }
         Request::AuditVerify => broker.audit_verify(),
         Request::Scan {

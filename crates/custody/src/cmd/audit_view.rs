@@ -107,7 +107,7 @@ impl Links {
                     "denial" => format!("denied ({})", e["reason"].as_str().unwrap_or("by you")),
                     _ => "nobody decided in time".to_owned(),
                 };
-                let cmd = super::argv_line(&serde_json::json!(argv));
+                let cmd = super::argv_words(&argv);
                 (asker, format!("{verb}: `{cmd}` ({rid})"), envs)
             }
             "grant" => {
@@ -136,7 +136,7 @@ impl Links {
                 self.leases
                     .insert(s(&e["lease_id"]).to_owned(), rid.clone());
                 let (asker, envs, argv) = from_request(self, &rid);
-                let cmd = super::argv_line(&serde_json::json!(argv));
+                let cmd = super::argv_words(&argv);
                 (asker, format!("ran `{cmd}` ({})", s(&e["lease_id"])), envs)
             }
             "lease_end" => {

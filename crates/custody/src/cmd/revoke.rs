@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::bail;
-use custody_broker::protocol::{Request, RevokeTarget};
+use custody_broker::protocol::{Request, RevokeTarget, Revoked};
 
 use super::Global;
 use crate::access::{self, broker_err};
@@ -29,17 +29,16 @@ pub fn revoke(g: &Global, _s: &mut SecretInput, a: RevokeArgs) -> anyhow::Result
         ),
         (false, None) => bail!("name a grant or lease id, or pass --all"),
     };
-    let v = access::require_broker()?
-        .call(Request::Revoke(target))
+    let r: Revoked = access::require_broker()?
+        .call_as(Request::Revoke(target))
         .map_err(broker_err)?;
     if g.json {
-        output::json(&v)?;
+        output::json(&r)?;
     } else {
-        let n = |k: &str| v[k].as_array().map_or(0, Vec::len);
         println!(
             "Revoked {} grant(s); killed {} lease(s).",
-            n("revoked_grants"),
-            n("revoked_leases")
+            r.revoked_grants.len(),
+            r.revoked_leases.len()
         );
     }
     Ok(ExitCode::SUCCESS)
