@@ -3,7 +3,6 @@
 //! vault file directly with the passphrase. This is the one place that
 //! decides; the subcommands only see [`Backend`].
 
-use custody_core::secret::{Passphrase, Pin};
 use std::path::PathBuf;
 
 use anyhow::{Context, anyhow};
@@ -13,6 +12,7 @@ use custody_core::audit::{AuditChain, AuditEvent, VaultAction};
 use custody_core::import::ImportOutcome;
 use custody_core::names::{EnvName, VarName};
 use custody_core::paths;
+use custody_core::secret::{Passphrase, Pin};
 use custody_core::vault::audited::{self, ChangeError};
 use custody_core::vault::{EnvironmentInfo, VariableInfo, VariableUpdate, Vault, VaultError};
 use serde::de::DeserializeOwned;

@@ -5,11 +5,11 @@
 //! lines after it are handed out in order (`--pin-stdin`, `passwd`'s new
 //! passphrase), and what is left is a value (`custody set`).
 
-use custody_core::secret::{Passphrase, Pin};
 use std::fs::OpenOptions;
 use std::io::{IsTerminal, Read};
 
 use anyhow::{Context, bail};
+use custody_core::secret::{Passphrase, Pin};
 use zeroize::Zeroizing;
 
 /// Most bytes read from stdin: the largest value plus room for two lines.

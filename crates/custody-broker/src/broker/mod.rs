@@ -21,8 +21,9 @@ use tokio::sync::{broadcast, oneshot, watch};
 use crate::grants::{Grant, Requester, Scope, new_id};
 use crate::lease::EndReason;
 use crate::protocol::{
-    AgentView, ClientInfo, CredentialState, CredentialView, Event, GrantInfo, LeakView,
-    LeaseListing, LeaseView, Revoked, RunSpec, RunningLease, SessionView, Status, WireError,
+    AgentView, Approval, ClientInfo, CredentialState, CredentialView, Event, GrantInfo, LeakView,
+    LeaseListing, LeaseView, RequestState, Revoked, RunSpec, RunningLease, SessionView, Status,
+    WireError,
 };
 use crate::{procs, reaper};
 

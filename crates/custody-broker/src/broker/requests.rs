@@ -288,23 +288,31 @@ impl Broker {
     }
 
     /// A request's state: pending, or how it was decided.
-    pub fn request_status(&self, request_id: &str) -> Result<Value, WireError> {
+    pub fn request_status(&self, request_id: &str) -> Result<RequestState, WireError> {
         let st = self.state();
         if st.pending.contains_key(request_id) {
-            return Ok(json!({"request_id": request_id, "status": "pending",
-                             "approve_hint": format!("custody approve {request_id}")}));
+            return Ok(RequestState {
+                request_id: request_id.to_owned(),
+                status: "pending".into(),
+                approve_hint: Some(format!("custody approve {request_id}")),
+                grant_id: None,
+                reason: None,
+            });
         }
         match st.decided.get(request_id) {
-            Some((d, _)) => {
-                let mut v = json!({"request_id": request_id, "status": d.status()});
-                if let Decision::Approved(g) = d {
-                    v["grant_id"] = json!(g);
-                }
-                if let Decision::Denied(why) = d {
-                    v["reason"] = json!(why);
-                }
-                Ok(v)
-            }
+            Some((d, _)) => Ok(RequestState {
+                request_id: request_id.to_owned(),
+                status: d.status().into(),
+                approve_hint: None,
+                grant_id: match d {
+                    Decision::Approved(g) => Some(g.clone()),
+                    _ => None,
+                },
+                reason: match d {
+                    Decision::Denied(why) => Some((*why).to_owned()),
+                    _ => None,
+                },
+            }),
             None => Err(WireError::new(
                 "not_found",
                 format!("no request '{request_id}'"),
@@ -352,7 +360,7 @@ impl Broker {
         request_id: &str,
         scope: crate::protocol::ApprovalScope,
         verified: Option<pin::PinVerified>,
-    ) -> Result<Value, WireError> {
+    ) -> Result<Approval, WireError> {
         use crate::protocol::ApprovalScope as S;
         let approver = peer
             .pid
@@ -464,7 +472,11 @@ impl Broker {
             },
         );
         Self::decide(&mut st, request_id, Decision::Approved(grant_id.clone()));
-        Ok(json!({"approved": request_id, "grant_id": grant_id, "expires_at": rfc3339(expires_at)}))
+        Ok(Approval {
+            approved: request_id.to_owned(),
+            grant_id,
+            expires_at: rfc3339(expires_at),
+        })
     }
 
     /// Why `request_id` cannot be decided: how it already ended, or that it

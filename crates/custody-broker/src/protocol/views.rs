@@ -307,3 +307,32 @@ pub struct Revoked {
     /// Running leases killed.
     pub revoked_leases: Vec<String>,
 }
+
+/// Where a request is, for `request_status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RequestState {
+    /// The request.
+    pub request_id: String,
+    /// `pending`, `approved`, `denied`, `expired`, `cancelled` or `locked`.
+    pub status: String,
+    /// While pending: what the human runs to approve it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approve_hint: Option<String>,
+    /// Once approved: the grant it made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
+    /// Once denied: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// An approval, as `approve` answers it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Approval {
+    /// The request approved.
+    pub approved: String,
+    /// The grant it made.
+    pub grant_id: String,
+    /// When the grant ends (RFC 3339).
+    pub expires_at: String,
+}

@@ -46,9 +46,10 @@ pub(super) async fn dispatch(
             sandboxed,
             enforced,
         } => broker.register_launcher(peer, &name, sandboxed, enforced),
-        Request::Approve { request_id, scope } => {
-            broker.approve(peer, &request_id, scope, verified).await
-        }
+        Request::Approve { request_id, scope } => broker
+            .approve(peer, &request_id, scope, verified)
+            .await
+            .and_then(view),
         Request::Deny { request_id } => broker.deny(peer, &request_id),
         Request::PolicyShow => broker.policy_show(&broker.requester(peer)),
         Request::PolicyApply { text } => broker.policy_apply(peer, text, verified).await,
@@ -64,7 +65,7 @@ pub(super) async fn dispatch(
             let only = matches!(me, crate::grants::Requester::Agent { .. }).then_some(&me);
             Ok(broker.pending(only))
         }
-        Request::RequestStatus { request_id } => broker.request_status(&request_id),
+        Request::RequestStatus { request_id } => broker.request_status(&request_id).and_then(view),
         Request::Cancel { request_id } => broker.cancel(&request_id, &broker.requester(peer)),
         Request::Grants => {
             let me = broker.requester(peer);

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use custody_broker::protocol::{Request, RevokeTarget, RunSpec};
+use custody_broker::protocol::{Request, RequestState, RevokeTarget, RunSpec};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::Parameters;

@@ -112,11 +112,12 @@ impl CustodyMcp {
                 request_id: id.clone(),
             })
             .await
+            .and_then(from::<RequestState>)
         {
             Ok(v) => v,
             Err(e) => return fail(&e),
         };
-        let status = v["status"].as_str().unwrap_or("unknown").to_owned();
+        let status = v.status;
         let outcome = match status.as_str() {
             "pending" => pending_outcome(
                 &id,
@@ -128,12 +129,12 @@ impl CustodyMcp {
                 status,
                 message: Some(format!(
                     "request {id} was approved (grant {}), but its run is not followed by this session (it ended or restarted); call run again with exactly the same command, environments and cwd",
-                    v["grant_id"].as_str().unwrap_or("?")
+                    v.grant_id.as_deref().unwrap_or("?")
                 )),
                 request_id: Some(id),
                 ..RunOutcome::default()
             },
-            other => decided(&id, other, v["reason"].as_str()),
+            other => decided(&id, other, v.reason.as_deref()),
         };
         Self::run_result(Ok(outcome))
     }

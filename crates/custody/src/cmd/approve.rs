@@ -1,11 +1,11 @@
 //! `custody approve` and `custody deny`: the human's side of a request.
 
-use custody_core::secret::Pin;
 use std::io::{BufRead, BufReader, Write};
 use std::process::ExitCode;
 
-use anyhow::{anyhow, bail};
-use custody_broker::protocol::{ApprovalScope, Event, Request, ServerFrame};
+use anyhow::{Context, anyhow, bail};
+use custody_broker::protocol::{Approval, ApprovalScope, Event, Request, ServerFrame};
+use custody_core::secret::Pin;
 use serde_json::{Value, json};
 
 use super::Global;
@@ -169,7 +169,7 @@ fn list(v: &Value) -> String {
         .unwrap_or_default()
 }
 
-fn send_approval(id: &str, scope: ApprovalScope, pin: &Pin) -> anyhow::Result<Value> {
+fn send_approval(id: &str, scope: ApprovalScope, pin: &Pin) -> anyhow::Result<Approval> {
     let mut c = access::require_broker()?;
     c.call_with_pin(
         Request::Approve {
@@ -180,6 +180,7 @@ fn send_approval(id: &str, scope: ApprovalScope, pin: &Pin) -> anyhow::Result<Va
         None,
     )
     .map_err(broker_err)
+    .and_then(|v| serde_json::from_value(v).context("unexpected approval answer from the broker"))
 }
 
 pub fn approve(g: &Global, secrets: &mut SecretInput, a: ApproveArgs) -> anyhow::Result<ExitCode> {
@@ -220,10 +221,7 @@ pub fn approve(g: &Global, secrets: &mut SecretInput, a: ApproveArgs) -> anyhow:
     if g.json {
         output::json(&v)?;
     } else {
-        println!(
-            "Approved {id} (grant {})",
-            v["grant_id"].as_str().unwrap_or_default()
-        );
+        println!("Approved {id} (grant {})", v.grant_id);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -287,10 +285,7 @@ fn decide_on_tty(id: &str, details: Option<&Value>) -> anyhow::Result<Option<Str
         let pin = input::prompt_pin("Approval PIN: ", "--pin-stdin")?;
         match send_approval(id, scope, &pin) {
             Ok(v) => {
-                return Ok(Some(format!(
-                    "approved {id} (grant {})",
-                    v["grant_id"].as_str().unwrap_or_default()
-                )));
+                return Ok(Some(format!("approved {id} (grant {})", v.grant_id)));
             }
             Err(e)
                 if e.downcast_ref::<access::BrokerFailure>()

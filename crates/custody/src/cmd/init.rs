@@ -1,10 +1,10 @@
 //! `custody init`: create the vault.
 
-use custody_core::secret::{Passphrase, Pin};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use custody_core::crypto::KdfParams;
+use custody_core::secret::{Passphrase, Pin};
 use custody_core::vault::{MIN_PIN_LEN, Vault};
 use serde_json::json;
 

@@ -1,8 +1,8 @@
 //! `custody passwd`: change the vault passphrase.
 
-use custody_core::secret::Passphrase;
 use std::process::ExitCode;
 
+use custody_core::secret::Passphrase;
 use serde_json::json;
 
 use custody_core::audit::{AuditEvent, VaultAction};

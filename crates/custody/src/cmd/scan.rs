@@ -13,7 +13,6 @@
 //! a live key is a leak whether or not custody holds it; the hook blocks it
 //! too, `git commit --no-verify` overrides once), 2 the scan could not run.
 
-use custody_core::secret::Passphrase;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,6 +25,7 @@ use custody_broker::protocol::{Event, Request};
 use custody_broker::scan::{self as walk, ScanReport, WalkOptions};
 use custody_core::mask::MaskingEngine;
 use custody_core::scan::{Detector, Finding};
+use custody_core::secret::Passphrase;
 use custody_core::vault::Vault;
 use serde_json::Value;
 

@@ -1,9 +1,9 @@
 //! `custody unlock`: start an unlocked broker (or say it already is).
 
-use custody_core::secret::Passphrase;
 use std::process::{ExitCode, Stdio};
 
 use anyhow::Context;
+use custody_core::secret::Passphrase;
 use serde_json::{Value, json};
 
 use super::Global;
