@@ -168,13 +168,17 @@ pub fn vault_request(
         Request::SourceAdd { source } => {
             humans_only(&requester, "configure dynamic sources")?;
             pin("configuring a dynamic source")?;
-            broker.define_source(source, &by)
+            broker
+                .define_source(source, &by)
+                .and_then(crate::protocol::answer)
         }
         Request::SourceList => broker.list_sources(),
         Request::SourceRemove { name } => {
             humans_only(&requester, "remove dynamic sources")?;
             pin("removing a dynamic source")?;
-            broker.remove_source(&name, &by)
+            broker
+                .remove_source(&name, &by)
+                .and_then(crate::protocol::answer)
         }
         Request::EnvDescribe { name, description } => {
             let env = EnvName::new(&name).map_err(bad)?;

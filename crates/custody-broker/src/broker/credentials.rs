@@ -7,7 +7,7 @@ use custody_core::crypto::Subkey;
 use custody_core::sources::SourceDef;
 
 use super::*;
-use crate::protocol::SettledCredential;
+use crate::protocol::{SettledCredential, SourceRemoved, SourceSaved};
 use crate::sources::{self, Minted, Prepared, Revocation, SourceError};
 
 /// Revocation attempts at lease end before the credential is reported
@@ -48,7 +48,7 @@ impl Broker {
     }
 
     /// `source add` (humans only; checked by the caller).
-    pub(crate) fn define_source(&self, def: SourceDef, by: &str) -> Result<Value, WireError> {
+    pub(crate) fn define_source(&self, def: SourceDef, by: &str) -> Result<SourceSaved, WireError> {
         {
             let st = self.state();
             let vault = st.vault.as_ref().ok_or_else(|| {
@@ -66,7 +66,10 @@ impl Broker {
             },
             |v| v.put_source(&def),
         )?;
-        Ok(json!({"source": reference, "created": created}))
+        Ok(SourceSaved {
+            source: reference,
+            created,
+        })
     }
 
     /// `source ls`: every source (no secrets: the admin URL is named, not
@@ -77,7 +80,7 @@ impl Broker {
     }
 
     /// `source rm` (humans only; checked by the caller).
-    pub(crate) fn remove_source(&self, name: &str, by: &str) -> Result<Value, WireError> {
+    pub(crate) fn remove_source(&self, name: &str, by: &str) -> Result<SourceRemoved, WireError> {
         let n = EnvName::new(name).map_err(|e| WireError::new("bad_request", e.to_string()))?;
         let removed = self.change_vault(
             AuditEvent::VaultChange {
@@ -91,7 +94,9 @@ impl Broker {
         if !removed {
             return Err(WireError::new("not_found", format!("no source '{name}'")));
         }
-        Ok(json!({"removed": name}))
+        Ok(SourceRemoved {
+            removed: name.to_owned(),
+        })
     }
 
     /// Mints every prepared credential for `lease_id` (planned with

@@ -266,6 +266,12 @@ pub enum Event {
     },
 }
 
+/// A typed answer as the `ok` of a response frame.
+pub fn answer(typed: impl Serialize) -> Result<serde_json::Value, WireError> {
+    serde_json::to_value(typed)
+        .map_err(|_| WireError::new("internal", "the answer does not serialize"))
+}
+
 /// Encodes bytes for an [`Event::Output`].
 pub fn b64(bytes: &[u8]) -> String {
     use base64::Engine;

@@ -336,3 +336,19 @@ pub struct Approval {
     /// When the grant ends (RFC 3339).
     pub expires_at: String,
 }
+
+/// A dynamic source stored, as `source add` answers it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceSaved {
+    /// `TYPE:NAME`.
+    pub source: String,
+    /// New (`false`: it replaced one of the same name).
+    pub created: bool,
+}
+
+/// A dynamic source removed, as `source rm` answers it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceRemoved {
+    /// Its name.
+    pub removed: String,
+}

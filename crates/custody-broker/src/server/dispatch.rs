@@ -25,7 +25,7 @@ pub(super) async fn dispatch(
     use crate::ops;
     match req {
         Request::Hello { .. } => Err(WireError::new("bad_request", "hello was already sent")),
-        Request::Status => view(broker.status()),
+        Request::Status => protocol::answer(broker.status()),
         Request::Unlock => {
             broker
                 .unlock(custody_core::secret::Passphrase::new(secret_required(
@@ -49,7 +49,7 @@ pub(super) async fn dispatch(
         Request::Approve { request_id, scope } => broker
             .approve(peer, &request_id, scope, verified)
             .await
-            .and_then(view),
+            .and_then(protocol::answer),
         Request::Deny { request_id } => broker.deny(peer, &request_id),
         Request::PolicyShow => broker.policy_show(&broker.requester(peer)),
         Request::PolicyApply { text } => broker.policy_apply(peer, text, verified).await,
@@ -65,18 +65,22 @@ pub(super) async fn dispatch(
             let only = matches!(me, crate::grants::Requester::Agent { .. }).then_some(&me);
             Ok(broker.pending(only))
         }
-        Request::RequestStatus { request_id } => broker.request_status(&request_id).and_then(view),
+        Request::RequestStatus { request_id } => broker
+            .request_status(&request_id)
+            .and_then(protocol::answer),
         Request::Cancel { request_id } => broker.cancel(&request_id, &broker.requester(peer)),
         Request::Grants => {
             let me = broker.requester(peer);
             let only = matches!(me, crate::grants::Requester::Agent { .. }).then_some(&me);
-            view(broker.grants(only))
+            protocol::answer(broker.grants(only))
         }
-        Request::Leases => view(broker.leases()),
+        Request::Leases => protocol::answer(broker.leases()),
         Request::Revoke(target) => {
             let me = broker.requester(peer);
             let only = matches!(me, crate::grants::Requester::Agent { .. }).then_some(&me);
-            broker.revoke(&target, &me.describe(), only).and_then(view)
+            broker
+                .revoke(&target, &me.describe(), only)
+                .and_then(protocol::answer)
         }
         Request::AuditVerify => broker.audit_verify(),
         Request::Scan {
@@ -111,10 +115,4 @@ pub(super) async fn dispatch(
         | Request::Import { .. }
         | Request::AuditTail { .. }) => ops::vault_request(broker, peer, vault, secret, verified),
     }
-}
-
-/// A typed answer on the wire.
-pub(super) fn view(answer: impl serde::Serialize) -> Result<Value, WireError> {
-    serde_json::to_value(answer)
-        .map_err(|_| WireError::new("internal", "the answer does not serialize"))
 }

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use custody_broker::protocol::Request;
+use custody_broker::protocol::{Request, SourceRemoved, SourceSaved};
 use custody_core::sources::{
     CommandSource, DEFAULT_CREATION, DEFAULT_REVOCATION, PostgresSource, SourceDef, SourceSpec,
 };
@@ -150,15 +150,13 @@ pub fn run(g: &Global, s: &mut SecretInput, c: SourceCommand) -> anyhow::Result<
             };
             let auth = auth.as_mut().context("internal: no change proof")?;
             let v = auth.call(&mut client, Request::SourceAdd { source: def }, None)?;
+            let saved: SourceSaved =
+                serde_json::from_value(v).context("unexpected answer from the broker")?;
             if g.json {
-                output::json(&v)?;
+                output::json(&saved)?;
             } else {
-                let r = v["source"].as_str().unwrap_or_default();
-                let verb = if v["created"] == true {
-                    "Added"
-                } else {
-                    "Replaced"
-                };
+                let r = &saved.source;
+                let verb = if saved.created { "Added" } else { "Replaced" };
                 println!("{verb} source {r}. Use it: custody set ENV VAR --kind {r}");
             }
         }
@@ -177,13 +175,12 @@ pub fn run(g: &Global, s: &mut SecretInput, c: SourceCommand) -> anyhow::Result<
         SourceCommand::Rm { name, .. } => {
             let auth = auth.as_mut().context("internal: no change proof")?;
             let v = auth.call(&mut client, Request::SourceRemove { name }, None)?;
+            let removed: SourceRemoved =
+                serde_json::from_value(v).context("unexpected answer from the broker")?;
             if g.json {
-                output::json(&v)?;
+                output::json(&removed)?;
             } else {
-                println!(
-                    "Removed source {}",
-                    v["removed"].as_str().unwrap_or_default()
-                );
+                println!("Removed source {}", removed.removed);
             }
         }
     }
