@@ -72,9 +72,15 @@ pub fn ancestry(pid: u32) -> Vec<u32> {
 /// makes a process *less* of an agent.
 pub fn launcher_name(pid: u32) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
+    // The broker's own binary, looked up once: `/proc/self/exe` names the
+    // file this process started from for its whole life.
+    static OWN: std::sync::OnceLock<Option<(u64, u64)>> = std::sync::OnceLock::new();
+    let own = OWN.get_or_init(|| {
+        let m = fs::metadata("/proc/self/exe").ok()?;
+        Some((m.dev(), m.ino()))
+    });
     let exe = fs::metadata(format!("/proc/{pid}/exe")).ok()?;
-    let own = fs::metadata("/proc/self/exe").ok()?;
-    if (exe.dev(), exe.ino()) != (own.dev(), own.ino()) {
+    if Some((exe.dev(), exe.ino())) != *own {
         return None;
     }
     let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;

@@ -288,16 +288,16 @@ pub async fn run(
         }
     }
     .map_err(|_| WireError::new("internal", "the lease supervisor failed"))?;
+    // Post-run leak check: the values stay here, with the lease's engine.
+    // It walks the tree while the lease's end is recorded.
+    let own = vec![broker.cfg.home.clone(), broker.cfg.runtime_dir.clone()];
+    let leak_check = tokio::task::spawn_blocking(move || {
+        crate::scan::leak_check(leak_engine, &leak_cwd, lease_start, own)
+    });
     broker.lease_ended(&outcome);
     // The lease is over: so are its dynamic credentials.
     let credentials = broker.settle(&lease_id).await;
-    // Post-run leak check: the values stay here, with the lease's engine.
-    let own = vec![broker.cfg.home.clone(), broker.cfg.runtime_dir.clone()];
-    let report = tokio::task::spawn_blocking(move || {
-        crate::scan::leak_check(leak_engine, &leak_cwd, lease_start, own)
-    })
-    .await
-    .unwrap_or_default();
+    let report = leak_check.await.unwrap_or_default();
     broker.leaks_found(&lease_id, &report.leaks);
     // Streamed already when nothing was to be captured: not sent twice.
     let captured = spec.capture_limit.is_some();

@@ -330,20 +330,11 @@ impl Vault {
             &aad(b"audit-head", &[&self.vault_id]),
             &plain,
         )?;
-        let path = &self.path;
-        self.conn
-            .execute_batch("PRAGMA synchronous = NORMAL;")
-            .map_err(|e| storage(e, path))?;
-        let res = self.conn.execute(
+        self.write_normal_sync(
             "INSERT INTO meta (key, value) VALUES ('audit_head', ?1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             params![sealed],
-        );
-        self.conn
-            .execute_batch("PRAGMA synchronous = FULL;")
-            .map_err(|e| storage(e, path))?;
-        res.map_err(|e| storage(e, path))?;
-        Ok(())
+        )
     }
 }
 

@@ -178,15 +178,22 @@ impl Vault {
     /// One statement with `synchronous = NORMAL`: durable across a crash of
     /// the broker process (what lease records must survive), without an
     /// fsync per lease start and end.
-    fn write_normal_sync(&self, sql: &str, args: impl rusqlite::Params) -> Result<()> {
+    /// The statements are kept prepared (two run per lease, two per
+    /// audit record).
+    pub(super) fn write_normal_sync(&self, sql: &str, args: impl rusqlite::Params) -> Result<()> {
         let path = &self.path;
-        self.conn
-            .execute_batch("PRAGMA synchronous = NORMAL;")
-            .map_err(|e| storage(e, path))?;
-        let res = self.conn.execute(sql, args);
-        self.conn
-            .execute_batch("PRAGMA synchronous = FULL;")
-            .map_err(|e| storage(e, path))?;
+        let pragma = |level: &str| {
+            self.conn
+                .prepare_cached(level)
+                .and_then(|mut s| s.execute([]))
+                .map_err(|e| storage(e, path))
+        };
+        pragma("PRAGMA synchronous = NORMAL")?;
+        let res = self
+            .conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute(args));
+        pragma("PRAGMA synchronous = FULL")?;
         res.map_err(|e| storage(e, path))?;
         Ok(())
     }
