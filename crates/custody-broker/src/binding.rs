@@ -23,6 +23,7 @@
 //! starts only if the binding still holds just before the spawn (so an
 //! edit between the request and the approval is caught too).
 
+use crate::Error;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -31,7 +32,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::protocol::{RunSpec, WireError};
+use crate::protocol::RunSpec;
 
 /// `PATH` when the requester passes none (what `execvp` uses).
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -86,12 +87,12 @@ pub struct Binding {
     pub files: BTreeMap<String, FileBinding>,
 }
 
-fn bad(msg: String) -> WireError {
-    WireError::new("bad_request", msg)
+fn bad(msg: String) -> Error {
+    Error::BadRequest(msg)
 }
 
 /// Resolves and binds `spec` (see the module docs).
-pub fn bind(spec: &RunSpec) -> Result<Binding, WireError> {
+pub fn bind(spec: &RunSpec) -> Result<Binding, Error> {
     let cwd = Path::new(&spec.cwd);
     let program = resolve_program(spec)?;
     let meta = std::fs::metadata(&program)
@@ -121,7 +122,7 @@ pub fn still_holds(spec: &RunSpec, binding: &Binding) -> bool {
 }
 
 /// `argv[0]` as `execvp` would find it with the child's `PATH`.
-fn resolve_program(spec: &RunSpec) -> Result<PathBuf, WireError> {
+fn resolve_program(spec: &RunSpec) -> Result<PathBuf, Error> {
     let name = spec.argv.first().map(String::as_str).unwrap_or_default();
     let cwd = Path::new(&spec.cwd);
     if name.contains('/') {

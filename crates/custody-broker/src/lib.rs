@@ -18,6 +18,7 @@ pub mod client;
 pub mod contain;
 pub mod daemon;
 mod engines;
+pub mod error;
 pub mod grants;
 pub mod lease;
 mod ops;
@@ -37,6 +38,7 @@ pub use sys::{enter_agent_pid_namespace, enter_agent_user_namespace, mount_proc_
 
 pub use broker::{Broker, BrokerConfig};
 pub use client::{Client, ClientError};
+pub use error::Error;
 
 /// Hardens the calling process before it handles a secret: non-dumpable
 /// (same-user processes can no longer ptrace it or read its memory) and no

@@ -3,6 +3,7 @@
 //! (they may create environments, declare empty slots and generate values
 //! nobody sees; setting, importing and removing are for humans).
 
+use crate::Error;
 use std::sync::Arc;
 
 use custody_core::audit::{AuditEvent, VaultAction};
@@ -13,10 +14,10 @@ use zeroize::Zeroizing;
 
 use crate::broker::{Broker, Peer};
 use crate::grants::Requester;
-use crate::protocol::{CatalogEnvironment, CatalogVariable, Request, WireError};
+use crate::protocol::{CatalogEnvironment, CatalogVariable, Request};
 
-fn bad(e: impl ToString) -> WireError {
-    WireError::new("bad_request", e.to_string())
+fn bad(e: impl ToString) -> Error {
+    Error::BadRequest(e.to_string())
 }
 
 fn change(by: &str, action: VaultAction, env: &str, var: Option<&str>) -> AuditEvent {
@@ -31,15 +32,12 @@ fn change(by: &str, action: VaultAction, env: &str, var: Option<&str>) -> AuditE
 /// Agents may not make a slot for a variable that changes how programs load
 /// (`LD_PRELOAD`, `BASH_ENV`, `PATH`, …): a human filling it in would hand
 /// the agent every command it reaches.
-fn no_loader_variable(requester: &Requester, var: &str) -> Result<(), WireError> {
+fn no_loader_variable(requester: &Requester, var: &str) -> Result<(), Error> {
     match requester {
         Requester::Agent { .. } if custody_core::names::changes_how_programs_load(var) => {
-            Err(WireError::new(
-                "forbidden",
-                format!(
-                    "'{var}' changes how programs load or what they run, so agents cannot declare or generate it; secrets go in ordinary names (e.g. API_TOKEN)"
-                ),
-            ))
+            Err(Error::Forbidden(format!(
+                "'{var}' changes how programs load or what they run, so agents cannot declare or generate it; secrets go in ordinary names (e.g. API_TOKEN)"
+            )))
         }
         _ => Ok(()),
     }
@@ -54,24 +52,20 @@ fn pin_for_change(
     requester: &Requester,
     verified: &Option<crate::broker::pin::PinVerified>,
     what: &str,
-) -> Result<(), WireError> {
+) -> Result<(), Error> {
     match (requester, verified) {
         (Requester::Agent { .. }, _) | (_, Some(_)) => Ok(()),
-        (Requester::Terminal { .. }, None) => Err(WireError::new(
-            "pin_required",
-            format!(
-                "{what} needs the approval PIN: custody asks for it on a terminal; scripts pass --pin-stdin (the PIN on its own line of stdin, after the passphrase line if there is one)"
-            ),
-        )),
+        (Requester::Terminal { .. }, None) => Err(Error::PinRequired(format!(
+            "{what} needs the approval PIN: custody asks for it on a terminal; scripts pass --pin-stdin (the PIN on its own line of stdin, after the passphrase line if there is one)"
+        ))),
     }
 }
 
-fn humans_only(requester: &Requester, what: &str) -> Result<(), WireError> {
+fn humans_only(requester: &Requester, what: &str) -> Result<(), Error> {
     match requester {
-        Requester::Agent { .. } => Err(WireError::new(
-            "forbidden",
-            format!("agents cannot {what}: ask the user to do it with the custody CLI"),
-        )),
+        Requester::Agent { .. } => Err(Error::Forbidden(format!(
+            "agents cannot {what}: ask the user to do it with the custody CLI"
+        ))),
         Requester::Terminal { .. } => Ok(()),
     }
 }
@@ -79,7 +73,7 @@ fn humans_only(requester: &Requester, what: &str) -> Result<(), WireError> {
 /// Every environment `peer` may see, with its variables' names and facts
 /// (never values): [`Request::Catalog`]. Typed, so the connection can write
 /// it without building a JSON tree first.
-pub fn catalog(broker: &Arc<Broker>, peer: &Peer) -> Result<Vec<CatalogEnvironment>, WireError> {
+pub fn catalog(broker: &Arc<Broker>, peer: &Peer) -> Result<Vec<CatalogEnvironment>, Error> {
     let client = broker.requester(peer).client_name().to_owned();
     let policy = broker.policy();
     broker.with_vault(|v| {
@@ -116,32 +110,30 @@ pub fn vault_request(
     req: Request,
     secret: Option<Zeroizing<Vec<u8>>>,
     verified: Option<crate::broker::pin::PinVerified>,
-) -> Result<Value, WireError> {
+) -> Result<Value, Error> {
     let requester = broker.requester(peer);
     let pin = |what: &str| pin_for_change(&requester, &verified, what);
     let by = requester.describe();
     let client = requester.client_name().to_owned();
     let policy = broker.policy();
-    let visible = |env: &str| -> Result<(), WireError> {
+    let visible = |env: &str| -> Result<(), Error> {
         if policy.visible(&client, env) {
             Ok(())
         } else {
-            Err(WireError::new(
-                "forbidden",
-                format!("environment '{env}' is not available to {client} by policy"),
-            ))
+            Err(Error::Forbidden(format!(
+                "environment '{env}' is not available to {client} by policy"
+            )))
         }
     };
     // An environment whose every run needs a fresh approval is protected:
     // an agent may not change it silently either.
-    let unprotected = |env: &str| -> Result<(), WireError> {
+    let unprotected = |env: &str| -> Result<(), Error> {
         match requester {
-            Requester::Agent { .. } if policy.always_approve(&client, env) => Err(WireError::new(
-                "protected",
-                format!(
+            Requester::Agent { .. } if policy.always_approve(&client, env) => {
+                Err(Error::Protected(format!(
                     "environment '{env}' is protected by policy (every use needs a fresh approval): ask the user to make this change with the custody CLI"
-                ),
-            )),
+                )))
+            }
             _ => Ok(()),
         }
     };
@@ -256,12 +248,9 @@ pub fn vault_request(
                     .iter()
                     .any(|x| x.name == var);
                 if exists {
-                    return Err(WireError::new(
-                        "exists",
-                        format!(
-                            "'{env}/{var}' already exists; agents cannot change it: ask the user"
-                        ),
-                    ));
+                    return Err(Error::Exists(format!(
+                        "'{env}/{var}' already exists; agents cannot change it: ask the user"
+                    )));
                 }
             }
             let source = match kind {
@@ -307,12 +296,9 @@ pub fn vault_request(
                     .iter()
                     .any(|x| x.name == var && x.is_set);
                 if set {
-                    return Err(WireError::new(
-                        "exists",
-                        format!(
-                            "'{env}/{var}' already has a value; agents cannot replace it: ask the user to run `custody generate {env} {var}` (or `custody unset` first)"
-                        ),
-                    ));
+                    return Err(Error::Exists(format!(
+                        "'{env}/{var}' already has a value; agents cannot replace it: ask the user to run `custody generate {env} {var}` (or `custody unset` first)"
+                    )));
                 }
             }
             let value = custody_core::generate::random_value(length, alphabet).map_err(bad)?;
@@ -410,7 +396,7 @@ pub fn vault_request(
         | Request::Revoke(_)
         | Request::Watch
         | Request::AuditVerify
-        | Request::Scan { .. } => Err(WireError::new("internal", "not a vault request")),
+        | Request::Scan { .. } => Err(Error::Internal("not a vault request".into())),
     }
 }
 
@@ -418,21 +404,14 @@ pub fn vault_request(
 /// its sessions, its requests and their decisions, the grants made from them
 /// (or for it by policy) and the leases run under those; for a terminal,
 /// every record. Oldest first. Records hold names and ids only (G1).
-fn audit_tail(
-    broker: &Arc<Broker>,
-    requester: &Requester,
-    limit: usize,
-) -> Result<Value, WireError> {
+fn audit_tail(broker: &Arc<Broker>, requester: &Requester, limit: usize) -> Result<Value, Error> {
     use std::collections::{BTreeSet, VecDeque};
     let limit = limit.clamp(1, crate::protocol::MAX_AUDIT_TAIL);
     let path = broker.cfg.home.join(custody_core::audit::AUDIT_FILE);
     let reader = custody_core::audit::read(&path, None).map_err(|e| {
-        WireError::new(
-            "audit_unreadable",
-            format!(
-                "the audit log cannot be read ({e}): ask the user to run `custody audit verify`"
-            ),
-        )
+        Error::AuditUnreadable(format!(
+            "the audit log cannot be read ({e}): ask the user to run `custody audit verify`"
+        ))
     })?;
     let (me, agent_pid) = match requester {
         Requester::Agent { agent_pid, .. } => (Some(requester.describe()), *agent_pid),

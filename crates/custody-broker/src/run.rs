@@ -1,6 +1,7 @@
 //! One `run` request from admission to result: grant or wait for approval,
 //! reveal the values (only here, only into the child), mask, supervise.
 
+use crate::Error;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -11,10 +12,10 @@ use custody_core::vault::{VarKind, VaultError};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
-use crate::broker::{Broker, Decision, Peer, vault_error};
+use crate::broker::{Broker, Decision, Peer};
 use crate::grants::new_id;
 use crate::lease::{self, EndReason, Injected, LeasePlan};
-use crate::protocol::{Event, LeakCheck, RunLeak, RunResult, RunSpec, WireError};
+use crate::protocol::{Event, LeakCheck, RunLeak, RunResult, RunSpec};
 use crate::sources;
 
 /// Longest lease anyone can ask for, whatever the policy says.
@@ -24,8 +25,8 @@ const MAX_ARGS: usize = 4096;
 /// How much earlier than the spawn the leak check's mtime window opens.
 const LEAK_CHECK_SLACK: Duration = Duration::from_millis(20);
 
-fn validate(spec: &RunSpec) -> Result<(), WireError> {
-    let bad = |m: &str| Err(WireError::new("bad_request", m));
+fn validate(spec: &RunSpec) -> Result<(), Error> {
+    let bad = |m: &str| Err(Error::BadRequest(m.into()));
     if spec.argv.is_empty() || spec.argv[0].is_empty() {
         return bad("command is empty: give argv, e.g. [\"cargo\", \"test\"]");
     }
@@ -36,10 +37,10 @@ fn validate(spec: &RunSpec) -> Result<(), WireError> {
         return bad("arguments cannot contain NUL bytes");
     }
     if !Path::new(&spec.cwd).is_absolute() || !Path::new(&spec.cwd).is_dir() {
-        return Err(WireError::new(
-            "bad_request",
-            format!("cwd '{}' is not an existing absolute directory", spec.cwd),
-        ));
+        return Err(Error::BadRequest(format!(
+            "cwd '{}' is not an existing absolute directory",
+            spec.cwd
+        )));
     }
     if spec.environments.is_empty() {
         return bad("name at least one environment (see list_environments / `custody env ls`)");
@@ -61,7 +62,7 @@ pub async fn run(
     events: mpsc::Sender<Event>,
     mut cancelled: watch::Receiver<bool>,
     input: mpsc::Receiver<lease::PtyInput>,
-) -> Result<Value, WireError> {
+) -> Result<Value, Error> {
     validate(&spec)?;
     let requester = broker.requester(peer);
     let preapproved = broker.preapproves(&requester, &spec);
@@ -91,13 +92,10 @@ pub async fn run(
             tokio::select! {
                 d = decision => match d {
                     Ok(Decision::Approved(g)) => g,
-                    Ok(Decision::Denied(why)) => return Err(WireError::new(
-                        "denied", format!("request {request_id} was denied ({why}); do not retry the same command without asking the user"))),
-                    Ok(Decision::Expired) => return Err(WireError::new(
-                        "expired", format!("nobody approved request {request_id} in time"))),
-                    Ok(Decision::Cancelled) => return Err(WireError::new("cancelled", "request cancelled")),
-                    Ok(Decision::Locked) | Err(_) => return Err(WireError::new(
-                        "locked", "the vault was locked while the request waited: ask the user to run `custody unlock`")),
+                    Ok(Decision::Denied(why)) => return Err(Error::Denied(format!("request {request_id} was denied ({why}); do not retry the same command without asking the user"))),
+                    Ok(Decision::Expired) => return Err(Error::Expired(format!("nobody approved request {request_id} in time"))),
+                    Ok(Decision::Cancelled) => return Err(Error::Cancelled("request cancelled".into())),
+                    Ok(Decision::Locked) | Err(_) => return Err(Error::Locked("the vault was locked while the request waited: ask the user to run `custody unlock`".into())),
                 },
                 _ = timer => {
                     return Ok(json!({
@@ -108,7 +106,7 @@ pub async fn run(
                 }
                 _ = wait_true(&mut cancelled) => {
                     let _ = broker.cancel(&request_id, &requester);
-                    return Err(WireError::new("cancelled", "request cancelled"));
+                    return Err(Error::Cancelled("request cancelled".into()));
                 }
             }
         }
@@ -123,15 +121,11 @@ pub async fn run(
     let prepared = {
         let mut st = broker.state();
         let vault = st.vault.as_mut().ok_or_else(|| {
-            WireError::new(
-                "locked",
-                "the vault is locked: ask the user to run `custody unlock`",
-            )
+            Error::Locked("the vault is locked: ask the user to run `custody unlock`".into())
         })?;
         // One read transaction for every value (see `read_together`).
-        vault.read_together(|vault| -> Result<(), WireError> {
-            let bad =
-                |x: custody_core::names::NameError| WireError::new("bad_request", x.to_string());
+        vault.read_together(|vault| -> Result<(), Error> {
+            let bad = |x: custody_core::names::NameError| Error::BadRequest(x.to_string());
             // Each environment's values in one query, then back in the
             // grant's order (a later environment's variable wins).
             let mut by_env: Vec<(EnvName, Vec<VarName>)> = Vec::new();
@@ -153,7 +147,7 @@ pub async fn run(
             }
             let mut revealed = Vec::with_capacity(by_env.len());
             for (env, vars) in &by_env {
-                let values = vault.reveal_many(env, vars).map_err(vault_error)?;
+                let values = vault.reveal_many(env, vars).map_err(Error::from)?;
                 revealed.push(values.into_iter().map(Some).collect::<Vec<_>>());
             }
             for (slot, i) in order {
@@ -166,7 +160,7 @@ pub async fn run(
                         value,
                     }),
                     Some(Err(VaultError::Dynamic { from, .. })) => wanted.push((name, from)),
-                    Some(Err(other)) => return Err(vault_error(other)),
+                    Some(Err(other)) => return Err(Error::from(other)),
                 }
             }
             Ok(())
@@ -247,19 +241,16 @@ pub async fn run(
     // what runs must be what was bound, checked as late as possible.
     if bind_blocking(&spec).await.ok().as_ref() != Some(&grant.scope.binding) {
         broker.settle(&lease_id).await;
-        return Err(WireError::new(
-            "changed",
-            format!(
-                "'{}' or a file it was given changed since it was approved (or its PATH or environment differs); nothing ran: ask again",
-                spec.argv.first().map(String::as_str).unwrap_or_default()
-            ),
-        ));
+        return Err(Error::Changed(format!(
+            "'{}' or a file it was given changed since it was approved (or its PATH or environment differs); nothing ran: ask again",
+            spec.argv.first().map(String::as_str).unwrap_or_default()
+        )));
     }
     let (child, started, dir) = match lease::spawn(&plan) {
         Ok(x) => x,
         Err(e) => {
             broker.settle(&lease_id).await;
-            return Err(WireError::new("spawn_failed", e.to_string()));
+            return Err(Error::SpawnFailed(e.to_string()));
         }
     };
     let (stop_tx, stop_rx) = watch::channel(None);
@@ -287,7 +278,7 @@ pub async fn run(
             task.await
         }
     }
-    .map_err(|_| WireError::new("internal", "the lease supervisor failed"))?;
+    .map_err(|_| Error::Internal("the lease supervisor failed".into()))?;
     // Post-run leak check: the values stay here, with the lease's engine.
     // It walks the tree while the lease's end is recorded.
     let own = vec![broker.cfg.home.clone(), broker.cfg.runtime_dir.clone()];
@@ -330,7 +321,7 @@ pub async fn run(
     };
     fit_in_frame(&mut result);
     serde_json::to_value(&result)
-        .map_err(|_| WireError::new("internal", "the run result does not serialize"))
+        .map_err(|_| Error::Internal("the run result does not serialize".into()))
 }
 
 /// Room left in a response frame for its envelope (`{"id":…,"ok":…}`).
@@ -394,11 +385,11 @@ fn json_len(c: char) -> usize {
 }
 
 /// [`crate::binding::bind`] on a blocking thread.
-async fn bind_blocking(spec: &RunSpec) -> Result<crate::binding::Binding, WireError> {
+async fn bind_blocking(spec: &RunSpec) -> Result<crate::binding::Binding, Error> {
     let s = spec.clone();
     tokio::task::spawn_blocking(move || crate::binding::bind(&s))
         .await
-        .map_err(|_| WireError::new("internal", "binding the command failed"))?
+        .map_err(|_| Error::Internal("binding the command failed".into()))?
 }
 
 async fn wait_true(rx: &mut watch::Receiver<bool>) {

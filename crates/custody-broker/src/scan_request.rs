@@ -2,6 +2,7 @@
 //! what the answer may say. The scanning itself is [`crate::scan`], which
 //! knows nothing of the broker.
 
+use crate::Error;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -27,19 +28,16 @@ pub(crate) async fn handle(
     git_history: bool,
     staged: Option<Option<PathBuf>>,
     progress: Option<tokio::sync::mpsc::Sender<crate::protocol::Event>>,
-) -> Result<serde_json::Value, crate::protocol::WireError> {
-    use crate::protocol::WireError;
+) -> Result<serde_json::Value, crate::Error> {
     let root = PathBuf::from(&path);
     if !root.is_absolute() {
-        return Err(WireError::new(
-            "bad_request",
-            format!("scan path '{path}' must be absolute"),
-        ));
+        return Err(Error::BadRequest(format!(
+            "scan path '{path}' must be absolute"
+        )));
     }
     if git_history && staged.is_some() {
-        return Err(WireError::new(
-            "bad_request",
-            "choose one of --git-history and --staged",
+        return Err(Error::BadRequest(
+            "choose one of --git-history and --staged".into(),
         ));
     }
     let requester = broker.requester(peer);
@@ -85,8 +83,8 @@ pub(crate) async fn handle(
     });
     let mut report = task
         .await
-        .map_err(|_| WireError::new("internal", "the scan failed"))?
-        .map_err(|e| WireError::new("scan_failed", e.to_string()))?;
+        .map_err(|_| Error::Internal("the scan failed".into()))?
+        .map_err(|e| Error::ScanFailed(e.to_string()))?;
     report.skipped_dynamic = skipped_dynamic;
     if let Some(pid) = agent {
         // Names and files only: a line (or a count per line) would tell

@@ -288,7 +288,7 @@ impl Direct {
             variable: var.map(VarName::to_string),
             by: Some(DIRECT_BY.to_owned()),
         };
-        let reason = |e: &VaultError| custody_broker::broker::vault_error_code(e).to_owned();
+        let reason = |e: &VaultError| custody_broker::error::vault_code(e).to_owned();
         audited::change(&mut self.vault, chain, event, reason, f).map_err(|e| match e {
             ChangeError::Refused { error, recorded } => {
                 if let Err(why) = recorded {

@@ -8,25 +8,11 @@ use custody_core::sources::SourceDef;
 
 use super::*;
 use crate::protocol::{SettledCredential, SourceRemoved, SourceSaved};
-use crate::sources::{self, Minted, Prepared, Revocation, SourceError};
+use crate::sources::{self, Minted, Prepared, Revocation};
 
 /// Revocation attempts at lease end before the credential is reported
 /// irrevocable (the retries go on in the background).
 const FIRST_ATTEMPTS: u32 = 3;
-
-/// The wire form of a source error (names and reasons only).
-impl From<SourceError> for WireError {
-    fn from(e: SourceError) -> Self {
-        let code = match &e {
-            SourceError::Malformed(_) | SourceError::WrongType { .. } => "bad_request",
-            SourceError::NoSuchSource { .. } | SourceError::NotConfigured(_) => "not_found",
-            SourceError::Vault(v) => vault_error_code(v),
-            SourceError::Failed { .. } | SourceError::Revocation(_) => "source_failed",
-            SourceError::Internal(_) => "internal",
-        };
-        WireError::new(code, e.to_string())
-    }
-}
 
 /// What a lease gets from its sources.
 pub(crate) struct Fresh {
@@ -38,22 +24,20 @@ pub(crate) struct Fresh {
 
 impl Broker {
     /// Checks a dynamic variable's `TYPE:NAME` source reference.
-    pub(crate) fn check_source_reference(
-        &self,
-        reference: Option<&str>,
-    ) -> Result<String, WireError> {
+    pub(crate) fn check_source_reference(&self, reference: Option<&str>) -> Result<String, Error> {
         let st = self.state();
-        let vault = st.vault.as_ref().ok_or_else(locked)?;
+        let vault = st.vault.as_ref().ok_or_else(Error::locked)?;
         Ok(sources::check_reference(vault, reference)?)
     }
 
     /// `source add` (humans only; checked by the caller).
-    pub(crate) fn define_source(&self, def: SourceDef, by: &str) -> Result<SourceSaved, WireError> {
+    pub(crate) fn define_source(&self, def: SourceDef, by: &str) -> Result<SourceSaved, Error> {
         {
             let st = self.state();
-            let vault = st.vault.as_ref().ok_or_else(|| {
-                WireError::new("locked", "the vault is locked: run `custody unlock`")
-            })?;
+            let vault = st
+                .vault
+                .as_ref()
+                .ok_or_else(|| Error::Locked("the vault is locked: run `custody unlock`".into()))?;
             sources::check_definition(vault, &def)?;
         }
         let reference = def.reference();
@@ -74,14 +58,14 @@ impl Broker {
 
     /// `source ls`: every source (no secrets: the admin URL is named, not
     /// shown).
-    pub(crate) fn list_sources(&self) -> Result<Value, WireError> {
+    pub(crate) fn list_sources(&self) -> Result<Value, Error> {
         let defs = self.with_vault(|v| v.sources())?;
         Ok(serde_json::to_value(defs).unwrap_or_default())
     }
 
     /// `source rm` (humans only; checked by the caller).
-    pub(crate) fn remove_source(&self, name: &str, by: &str) -> Result<SourceRemoved, WireError> {
-        let n = EnvName::new(name).map_err(|e| WireError::new("bad_request", e.to_string()))?;
+    pub(crate) fn remove_source(&self, name: &str, by: &str) -> Result<SourceRemoved, Error> {
+        let n = EnvName::new(name).map_err(|e| Error::BadRequest(e.to_string()))?;
         let removed = self.change_vault(
             AuditEvent::VaultChange {
                 action: audit::VaultAction::RemoveSource,
@@ -92,7 +76,7 @@ impl Broker {
             |v| v.remove_source(&n),
         )?;
         if !removed {
-            return Err(WireError::new("not_found", format!("no source '{name}'")));
+            return Err(Error::NotFound(format!("no source '{name}'")));
         }
         Ok(SourceRemoved {
             removed: name.to_owned(),
@@ -112,7 +96,7 @@ impl Broker {
         deadline: SystemTime,
         ttl: Duration,
         mask: &[(&str, &[u8])],
-    ) -> Result<Fresh, WireError> {
+    ) -> Result<Fresh, Error> {
         let mut fresh = Fresh {
             values: Vec::new(),
             also_mask: Vec::new(),
@@ -151,12 +135,7 @@ impl Broker {
         Ok(fresh)
     }
 
-    fn seal_token(
-        &self,
-        lease_id: &str,
-        credential: &str,
-        token: &[u8],
-    ) -> Result<String, WireError> {
+    fn seal_token(&self, lease_id: &str, credential: &str, token: &[u8]) -> Result<String, Error> {
         let key = self.with_vault(|v| Ok(v.subkey(Subkey::LeaseToken)))?;
         Ok(sources::seal_token(&key, lease_id, credential, token)?)
     }

@@ -48,7 +48,7 @@ impl Broker {
         lease_id: &str,
         program: &str,
         minted: Vec<Minted>,
-    ) -> Result<(), WireError> {
+    ) -> Result<(), Error> {
         let record = reaper::LeaseRecord {
             id: lease_id.to_owned(),
             pid: 0,
@@ -61,10 +61,7 @@ impl Broker {
         // recovery never takes the record for a previous broker's.
         let mut st = self.state();
         reaper::persist(&self.cfg.home, st.vault.as_ref(), &record).map_err(|e| {
-            WireError::new(
-                "internal",
-                format!("cannot record the lease ({e}); nothing was minted"),
-            )
+            Error::Internal(format!("cannot record the lease ({e}); nothing was minted"))
         })?;
         st.dynamic.insert(
             lease_id.to_owned(),

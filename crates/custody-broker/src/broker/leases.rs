@@ -30,7 +30,7 @@ impl Broker {
         target: &crate::protocol::RevokeTarget,
         by: &str,
         only: Option<&Requester>,
-    ) -> Result<Revoked, WireError> {
+    ) -> Result<Revoked, Error> {
         use crate::protocol::RevokeTarget as T;
         let mut st = self.state();
         let mine = |r: &Requester| only.is_none_or(|o| o == r);
@@ -57,19 +57,13 @@ impl Broker {
                         .collect(),
                 ),
                 _ => {
-                    return Err(WireError::new(
-                        "not_found",
-                        format!("no grant '{id}' of yours"),
-                    ));
+                    return Err(Error::NotFound(format!("no grant '{id}' of yours")));
                 }
             },
             T::Lease(id) => match st.leases.get(id) {
                 Some(l) if mine(&l.requester) => (vec![], vec![id.clone()]),
                 _ => {
-                    return Err(WireError::new(
-                        "not_found",
-                        format!("no running lease '{id}' of yours"),
-                    ));
+                    return Err(Error::NotFound(format!("no running lease '{id}' of yours")));
                 }
             },
         };
@@ -145,7 +139,7 @@ impl Broker {
         ttl: Duration,
         dir: PathBuf,
         stop: watch::Sender<Option<EndReason>>,
-    ) -> Result<(), WireError> {
+    ) -> Result<(), Error> {
         let record = reaper::LeaseRecord {
             id: lease_id.to_owned(),
             pid: started.pid,
@@ -158,12 +152,8 @@ impl Broker {
         // Recorded, audited and tracked under one hold of the lock, so the
         // unlock's recovery never takes it for a previous broker's lease.
         let mut st = self.state();
-        reaper::persist(&self.cfg.home, st.vault.as_ref(), &record).map_err(|e| {
-            WireError::new(
-                "internal",
-                format!("cannot record the lease ({e}); not running"),
-            )
-        })?;
+        reaper::persist(&self.cfg.home, st.vault.as_ref(), &record)
+            .map_err(|e| Error::Internal(format!("cannot record the lease ({e}); not running")))?;
         let deadline_at = SystemTime::now() + ttl;
         st.audit(AuditEvent::LeaseStart {
             lease_id: lease_id.to_owned(),
@@ -245,10 +235,10 @@ impl Broker {
     }
 
     /// Verifies the audit chain against the head the vault holds.
-    pub fn audit_verify(&self) -> Result<Value, WireError> {
+    pub fn audit_verify(&self) -> Result<Value, Error> {
         let st = self.state();
-        let vault = st.vault.as_ref().ok_or_else(locked)?;
-        let head: Option<AuditHead> = vault.audit_head().map_err(vault_error)?;
+        let vault = st.vault.as_ref().ok_or_else(Error::locked)?;
+        let head: Option<AuditHead> = vault.audit_head().map_err(Error::from)?;
         let key = vault.subkey(Subkey::Audit);
         match audit::verify(&self.cfg.audit_path(), &key, head.as_ref()) {
             Ok(r) => Ok(json!({"intact": true, "records": r.records, "head_seq": r.head.seq})),

@@ -66,36 +66,30 @@ impl Broker {
     pub async fn unlock(
         self: &Arc<Self>,
         passphrase: custody_core::secret::Passphrase,
-    ) -> Result<Value, WireError> {
+    ) -> Result<Value, Error> {
         if self.state().vault.is_some() {
             return Ok(json!({"unlocked": true, "already": true}));
         }
         if let Some((pid, comm)) = procs::tracer_of_self() {
-            return Err(WireError::new(
-                "traced",
-                format!(
-                    "the broker is being traced by pid {pid} ({comm}), which could read the vault key: refusing to unlock"
-                ),
-            ));
+            return Err(Error::Traced(format!(
+                "the broker is being traced by pid {pid} ({comm}), which could read the vault key: refusing to unlock"
+            )));
         }
         let path = self.cfg.vault_path();
         let vault = tokio::task::spawn_blocking(move || Vault::unlock(&path, passphrase.expose()))
             .await
-            .map_err(|_| WireError::new("internal", "unlock task failed"))?
-            .map_err(vault_error)?;
-        let head = vault.audit_head().map_err(vault_error)?;
+            .map_err(|_| Error::Internal("unlock task failed".into()))?
+            .map_err(Error::from)?;
+        let head = vault.audit_head().map_err(Error::from)?;
         let key = vault.subkey(Subkey::Audit);
         let (chain, _report) = AuditChain::open(&self.cfg.audit_path(), &key, head.as_ref())
             .map_err(|e| {
-                WireError::new(
-                    "audit_damaged",
-                    format!(
+                Error::AuditDamaged(format!(
                         "the audit log does not verify ({e}); the vault stays locked: inspect it with `custody audit verify`"
-                    ),
-                )
+                    ))
             })?;
         if head != Some(chain.head()) {
-            vault.set_audit_head(&chain.head()).map_err(vault_error)?;
+            vault.set_audit_head(&chain.head()).map_err(Error::from)?;
         }
         crate::sys::lock_in_memory(vault.vault_key().expose());
         let (policy, policy_note) = self.sealed_policy(&vault)?;

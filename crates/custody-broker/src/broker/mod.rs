@@ -23,9 +23,8 @@ use crate::lease::EndReason;
 use crate::protocol::{
     AgentView, Approval, ClientInfo, CredentialState, CredentialView, Event, GrantInfo, LeakView,
     LeaseListing, LeaseView, RequestState, Revoked, RunSpec, RunningLease, SessionView, Status,
-    WireError,
 };
-use crate::{procs, reaper};
+use crate::{Error, procs, reaper};
 
 mod credentials;
 mod dynamic;
@@ -266,49 +265,11 @@ pub struct Broker {
     pub(crate) engines: crate::engines::Engines,
 }
 
-/// Converts a vault error into what the client sees: names only, with the
-/// next step.
-pub fn vault_error(e: VaultError) -> WireError {
-    WireError::new(vault_error_code(&e), e.to_string())
+fn bad(msg: impl Into<String>) -> Error {
+    Error::BadRequest(msg.into())
 }
 
-/// The wire code of a vault error (also the reason a refusal is audited with).
-pub fn vault_error_code(e: &VaultError) -> &'static str {
-    match e {
-        VaultError::NotFound { .. } => "no_vault",
-        VaultError::WrongPassphrase => "wrong_passphrase",
-        VaultError::NoSuchEnvironment(_) | VaultError::NoSuchVariable { .. } => "not_found",
-        VaultError::EnvironmentExists(_) => "exists",
-        VaultError::NotSet { .. } => "not_set",
-        VaultError::Name(_)
-        | VaultError::ValueTooLarge { .. }
-        | VaultError::DescriptionTooLarge { .. }
-        | VaultError::DescriptionControl { .. }
-        | VaultError::BreaksEveryRun { .. }
-        | VaultError::PinTooShort { .. } => "bad_request",
-        VaultError::Tampered { .. } | VaultError::Corrupt { .. } => "vault_damaged",
-        _ => "vault_error",
-    }
-}
-
-impl From<VaultError> for WireError {
-    fn from(e: VaultError) -> WireError {
-        vault_error(e)
-    }
-}
-
-fn locked() -> WireError {
-    WireError::new(
-        "locked",
-        "the vault is locked: ask the user to run `custody unlock`",
-    )
-}
-
-fn bad(msg: impl Into<String>) -> WireError {
-    WireError::new("bad_request", msg)
-}
-
-fn env_name(raw: &str) -> Result<EnvName, WireError> {
+fn env_name(raw: &str) -> Result<EnvName, Error> {
     EnvName::new(raw).map_err(|e| bad(e.to_string()))
 }
 
@@ -317,36 +278,34 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 impl State {
-    fn vault(&mut self) -> Result<&mut Vault, WireError> {
-        self.vault.as_mut().ok_or_else(locked)
+    fn vault(&mut self) -> Result<&mut Vault, Error> {
+        self.vault.as_mut().ok_or_else(Error::locked)
     }
 
     /// Appends an audit record and stores the new head in the vault. An error
     /// here means the caller must not go on (fail closed).
-    fn audit(&mut self, event: AuditEvent) -> Result<(), WireError> {
-        let chain = self.audit.as_mut().ok_or_else(locked)?;
+    fn audit(&mut self, event: AuditEvent) -> Result<(), Error> {
+        let chain = self.audit.as_mut().ok_or_else(Error::locked)?;
         let head = chain.append(&event).map_err(|e| {
-            WireError::new(
-                "audit_failed",
-                format!("the audit log cannot be written ({e}); nothing was done"),
-            )
+            Error::AuditFailed(format!(
+                "the audit log cannot be written ({e}); nothing was done"
+            ))
         })?;
         if let Some(v) = self.vault.as_ref() {
-            v.set_audit_head(&head).map_err(vault_error)?;
+            v.set_audit_head(&head).map_err(Error::from)?;
         }
         Ok(())
     }
 
     /// Records `event` before what it describes happens (fail closed); while
     /// the vault is locked, at the next unlock (at most [`MAX_DEFERRED`]).
-    fn audit_or_defer(&mut self, event: AuditEvent) -> Result<(), WireError> {
+    fn audit_or_defer(&mut self, event: AuditEvent) -> Result<(), Error> {
         if self.audit.is_some() {
             return self.audit(event);
         }
         if self.deferred.len() >= MAX_DEFERRED {
-            return Err(WireError::new(
-                "audit_failed",
-                "too many records wait for the vault to be unlocked: run `custody unlock`",
+            return Err(Error::AuditFailed(
+                "too many records wait for the vault to be unlocked: run `custody unlock`".into(),
             ));
         }
         self.deferred.push(event);
@@ -371,10 +330,7 @@ impl State {
         let kind = event.kind();
         if let Err(e) = self.audit(event) {
             self.unrecorded += 1;
-            eprintln!(
-                "custody daemon: the audit record `{kind}` could not be written: {}",
-                e.message
-            );
+            eprintln!("custody daemon: the audit record `{kind}` could not be written: {e}");
         }
     }
 }
@@ -437,7 +393,7 @@ impl Broker {
 
     /// Whether agent `pid` may scan now (see [`AGENT_SCANS_PER_MINUTE`]);
     /// counts the scan.
-    pub(crate) fn scan_allowance(&self, pid: u32) -> Result<(), WireError> {
+    pub(crate) fn scan_allowance(&self, pid: u32) -> Result<(), Error> {
         let mut st = self.state();
         let now = Instant::now();
         let entry = st.scans.entry(pid).or_insert((now, 0, 0));
@@ -446,13 +402,10 @@ impl Broker {
         }
         if entry.1 >= AGENT_SCANS_PER_MINUTE || entry.2 >= AGENT_SCAN_BYTES_PER_MINUTE {
             let wait = 60u64.saturating_sub(now.duration_since(entry.0).as_secs());
-            return Err(WireError::new(
-                "rate_limited",
-                format!(
-                    "agents may scan {AGENT_SCANS_PER_MINUTE} times and {} MiB a minute: try again in {wait} s",
-                    AGENT_SCAN_BYTES_PER_MINUTE >> 20
-                ),
-            ));
+            return Err(Error::RateLimited(format!(
+                "agents may scan {AGENT_SCANS_PER_MINUTE} times and {} MiB a minute: try again in {wait} s",
+                AGENT_SCAN_BYTES_PER_MINUTE >> 20
+            )));
         }
         entry.1 += 1;
         Ok(())
@@ -467,7 +420,7 @@ impl Broker {
         path: &str,
         bytes: u64,
         findings: usize,
-    ) -> Result<(), WireError> {
+    ) -> Result<(), Error> {
         let mut st = self.state();
         if let Some(e) = st.scans.get_mut(&pid) {
             e.2 = e.2.saturating_add(bytes);
@@ -562,9 +515,9 @@ impl Broker {
     pub fn with_vault<T>(
         &self,
         f: impl FnOnce(&mut Vault) -> Result<T, VaultError>,
-    ) -> Result<T, WireError> {
+    ) -> Result<T, Error> {
         let mut st = self.state();
-        f(st.vault()?).map_err(vault_error)
+        f(st.vault()?).map_err(Error::from)
     }
 
     /// Runs a vault change under the lock with its audit record, as one
@@ -575,26 +528,32 @@ impl Broker {
         &self,
         event: AuditEvent,
         f: impl FnOnce(&mut Vault) -> Result<T, VaultError>,
-    ) -> Result<T, WireError> {
+    ) -> Result<T, Error> {
         let mut guard = self.state();
         let st = &mut *guard;
-        let vault = st.vault.as_mut().ok_or_else(locked)?;
-        let chain = st.audit.as_mut().ok_or_else(locked)?;
+        let vault = st.vault.as_mut().ok_or_else(Error::locked)?;
+        let chain = st.audit.as_mut().ok_or_else(Error::locked)?;
         use custody_core::vault::audited::{self, ChangeError};
-        audited::change(vault, chain, event, |e| vault_error_code(e).to_owned(), f).map_err(|e| {
+        audited::change(
+            vault,
+            chain,
+            event,
+            |e| crate::error::vault_code(e).to_owned(),
+            f,
+        )
+        .map_err(|e| {
             match e {
                 ChangeError::Refused { error, recorded } => {
                     if let Err(why) = recorded {
                         // Logged, not dropped: the change failed either way.
                         eprintln!("custody daemon: a refused change was not audited: {why}");
                     }
-                    vault_error(error)
+                    Error::from(error)
                 }
-                ChangeError::Audit(e) => WireError::new(
-                    "audit_failed",
-                    format!("the audit log cannot be written ({e}); nothing was done"),
-                ),
-                ChangeError::Head(e) => vault_error(e),
+                ChangeError::Audit(e) => Error::AuditFailed(format!(
+                    "the audit log cannot be written ({e}); nothing was done"
+                )),
+                ChangeError::Head(e) => Error::from(e),
             }
         })
     }

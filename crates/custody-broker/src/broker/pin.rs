@@ -20,29 +20,29 @@ impl PinVerified {
 }
 
 /// The error for a request that needs the PIN and came without a proof.
-pub(crate) fn pin_required() -> WireError {
-    WireError::new(
-        "pin_required",
-        "this request needs the approval PIN, proven through a PIN exchange (use the custody CLI)",
+pub(crate) fn pin_required() -> Error {
+    Error::PinRequired(
+        "this request needs the approval PIN, proven through a PIN exchange (use the custody CLI)"
+            .into(),
     )
 }
 
 impl Broker {
-    fn pin_checker(&self) -> Result<custody_core::vault::PinChecker, WireError> {
+    fn pin_checker(&self) -> Result<custody_core::vault::PinChecker, Error> {
         let st = self.state();
         st.vault
             .as_ref()
-            .ok_or_else(locked)?
+            .ok_or_else(Error::locked)?
             .pin_checker()
-            .map_err(vault_error)
+            .map_err(Error::from)
     }
 
     /// The verifier's public parameters.
-    pub fn pin_challenge(&self) -> Result<Value, WireError> {
+    pub fn pin_challenge(&self) -> Result<Value, Error> {
         let params = self
             .pin_checker()?
             .public_params()
-            .map_err(|e| WireError::new("vault_damaged", e.to_string()))?;
+            .map_err(|e| Error::VaultDamaged(e.to_string()))?;
         Ok(json!({ "params": params }))
     }
 
@@ -51,7 +51,7 @@ impl Broker {
     pub async fn pin_exchange(
         self: &Arc<Self>,
         cli_msg: &str,
-    ) -> Result<(Value, PinSession), WireError> {
+    ) -> Result<(Value, PinSession), Error> {
         let msg = hex::decode(cli_msg).map_err(|_| bad("the PIN exchange message is not hex"))?;
         let checker = self.pin_checker()?;
         let spent = {
@@ -64,7 +64,7 @@ impl Broker {
         };
         if spent {
             self.lock(audit::LockReason::PinLockout).await;
-            return Err(locked());
+            return Err(Error::locked());
         }
         let (reply, confirm, session) = checker.exchange(&msg).map_err(|e| bad(e.to_string()))?;
         Ok((
@@ -75,7 +75,7 @@ impl Broker {
 
     /// A nonce for a passphrase holder's proof; the session it keys
     /// counts as a wrong PIN until its proof arrives, like an exchange.
-    pub async fn key_challenge(self: &Arc<Self>) -> Result<(Value, PinSession), WireError> {
+    pub async fn key_challenge(self: &Arc<Self>) -> Result<(Value, PinSession), Error> {
         let subkey = {
             let mut st = self.state();
             let subkey = st
@@ -90,10 +90,10 @@ impl Broker {
         };
         let Some(subkey) = subkey else {
             self.lock(audit::LockReason::PinLockout).await;
-            return Err(locked());
+            return Err(Error::locked());
         };
-        let nonce: [u8; 32] = custody_core::crypto::random_array()
-            .map_err(|e| WireError::new("internal", e.to_string()))?;
+        let nonce: [u8; 32] =
+            custody_core::crypto::random_array().map_err(|e| Error::Internal(e.to_string()))?;
         Ok((
             json!({ "nonce": hex::encode(nonce) }),
             PinSession::from_vault_subkey(&subkey, &nonce),
@@ -108,7 +108,7 @@ impl Broker {
     /// An exchange ended without a valid proof (a wrong PIN, a bad proof,
     /// or an exchange abandoned): audited; the lockout applies. Returns the
     /// error to answer with.
-    pub async fn pin_failed(self: &Arc<Self>) -> WireError {
+    pub async fn pin_failed(self: &Arc<Self>) -> Error {
         let (failures, out) = {
             let mut st = self.state();
             let failures = st.pin_failures;
@@ -121,19 +121,13 @@ impl Broker {
         };
         if out {
             self.lock(audit::LockReason::PinLockout).await;
-            return WireError::new(
-                "locked",
-                format!(
-                    "wrong PIN {failures} times in a row: the vault is now locked; run `custody unlock`"
-                ),
-            );
+            return Error::Locked(format!(
+                "wrong PIN {failures} times in a row: the vault is now locked; run `custody unlock`"
+            ));
         }
-        WireError::new(
-            "wrong_pin",
-            format!(
-                "wrong PIN ({failures} of {} attempts before the vault locks)",
-                self.cfg.max_pin_failures
-            ),
-        )
+        Error::WrongPin(format!(
+            "wrong PIN ({failures} of {} attempts before the vault locks)",
+            self.cfg.max_pin_failures
+        ))
     }
 }

@@ -16,17 +16,11 @@ fn digest(text: &str) -> String {
 impl Broker {
     /// The policy sealed in a just-opened vault, and a note when the
     /// `policy.toml` beside it is not what is in force.
-    pub(super) fn sealed_policy(
-        &self,
-        vault: &Vault,
-    ) -> Result<(Policy, Option<String>), WireError> {
-        let sealed = vault.policy_text().map_err(vault_error)?;
+    pub(super) fn sealed_policy(&self, vault: &Vault) -> Result<(Policy, Option<String>), Error> {
+        let sealed = vault.policy_text().map_err(Error::from)?;
         let policy = match &sealed {
             Some(text) => Policy::parse(text).map_err(|e| {
-                WireError::new(
-                    "policy_error",
-                    format!("the sealed policy does not parse ({e}); apply a corrected one with `custody policy apply FILE`"),
-                )
+                Error::Policy(format!("the sealed policy does not parse ({e}); apply a corrected one with `custody policy apply FILE`"))
             })?,
             None => Policy::default(),
         };
@@ -51,11 +45,10 @@ impl Broker {
 
     /// The sealed policy's text, for `custody policy show` (humans only: it
     /// tells which commands run without asking).
-    pub fn policy_show(&self, requester: &Requester) -> Result<Value, WireError> {
+    pub fn policy_show(&self, requester: &Requester) -> Result<Value, Error> {
         if matches!(requester, Requester::Agent { .. }) {
-            return Err(WireError::new(
-                "forbidden",
-                "agents cannot read the policy: ask the user",
+            return Err(Error::Forbidden(
+                "agents cannot read the policy: ask the user".into(),
             ));
         }
         let text = self.with_vault(|v| v.policy_text())?;
@@ -73,12 +66,11 @@ impl Broker {
         peer: &Peer,
         text: String,
         verified: Option<super::pin::PinVerified>,
-    ) -> Result<Value, WireError> {
+    ) -> Result<Value, Error> {
         let requester = self.requester(peer);
         if matches!(requester, Requester::Agent { .. }) || peer.session.is_some() {
-            return Err(WireError::new(
-                "forbidden",
-                "agents cannot change the policy: ask the user",
+            return Err(Error::Forbidden(
+                "agents cannot change the policy: ask the user".into(),
             ));
         }
         if text.len() > custody_core::vault::MAX_POLICY_TEXT {
@@ -87,7 +79,7 @@ impl Broker {
         let policy = Policy::parse(&text).map_err(|e| bad(format!("invalid policy: {e}")))?;
         verified.ok_or_else(super::pin::pin_required)?;
         let mut st = self.state();
-        let previous = st.vault()?.policy_text().map_err(vault_error)?;
+        let previous = st.vault()?.policy_text().map_err(Error::from)?;
         let sha256 = digest(&text);
         let previous_sha256 = previous.as_deref().map(|t| digest(t));
         if previous_sha256.as_deref() == Some(sha256.as_str()) {
@@ -116,7 +108,7 @@ impl Broker {
             by: requester.describe(),
             grants_withdrawn: withdrawn.clone(),
         })?;
-        st.vault()?.set_policy_text(&text).map_err(vault_error)?;
+        st.vault()?.set_policy_text(&text).map_err(Error::from)?;
         for id in &withdrawn {
             st.grants.remove(id);
         }

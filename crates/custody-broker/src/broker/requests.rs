@@ -99,7 +99,7 @@ impl Broker {
         requester: &Requester,
         spec: &RunSpec,
         binding: crate::binding::Binding,
-    ) -> Result<Result<String, (String, oneshot::Receiver<Decision>)>, WireError> {
+    ) -> Result<Result<String, (String, oneshot::Receiver<Decision>)>, Error> {
         let policy = self.policy();
         let client = requester.client_name().to_owned();
         if let Requester::Agent {
@@ -107,12 +107,9 @@ impl Broker {
         } = requester
             && policy.require_sandbox(&client)
         {
-            return Err(WireError::new(
-                "forbidden",
-                format!(
-                    "policy requires agent '{client}' to run inside the custody sandbox: the user starts it with `custody agent -- COMMAND`"
-                ),
-            ));
+            return Err(Error::Forbidden(format!(
+                "policy requires agent '{client}' to run inside the custody sandbox: the user starts it with `custody agent -- COMMAND`"
+            )));
         }
         let max_ttl = policy.max_ttl(&client);
         let ttl = Duration::from_secs(spec.timeout_secs);
@@ -129,13 +126,12 @@ impl Broker {
         let mut available = BTreeSet::new();
         for e in &spec.environments {
             if !policy.visible(&client, e) {
-                return Err(WireError::new(
-                    "forbidden",
-                    format!("environment '{e}' is not available to {client} by policy"),
-                ));
+                return Err(Error::Forbidden(format!(
+                    "environment '{e}' is not available to {client} by policy"
+                )));
             }
             let env = env_name(e)?;
-            for v in vault.variables(&env).map_err(vault_error)? {
+            for v in vault.variables(&env).map_err(Error::from)? {
                 if v.is_set {
                     available.insert((e.clone(), v.name));
                 }
@@ -150,12 +146,9 @@ impl Broker {
                         .filter(|(e, v)| v == want || format!("{e}/{v}") == *want)
                         .collect();
                     if hits.is_empty() {
-                        return Err(WireError::new(
-                            "not_found",
-                            format!(
-                                "no variable '{want}' with a value in the requested environments"
-                            ),
-                        ));
+                        return Err(Error::NotFound(format!(
+                            "no variable '{want}' with a value in the requested environments"
+                        )));
                     }
                     variables.extend(hits.iter().map(|(e, v)| format!("{e}/{v}")));
                 }
@@ -250,13 +243,10 @@ impl Broker {
     }
 
     /// Takes one use of a grant for a starting lease. Errors if it is gone.
-    pub fn use_grant(&self, grant_id: &str) -> Result<Grant, WireError> {
+    pub fn use_grant(&self, grant_id: &str) -> Result<Grant, Error> {
         let mut st = self.state();
         let g = st.grants.get_mut(grant_id).ok_or_else(|| {
-            WireError::new(
-                "denied",
-                "the grant was revoked or expired before the run started",
-            )
+            Error::Denied("the grant was revoked or expired before the run started".into())
         })?;
         let spent = g.take_use();
         let copy = g.clone();
@@ -288,7 +278,7 @@ impl Broker {
     }
 
     /// A request's state: pending, or how it was decided.
-    pub fn request_status(&self, request_id: &str) -> Result<RequestState, WireError> {
+    pub fn request_status(&self, request_id: &str) -> Result<RequestState, Error> {
         let st = self.state();
         if st.pending.contains_key(request_id) {
             return Ok(RequestState {
@@ -313,10 +303,7 @@ impl Broker {
                     _ => None,
                 },
             }),
-            None => Err(WireError::new(
-                "not_found",
-                format!("no request '{request_id}'"),
-            )),
+            None => Err(Error::NotFound(format!("no request '{request_id}'"))),
         }
     }
 
@@ -331,16 +318,15 @@ impl Broker {
     }
 
     /// The requester gave up (closed its connection, or cancelled).
-    pub fn cancel(&self, request_id: &str, by: &Requester) -> Result<Value, WireError> {
+    pub fn cancel(&self, request_id: &str, by: &Requester) -> Result<Value, Error> {
         let mut st = self.state();
         match st.pending.get(request_id) {
             Some(p) if &p.requester == by => {}
-            Some(_) => return Err(WireError::new("forbidden", "not your request")),
+            Some(_) => return Err(Error::Forbidden("not your request".into())),
             None => {
-                return Err(WireError::new(
-                    "not_found",
-                    format!("no pending request '{request_id}'"),
-                ));
+                return Err(Error::NotFound(format!(
+                    "no pending request '{request_id}'"
+                )));
             }
         }
         st.audit_after(AuditEvent::Revoke {
@@ -360,11 +346,11 @@ impl Broker {
         request_id: &str,
         scope: crate::protocol::ApprovalScope,
         verified: Option<pin::PinVerified>,
-    ) -> Result<Approval, WireError> {
+    ) -> Result<Approval, Error> {
         use crate::protocol::ApprovalScope as S;
         let approver = peer
             .pid
-            .ok_or_else(|| WireError::new("forbidden", "cannot identify the approving process"))?;
+            .ok_or_else(|| Error::Forbidden("cannot identify the approving process".into()))?;
         let me = self.requester(peer);
         {
             let mut st = self.state();
@@ -383,10 +369,7 @@ impl Broker {
                             me.describe()
                         ),
                     });
-                    return Err(WireError::new(
-                        "forbidden",
-                        "approvals cannot come from an agent's process tree, and this is not your request",
-                    ));
+                    return Err(Error::Forbidden("approvals cannot come from an agent's process tree, and this is not your request".into()));
                 }
                 st.audit(AuditEvent::Denial {
                     request_id: request_id.to_owned(),
@@ -394,10 +377,7 @@ impl Broker {
                     reason: audit::DenialReason::ApproverIsAgent,
                 })?;
                 Self::decide(&mut st, request_id, Decision::Denied("approver_is_agent"));
-                return Err(WireError::new(
-                    "forbidden",
-                    "approvals cannot come from an agent's process tree; the request was denied. The human must approve from their own terminal",
-                ));
+                return Err(Error::Forbidden("approvals cannot come from an agent's process tree; the request was denied. The human must approve from their own terminal".into()));
             }
             if let (S::For { .. }, Some(p)) = (scope, st.pending.get(request_id))
                 && p.always_approve
@@ -424,12 +404,9 @@ impl Broker {
                 by: "broker (the requester stopped waiting)".into(),
             });
             Self::decide(&mut st, request_id, Decision::Cancelled);
-            return Err(WireError::new(
-                "cancelled",
-                format!(
-                    "request {request_id} was cancelled: its requester no longer waits for it, so nothing would run; nothing was approved"
-                ),
-            ));
+            return Err(Error::Cancelled(format!(
+                "request {request_id} was cancelled: its requester no longer waits for it, so nothing would run; nothing was approved"
+            )));
         }
         let requester = p.requester.clone();
         let req_scope = p.scope.clone();
@@ -481,32 +458,25 @@ impl Broker {
 
     /// Why `request_id` cannot be decided: how it already ended, or that it
     /// never existed.
-    fn not_pending(st: &State, request_id: &str) -> WireError {
+    fn not_pending(st: &State, request_id: &str) -> Error {
         match st.decided.get(request_id) {
-            Some((Decision::Cancelled, _)) => WireError::new(
-                "cancelled",
-                format!(
-                    "request {request_id} was cancelled (its requester went away or its agent session ended); nothing runs"
-                ),
-            ),
-            Some((d, _)) => WireError::new(
-                "not_found",
-                format!(
-                    "request {request_id} is no longer pending: it was {}",
-                    d.status()
-                ),
-            ),
-            None => WireError::new(
-                "not_found",
-                format!("no pending request '{request_id}' (see `custody approve --list`)"),
-            ),
+            Some((Decision::Cancelled, _)) => Error::Cancelled(format!(
+                "request {request_id} was cancelled (its requester went away or its agent session ended); nothing runs"
+            )),
+            Some((d, _)) => Error::NotFound(format!(
+                "request {request_id} is no longer pending: it was {}",
+                d.status()
+            )),
+            None => Error::NotFound(format!(
+                "no pending request '{request_id}' (see `custody approve --list`)"
+            )),
         }
     }
 
     /// Denies a pending request. An agent may deny only its own requests
     /// (withdrawing them); a human's, or another agent's, are not its to
     /// decide.
-    pub fn deny(&self, peer: &Peer, request_id: &str) -> Result<Value, WireError> {
+    pub fn deny(&self, peer: &Peer, request_id: &str) -> Result<Value, Error> {
         let me = self.requester(peer);
         let mut st = self.state();
         let Some(p) = st.pending.get(request_id) else {
@@ -514,9 +484,8 @@ impl Broker {
         };
         if matches!(me, Requester::Agent { .. }) {
             if p.requester != me {
-                return Err(WireError::new(
-                    "forbidden",
-                    "agents can deny or cancel only their own requests",
+                return Err(Error::Forbidden(
+                    "agents can deny or cancel only their own requests".into(),
                 ));
             }
             // An agent withdrawing its own request: a cancellation, not a

@@ -157,10 +157,10 @@ impl Broker {
         client_name: &str,
         client_version: &str,
         claimed_parent: u32,
-    ) -> Result<Value, WireError> {
+    ) -> Result<Value, Error> {
         let pid = peer
             .pid
-            .ok_or_else(|| WireError::new("forbidden", "peer pid unknown"))?;
+            .ok_or_else(|| Error::Forbidden("peer pid unknown".into()))?;
         let (ppid, _) = procs::stat(pid).ok_or_else(|| bad("cannot read the session's process"))?;
         let id = new_id("s");
         let mut st = self.state();
@@ -187,12 +187,9 @@ impl Broker {
                     st.agents.insert(p, start);
                 }
             }
-            return Err(WireError::new(
-                "forbidden",
-                format!(
-                    "policy requires agent '{policy_name}' to run inside the custody sandbox: the user starts it with `custody agent -- COMMAND`"
-                ),
-            ));
+            return Err(Error::Forbidden(format!(
+                "policy requires agent '{policy_name}' to run inside the custody sandbox: the user starts it with `custody agent -- COMMAND`"
+            )));
         }
         if launcher.is_none() {
             for p in [pid, ppid] {
@@ -237,19 +234,19 @@ impl Broker {
         name: &str,
         sandboxed: bool,
         enforced: Vec<String>,
-    ) -> Result<Value, WireError> {
+    ) -> Result<Value, Error> {
         let pid = peer
             .pid
-            .ok_or_else(|| WireError::new("forbidden", "peer pid unknown"))?;
+            .ok_or_else(|| Error::Forbidden("peer pid unknown".into()))?;
         let (ppid, start) =
             procs::stat(pid).ok_or_else(|| bad("cannot read the launcher's process"))?;
         // Only custody's own launcher registers (its executable this
         // binary, its command line `custody agent … -- CMD`): a script that
         // sends the request itself cannot vouch for a sandbox.
         if procs::launcher_name(pid).is_none() {
-            return Err(WireError::new(
-                "forbidden",
-                "only `custody agent` registers an agent: this process is not custody's launcher",
+            return Err(Error::Forbidden(
+                "only `custody agent` registers an agent: this process is not custody's launcher"
+                    .into(),
             ));
         }
         {
@@ -264,12 +261,9 @@ impl Broker {
                     .or_else(|| st.session_for_agent(hit).map(|s| s.policy_name.clone()))
                     .or_else(|| st.recorded.get(&hit).cloned())
                     .unwrap_or_else(|| "agent".to_owned());
-                return Err(WireError::new(
-                    "forbidden",
-                    format!(
-                        "agents cannot start agents (this process belongs to agent '{client}'): the user runs `custody agent` from their own terminal"
-                    ),
-                ));
+                return Err(Error::Forbidden(format!(
+                    "agents cannot start agents (this process belongs to agent '{client}'): the user runs `custody agent` from their own terminal"
+                )));
             }
         }
         let name = custody_core::clients::canonical(name);
@@ -285,12 +279,9 @@ impl Broker {
             .collect();
         let mut st = self.state();
         if !sandboxed && st.policy.require_sandbox(&name) {
-            return Err(WireError::new(
-                "forbidden",
-                format!(
-                    "policy requires agent '{name}' to run inside the custody sandbox, and this launcher runs it unsandboxed"
-                ),
-            ));
+            return Err(Error::Forbidden(format!(
+                "policy requires agent '{name}' to run inside the custody sandbox, and this launcher runs it unsandboxed"
+            )));
         }
         let event = AuditEvent::AgentStart {
             name: name.clone(),

@@ -267,9 +267,9 @@ pub enum Event {
 }
 
 /// A typed answer as the `ok` of a response frame.
-pub fn answer(typed: impl Serialize) -> Result<serde_json::Value, WireError> {
+pub fn answer(typed: impl Serialize) -> Result<serde_json::Value, crate::Error> {
     serde_json::to_value(typed)
-        .map_err(|_| WireError::new("internal", "the answer does not serialize"))
+        .map_err(|_| crate::Error::Internal("the answer does not serialize".into()))
 }
 
 /// Encodes bytes for an [`Event::Output`].

@@ -2,17 +2,13 @@
 //! streamed or handled by the connection itself.
 
 use super::*;
+use crate::Error;
 
 pub(super) fn secret_required(
     secret: Option<Zeroizing<Vec<u8>>>,
     what: &str,
-) -> Result<Zeroizing<Vec<u8>>, WireError> {
-    secret.ok_or_else(|| {
-        WireError::new(
-            "bad_request",
-            format!("{what} must be sent in a secret frame"),
-        )
-    })
+) -> Result<Zeroizing<Vec<u8>>, Error> {
+    secret.ok_or_else(|| Error::BadRequest(format!("{what} must be sent in a secret frame")))
 }
 
 pub(super) async fn dispatch(
@@ -21,10 +17,10 @@ pub(super) async fn dispatch(
     req: Request,
     secret: Option<Zeroizing<Vec<u8>>>,
     verified: Option<crate::broker::pin::PinVerified>,
-) -> Result<Value, WireError> {
+) -> Result<Value, Error> {
     use crate::ops;
     match req {
-        Request::Hello { .. } => Err(WireError::new("bad_request", "hello was already sent")),
+        Request::Hello { .. } => Err(Error::BadRequest("hello was already sent".into())),
         Request::Status => protocol::answer(broker.status()),
         Request::Unlock => {
             broker
@@ -56,9 +52,8 @@ pub(super) async fn dispatch(
         Request::PinChallenge
         | Request::PinExchange { .. }
         | Request::KeyChallenge
-        | Request::PinAbort => Err(WireError::new(
-            "bad_request",
-            "PIN exchanges are handled by the connection",
+        | Request::PinAbort => Err(Error::BadRequest(
+            "PIN exchanges are handled by the connection".into(),
         )),
         Request::Pending => {
             let me = broker.requester(peer);
@@ -94,11 +89,10 @@ pub(super) async fn dispatch(
             crate::scan_request::handle(broker, peer, path, git_history, staged, None).await
         }
         Request::Run(_) | Request::Watch | Request::Catalog => {
-            Err(WireError::new("internal", "handled by the connection"))
+            Err(Error::Internal("handled by the connection".into()))
         }
-        Request::RunInput { .. } | Request::RunResize(_) => Err(WireError::new(
-            "bad_request",
-            "run_input and run_resize are sent only during a run on a terminal",
+        Request::RunInput { .. } | Request::RunResize(_) => Err(Error::BadRequest(
+            "run_input and run_resize are sent only during a run on a terminal".into(),
         )),
         vault @ (Request::EnvCreate { .. }
         | Request::EnvList

@@ -27,6 +27,7 @@ mod streams;
 use dispatch::dispatch;
 use streams::{run_streaming, watch_events, with_events};
 
+use crate::Error;
 use crate::broker::{Broker, Peer};
 use crate::protocol::{
     self, ClientFrame, Event, FrameError, PROTOCOL_VERSION, Request, ServerFrame, WireError,
@@ -57,11 +58,14 @@ async fn refuse(
 async fn send_result(
     w: &mut OwnedWriteHalf,
     id: u64,
-    result: Result<Value, WireError>,
+    result: Result<Value, Error>,
 ) -> Result<(), FrameError> {
     let frame = match result {
         Ok(ok) => ServerFrame::Ok { id, ok },
-        Err(error) => ServerFrame::Err { id, error },
+        Err(error) => ServerFrame::Err {
+            id,
+            error: error.into(),
+        },
     };
     send(w, &frame).await
 }
@@ -71,7 +75,7 @@ async fn send_result(
 async fn send_typed<T: Serialize>(
     w: &mut OwnedWriteHalf,
     id: u64,
-    result: Result<T, WireError>,
+    result: Result<T, Error>,
 ) -> Result<(), FrameError> {
     #[derive(Serialize)]
     struct Answer<'a, T> {
@@ -84,7 +88,10 @@ async fn send_typed<T: Serialize>(
                 .map_err(|e| FrameError::Malformed(e.to_string()))?;
             protocol::write_frame_async(w, &bytes).await
         }
-        Err(error) => send(w, &ServerFrame::Err { id, error }).await,
+        Err(error) => {
+            let error = error.into();
+            send(w, &ServerFrame::Err { id, error }).await
+        }
     }
 }
 
@@ -189,7 +196,8 @@ async fn handle(broker: Arc<Broker>, stream: UnixStream, own_uid: u32) {
         let (secret, verified) = match prove_pin(&broker, &mut pin, &msg, secret).await {
             Ok(proved) => proved,
             Err(err) => {
-                if send(&mut wr, &ServerFrame::Err { id, error: err })
+                let error = err.into();
+                if send(&mut wr, &ServerFrame::Err { id, error })
                     .await
                     .is_err()
                 {
@@ -340,7 +348,7 @@ async fn handshake(
                     &mut wr,
                     &ServerFrame::Err {
                         id,
-                        error: WireError::new("version", msg),
+                        error: Error::Version(msg).into(),
                     },
                 )
                 .await;
@@ -403,10 +411,7 @@ async fn next_request(rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf) -> Next {
         Ok(m) => m,
         Err(e) => {
             // The frame boundary is intact, so the connection can go on.
-            let err = WireError::new(
-                "bad_request",
-                format!("malformed request: {}", e.classify_name()),
-            );
+            let err = Error::BadRequest(format!("malformed request: {}", e.classify_name())).into();
             if send(wr, &ServerFrame::Err { id: 0, error: err })
                 .await
                 .is_err()
@@ -422,10 +427,8 @@ async fn next_request(rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf) -> Next {
         Some(n) => match protocol::read_frame_async(rd).await {
             Ok(s) if s.len() == n as usize => Some(s),
             Ok(_) => {
-                let err = WireError::new(
-                    "bad_request",
-                    "secret frame length does not match secret_len",
-                );
+                let err = Error::BadRequest("secret frame length does not match secret_len".into())
+                    .into();
                 if send(
                     wr,
                     &ServerFrame::Err {
@@ -458,7 +461,7 @@ async fn prove_pin(
         Option<Zeroizing<Vec<u8>>>,
         Option<crate::broker::pin::PinVerified>,
     ),
-    WireError,
+    Error,
 > {
     let Some(proof) = &msg.pin_proof else {
         return Ok((secret, None));

@@ -2,13 +2,14 @@
 //! the user types on a terminal), the watch stream, a scan's progress.
 
 use super::*;
+use crate::Error;
 
 /// Sends `work`'s result for request `id`, and the events it sends on
 /// `events` while it runs.
 pub(super) async fn with_events(
     wr: &mut OwnedWriteHalf,
     id: u64,
-    work: impl std::future::Future<Output = Result<Value, WireError>>,
+    work: impl std::future::Future<Output = Result<Value, Error>>,
     mut events: mpsc::Receiver<Event>,
 ) -> Result<(), FrameError> {
     tokio::pin!(work);
@@ -64,7 +65,7 @@ pub(super) async fn run_streaming(
                 }
             }
             r = &mut task => {
-                break r.unwrap_or_else(|_| Err(WireError::new("internal", "run failed")));
+                break r.unwrap_or_else(|_| Err(Error::Internal("run failed".into())));
             }
             f = protocol::read_frame_async(rd), if reader_open => {
                 // During a run the client sends only what it types into a

@@ -55,7 +55,10 @@ pub fn run(_g: &Global, secrets: &mut SecretInput, a: DaemonArgs) -> anyhow::Res
                     Ok(_) => custody_broker::daemon::bind_replacing(&cfg).map_err(|e| {
                         custody_broker::protocol::WireError::new("internal", e.to_string())
                     }),
-                    Err(e) => Err(e.clone()),
+                    Err(e) => Err(custody_broker::protocol::WireError::new(
+                        e.code(),
+                        e.to_string(),
+                    )),
                 };
                 report_unlock(&listener, unlocked.as_ref().ok());
                 match listener {

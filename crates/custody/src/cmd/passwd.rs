@@ -39,7 +39,7 @@ pub fn run(g: &Global, secrets: &mut SecretInput, _a: PasswdArgs) -> anyhow::Res
         variable: None,
         by: Some(access::DIRECT_BY.to_owned()),
     };
-    let reason = |e: &VaultError| custody_broker::broker::vault_error_code(e).to_owned();
+    let reason = |e: &VaultError| custody_broker::error::vault_code(e).to_owned();
     audited::change(&mut vault, &mut chain, event, reason, |v| {
         v.change_passphrase(new.expose(), params)
     })
