@@ -23,7 +23,6 @@
 //! starts only if the binding still holds just before the spawn (so an
 //! edit between the request and the approval is caught too).
 
-use crate::Error;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -32,6 +31,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::Error;
 use crate::protocol::RunSpec;
 
 /// `PATH` when the requester passes none (what `execvp` uses).

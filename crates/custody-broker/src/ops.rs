@@ -3,18 +3,21 @@
 //! (they may create environments, declare empty slots and generate values
 //! nobody sees; setting, importing and removing are for humans).
 
-use crate::Error;
 use std::sync::Arc;
 
 use custody_core::audit::{AuditEvent, VaultAction};
 use custody_core::names::{EnvName, VarName};
 use custody_core::vault::{VarKind, VariableUpdate};
-use serde_json::{Value, json};
+use serde_json::Value;
 use zeroize::Zeroizing;
 
+use crate::Error;
 use crate::broker::{Broker, Peer};
 use crate::grants::Requester;
-use crate::protocol::{CatalogEnvironment, CatalogVariable, Request};
+use crate::protocol::{
+    CatalogEnvironment, CatalogVariable, EnvCreated, EnvDescribed, EnvRemoved, Imported,
+    ListedVariable, Request, VariableRemoved, VariableSaved,
+};
 
 fn bad(e: impl ToString) -> Error {
     Error::BadRequest(e.to_string())
@@ -147,7 +150,7 @@ pub fn vault_request(
                 change(&by, VaultAction::CreateEnvironment, &name, None),
                 |v| v.create_environment(&env, &description),
             )?;
-            Ok(json!({"created": name}))
+            crate::protocol::answer(EnvCreated { created: name })
         }
         Request::EnvList => {
             let envs = broker.with_vault(|v| v.environments())?;
@@ -155,7 +158,7 @@ pub fn vault_request(
                 .into_iter()
                 .filter(|e| policy.visible(&client, &e.name))
                 .collect();
-            Ok(serde_json::to_value(envs).unwrap_or_default())
+            crate::protocol::answer(envs)
         }
         Request::SourceAdd { source } => {
             humans_only(&requester, "configure dynamic sources")?;
@@ -185,8 +188,11 @@ pub fn vault_request(
             }
             let (info, vars) =
                 broker.with_vault(|v| Ok((v.environment(&env)?, v.variables(&env)?)))?;
-            Ok(json!({"environment": info, "variables": vars,
-                      "always_approve": policy.always_approve(&client, &name)}))
+            crate::protocol::answer(EnvDescribed {
+                environment: info,
+                variables: vars,
+                always_approve: policy.always_approve(&client, &name),
+            })
         }
         Request::EnvRemove { name } => {
             humans_only(&requester, "remove environments")?;
@@ -196,7 +202,10 @@ pub fn vault_request(
                 change(&by, VaultAction::RemoveEnvironment, &name, None),
                 |v| v.remove_environment(&env),
             )?;
-            Ok(json!({"removed": name, "variables": n}))
+            crate::protocol::answer(EnvRemoved {
+                removed: name,
+                variables: n,
+            })
         }
         Request::Set {
             env,
@@ -220,10 +229,10 @@ pub fn vault_request(
                 change(&by, VaultAction::SetVariable, &env, Some(&var)),
                 |vault| vault.set_variable(&e, &v, &value, &update),
             )?;
-            Ok(
-                json!({"environment": env, "variable": var, "created": created,
-                      "too_short_to_mask": !custody_core::mask::long_enough(&value)}),
-            )
+            crate::protocol::answer(VariableSaved {
+                too_short_to_mask: Some(!custody_core::mask::long_enough(&value)),
+                ..VariableSaved::new(env, var, created)
+            })
         }
         Request::Declare {
             env,
@@ -271,7 +280,7 @@ pub fn vault_request(
                 change(&by, VaultAction::DeclareVariable, &env, Some(&var)),
                 |vault| vault.declare_variable(&e, &v, &update),
             )?;
-            Ok(json!({"environment": env, "variable": var, "created": created}))
+            crate::protocol::answer(VariableSaved::new(env, var, created))
         }
         Request::Generate {
             env,
@@ -311,10 +320,11 @@ pub fn vault_request(
                 change(&by, VaultAction::GenerateVariable, &env, Some(&var)),
                 |vault| vault.set_variable(&e, &v, &value, &update),
             )?;
-            Ok(
-                json!({"environment": env, "variable": var, "created": created,
-                      "length": length, "alphabet": alphabet}),
-            )
+            crate::protocol::answer(VariableSaved {
+                length: Some(length),
+                alphabet: Some(alphabet),
+                ..VariableSaved::new(env, var, created)
+            })
         }
         Request::Unset { env, var } => {
             humans_only(&requester, "remove variables")?;
@@ -327,7 +337,10 @@ pub fn vault_request(
                 change(&by, VaultAction::RemoveVariable, &env, Some(&var)),
                 |vault| vault.unset_variable(&e, &v),
             )?;
-            Ok(json!({"environment": env, "removed": var}))
+            crate::protocol::answer(VariableRemoved {
+                environment: env,
+                removed: var,
+            })
         }
         Request::List { env } => {
             let envs: Vec<String> = match env {
@@ -345,13 +358,14 @@ pub fn vault_request(
             let mut rows = Vec::new();
             for name in envs {
                 let e = EnvName::new(&name).map_err(bad)?;
-                for var in broker.with_vault(|v| v.variables(&e))? {
-                    let mut row = serde_json::to_value(var).unwrap_or_default();
-                    row["environment"] = json!(name);
-                    rows.push(row);
+                for variable in broker.with_vault(|v| v.variables(&e))? {
+                    rows.push(ListedVariable {
+                        environment: name.clone(),
+                        variable,
+                    });
                 }
             }
-            Ok(Value::Array(rows))
+            crate::protocol::answer(rows)
         }
         Request::Import { env } => {
             humans_only(&requester, "import files")?;
@@ -362,10 +376,11 @@ pub fn vault_request(
                 .change_vault(change(&by, VaultAction::Import, &env, None), |v| {
                     custody_core::import::import_dotenv(v, &e, &text, &mut |_, _| {})
                 })?;
-            let mut v = serde_json::to_value(&outcome).unwrap_or_default();
-            v["environment"] = json!(env);
-            v["imported"] = json!(outcome.report.created + outcome.report.updated);
-            Ok(v)
+            crate::protocol::answer(Imported {
+                environment: env,
+                imported: outcome.report.created + outcome.report.updated,
+                outcome,
+            })
         }
         Request::AuditTail { limit } => audit_tail(broker, &requester, limit),
         // Dispatched elsewhere (`server::dispatch`, the connection): listed,
@@ -517,5 +532,5 @@ fn audit_tail(broker: &Arc<Broker>, requester: &Requester, limit: usize) -> Resu
             tail.push_back(record);
         }
     }
-    Ok(serde_json::to_value(Vec::from(tail)).unwrap_or_default())
+    crate::protocol::answer(Vec::from(tail))
 }

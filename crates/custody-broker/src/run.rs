@@ -1,7 +1,6 @@
 //! One `run` request from admission to result: grant or wait for approval,
 //! reveal the values (only here, only into the child), mask, supervise.
 
-use crate::Error;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -9,13 +8,14 @@ use std::time::{Duration, SystemTime};
 use custody_core::mask::MaskingEngine;
 use custody_core::names::{EnvName, VarName};
 use custody_core::vault::{VarKind, VaultError};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
+use crate::Error;
 use crate::broker::{Broker, Decision, Peer};
 use crate::grants::new_id;
 use crate::lease::{self, EndReason, Injected, LeasePlan};
-use crate::protocol::{Event, LeakCheck, RunLeak, RunResult, RunSpec};
+use crate::protocol::{Event, LeakCheck, RunLeak, RunPending, RunResult, RunSpec};
 use crate::sources;
 
 /// Longest lease anyone can ask for, whatever the policy says.
@@ -98,11 +98,11 @@ pub async fn run(
                     Ok(Decision::Locked) | Err(_) => return Err(Error::Locked("the vault was locked while the request waited: ask the user to run `custody unlock`".into())),
                 },
                 _ = timer => {
-                    return Ok(json!({
-                        "status": "pending",
-                        "request_id": request_id,
-                        "approve_hint": format!("custody approve {request_id}"),
-                    }));
+                    return crate::protocol::answer(RunPending {
+                        status: "pending".into(),
+                        approve_hint: format!("custody approve {request_id}"),
+                        request_id,
+                    });
                 }
                 _ = wait_true(&mut cancelled) => {
                     let _ = broker.cancel(&request_id, &requester);

@@ -2,13 +2,13 @@
 //! what the answer may say. The scanning itself is [`crate::scan`], which
 //! knows nothing of the broker.
 
-use crate::Error;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use custody_core::mask::MaskingEngine;
 use custody_core::scan::Detector;
 
+use crate::Error;
 use crate::scan::{
     Progress, WalkOptions, dynamic_variables, scan_git_history, scan_staged, scan_tree,
     vault_values,

@@ -235,16 +235,26 @@ impl Broker {
     }
 
     /// Verifies the audit chain against the head the vault holds.
-    pub fn audit_verify(&self) -> Result<Value, Error> {
+    pub fn audit_verify(&self) -> Result<AuditVerified, Error> {
         let st = self.state();
         let vault = st.vault.as_ref().ok_or_else(Error::locked)?;
         let head: Option<AuditHead> = vault.audit_head().map_err(Error::from)?;
         let key = vault.subkey(Subkey::Audit);
         match audit::verify(&self.cfg.audit_path(), &key, head.as_ref()) {
-            Ok(r) => Ok(json!({"intact": true, "records": r.records, "head_seq": r.head.seq})),
-            Err(e) => Ok(
-                json!({"intact": false, "first_bad_seq": e.first_bad_seq(), "problem": e.to_string()}),
-            ),
+            Ok(r) => Ok(AuditVerified {
+                intact: true,
+                records: Some(r.records),
+                head_seq: Some(r.head.seq),
+                first_bad_seq: None,
+                problem: None,
+            }),
+            Err(e) => Ok(AuditVerified {
+                intact: false,
+                records: None,
+                head_seq: None,
+                first_bad_seq: e.first_bad_seq(),
+                problem: Some(e.to_string()),
+            }),
         }
     }
 }

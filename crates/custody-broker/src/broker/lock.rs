@@ -66,9 +66,14 @@ impl Broker {
     pub async fn unlock(
         self: &Arc<Self>,
         passphrase: custody_core::secret::Passphrase,
-    ) -> Result<Value, Error> {
+    ) -> Result<Unlocked, Error> {
+        let already = Unlocked {
+            unlocked: true,
+            already: true,
+            policy_note: None,
+        };
         if self.state().vault.is_some() {
-            return Ok(json!({"unlocked": true, "already": true}));
+            return Ok(already);
         }
         if let Some((pid, comm)) = procs::tracer_of_self() {
             return Err(Error::Traced(format!(
@@ -95,7 +100,7 @@ impl Broker {
         let (policy, policy_note) = self.sealed_policy(&vault)?;
         let mut st = self.state();
         if st.vault.is_some() {
-            return Ok(json!({"unlocked": true, "already": true}));
+            return Ok(already);
         }
         st.vault = Some(vault);
         st.audit = Some(chain);
@@ -119,16 +124,16 @@ impl Broker {
         drop(st);
         // Credentials a crashed broker left, and this vault's orphaned roles.
         tokio::spawn(Arc::clone(self).recover_credentials());
-        let mut out = json!({"unlocked": true});
-        if let Some(note) = policy_note {
-            out["policy_note"] = json!(note);
-        }
-        Ok(out)
+        Ok(Unlocked {
+            unlocked: true,
+            already: false,
+            policy_note,
+        })
     }
 
     /// Locks: stops every lease (waits for them to end, so their ends are
     /// audited), cancels pending requests, drops grants, then zeroizes the key.
-    pub async fn lock(self: &Arc<Self>, reason: audit::LockReason) -> Value {
+    pub async fn lock(self: &Arc<Self>, reason: audit::LockReason) -> Locked {
         let lease_reason = if reason == audit::LockReason::Shutdown {
             EndReason::Shutdown
         } else {
@@ -137,7 +142,11 @@ impl Broker {
         let killed = {
             let mut st = self.state();
             if st.vault.is_none() && st.leases.is_empty() {
-                return json!({"locked": true, "already": true});
+                return Locked {
+                    locked: true,
+                    already: true,
+                    leases_killed: None,
+                };
             }
             for (_, mut p) in std::mem::take(&mut st.pending) {
                 if let Some(n) = p.notify.take() {
@@ -171,6 +180,10 @@ impl Broker {
         drop(st);
         self.engines.clear();
         self.publish(Event::Locked);
-        json!({"locked": true, "leases_killed": killed})
+        Locked {
+            locked: true,
+            already: false,
+            leases_killed: Some(killed),
+        }
     }
 }

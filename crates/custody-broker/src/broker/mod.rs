@@ -15,14 +15,16 @@ use custody_core::crypto::Subkey;
 use custody_core::names::EnvName;
 use custody_core::policy::Policy;
 use custody_core::vault::{Vault, VaultError};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::grants::{Grant, Requester, Scope, new_id};
 use crate::lease::EndReason;
 use crate::protocol::{
-    AgentView, Approval, ClientInfo, CredentialState, CredentialView, Event, GrantInfo, LeakView,
-    LeaseListing, LeaseView, RequestState, Revoked, RunSpec, RunningLease, SessionView, Status,
+    AgentView, Approval, AuditVerified, ClientInfo, CredentialState, CredentialView, DenyAnswer,
+    Event, GrantInfo, KeyNonce, LauncherRegistered, LeakView, LeaseListing, LeaseView, Locked,
+    PinParams, PinReply, PolicyApplied, PolicyShown, RequestCancelled, RequestDenied, RequestState,
+    Revoked, RunSpec, RunningLease, SessionRegistered, SessionView, Status, Unlocked,
 };
 use crate::{Error, procs, reaper};
 

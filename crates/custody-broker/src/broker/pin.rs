@@ -38,12 +38,12 @@ impl Broker {
     }
 
     /// The verifier's public parameters.
-    pub fn pin_challenge(&self) -> Result<Value, Error> {
+    pub fn pin_challenge(&self) -> Result<PinParams, Error> {
         let params = self
             .pin_checker()?
             .public_params()
             .map_err(|e| Error::VaultDamaged(e.to_string()))?;
-        Ok(json!({ "params": params }))
+        Ok(PinParams { params })
     }
 
     /// Answers a PIN exchange; counts it as a wrong PIN until its proof
@@ -51,7 +51,7 @@ impl Broker {
     pub async fn pin_exchange(
         self: &Arc<Self>,
         cli_msg: &str,
-    ) -> Result<(Value, PinSession), Error> {
+    ) -> Result<(PinReply, PinSession), Error> {
         let msg = hex::decode(cli_msg).map_err(|_| bad("the PIN exchange message is not hex"))?;
         let checker = self.pin_checker()?;
         let spent = {
@@ -68,14 +68,17 @@ impl Broker {
         }
         let (reply, confirm, session) = checker.exchange(&msg).map_err(|e| bad(e.to_string()))?;
         Ok((
-            json!({"msg": hex::encode(reply), "confirm": hex::encode(confirm)}),
+            PinReply {
+                msg: hex::encode(reply),
+                confirm: hex::encode(confirm),
+            },
             session,
         ))
     }
 
     /// A nonce for a passphrase holder's proof; the session it keys
     /// counts as a wrong PIN until its proof arrives, like an exchange.
-    pub async fn key_challenge(self: &Arc<Self>) -> Result<(Value, PinSession), Error> {
+    pub async fn key_challenge(self: &Arc<Self>) -> Result<(KeyNonce, PinSession), Error> {
         let subkey = {
             let mut st = self.state();
             let subkey = st
@@ -95,7 +98,9 @@ impl Broker {
         let nonce: [u8; 32] =
             custody_core::crypto::random_array().map_err(|e| Error::Internal(e.to_string()))?;
         Ok((
-            json!({ "nonce": hex::encode(nonce) }),
+            KeyNonce {
+                nonce: hex::encode(nonce),
+            },
             PinSession::from_vault_subkey(&subkey, &nonce),
         ))
     }

@@ -45,7 +45,7 @@ impl Broker {
 
     /// The sealed policy's text, for `custody policy show` (humans only: it
     /// tells which commands run without asking).
-    pub fn policy_show(&self, requester: &Requester) -> Result<Value, Error> {
+    pub fn policy_show(&self, requester: &Requester) -> Result<PolicyShown, Error> {
         if matches!(requester, Requester::Agent { .. }) {
             return Err(Error::Forbidden(
                 "agents cannot read the policy: ask the user".into(),
@@ -53,8 +53,16 @@ impl Broker {
         }
         let text = self.with_vault(|v| v.policy_text())?;
         Ok(match text {
-            Some(t) => json!({"sealed": true, "sha256": digest(&t), "text": t.as_str()}),
-            None => json!({"sealed": false, "text": ""}),
+            Some(t) => PolicyShown {
+                sealed: true,
+                sha256: Some(digest(&t)),
+                text: t.as_str().to_owned(),
+            },
+            None => PolicyShown {
+                sealed: false,
+                sha256: None,
+                text: String::new(),
+            },
         })
     }
 
@@ -66,7 +74,7 @@ impl Broker {
         peer: &Peer,
         text: String,
         verified: Option<super::pin::PinVerified>,
-    ) -> Result<Value, Error> {
+    ) -> Result<PolicyApplied, Error> {
         let requester = self.requester(peer);
         if matches!(requester, Requester::Agent { .. }) || peer.session.is_some() {
             return Err(Error::Forbidden(
@@ -83,7 +91,12 @@ impl Broker {
         let sha256 = digest(&text);
         let previous_sha256 = previous.as_deref().map(|t| digest(t));
         if previous_sha256.as_deref() == Some(sha256.as_str()) {
-            return Ok(json!({"applied": false, "unchanged": true, "sha256": sha256}));
+            return Ok(PolicyApplied {
+                applied: false,
+                unchanged: true,
+                sha256,
+                grants_withdrawn: None,
+            });
         }
         // Grants made by pre-approval rules go (a rule that still stands
         // makes a new one at the next run); so do approvals the new policy
@@ -113,6 +126,11 @@ impl Broker {
             st.grants.remove(id);
         }
         st.policy = Arc::new(policy);
-        Ok(json!({"applied": true, "sha256": sha256, "grants_withdrawn": withdrawn}))
+        Ok(PolicyApplied {
+            applied: true,
+            unchanged: false,
+            sha256,
+            grants_withdrawn: Some(withdrawn),
+        })
     }
 }

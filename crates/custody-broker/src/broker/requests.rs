@@ -318,7 +318,7 @@ impl Broker {
     }
 
     /// The requester gave up (closed its connection, or cancelled).
-    pub fn cancel(&self, request_id: &str, by: &Requester) -> Result<Value, Error> {
+    pub fn cancel(&self, request_id: &str, by: &Requester) -> Result<RequestCancelled, Error> {
         let mut st = self.state();
         match st.pending.get(request_id) {
             Some(p) if &p.requester == by => {}
@@ -334,7 +334,9 @@ impl Broker {
             by: by.describe(),
         });
         Self::decide(&mut st, request_id, Decision::Cancelled);
-        Ok(json!({"cancelled": request_id}))
+        Ok(RequestCancelled {
+            cancelled: request_id.to_owned(),
+        })
     }
 
     /// Approves a pending request: refused for processes descending from an
@@ -476,7 +478,7 @@ impl Broker {
     /// Denies a pending request. An agent may deny only its own requests
     /// (withdrawing them); a human's, or another agent's, are not its to
     /// decide.
-    pub fn deny(&self, peer: &Peer, request_id: &str) -> Result<Value, Error> {
+    pub fn deny(&self, peer: &Peer, request_id: &str) -> Result<DenyAnswer, Error> {
         let me = self.requester(peer);
         let mut st = self.state();
         let Some(p) = st.pending.get(request_id) else {
@@ -491,7 +493,7 @@ impl Broker {
             // An agent withdrawing its own request: a cancellation, not a
             // human's denial.
             drop(st);
-            return self.cancel(request_id, &me);
+            return self.cancel(request_id, &me).map(DenyAnswer::Cancelled);
         }
         if st.audit.is_some() {
             st.audit(AuditEvent::Denial {
@@ -501,6 +503,8 @@ impl Broker {
             })?;
         }
         Self::decide(&mut st, request_id, Decision::Denied("human"));
-        Ok(json!({"denied": request_id}))
+        Ok(DenyAnswer::Denied(RequestDenied {
+            denied: request_id.to_owned(),
+        }))
     }
 }

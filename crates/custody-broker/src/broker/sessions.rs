@@ -3,6 +3,16 @@
 
 use super::*;
 
+/// One entry of the sealed record of agent processes: an agent process
+/// (pid, start time, name), or with the sandbox flag a launcher. Written
+/// as a JSON array per entry.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum Recorded {
+    Launcher(u32, u64, String, bool),
+    Agent(u32, u64, String),
+}
+
 /// Which processes are agents, from the state (G3).
 impl State {
     pub(super) fn is_agent_process(&self, pid: u32) -> Option<u32> {
@@ -39,7 +49,12 @@ impl State {
         self.launchers.retain(|pid, _| agents.contains_key(pid));
         for (pid, start) in &self.agents {
             if let Some(l) = self.launchers.get(pid) {
-                out.push(json!([pid, start, l.name, l.sandboxed]));
+                out.push(Recorded::Launcher(
+                    *pid,
+                    *start,
+                    l.name.clone(),
+                    l.sandboxed,
+                ));
                 continue;
             }
             let name = self
@@ -47,7 +62,7 @@ impl State {
                 .map(|s| s.policy_name.clone())
                 .or_else(|| self.recorded.get(pid).cloned())
                 .unwrap_or_else(|| "agent".to_owned());
-            out.push(json!([pid, start, name]));
+            out.push(Recorded::Agent(*pid, *start, name));
         }
         if let Ok(bytes) = serde_json::to_vec(&out) {
             let _ = vault.set_agents_record(&bytes);
@@ -65,13 +80,6 @@ impl State {
         else {
             return;
         };
-        /// An agent process, or (with the sandbox flag) a launcher.
-        #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum Recorded {
-            Launcher(u32, u64, String, bool),
-            Agent(u32, u64, String),
-        }
         let Ok(list) = serde_json::from_slice::<Vec<Recorded>>(&bytes) else {
             return;
         };
@@ -157,7 +165,7 @@ impl Broker {
         client_name: &str,
         client_version: &str,
         claimed_parent: u32,
-    ) -> Result<Value, Error> {
+    ) -> Result<SessionRegistered, Error> {
         let pid = peer
             .pid
             .ok_or_else(|| Error::Forbidden("peer pid unknown".into()))?;
@@ -222,7 +230,11 @@ impl Broker {
         );
         st.record_agents();
         peer.session = Some(id.clone());
-        Ok(json!({"session_id": id, "agent_pid": agent_pid, "sandboxed": sandboxed}))
+        Ok(SessionRegistered {
+            session_id: id,
+            agent_pid,
+            sandboxed,
+        })
     }
 
     /// `custody agent`: registers the launcher `peer` (a human's process)
@@ -234,7 +246,7 @@ impl Broker {
         name: &str,
         sandboxed: bool,
         enforced: Vec<String>,
-    ) -> Result<Value, Error> {
+    ) -> Result<LauncherRegistered, Error> {
         let pid = peer
             .pid
             .ok_or_else(|| Error::Forbidden("peer pid unknown".into()))?;
@@ -301,7 +313,11 @@ impl Broker {
             },
         );
         st.record_agents();
-        Ok(json!({"name": name, "pid": pid, "sandboxed": sandboxed}))
+        Ok(LauncherRegistered {
+            name,
+            pid,
+            sandboxed,
+        })
     }
 
     /// Ends a session when its connection closes. When it was the agent's

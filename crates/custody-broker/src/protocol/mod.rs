@@ -19,8 +19,10 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use zeroize::Zeroizing;
 
+mod answers;
 mod request;
 mod views;
+pub use answers::*;
 pub use request::*;
 pub use views::*;
 

@@ -2,6 +2,7 @@
 //! streamed or handled by the connection itself.
 
 use super::*;
+
 use crate::Error;
 
 pub(super) fn secret_required(
@@ -22,33 +23,43 @@ pub(super) async fn dispatch(
     match req {
         Request::Hello { .. } => Err(Error::BadRequest("hello was already sent".into())),
         Request::Status => protocol::answer(broker.status()),
-        Request::Unlock => {
-            broker
-                .unlock(custody_core::secret::Passphrase::new(secret_required(
-                    secret,
-                    "the passphrase",
-                )?))
-                .await
+        Request::Unlock => broker
+            .unlock(custody_core::secret::Passphrase::new(secret_required(
+                secret,
+                "the passphrase",
+            )?))
+            .await
+            .and_then(protocol::answer),
+        Request::Lock => {
+            protocol::answer(broker.lock(custody_core::audit::LockReason::Manual).await)
         }
-        Request::Lock => Ok(broker.lock(custody_core::audit::LockReason::Manual).await),
         Request::RegisterSession {
             client_name,
             client_version,
             parent_pid,
             ..
-        } => broker.register_session(peer, &client_name, &client_version, parent_pid),
+        } => broker
+            .register_session(peer, &client_name, &client_version, parent_pid)
+            .and_then(protocol::answer),
         Request::AgentLaunch {
             name,
             sandboxed,
             enforced,
-        } => broker.register_launcher(peer, &name, sandboxed, enforced),
+        } => broker
+            .register_launcher(peer, &name, sandboxed, enforced)
+            .and_then(protocol::answer),
         Request::Approve { request_id, scope } => broker
             .approve(peer, &request_id, scope, verified)
             .await
             .and_then(protocol::answer),
-        Request::Deny { request_id } => broker.deny(peer, &request_id),
-        Request::PolicyShow => broker.policy_show(&broker.requester(peer)),
-        Request::PolicyApply { text } => broker.policy_apply(peer, text, verified).await,
+        Request::Deny { request_id } => broker.deny(peer, &request_id).and_then(protocol::answer),
+        Request::PolicyShow => broker
+            .policy_show(&broker.requester(peer))
+            .and_then(protocol::answer),
+        Request::PolicyApply { text } => broker
+            .policy_apply(peer, text, verified)
+            .await
+            .and_then(protocol::answer),
         Request::PinChallenge
         | Request::PinExchange { .. }
         | Request::KeyChallenge
@@ -63,7 +74,9 @@ pub(super) async fn dispatch(
         Request::RequestStatus { request_id } => broker
             .request_status(&request_id)
             .and_then(protocol::answer),
-        Request::Cancel { request_id } => broker.cancel(&request_id, &broker.requester(peer)),
+        Request::Cancel { request_id } => broker
+            .cancel(&request_id, &broker.requester(peer))
+            .and_then(protocol::answer),
         Request::Grants => {
             let me = broker.requester(peer);
             let only = matches!(me, crate::grants::Requester::Agent { .. }).then_some(&me);
@@ -77,7 +90,7 @@ pub(super) async fn dispatch(
                 .revoke(&target, &me.describe(), only)
                 .and_then(protocol::answer)
         }
-        Request::AuditVerify => broker.audit_verify(),
+        Request::AuditVerify => broker.audit_verify().and_then(protocol::answer),
         Request::Scan {
             path,
             git_history,

@@ -14,7 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::io::AsyncWrite;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
@@ -207,7 +207,7 @@ async fn handle(broker: Arc<Broker>, stream: UnixStream, own_uid: u32) {
             }
         };
         let outcome = match msg.request {
-            Request::PinChallenge => send_result(&mut wr, id, broker.pin_challenge()).await,
+            Request::PinChallenge => send_typed(&mut wr, id, broker.pin_challenge()).await,
             Request::PinExchange { msg } => {
                 if pin.take().is_some() {
                     // A second exchange before the first was used.
@@ -220,7 +220,7 @@ async fn handle(broker: Arc<Broker>, stream: UnixStream, own_uid: u32) {
                     }
                     Err(e) => Err(e),
                 };
-                send_result(&mut wr, id, res).await
+                send_typed(&mut wr, id, res).await
             }
             Request::KeyChallenge => {
                 if pin.take().is_some() {
@@ -233,7 +233,7 @@ async fn handle(broker: Arc<Broker>, stream: UnixStream, own_uid: u32) {
                     }
                     Err(e) => Err(e),
                 };
-                send_result(&mut wr, id, res).await
+                send_typed(&mut wr, id, res).await
             }
             Request::PinAbort => {
                 pin = None;
@@ -330,8 +330,11 @@ async fn handshake(
                     },
                 ..
             }) if v == PROTOCOL_VERSION => {
-                let ok = json!({"protocol": PROTOCOL_VERSION, "broker": env!("CARGO_PKG_VERSION")});
-                if send(&mut wr, &ServerFrame::Ok { id, ok }).await.is_err() {
+                let hello = protocol::Hello {
+                    protocol: PROTOCOL_VERSION,
+                    broker: env!("CARGO_PKG_VERSION").to_owned(),
+                };
+                if send_typed(&mut wr, id, Ok(hello)).await.is_err() {
                     return None;
                 }
                 client

@@ -2,6 +2,7 @@
 //! the user types on a terminal), the watch stream, a scan's progress.
 
 use super::*;
+
 use crate::Error;
 
 /// Sends `work`'s result for request `id`, and the events it sends on
@@ -98,15 +99,9 @@ pub(super) async fn watch_events(
     wr: &mut OwnedWriteHalf,
 ) {
     let mut rx = broker.subscribe();
-    if send(
-        wr,
-        &ServerFrame::Ok {
-            id,
-            ok: json!({"watching": true}),
-        },
-    )
-    .await
-    .is_err()
+    if send_typed(wr, id, Ok(protocol::Watching { watching: true }))
+        .await
+        .is_err()
     {
         return;
     }

@@ -95,7 +95,7 @@ pub fn run(_g: &Global, secrets: &mut SecretInput, a: DaemonArgs) -> anyhow::Res
 /// (one line on stdout), then lets go of stdout.
 fn report_unlock(
     bound: &Result<tokio::net::UnixListener, custody_broker::protocol::WireError>,
-    unlocked: Option<&serde_json::Value>,
+    unlocked: Option<&custody_broker::protocol::Unlocked>,
 ) {
     use std::io::Write;
     let line = match (bound, unlocked) {
