@@ -2,35 +2,21 @@
 
 use std::time::Duration;
 
-/// Parses `2s`, `15m`, `1h`, `1d` and sums like `1h30m`. A bare number is
-/// refused (is `15` seconds or minutes?). `None` on anything else.
+/// Parses `2s`, `15m`, `1h`, `1d` and sums like `1h30m` (also jiff's
+/// other friendly forms, `1h 30m`, `90 minutes`, `1.5h`, and ISO 8601's
+/// `PT15M`); a day is 24 hours, months and years are refused (not a fixed
+/// length). A bare number is refused too (is `15` seconds or minutes?),
+/// as are negative durations. `None` on anything else.
 pub fn parse(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    if text.is_empty() {
+    use jiff::{Span, SpanRelativeTo, Unit};
+    let span: Span = text.trim().parse().ok()?;
+    if span.is_negative() {
         return None;
     }
-    let mut total: u64 = 0;
-    let mut digits = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => return None,
-        };
-        let n: u64 = digits.parse().ok()?;
-        digits.clear();
-        total = total.checked_add(n.checked_mul(unit)?)?;
-    }
-    if !digits.is_empty() {
-        return None;
-    }
-    Some(Duration::from_secs(total))
+    let secs = span
+        .total((Unit::Second, SpanRelativeTo::days_are_24_hours()))
+        .ok()?;
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 /// Formats a duration in the same notation (`1h30m`, `45s`, `0s`).
@@ -60,7 +46,19 @@ mod tests {
         assert_eq!(parse("1h"), Some(Duration::from_secs(3600)));
         assert_eq!(parse("1h30m"), Some(Duration::from_secs(5400)));
         assert_eq!(parse("2d"), Some(Duration::from_secs(172_800)));
-        for bad in ["", "15", "m", "1x", "-1s", "1.5h", "99999999999999999999d"] {
+        assert_eq!(parse("1h 30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse("PT15M"), Some(Duration::from_secs(900)));
+        for bad in [
+            "",
+            "15",
+            "m",
+            "1x",
+            "-1s",
+            "1mo",
+            "1y",
+            "99999999999999999999d",
+        ] {
             assert_eq!(parse(bad), None, "{bad}");
         }
     }

@@ -348,19 +348,16 @@ pub fn argv_line(argv: &serde_json::Value) -> String {
     argv_words(&words)
 }
 
-/// An argv as one shell-like line, each element escaped ([`crate::output::field`]).
+/// An argv as one shell-like line: each element quoted for a POSIX shell
+/// (`shlex`), then its control characters escaped
+/// ([`crate::output::field`]), which shell quoting cannot do.
 pub fn argv_words(argv: &[impl AsRef<str>]) -> String {
     argv.iter()
         .map(|s| {
             let s = s.as_ref();
-            if !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
-            {
-                crate::output::field(s)
-            } else {
-                format!("'{}'", crate::output::field(&s.replace('\'', "'\\''")))
-            }
+            // A NUL cannot be in an argument; shown escaped all the same.
+            let quoted = shlex::try_quote(s).unwrap_or(std::borrow::Cow::Borrowed(s));
+            crate::output::field(&quoted)
         })
         .collect::<Vec<_>>()
         .join(" ")

@@ -331,8 +331,8 @@ fn hook_text() -> String {
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "custody".into());
     format!(
-        "#!/bin/sh\n{HOOK_MARKER}\n# Installed by `custody scan --install-hook`: blocks a commit whose staged\n# files carry a vault value or a known token shape. Bypass once with\n# `git commit --no-verify`.\ncustody='{}'\n[ -x \"$custody\" ] || custody=custody\nexec \"$custody\" scan --staged .\n",
-        exe.replace('\'', "'\\''")
+        "#!/bin/sh\n{HOOK_MARKER}\n# Installed by `custody scan --install-hook`: blocks a commit whose staged\n# files carry a vault value or a known token shape. Bypass once with\n# `git commit --no-verify`.\ncustody={}\n[ -x \"$custody\" ] || custody=custody\nexec \"$custody\" scan --staged .\n",
+        shlex::try_quote(&exe).unwrap_or_else(|_| "custody".into())
     )
 }
 

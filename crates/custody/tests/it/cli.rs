@@ -1045,11 +1045,11 @@ fn a_bad_duration_is_a_usage_error_naming_the_flag() {
     for (args, flag) in [
         (&["run", "--timeout", "5x", "--", "true"][..], "--timeout"),
         (&["approve", "r-1", "--for", "soon"], "--for"),
-        (&["daemon", "--idle-lock", "8 hours"], "--idle-lock"),
+        (&["daemon", "--idle-lock", "8 parsecs"], "--idle-lock"),
         (&["mcp", "--approval-wait", "0s"], "--approval-wait"),
         (
             &[
-                "source", "add", "command", "gh", "--mint", "true", "--ttl", "1 week",
+                "source", "add", "command", "gh", "--mint", "true", "--ttl", "1 month",
             ],
             "--ttl",
         ),
@@ -1156,4 +1156,23 @@ fn direct_changes_are_audited_like_the_brokers() {
         custody_core::audit::AuditChain::open(&h.home().join("audit.log"), &key, Some(&head))
             .unwrap();
     assert_eq!(chain.head(), head);
+}
+
+/// Durations are read by jiff's friendly parser: the compact and the
+/// spelled-out forms mean the same (a day is 24 hours); a bare number and
+/// calendar units stay refused ([`a_bad_duration_is_a_usage_error_naming_the_flag`]).
+#[test]
+fn spelled_out_durations_are_accepted() {
+    let h = Home::empty();
+    // Parsing happens before anything connects: without a broker the
+    // command gets past its arguments and fails for that reason instead.
+    for d in ["1h30m", "1h 30m", "90 minutes", "PT90M"] {
+        let out = h
+            .cmd()
+            .args(["approve", "r-1", "--for", d])
+            .assert()
+            .failure();
+        let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+        assert!(!err.contains("not a duration"), "{d}:\n{err}");
+    }
 }
