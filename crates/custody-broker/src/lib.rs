@@ -27,6 +27,7 @@ pub mod procs;
 pub mod protocol;
 pub mod pty;
 pub mod reaper;
+mod retry;
 mod run;
 pub mod scan;
 mod scan_request;

@@ -177,7 +177,8 @@ impl Broker {
             return Vec::new();
         }
         self.dynamic_ending(lease_id);
-        let mut delay = Duration::from_millis(100);
+        let mut backoff =
+            crate::retry::Backoff::new(Duration::from_millis(100), 3, self.cfg.revoke_retry_max);
         let mut last = String::new();
         for attempt in 1..=FIRST_ATTEMPTS {
             match self.revoke_lease(lease_id, attempt).await {
@@ -196,8 +197,7 @@ impl Broker {
                 Err(e) => last = e,
             }
             if attempt < FIRST_ATTEMPTS {
-                tokio::time::sleep(delay).await;
-                delay *= 3;
+                backoff.wait().await;
             }
         }
         self.credential_irrevocable(lease_id, &last, FIRST_ATTEMPTS);
@@ -217,10 +217,11 @@ impl Broker {
     /// `revoke_retry_max`) until the credentials are revoked or the vault
     /// is locked (then the lease record waits for the next unlock).
     async fn retry(self: Arc<Self>, lease_id: String) {
-        let mut delay = Duration::from_secs(1);
+        let mut backoff =
+            crate::retry::Backoff::new(Duration::from_secs(1), 2, self.cfg.revoke_retry_max);
         let mut attempts = FIRST_ATTEMPTS;
         loop {
-            tokio::time::sleep(delay).await;
+            backoff.wait().await;
             if self.state().vault.is_none() || !self.has_dynamic(&lease_id) {
                 return;
             }
@@ -232,7 +233,6 @@ impl Broker {
                 }
                 Err(e) => self.credential_irrevocable(&lease_id, &e, attempts),
             }
-            delay = (delay * 2).min(self.cfg.revoke_retry_max);
         }
     }
 

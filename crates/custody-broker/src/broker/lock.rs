@@ -168,9 +168,7 @@ impl Broker {
         let busy = |st: &State| {
             !st.leases.is_empty() || st.dynamic.values().any(|e| e.irrevocable.is_none())
         };
-        while Instant::now() < until && busy(&self.state()) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crate::retry::poll_until(until, Duration::from_millis(20), || !busy(&self.state())).await;
         let mut st = self.state();
         st.audit_after(AuditEvent::Lock { reason });
         st.dynamic.clear(); // Their records stay on disk for the next unlock.

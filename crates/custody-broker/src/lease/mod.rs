@@ -425,10 +425,9 @@ pub async fn supervise(
     if group_alive(pgid) {
         signal_group(pgid, Signal::TERM);
         let until = Instant::now() + plan.grace;
-        while group_alive(pgid) && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if group_alive(pgid) {
+        let gone =
+            crate::retry::poll_until(until, Duration::from_millis(20), || !group_alive(pgid)).await;
+        if !gone {
             signal_group(pgid, Signal::KILL);
         }
     }
