@@ -1,17 +1,21 @@
 //! `custody demo`: a guided tour in a throwaway vault. It makes a vault and
 //! an environment with a generated secret, starts the broker, starts
-//! `custody mcp` and drives it over stdio the way an agent would, asks the
+//! `custody mcp` and drives it over stdio with rmcp's client, as an agent would, asks the
 //! human to approve the agent's command, and shows what the agent got back:
 //! masked output, never the value. Then the audit trail and its check.
 
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use custody_broker::protocol::{ApprovalScope, Request};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
+};
+use rmcp::service::RunningService;
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::{Value, json};
 
 use super::Global;
@@ -114,102 +118,124 @@ impl Tour {
     }
 }
 
-/// A JSON-RPC client over an MCP server's stdio.
+/// The demo's agent: rmcp's MCP client driving `custody mcp` over its
+/// stdio, on a runtime of its own (the tour itself is synchronous).
 struct Agent {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-    next: u64,
+    rt: tokio::runtime::Runtime,
+    client: RunningService<RoleClient, DemoClient>,
+    /// Kept so the server (and the shell above it) go when the agent does.
+    _child: tokio::process::Child,
 }
+
+/// How the demo agent introduces itself.
+#[derive(Debug, Clone)]
+struct DemoClient;
+
+impl ClientHandler for DemoClient {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("custody-demo-agent", env!("CARGO_PKG_VERSION")),
+        )
+    }
+}
+
+/// A tool call started, answered later ([`Agent::finish`]).
+type PendingCall = tokio::task::JoinHandle<Result<CallToolResult, rmcp::ServiceError>>;
 
 impl Agent {
     fn start(tour: &Tour) -> anyhow::Result<Agent> {
-        // Through a shell that stays alive: the shell plays the agent client
-        // (the MCP server's parent, which the broker registers as the agent),
-        // so this demo process, which approves, is not in the agent's tree.
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg("\"$0\" mcp; exit $?")
-            .arg(&tour.exe)
-            .env("CUSTODY_HOME", tour.home())
-            .env("CUSTODY_RUNTIME_DIR", tour.runtime())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting `custody mcp`")?;
-        let stdin = child.stdin.take().context("no stdin")?;
-        let stdout: ChildStdout = child.stdout.take().context("no stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        // One worker: the client keeps reading and writing while the tour
+        // waits for the human between calls.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .context("starting the demo agent's runtime")?;
+        let (client, child) = rt.block_on(async {
+            // Through a shell that stays alive: the shell plays the agent
+            // client (the MCP server's parent, which the broker registers as
+            // the agent), so this demo process, which approves, is not in
+            // the agent's tree.
+            let mut child = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg("\"$0\" mcp; exit $?")
+                .arg(&tour.exe)
+                .env("CUSTODY_HOME", tour.home())
+                .env("CUSTODY_RUNTIME_DIR", tour.runtime())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting `custody mcp`")?;
+            let stdin = child.stdin.take().context("no stdin")?;
+            let stdout = child.stdout.take().context("no stdout")?;
+            let client =
+                tokio::time::timeout(Duration::from_secs(30), DemoClient.serve((stdout, stdin)))
+                    .await
+                    .map_err(|_| anyhow!("`custody mcp` did not answer within 30 s"))?
+                    .context("connecting to `custody mcp`")?;
+            anyhow::Ok((client, child))
+        })?;
         Ok(Agent {
-            child,
-            stdin,
-            lines: rx,
-            next: 1,
+            rt,
+            client,
+            _child: child,
         })
     }
 
-    fn send(&mut self, msg: &Value) -> anyhow::Result<()> {
-        writeln!(self.stdin, "{msg}")?;
-        self.stdin.flush()?;
-        Ok(())
+    /// The server's name and the protocol version agreed on.
+    fn server(&self) -> (String, String) {
+        let info = self.client.peer_info();
+        let name = info
+            .as_ref()
+            .and_then(|i| i.server_info.as_ref())
+            .map_or_else(|| "custody".to_owned(), |s| s.name.clone());
+        let protocol = info.map_or_else(|| "?".to_owned(), |i| i.protocol_version.to_string());
+        (name, protocol)
     }
 
-    fn request(&mut self, method: &str, params: Value) -> anyhow::Result<u64> {
-        let id = self.next;
-        self.next += 1;
-        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))?;
-        Ok(id)
+    fn tool_names(&self) -> anyhow::Result<Vec<String>> {
+        let tools = self.rt.block_on(self.client.list_all_tools())?;
+        Ok(tools.into_iter().map(|t| t.name.to_string()).collect())
     }
 
-    /// Waits for the response to `id` (notifications are skipped).
-    fn response(&mut self, id: u64, limit: Duration) -> anyhow::Result<Value> {
-        let until = Instant::now() + limit;
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .map_err(|_| anyhow!("no answer from `custody mcp` within {limit:?}"))?;
-            let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if v["id"] == json!(id) {
-                if let Some(e) = v.get("error") {
-                    bail!("MCP error: {e}");
-                }
-                return Ok(v["result"].clone());
-            }
+    /// Starts a call to `tool`; its answer comes from [`finish`](Self::finish).
+    fn start_call(&self, tool: &str, args: Value) -> PendingCall {
+        let mut p = CallToolRequestParams::new(tool.to_owned());
+        if let Value::Object(o) = args {
+            p = p.with_arguments(o);
         }
+        let peer = self.client.peer().clone();
+        self.rt.spawn(async move { peer.call_tool(p).await })
     }
 
-    fn call(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
-        let id = self.request(method, params)?;
-        self.response(id, Duration::from_secs(30))
+    /// Waits for a started call's answer: its structured result (or its
+    /// text when there is none).
+    fn finish(&self, call: PendingCall, limit: Duration) -> anyhow::Result<Value> {
+        let r = self
+            .rt
+            .block_on(async { tokio::time::timeout(limit, call).await })
+            .map_err(|_| anyhow!("no answer from `custody mcp` within {limit:?}"))?
+            .context("the demo agent stopped")?
+            .context("MCP error")?;
+        if let Some(s) = r.structured_content {
+            return Ok(s);
+        }
+        let text = r
+            .content
+            .first()
+            .and_then(|c| c.as_text())
+            .map(|t| t.text.clone())
+            .unwrap_or_default();
+        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
-}
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn call(&self, tool: &str, args: Value) -> anyhow::Result<Value> {
+        let call = self.start_call(tool, args);
+        self.finish(call, Duration::from_secs(30))
     }
-}
-
-/// The structured result of a tool call (or its text when there is none).
-fn tool_result(v: &Value) -> Value {
-    if let Some(s) = v.get("structuredContent") {
-        return s.clone();
-    }
-    let text = v["content"][0]["text"].as_str().unwrap_or_default();
-    serde_json::from_str(text).unwrap_or_else(|_| json!(text))
 }
 
 /// On SIGINT, SIGTERM or SIGHUP: put the terminal back as it was, stop the
@@ -391,44 +417,24 @@ fn tour_run(t: &Tour) -> anyhow::Result<()> {
     )?;
 
     step(4, "An agent connects over MCP and looks around");
-    let mut agent = Agent::start(t)?;
-    let init = agent.call(
-        "initialize",
-        json!({"protocolVersion": "2025-11-25", "capabilities": {},
-               "clientInfo": {"name": "custody-demo-agent", "version": env!("CARGO_PKG_VERSION")}}),
-    )?;
-    agent.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))?;
-    say(&format!(
-        "connected to {} (protocol {})",
-        init["serverInfo"]["name"].as_str().unwrap_or("custody"),
-        init["protocolVersion"].as_str().unwrap_or("?")
-    ));
-    let tools = agent.call("tools/list", json!({}))?;
-    let names: Vec<&str> = tools["tools"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|x| x["name"].as_str())
-        .collect();
-    say(&format!("tools: {}", names.join(", ")));
-    let envs = agent.call(
-        "tools/call",
-        json!({"name": "list_environments", "arguments": {}}),
-    )?;
+    let agent = Agent::start(t)?;
+    let (server, protocol) = agent.server();
+    say(&format!("connected to {server} (protocol {protocol})"));
+    say(&format!("tools: {}", agent.tool_names()?.join(", ")));
+    let envs = agent.call("list_environments", json!({}))?;
     say("list_environments → (names and descriptions only; never a value)");
-    for line in serde_json::to_string_pretty(&tool_result(&envs))?.lines() {
+    for line in serde_json::to_string_pretty(&envs)?.lines() {
         say(&format!("  {line}"));
     }
 
     step(5, "The agent asks to run a command that prints the secret");
     let script = "echo \"the token is $API_TOKEN\"; printf %s \"$API_TOKEN\" | base64";
     let cwd = t.dir.to_string_lossy().into_owned();
-    let run_id = agent.request(
-        "tools/call",
-        json!({"name": "run", "arguments": {
-            "environments": [ENV], "command": ["sh", "-c", script],
-            "cwd": cwd, "timeout_seconds": 30}}),
-    )?;
+    let run = agent.start_call(
+        "run",
+        json!({"environments": [ENV], "command": ["sh", "-c", script],
+               "cwd": cwd, "timeout_seconds": 30}),
+    );
     // The request waits for a human. Find it and ask.
     let mut broker = t.broker()?;
     let until = Instant::now() + Duration::from_secs(20);
@@ -456,8 +462,7 @@ fn tour_run(t: &Tour) -> anyhow::Result<()> {
     let approve = t.yes || input::confirm("   Approve this one run?")?;
     if approve {
         approve_with_pin(t, &mut broker, &id, &pin)?;
-        let result = agent.response(run_id, Duration::from_secs(60))?;
-        let r = tool_result(&result);
+        let r = agent.finish(run, Duration::from_secs(60))?;
 
         step(6, "What the agent got back");
         say(&format!(
@@ -476,8 +481,8 @@ fn tour_run(t: &Tour) -> anyhow::Result<()> {
             })
             .map_err(crate::access::broker_err)?;
         step(6, "You said no: what the agent got back");
-        let denied = agent.response(run_id, Duration::from_secs(30))?;
-        say(&format!("agent sees: {}", tool_result(&denied)));
+        let denied = agent.finish(run, Duration::from_secs(30))?;
+        say(&format!("agent sees: {denied}"));
         say("Nothing ran, and no value left the vault. The denial is in the audit trail:");
     }
 
