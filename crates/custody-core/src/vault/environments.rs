@@ -70,13 +70,7 @@ impl Vault {
     pub fn create_environment(&mut self, name: &EnvName, description: &str) -> Result<()> {
         check_description(description)?;
         let id: Id = crypto::random_array()?;
-        let label = Label {
-            name: name.to_string(),
-            description: description.to_owned(),
-            kind: VarKind::Env,
-            source: None,
-        };
-        let sealed = self.seal_label(b"env-label", &[&id], &label)?;
+        let sealed = self.seal_label(b"env-label", &[&id], &env_label(name, description))?;
         let t = now();
         let res = self.conn.execute(
             "INSERT INTO environments (id, name_index, sealed_label, created_at, updated_at)
@@ -98,13 +92,7 @@ impl Vault {
     pub fn describe_environment(&mut self, name: &EnvName, description: &str) -> Result<()> {
         check_description(description)?;
         let id = self.env_id(name)?;
-        let label = Label {
-            name: name.to_string(),
-            description: description.to_owned(),
-            kind: VarKind::Env,
-            source: None,
-        };
-        let sealed = self.seal_label(b"env-label", &[&id], &label)?;
+        let sealed = self.seal_label(b"env-label", &[&id], &env_label(name, description))?;
         self.conn
             .execute(
                 "UPDATE environments SET sealed_label = ?2, updated_at = ?3 WHERE id = ?1",
@@ -189,5 +177,15 @@ impl Vault {
             created_at,
             updated_at,
         })
+    }
+}
+
+/// An environment's sealed label: its name and description.
+fn env_label(name: &EnvName, description: &str) -> Label {
+    Label {
+        name: name.to_string(),
+        description: description.to_owned(),
+        kind: VarKind::Env,
+        source: None,
     }
 }
