@@ -25,6 +25,7 @@ mod ops;
 pub mod paths;
 pub mod procs;
 pub mod protocol;
+pub mod proxy;
 pub mod pty;
 pub mod reaper;
 mod retry;

@@ -6,4 +6,5 @@ mod common;
 
 mod broker;
 mod dynamic;
+mod proxy;
 mod scan;

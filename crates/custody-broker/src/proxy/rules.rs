@@ -1,0 +1,264 @@
+//! Where a bound variable may go: a destination (scheme, host, port), the
+//! methods and paths allowed there, and the header its value goes in. And
+//! the placeholder a child holds instead of the value.
+
+/// One destination a variable is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// `https` or `http`.
+    pub scheme: String,
+    /// Lower-case host name (or address).
+    pub host: String,
+    /// Port (the scheme's default when the binding gave none).
+    pub port: u16,
+    /// Upper-case methods allowed; empty: any.
+    pub methods: Vec<String>,
+    /// Path patterns (`/v1/*`: a prefix; anything else: exact); empty: any.
+    pub paths: Vec<String>,
+    /// The header the value goes in.
+    pub header: String,
+    /// The header's value, `{value}` standing for the value.
+    pub template: String,
+}
+
+/// Why a binding does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// The destination is not `https://host[:port]` or `http://…`.
+    #[error("'{0}' is not a destination: give https://HOST[:PORT]")]
+    Destination(String),
+    /// The header is not `Name: template` with `{{value}}` in it.
+    #[error("'{0}' is not a header template: give 'Name: … {{value}} …'")]
+    Header(String),
+    /// A method is not a token.
+    #[error("'{0}' is not an HTTP method")]
+    Method(String),
+    /// A path does not start with `/`.
+    #[error("'{0}' is not a path: it must start with /")]
+    Path(String),
+}
+
+impl Rule {
+    /// Parses a binding as `custody set --bind` gives it: the destination,
+    /// an optional header template (default `Authorization: Bearer
+    /// {value}`), methods (`GET,POST`) and path patterns.
+    pub fn parse(
+        destination: &str,
+        header: Option<&str>,
+        methods: &[String],
+        paths: &[String],
+    ) -> Result<Rule, RuleError> {
+        let bad = || RuleError::Destination(destination.to_owned());
+        let (scheme, rest) = destination.split_once("://").ok_or_else(bad)?;
+        let scheme = scheme.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "https" => 443,
+            "http" => 80,
+            _ => return Err(bad()),
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
+            return Err(bad());
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                (h, p.parse::<u16>().map_err(|_| bad())?)
+            }
+            _ => (authority, default_port),
+        };
+        if host.is_empty() || port == 0 {
+            return Err(bad());
+        }
+        let (name, template) = header
+            .unwrap_or("Authorization: Bearer {value}")
+            .split_once(':')
+            .ok_or_else(|| RuleError::Header(header.unwrap_or_default().to_owned()))?;
+        let (name, template) = (name.trim(), template.trim());
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        };
+        if !token(name) || !template.contains("{value}") || template.contains(['\r', '\n']) {
+            return Err(RuleError::Header(header.unwrap_or_default().to_owned()));
+        }
+        let mut m = Vec::new();
+        for method in methods.iter().flat_map(|x| x.split(',')) {
+            let method = method.trim().to_ascii_uppercase();
+            if !token(&method) {
+                return Err(RuleError::Method(method));
+            }
+            m.push(method);
+        }
+        let mut p = Vec::new();
+        for path in paths.iter().flat_map(|x| x.split(',')) {
+            let path = path.trim();
+            if !path.starts_with('/') {
+                return Err(RuleError::Path(path.to_owned()));
+            }
+            p.push(path.to_owned());
+        }
+        Ok(Rule {
+            scheme,
+            host: host.trim_matches(['[', ']']).to_ascii_lowercase(),
+            port,
+            methods: m,
+            paths: p,
+            header: name.to_owned(),
+            template: template.to_owned(),
+        })
+    }
+
+    /// The destination, as shown to the human who approves.
+    pub fn destination(&self) -> String {
+        let default = if self.scheme == "https" { 443 } else { 80 };
+        let mut d = format!("{}://{}", self.scheme, self.host);
+        if self.port != default {
+            d.push_str(&format!(":{}", self.port));
+        }
+        if !self.methods.is_empty() {
+            d = format!("{} {d}", self.methods.join(","));
+        }
+        if !self.paths.is_empty() {
+            d.push_str(&format!(" {}", self.paths.join(",")));
+        }
+        d
+    }
+
+    /// Whether a request to this origin may carry the value.
+    pub fn same_origin(&self, scheme: &str, host: &str, port: u16) -> bool {
+        self.scheme == scheme && self.host.eq_ignore_ascii_case(host) && self.port == port
+    }
+
+    /// Whether this request may carry the value.
+    pub fn allows(&self, scheme: &str, host: &str, port: u16, method: &str, path: &str) -> bool {
+        self.same_origin(scheme, host, port)
+            && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+            && (self.paths.is_empty() || self.paths.iter().any(|p| path_matches(p, path)))
+    }
+}
+
+/// `/v1/*` matches `/v1/` and below; anything else matches itself only.
+/// Dot segments are refused outright (`/v1/../admin` is not under `/v1/`).
+fn path_matches(pattern: &str, path: &str) -> bool {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    if path.split('/').any(|seg| seg == ".." || seg == ".") || path.contains('%') {
+        // Percent-encoded paths could hide dot segments; only the literal
+        // form is compared.
+        return !path.contains("..") && !path.contains('%') && pattern == path;
+    }
+    match pattern.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => pattern == path,
+    }
+}
+
+/// A placeholder for `value`: the same length and the same kind of
+/// characters, keeping a known token prefix (`sk_live_`, `ghp_`, …) so
+/// SDKs that check it accept the placeholder; the rest is random and
+/// marked so it is never mistaken for a real credential.
+pub fn placeholder(value: &[u8]) -> Result<String, custody_core::crypto::CryptoError> {
+    const PREFIXES: [&str; 12] = [
+        "sk_live_",
+        "sk_test_",
+        "rk_live_",
+        "pk_live_",
+        "sk-proj-",
+        "sk-ant-",
+        "sk-",
+        "ghp_",
+        "gho_",
+        "github_pat_",
+        "xoxb-",
+        "AKIA",
+    ];
+    let text = std::str::from_utf8(value).unwrap_or_default();
+    let prefix = PREFIXES
+        .iter()
+        .find(|p| text.starts_with(**p))
+        .copied()
+        .unwrap_or_default();
+    let len = value.len().clamp(prefix.len() + 24, 512);
+    let random: [u8; 512] = custody_core::crypto::random_array()?;
+    const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(len);
+    out.push_str(prefix);
+    out.push_str("custodyPH");
+    for b in random
+        .iter()
+        .take(len - prefix.len())
+        .skip("custodyPH".len())
+    {
+        out.push(char::from(ALNUM[usize::from(*b) % ALNUM.len()]));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(d: &str) -> Rule {
+        Rule::parse(d, None, &[], &[]).expect("parses")
+    }
+
+    #[test]
+    fn destinations_parse_with_default_ports_and_refuse_junk() {
+        let r = rule("https://API.Stripe.com");
+        assert_eq!(
+            (r.scheme.as_str(), r.host.as_str(), r.port),
+            ("https", "api.stripe.com", 443)
+        );
+        assert_eq!(r.header, "Authorization");
+        assert_eq!(r.template, "Bearer {value}");
+        assert_eq!(rule("http://localhost:8080/").port, 8080);
+        for bad in [
+            "api.stripe.com",
+            "ftp://x",
+            "https://",
+            "https://a/b",
+            "https://u@h",
+            "https://h:0",
+        ] {
+            assert!(Rule::parse(bad, None, &[], &[]).is_err(), "{bad}");
+        }
+        assert!(Rule::parse("https://h", Some("X-Key: {value}\r\nEvil: 1"), &[], &[]).is_err());
+        assert!(Rule::parse("https://h", Some("X-Key: static"), &[], &[]).is_err());
+    }
+
+    #[test]
+    fn methods_and_paths_narrow_a_destination() {
+        let r = Rule::parse(
+            "https://api.example.test",
+            Some("X-Api-Key: {value}"),
+            &["get,post".into()],
+            &["/v1/*".into()],
+        )
+        .expect("parses");
+        assert!(r.allows(
+            "https",
+            "api.example.test",
+            443,
+            "GET",
+            "/v1/charges?limit=3"
+        ));
+        assert!(!r.allows("https", "api.example.test", 443, "DELETE", "/v1/charges"));
+        assert!(!r.allows("https", "api.example.test", 443, "GET", "/v2/charges"));
+        assert!(!r.allows("https", "api.example.test", 443, "GET", "/v1/../admin"));
+        assert!(!r.allows("https", "api.example.test", 443, "GET", "/v1/%2e%2e/admin"));
+        assert!(!r.allows("http", "api.example.test", 443, "GET", "/v1/x"));
+        assert!(!r.allows("https", "api.example.test.evil", 443, "GET", "/v1/x"));
+        assert_eq!(r.destination(), "GET,POST https://api.example.test /v1/*");
+    }
+
+    #[test]
+    fn placeholders_keep_the_prefix_and_never_the_value() {
+        let value = b"sk_live_51Habcdefghijklmnopqrstuvwxyz";
+        let p = placeholder(value).expect("random");
+        assert!(p.starts_with("sk_live_custodyPH"), "{p}");
+        assert_eq!(p.len(), value.len());
+        assert_ne!(p.as_bytes(), value);
+        assert_ne!(placeholder(value).expect("random"), p);
+        assert!(placeholder(b"x").expect("random").starts_with("custodyPH"));
+    }
+}
