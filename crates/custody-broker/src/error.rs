@@ -149,6 +149,7 @@ pub fn vault_code(e: &VaultError) -> &'static str {
         | VaultError::DescriptionTooLarge { .. }
         | VaultError::DescriptionControl { .. }
         | VaultError::BreaksEveryRun { .. }
+        | VaultError::NotBindable { .. }
         | VaultError::PinTooShort { .. } => "bad_request",
         VaultError::Tampered { .. } | VaultError::Corrupt { .. } => "vault_damaged",
         _ => "vault_error",

@@ -212,6 +212,7 @@ pub fn vault_request(
             var,
             description,
             kind,
+            bindings,
         } => {
             humans_only(&requester, "set values")?;
             pin("setting a value")?;
@@ -224,6 +225,7 @@ pub fn vault_request(
                 description,
                 kind,
                 source: None,
+                bindings,
             };
             let created = broker.change_vault(
                 change(&by, VaultAction::SetVariable, &env, Some(&var)),
@@ -275,6 +277,7 @@ pub fn vault_request(
                 description,
                 kind,
                 source,
+                bindings: None,
             };
             let created = broker.change_vault(
                 change(&by, VaultAction::DeclareVariable, &env, Some(&var)),
@@ -315,6 +318,7 @@ pub fn vault_request(
                 description,
                 kind,
                 source: None,
+                bindings: None,
             };
             let created = broker.change_vault(
                 change(&by, VaultAction::GenerateVariable, &env, Some(&var)),
@@ -325,6 +329,31 @@ pub fn vault_request(
                 alphabet: Some(alphabet),
                 ..VariableSaved::new(env, var, created)
             })
+        }
+        Request::Bind { env, var, bindings } => {
+            humans_only(&requester, "bind variables to destinations")?;
+            pin("binding a variable")?;
+            let (e, v) = (
+                EnvName::new(&env).map_err(bad)?,
+                VarName::new(&var).map_err(bad)?,
+            );
+            // Binding names an existing variable; it never declares one.
+            if !broker
+                .with_vault(|vault| vault.variables(&e))?
+                .iter()
+                .any(|x| x.name == var)
+            {
+                return Err(Error::NotFound(format!("no variable '{env}/{var}'")));
+            }
+            let update = VariableUpdate {
+                bindings: Some(bindings),
+                ..VariableUpdate::default()
+            };
+            broker.change_vault(
+                change(&by, VaultAction::BindVariable, &env, Some(&var)),
+                |vault| vault.declare_variable(&e, &v, &update),
+            )?;
+            crate::protocol::answer(VariableSaved::new(env, var, false))
         }
         Request::Unset { env, var } => {
             humans_only(&requester, "remove variables")?;
@@ -514,7 +543,9 @@ fn audit_tail(broker: &Arc<Broker>, requester: &Requester, limit: usize) -> Resu
                 AuditEvent::CredentialMinted { lease_id, .. }
                 | AuditEvent::CredentialRevoked { lease_id, .. }
                 | AuditEvent::CredentialIrrevocable { lease_id, .. }
-                | AuditEvent::LeakFound { lease_id, .. },
+                | AuditEvent::LeakFound { lease_id, .. }
+                | AuditEvent::ProxyRequest { lease_id, .. }
+                | AuditEvent::ExfiltrationBlocked { lease_id, .. },
             ) => leases.contains(lease_id),
             (Some(me), AuditEvent::VaultChange { by: Some(by), .. }) => by == me,
             (Some(me), AuditEvent::Revoke { target, by }) => {

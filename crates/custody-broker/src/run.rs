@@ -118,6 +118,8 @@ pub async fn run(
     // instead: prepared here (under the lock), minted below (without it).
     let mut injected = Vec::new();
     let mut wanted = Vec::new();
+    // Bound variables (by index in `injected`) and where each may go.
+    let mut bound_rules = Vec::new();
     let prepared = {
         let mut st = broker.state();
         let vault = st.vault.as_mut().ok_or_else(|| {
@@ -146,19 +148,39 @@ pub async fn run(
                 by_env[slot].1.push(var);
             }
             let mut revealed = Vec::with_capacity(by_env.len());
+            let mut bindings = Vec::with_capacity(by_env.len());
             for (env, vars) in &by_env {
                 let values = vault.reveal_many(env, vars).map_err(Error::from)?;
                 revealed.push(values.into_iter().map(Some).collect::<Vec<_>>());
+                // From the kept listing: the labels' authenticated bindings.
+                let listed = vault.variables(env).map_err(Error::from)?;
+                bindings.push(
+                    vars.iter()
+                        .map(|v| {
+                            listed
+                                .iter()
+                                .find(|x| x.name == v.as_str())
+                                .map(|x| x.bindings.clone())
+                                .unwrap_or_default()
+                        })
+                        .collect::<Vec<_>>(),
+                );
             }
             for (slot, i) in order {
                 let name = by_env[slot].1[i].as_str().to_owned();
                 match revealed[slot][i].take() {
                     None => continue, // Each slot is taken once.
-                    Some(Ok((kind, value))) => injected.push(Injected {
-                        name,
-                        as_file: kind == VarKind::File,
-                        value,
-                    }),
+                    Some(Ok((kind, value))) => {
+                        let rules = std::mem::take(&mut bindings[slot][i]);
+                        if !rules.is_empty() && kind == VarKind::Env {
+                            bound_rules.push((injected.len(), rules));
+                        }
+                        injected.push(Injected {
+                            name,
+                            as_file: kind == VarKind::File,
+                            value,
+                        });
+                    }
                     Some(Err(VaultError::Dynamic { from, .. })) => wanted.push((name, from)),
                     Some(Err(other)) => return Err(Error::from(other)),
                 }
@@ -201,6 +223,15 @@ pub async fn run(
             }
         }
     }
+    // Bound variables: the child gets a placeholder, the lease's proxy the
+    // value (it puts it in on requests to the bound destinations only).
+    let proxy = match start_proxy(broker, &mut injected, bound_rules).await {
+        Ok(p) => p,
+        Err(e) => {
+            broker.settle(&lease_id).await;
+            return Err(e);
+        }
+    };
     let values: Vec<(&str, &[u8])> = injected
         .iter()
         .map(|i| (i.name.as_str(), i.value.expose()))
@@ -208,7 +239,7 @@ pub async fn run(
         .collect();
     // Stored values only: reused while they stay the same. Minted ones are
     // new each time.
-    let engine = if dynamic {
+    let engine = if dynamic || proxy.is_some() {
         Arc::new(MaskingEngine::new(values.iter().copied()))
     } else {
         broker.engines.for_values(&values)
@@ -235,7 +266,12 @@ pub async fn run(
         engine,
         runtime_dir: broker.cfg.runtime_dir.clone(),
         pty: spec.pty,
+        proxy: proxy.as_ref().map(|p| lease::ProxyEnv {
+            url: p.proxy.url(),
+            ca_pem: p.proxy.ca_pem().to_owned(),
+        }),
     };
+    let proxy_log = proxy.map(|p| p.log(broker, &lease_id));
     // The files may have changed since the request was shown to the human
     // (or since a timed grant was made), or while credentials were minted:
     // what runs must be what was bound, checked as late as possible.
@@ -279,6 +315,11 @@ pub async fn run(
         }
     }
     .map_err(|_| Error::Internal("the lease supervisor failed".into()))?;
+    // The proxy goes with the lease; what it did is audited, then reported.
+    let proxy_report = match proxy_log {
+        Some(log) => Some(log.finish().await),
+        None => None,
+    };
     // Post-run leak check: the values stay here, with the lease's engine.
     // It walks the tree while the lease's end is recorded.
     let own = vec![broker.cfg.home.clone(), broker.cfg.runtime_dir.clone()];
@@ -318,10 +359,110 @@ pub async fn run(
             bytes: report.bytes,
             truncated: report.truncated,
         },
+        proxy: proxy_report,
     };
     fit_in_frame(&mut result);
     serde_json::to_value(&result)
         .map_err(|_| Error::Internal("the run result does not serialize".into()))
+}
+
+/// A lease's proxy, started.
+struct RunningProxy {
+    proxy: crate::proxy::LeaseProxy,
+    events: mpsc::UnboundedReceiver<crate::proxy::ProxyEvent>,
+    bound: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// Swaps each bound variable's value for a placeholder in `injected` and
+/// starts the proxy that holds the values; `None` when nothing is bound.
+async fn start_proxy(
+    broker: &Arc<Broker>,
+    injected: &mut [Injected],
+    bound_rules: Vec<(usize, Vec<custody_core::bound::Rule>)>,
+) -> Result<Option<RunningProxy>, Error> {
+    if bound_rules.is_empty() {
+        return Ok(None);
+    }
+    let mut bound = Vec::with_capacity(bound_rules.len());
+    let mut shown = std::collections::BTreeMap::new();
+    for (i, rules) in bound_rules {
+        let inj = &mut injected[i];
+        let placeholder = crate::proxy::placeholder(inj.value.expose())
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let value = std::mem::replace(
+            &mut inj.value,
+            custody_core::secret::Value::from_vec(placeholder.clone().into_bytes()),
+        );
+        shown.insert(
+            inj.name.clone(),
+            rules
+                .iter()
+                .map(custody_core::bound::Rule::destination)
+                .collect(),
+        );
+        bound.push(crate::proxy::Bound {
+            name: inj.name.clone(),
+            placeholder,
+            value,
+            rules,
+        });
+    }
+    let cfg = crate::proxy::ProxyConfig {
+        bound,
+        extra_roots: broker.cfg.proxy.extra_roots.clone(),
+        resolve: broker.cfg.proxy.resolve.clone(),
+    };
+    let (tx, events) = mpsc::unbounded_channel();
+    let proxy = crate::proxy::LeaseProxy::start(cfg, tx)
+        .await
+        .map_err(|e| Error::SpawnFailed(e.to_string()))?;
+    Ok(Some(RunningProxy {
+        proxy,
+        events,
+        bound: shown,
+    }))
+}
+
+impl RunningProxy {
+    /// Audits what the proxy does while the lease runs.
+    fn log(self, broker: &Arc<Broker>, lease_id: &str) -> ProxyLog {
+        let RunningProxy {
+            proxy,
+            mut events,
+            bound,
+        } = self;
+        let (broker, lease_id) = (Arc::clone(broker), lease_id.to_owned());
+        let task = tokio::spawn(async move {
+            let mut report = crate::protocol::ProxyReport {
+                bound,
+                ..Default::default()
+            };
+            while let Some(event) = events.recv().await {
+                broker.proxy_event(&lease_id, &event);
+                report.add(event);
+            }
+            report
+        });
+        ProxyLog { proxy, task }
+    }
+}
+
+/// A running lease's proxy and the task auditing it.
+struct ProxyLog {
+    proxy: crate::proxy::LeaseProxy,
+    task: tokio::task::JoinHandle<crate::protocol::ProxyReport>,
+}
+
+impl ProxyLog {
+    /// Stops the proxy (every connection through it ends) and returns what
+    /// it did, once its last events are audited.
+    async fn finish(self) -> crate::protocol::ProxyReport {
+        drop(self.proxy);
+        match tokio::time::timeout(Duration::from_secs(2), self.task).await {
+            Ok(Ok(report)) => report,
+            _ => crate::protocol::ProxyReport::default(),
+        }
+    }
 }
 
 /// Room left in a response frame for its envelope (`{"id":…,"ok":…}`).

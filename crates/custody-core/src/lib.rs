@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod bound;
 pub mod clients;
 pub mod crypto;
 pub mod dotenv;

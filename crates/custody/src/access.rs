@@ -478,9 +478,46 @@ impl Backend {
                     var: var.to_string(),
                     description: update.description.clone(),
                     kind: update.kind,
+                    bindings: update.bindings.clone(),
                 };
                 let v = self.change(req, Some(value))?;
                 Ok(v["created"].as_bool().unwrap_or(false))
+            }
+        }
+    }
+
+    /// Replaces an existing variable's bindings (an empty list unbinds).
+    pub fn bind_variable(
+        &mut self,
+        env: &EnvName,
+        var: &VarName,
+        rules: &[custody_core::bound::Rule],
+    ) -> anyhow::Result<()> {
+        match self {
+            Backend::Direct(d) => {
+                if !d
+                    .vault
+                    .variables(env)?
+                    .iter()
+                    .any(|x| x.name == var.as_str())
+                {
+                    anyhow::bail!("no variable '{env}/{var}'");
+                }
+                let update = VariableUpdate {
+                    bindings: Some(rules.to_vec()),
+                    ..VariableUpdate::default()
+                };
+                d.change(VaultAction::BindVariable, env, Some(var), |v| {
+                    v.declare_variable(env, var, &update).map(drop)
+                })
+            }
+            Backend::Broker(..) => {
+                let req = Request::Bind {
+                    env: env.to_string(),
+                    var: var.to_string(),
+                    bindings: rules.to_vec(),
+                };
+                self.change(req, None).map(drop)
             }
         }
     }

@@ -70,6 +70,48 @@ pub struct BrokerConfig {
     /// [`crate::contain`]. Only for a process that is the broker alone (a
     /// test embedding the broker has children of its own).
     pub contain: bool,
+    /// Upstream roots and name overrides for leases' proxies.
+    pub proxy: ProxySettings,
+}
+
+/// What every lease's proxy is given besides its bound variables.
+#[derive(Debug, Clone, Default)]
+pub struct ProxySettings {
+    /// Roots trusted for upstream servers besides the platform's
+    /// (`CUSTODY_PROXY_CA_FILE`: a private CA in front of an API).
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Host → address overrides (`CUSTODY_PROXY_RESOLVE=host=ip:port,…`).
+    pub resolve: std::collections::HashMap<String, std::net::SocketAddr>,
+}
+
+impl ProxySettings {
+    /// From `CUSTODY_PROXY_CA_FILE` (PEM certificates) and
+    /// `CUSTODY_PROXY_RESOLVE` (`host=ip:port`, comma-separated), read by
+    /// the daemon from the environment of whoever started it.
+    pub fn from_env() -> Result<ProxySettings, String> {
+        use rustls::pki_types::pem::PemObject;
+        let mut out = ProxySettings::default();
+        if let Some(path) = std::env::var_os("CUSTODY_PROXY_CA_FILE") {
+            let pem = std::fs::read(&path).map_err(|e| format!("CUSTODY_PROXY_CA_FILE: {e}"))?;
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+                out.extra_roots
+                    .push(cert.map_err(|e| format!("CUSTODY_PROXY_CA_FILE: {e}"))?);
+            }
+        }
+        if let Ok(list) = std::env::var("CUSTODY_PROXY_RESOLVE") {
+            for pair in list.split(',').filter(|p| !p.trim().is_empty()) {
+                let (host, addr) = pair.split_once('=').ok_or_else(|| {
+                    format!("CUSTODY_PROXY_RESOLVE: '{pair}' is not host=ip:port")
+                })?;
+                let addr = addr
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("CUSTODY_PROXY_RESOLVE: '{pair}' is not host=ip:port"))?;
+                out.resolve.insert(host.trim().to_ascii_lowercase(), addr);
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl BrokerConfig {
@@ -89,6 +131,7 @@ impl BrokerConfig {
             pending_lifetime: Duration::from_secs(15 * 60),
             revoke_retry_max: Duration::from_secs(60),
             contain: true,
+            proxy: ProxySettings::default(),
         }
     }
 

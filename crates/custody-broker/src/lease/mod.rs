@@ -104,6 +104,60 @@ pub struct LeasePlan {
     pub runtime_dir: PathBuf,
     /// Run on a pseudo-terminal of this size instead of pipes ([`crate::pty`]).
     pub pty: Option<protocol::TermSize>,
+    /// The lease's proxy, when it has bound variables.
+    pub proxy: Option<ProxyEnv>,
+}
+
+/// What a child with bound variables is given to reach its proxy.
+pub struct ProxyEnv {
+    /// `http://custody:PASSWORD@127.0.0.1:PORT` (the lease's own).
+    pub url: Zeroizing<String>,
+    /// The lease CA (PEM), added to the child's CA bundle.
+    pub ca_pem: String,
+}
+
+/// Variables naming the proxy (both cases: tools read one or the other).
+const PROXY_VARS: [&str; 4] = ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"];
+
+/// Variables naming a CA bundle file, across OpenSSL, Python, curl, git,
+/// Node and the AWS SDKs.
+const CA_VARS: [&str; 6] = [
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "NODE_EXTRA_CA_CERTS",
+    "AWS_CA_BUNDLE",
+];
+
+/// The platform's CA bundle (what the child would have trusted) and the
+/// lease CA, in the lease's directory.
+fn write_ca_bundle(dir: &Path, proxy: &ProxyEnv) -> std::io::Result<PathBuf> {
+    crate::paths::ensure_private_dir(dir.parent().unwrap_or(dir))?;
+    crate::paths::ensure_private_dir(dir)?;
+    let system = std::env::var_os("SSL_CERT_FILE")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(
+            [
+                "/etc/ssl/certs/ca-certificates.crt",
+                "/etc/pki/tls/certs/ca-bundle.crt",
+                "/etc/ssl/cert.pem",
+            ]
+            .map(PathBuf::from),
+        )
+        .find_map(|p| std::fs::read(p).ok())
+        .unwrap_or_default();
+    let path = dir.join("custody-ca-bundle.pem");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    f.write_all(&system)?;
+    f.write_all(b"\n")?;
+    f.write_all(proxy.ca_pem.as_bytes())?;
+    Ok(path)
 }
 
 /// What a requester sends into its lease's terminal while it runs.
@@ -273,6 +327,17 @@ pub fn spawn(plan: &LeasePlan) -> Result<(Spawned, Started, PathBuf), LeaseError
     }
     for (name, path) in &files {
         cmd.env(name, path);
+    }
+    if let Some(proxy) = &plan.proxy {
+        let bundle = write_ca_bundle(&dir, proxy).map_err(LeaseError::Files)?;
+        for name in PROXY_VARS {
+            cmd.env(name, proxy.url.as_str());
+        }
+        // Everything goes through the proxy: no host is exempt.
+        cmd.env_remove("NO_PROXY").env_remove("no_proxy");
+        for name in CA_VARS {
+            cmd.env(name, &bundle);
+        }
     }
     // The child is a subreaper: nothing it starts can leave the lease.
     let (child, own) = crate::contain::spawn(&mut cmd).map_err(|source| {

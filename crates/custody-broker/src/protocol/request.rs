@@ -165,6 +165,19 @@ pub enum Request {
         /// New kind (`env`/`file`).
         #[serde(default)]
         kind: Option<custody_core::vault::VarKind>,
+        /// Destinations the value is bound to (`None` keeps them).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bindings: Option<Vec<custody_core::bound::Rule>>,
+    },
+    /// Bind an existing variable to destinations (an empty list unbinds):
+    /// humans only, with the PIN.
+    Bind {
+        /// Environment.
+        env: String,
+        /// Variable.
+        var: String,
+        /// The destinations; they replace the current ones.
+        bindings: Vec<custody_core::bound::Rule>,
     },
     /// Declare an empty slot.
     Declare {

@@ -240,6 +240,59 @@ pub struct RunResult {
     pub credentials: Vec<SettledCredential>,
     /// What the post-run leak check read.
     pub leak_check: LeakCheck,
+    /// What the lease's proxy did for its bound variables (absent when it
+    /// used none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyReport>,
+}
+
+/// A lease's proxy, by name: where the bound values went, what was refused.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProxyReport {
+    /// Bound variables and the destinations each may go to.
+    pub bound: BTreeMap<String, Vec<String>>,
+    /// Requests sent on.
+    pub requests: u64,
+    /// Requests each variable's value was put in.
+    pub injected: BTreeMap<String, u64>,
+    /// Requests refused for carrying a variable where it is not bound.
+    pub blocked: Vec<ProxyBlock>,
+}
+
+impl ProxyReport {
+    /// Counts one of the proxy's events.
+    pub fn add(&mut self, event: crate::proxy::ProxyEvent) {
+        use crate::proxy::ProxyEvent;
+        match event {
+            ProxyEvent::Forwarded { injected, .. } => {
+                self.requests += 1;
+                for name in injected {
+                    *self.injected.entry(name).or_default() += 1;
+                }
+            }
+            ProxyEvent::Blocked {
+                destination,
+                method,
+                path,
+                variables,
+            } => self.blocked.push(ProxyBlock {
+                destination,
+                request: format!("{method} {path}"),
+                variables,
+            }),
+        }
+    }
+}
+
+/// One refused request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProxyBlock {
+    /// `https://host[:port]`.
+    pub destination: String,
+    /// Method and path.
+    pub request: String,
+    /// The variables it carried.
+    pub variables: Vec<String>,
 }
 
 /// A file a run wrote that holds a secret value.

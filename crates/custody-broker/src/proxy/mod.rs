@@ -17,7 +17,6 @@
 
 mod ca;
 mod exchange;
-pub mod rules;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,7 +29,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use zeroize::Zeroizing;
 
-pub use rules::{Rule, RuleError, placeholder};
+pub use custody_core::bound::{Rule, RuleError, placeholder};
 
 /// A bound variable, as one lease's proxy holds it.
 pub struct Bound {

@@ -112,6 +112,7 @@ pub(super) async fn dispatch(
         | Request::EnvDescribe { .. }
         | Request::EnvRemove { .. }
         | Request::Set { .. }
+        | Request::Bind { .. }
         | Request::Declare { .. }
         | Request::Generate { .. }
         | Request::SourceAdd { .. }

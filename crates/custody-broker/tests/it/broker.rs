@@ -1416,6 +1416,7 @@ fn a_refused_change_is_audited_as_refused() {
             var: "HUGE".into(),
             description: None,
             kind: None,
+            bindings: None,
         },
         PIN,
         Some(&big),

@@ -240,6 +240,39 @@ pub enum AuditEvent {
         /// The variable whose value was found. Name only.
         variable: String,
     },
+    /// A lease's proxy sent a request on to its destination (a bound
+    /// variable's value put in, or none). Never headers or bodies.
+    ProxyRequest {
+        /// The lease.
+        lease_id: String,
+        /// `https://host[:port]`.
+        destination: String,
+        /// Method.
+        method: String,
+        /// Path, without the query.
+        path: String,
+        /// The response's status.
+        status: u16,
+        /// Response body bytes.
+        bytes: u64,
+        /// Variables whose value was put in. Names only.
+        injected: Vec<String>,
+    },
+    /// A lease's proxy refused a request that carried a bound variable's
+    /// placeholder or value (in some form) to a destination it is not
+    /// bound to.
+    ExfiltrationBlocked {
+        /// The lease.
+        lease_id: String,
+        /// `https://host[:port]`.
+        destination: String,
+        /// Method.
+        method: String,
+        /// Path, without the query.
+        path: String,
+        /// The variables it carried. Names only.
+        variables: Vec<String>,
+    },
     /// A dynamic source minted a credential for a lease.
     CredentialMinted {
         /// The lease it is for.
@@ -343,6 +376,8 @@ impl AuditEvent {
             AuditEvent::ChainStart { .. } => "chain_start",
             AuditEvent::TornTail { .. } => "torn_tail",
             AuditEvent::LeakFound { .. } => "leak_found",
+            AuditEvent::ProxyRequest { .. } => "proxy_request",
+            AuditEvent::ExfiltrationBlocked { .. } => "exfiltration_blocked",
             AuditEvent::CredentialMinted { .. } => "credential_minted",
             AuditEvent::CredentialRevoked { .. } => "credential_revoked",
             AuditEvent::CredentialIrrevocable { .. } => "credential_irrevocable",
@@ -448,6 +483,8 @@ pub enum VaultAction {
     PutSource,
     /// A dynamic source was removed.
     RemoveSource,
+    /// A variable's destinations (bindings) were set or cleared.
+    BindVariable,
 }
 
 /// Why a new chain was started.

@@ -187,5 +187,6 @@ fn env_label(name: &EnvName, description: &str) -> Label {
         description: description.to_owned(),
         kind: VarKind::Env,
         source: None,
+        bindings: Vec::new(),
     }
 }

@@ -124,6 +124,16 @@ pub enum VaultError {
         /// Why, and what to do instead.
         why: String,
     },
+    /// Bindings that cannot apply to this variable.
+    #[error("cannot bind '{var}' in environment '{env}': {why}")]
+    NotBindable {
+        /// Environment.
+        env: String,
+        /// Variable.
+        var: String,
+        /// Why.
+        why: String,
+    },
     /// A description over the size limit.
     #[error("description is {len} bytes; the limit is {max} bytes")]
     DescriptionTooLarge {

@@ -11,6 +11,7 @@ pub mod audited;
 mod environments;
 mod error;
 mod label;
+pub use label::MAX_BINDINGS;
 mod lifecycle;
 mod records;
 mod reveal;
@@ -131,6 +132,10 @@ pub struct VariableInfo {
     pub created_at: i64,
     /// Last change, seconds since the Unix epoch.
     pub updated_at: i64,
+    /// Where a bound variable's value may go (empty: anywhere the child
+    /// sends it, as an ordinary variable).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bindings: Vec<crate::bound::Rule>,
 }
 
 impl VariableInfo {
@@ -154,6 +159,10 @@ pub struct VariableUpdate {
     /// For [`VarKind::Dynamic`]: the source, as `TYPE:NAME` (e.g.
     /// `postgres:main`). Ignored for other kinds.
     pub source: Option<String>,
+    /// Where the value may go (a bound variable: the child gets a
+    /// placeholder, the lease's proxy puts the value in); `None` keeps the
+    /// current ones, an empty list unbinds.
+    pub bindings: Option<Vec<crate::bound::Rule>>,
 }
 
 /// What an import did.

@@ -38,6 +38,7 @@ fn create_then_unlock_round_trip() {
         description: Some("primary db".into()),
         kind: None,
         source: None,
+        bindings: None,
     };
     assert!(
         v.set_variable(
@@ -190,6 +191,7 @@ fn environments_and_variables_lifecycle() {
         description: None,
         kind: Some(VarKind::File),
         source: None,
+        bindings: None,
     };
     assert!(
         !v.set_variable(&env("a-env"), &var("SLOT"), b"now-it-is-set", &file)
@@ -449,6 +451,7 @@ fn kept_listings_follow_changes_from_any_connection() {
         description: Some("from b".into()),
         kind: None,
         source: None,
+        bindings: None,
     };
     b.declare_variable(&env("app"), &var("ONE"), &described)
         .unwrap();

@@ -280,6 +280,26 @@ impl Vault {
 /// variable whose name changes how programs are found or loaded (`PATH`,
 /// `LD_PRELOAD`, … see [`crate::names::changes_how_programs_load`]), or
 /// whose `NAME=value` is longer than a program's environment takes.
+/// Only an `env` variable can be bound (a file's or a dynamic variable's
+/// value does not reach the child as one string a proxy can stand in for),
+/// to at most [`MAX_BINDINGS`](super::MAX_BINDINGS) destinations.
+fn check_bindable(env: &EnvName, var: &VarName, label: &Label) -> Result<()> {
+    let why = if label.bindings.is_empty() {
+        return Ok(());
+    } else if label.kind != VarKind::Env {
+        "only env variables can be bound to destinations".to_owned()
+    } else if label.bindings.len() > super::MAX_BINDINGS {
+        format!("at most {} destinations per variable", super::MAX_BINDINGS)
+    } else {
+        return Ok(());
+    };
+    Err(VaultError::NotBindable {
+        env: env.to_string(),
+        var: var.to_string(),
+        why,
+    })
+}
+
 fn check_injectable(
     env: &EnvName,
     var: &VarName,
@@ -379,6 +399,7 @@ fn upsert_variable(
                 description: update.description.clone().unwrap_or_default(),
                 kind: update.kind.unwrap_or_default(),
                 source: dynamic_source,
+                bindings: update.bindings.clone().unwrap_or_default(),
             };
             if label.kind == VarKind::Dynamic && value.is_some() {
                 return Err(VaultError::DynamicHasNoValue {
@@ -387,6 +408,7 @@ fn upsert_variable(
                 });
             }
             check_injectable(env, var, label.kind, value)?;
+            check_bindable(env, var, &label)?;
             let version = i64::from(value.is_some());
             let sealed_value = value.map(|v| seal_value(&id, version, v)).transpose()?;
             let sealed_label = seal_label(&id, &label)?;
@@ -429,6 +451,9 @@ fn upsert_variable(
                 label.kind = k;
                 label.source = dynamic_source;
             }
+            if let Some(b) = &update.bindings {
+                label.bindings.clone_from(b);
+            }
             if label.kind == VarKind::Dynamic && value.is_some() {
                 return Err(VaultError::DynamicHasNoValue {
                     env: env.to_string(),
@@ -436,6 +461,7 @@ fn upsert_variable(
                 });
             }
             check_injectable(env, var, label.kind, value)?;
+            check_bindable(env, var, &label)?;
             let new_label = seal_label(&id, &label)?;
             match value {
                 // A variable turned dynamic keeps no stored value.
@@ -506,6 +532,7 @@ fn variable_info(
             version: u64::try_from(row.version).unwrap_or(0),
             created_at: row.created_at,
             updated_at: row.updated_at,
+            bindings: label.bindings,
         },
     ))
 }

@@ -29,6 +29,7 @@ fn round_trip_1000_variables_across_10_environments() {
                 description: Some(format!("description {e}/{i}")),
                 kind: None,
                 source: None,
+                bindings: None,
             };
             v.set_variable(&env, &var, &value_for(e, i), &upd).unwrap();
         }

@@ -37,6 +37,14 @@ pub fn run(_g: &Global, secrets: &mut SecretInput, a: DaemonArgs) -> anyhow::Res
     let mut cfg = BrokerConfig::new(home, custody_broker::paths::runtime_dir());
     cfg.idle_lock = a.idle_lock.value;
     cfg.kill_grace = a.kill_grace.value;
+    cfg.proxy = custody_broker::broker::ProxySettings::from_env().map_err(anyhow::Error::msg)?;
+    if !cfg.proxy.resolve.is_empty() || !cfg.proxy.extra_roots.is_empty() {
+        eprintln!(
+            "custody daemon: leases' proxies use {} name override(s) and {} extra root(s) from CUSTODY_PROXY_*",
+            cfg.proxy.resolve.len(),
+            cfg.proxy.extra_roots.len()
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -67,6 +67,7 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: GenerateArgs) -> anyhow::Re
         description: a.description,
         kind: a.kind.map(Into::into),
         source: None,
+        bindings: None,
     };
     let created = vault.generate(&env, &var, a.length, alphabet, &update)?;
     if g.json {

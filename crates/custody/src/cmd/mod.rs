@@ -4,6 +4,7 @@ mod agent;
 mod approve;
 mod audit;
 mod audit_view;
+mod bind;
 mod completions;
 mod daemon;
 mod demo;
@@ -159,6 +160,9 @@ pub enum Command {
     Env(env::EnvCommand),
     /// Store a variable's value (hidden prompt, or stdin).
     Set(set::SetArgs),
+    /// Bind a variable to the destinations its value may go to (a lease's
+    /// proxy puts it in; the child holds a placeholder).
+    Bind(bind::BindArgs),
     /// Dynamic sources: a PostgreSQL role or a command's token per lease.
     #[command(subcommand)]
     Source(source::SourceCommand),
@@ -223,6 +227,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Passwd(a) => passwd::run(g, &mut secrets, a),
         Command::Env(c) => env::run(g, &mut secrets, c),
         Command::Set(a) => set::run(g, &mut secrets, a),
+        Command::Bind(a) => bind::run(g, &mut secrets, a),
         Command::Generate(a) => generate::run(g, &mut secrets, a),
         Command::Policy(c) => policy::run(g, &mut secrets, c),
         Command::Source(c) => source::run(g, &mut secrets, c),

@@ -34,6 +34,8 @@ pub struct SetArgs {
     /// line with `--passphrase-stdin`; before a value read from stdin).
     #[arg(long)]
     pin_stdin: bool,
+    #[command(flatten)]
+    binding: super::bind::BindingArgs,
 }
 
 pub fn run(g: &Global, secrets: &mut SecretInput, a: SetArgs) -> anyhow::Result<ExitCode> {
@@ -48,6 +50,7 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: SetArgs) -> anyhow::Result<
             })?,
         ),
     };
+    let bindings = a.binding.rules()?;
     let mut vault = access::open_to_change(g, secrets, a.pin_stdin)?;
     // Fail on a missing environment before asking for the value.
     vault.environment(&env)?;
@@ -66,6 +69,7 @@ pub fn run(g: &Global, secrets: &mut SecretInput, a: SetArgs) -> anyhow::Result<
         description: a.description,
         kind: kind.map(Into::into),
         source: None,
+        bindings,
     };
     let created = vault.set_variable(&env, &var, &value, &update)?;
     let short = value.len() < custody_core::mask::MIN_MASKABLE_LEN;

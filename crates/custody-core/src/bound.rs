@@ -1,9 +1,13 @@
-//! Where a bound variable may go: a destination (scheme, host, port), the
-//! methods and paths allowed there, and the header its value goes in. And
-//! the placeholder a child holds instead of the value.
+//! Bound variables: where one may go (a destination, the methods and
+//! paths allowed there, and the header its value goes in), and the
+//! placeholder a child holds instead of its value. The broker's per-lease
+//! proxy enforces them; the vault keeps them in the variable's sealed
+//! label, so only a holder of the vault key can make or widen one.
+
+use serde::{Deserialize, Serialize};
 
 /// One destination a variable is bound to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rule {
     /// `https` or `http`.
     pub scheme: String,
@@ -79,7 +83,7 @@ impl Rule {
                 && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
         };
-        if !token(name) || !template.contains("{value}") || template.contains(['\r', '\n']) {
+        if !token(name) || !template.contains("{value}") || template.chars().any(char::is_control) {
             return Err(RuleError::Header(header.unwrap_or_default().to_owned()));
         }
         let mut m = Vec::new();
@@ -125,6 +129,47 @@ impl Rule {
         d
     }
 
+    /// The rule as stored in a sealed label: its fields joined by tabs
+    /// (none of them can hold a tab or a line break).
+    pub fn to_spec(&self) -> String {
+        format!(
+            "{}\t{}: {}\t{}\t{}",
+            self.origin(),
+            self.header,
+            self.template,
+            self.methods.join(","),
+            self.paths.join(",")
+        )
+    }
+
+    /// The inverse of [`to_spec`](Self::to_spec), through the same checks
+    /// as [`parse`](Self::parse).
+    pub fn from_spec(spec: &str) -> Result<Rule, RuleError> {
+        let mut f = spec.split('\t');
+        let (Some(dest), Some(header), Some(methods), Some(paths), None) =
+            (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            return Err(RuleError::Destination(spec.to_owned()));
+        };
+        let list = |s: &str| -> Vec<String> {
+            if s.is_empty() {
+                Vec::new()
+            } else {
+                vec![s.to_owned()]
+            }
+        };
+        Rule::parse(dest, Some(header), &list(methods), &list(paths))
+    }
+
+    /// `scheme://host:port` (an IPv6 host in brackets).
+    fn origin(&self) -> String {
+        if self.host.contains(':') {
+            format!("{}://[{}]:{}", self.scheme, self.host, self.port)
+        } else {
+            format!("{}://{}:{}", self.scheme, self.host, self.port)
+        }
+    }
+
     /// Whether a request to this origin may carry the value.
     pub fn same_origin(&self, scheme: &str, host: &str, port: u16) -> bool {
         self.scheme == scheme && self.host.eq_ignore_ascii_case(host) && self.port == port
@@ -157,7 +202,7 @@ fn path_matches(pattern: &str, path: &str) -> bool {
 /// characters, keeping a known token prefix (`sk_live_`, `ghp_`, …) so
 /// SDKs that check it accept the placeholder; the rest is random and
 /// marked so it is never mistaken for a real credential.
-pub fn placeholder(value: &[u8]) -> Result<String, custody_core::crypto::CryptoError> {
+pub fn placeholder(value: &[u8]) -> Result<String, crate::crypto::CryptoError> {
     const PREFIXES: [&str; 12] = [
         "sk_live_",
         "sk_test_",
@@ -179,7 +224,7 @@ pub fn placeholder(value: &[u8]) -> Result<String, custody_core::crypto::CryptoE
         .copied()
         .unwrap_or_default();
     let len = value.len().clamp(prefix.len() + 24, 512);
-    let random: [u8; 512] = custody_core::crypto::random_array()?;
+    let random: [u8; 512] = crate::crypto::random_array()?;
     const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut out = String::with_capacity(len);
     out.push_str(prefix);
@@ -249,6 +294,29 @@ mod tests {
         assert!(!r.allows("http", "api.example.test", 443, "GET", "/v1/x"));
         assert!(!r.allows("https", "api.example.test.evil", 443, "GET", "/v1/x"));
         assert_eq!(r.destination(), "GET,POST https://api.example.test /v1/*");
+    }
+
+    #[test]
+    fn a_rule_survives_its_label_form() {
+        for r in [
+            rule("https://api.stripe.com"),
+            rule("http://[::1]:8080"),
+            Rule::parse(
+                "https://h.test:8443",
+                Some("X-Key: k={value};"),
+                &["GET,post".into()],
+                &["/v1/*".into(), "/v2/x".into()],
+            )
+            .expect("parses"),
+        ] {
+            assert_eq!(
+                Rule::from_spec(&r.to_spec()),
+                Ok(r.clone()),
+                "{}",
+                r.to_spec()
+            );
+        }
+        assert!(Rule::from_spec("https://h\tAuthorization: {value}").is_err());
     }
 
     #[test]
