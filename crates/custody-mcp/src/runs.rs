@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::link::{Link, LinkError, Streamed, sort};
-use crate::types::{LeakView, RunOutcome};
+use crate::types::{LeakView, ProxyBlockView, ProxyView, RunOutcome};
 
 /// Runs answered `pending` and still followed (oldest dropped, and so
 /// cancelled, first). Each holds a broker connection, and the broker allows
@@ -231,11 +231,33 @@ fn outcome(r: RunResult, request_id: Option<String>) -> RunOutcome {
             variable: l.variable,
         })
         .collect();
-    let message = (!leaks.is_empty()).then(|| {
-        format!(
+    let blocked = r.proxy.as_ref().map_or(0, |p| p.blocked.len());
+    let mut notes = Vec::new();
+    if !leaks.is_empty() {
+        notes.push(format!(
             "{} file(s) written during the run hold a secret value: remove them and do not commit them",
             leaks.len()
-        )
+        ));
+    }
+    if blocked > 0 {
+        notes.push(format!(
+            "{blocked} request(s) were refused for carrying a bound variable to a destination it is not bound to: do not retry them"
+        ));
+    }
+    let message = (!notes.is_empty()).then(|| notes.join("; "));
+    let proxy = r.proxy.map(|p| ProxyView {
+        bound: p.bound,
+        requests: p.requests,
+        injected: p.injected,
+        blocked: p
+            .blocked
+            .into_iter()
+            .map(|b| ProxyBlockView {
+                destination: b.destination,
+                request: b.request,
+                variables: b.variables,
+            })
+            .collect(),
     });
     RunOutcome {
         status: "finished".into(),
@@ -251,6 +273,7 @@ fn outcome(r: RunResult, request_id: Option<String>) -> RunOutcome {
         leaks: Some(leaks),
         message,
         request_id,
+        proxy,
         ..RunOutcome::default()
     }
 }

@@ -245,6 +245,35 @@ pub struct RunOutcome {
     /// What to do next, when there is something to do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Bound variables: the process held placeholders, and the lease's
+    /// proxy put the values in on requests to their destinations only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyView>,
+}
+
+/// What a lease's proxy did, by variable name.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct ProxyView {
+    /// Each bound variable and the destinations its value may go to.
+    pub bound: std::collections::BTreeMap<String, Vec<String>>,
+    /// Requests sent on through the proxy.
+    pub requests: u64,
+    /// How many requests each variable's value was put in.
+    pub injected: std::collections::BTreeMap<String, u64>,
+    /// Requests refused because they carried a bound variable (its
+    /// placeholder or value, in any encoding) to another destination.
+    pub blocked: Vec<ProxyBlockView>,
+}
+
+/// One refused request.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ProxyBlockView {
+    /// `https://host[:port]`.
+    pub destination: String,
+    /// Method and path.
+    pub request: String,
+    /// The variables it carried.
+    pub variables: Vec<String>,
 }
 
 /// A grant in force.

@@ -220,6 +220,8 @@ struct Pending {
     requester: Requester,
     spec: RunSpec,
     scope: Scope,
+    /// Bound variables (`ENV/VAR`) and their destinations, as shown.
+    bound: BTreeMap<String, Vec<String>>,
     always_approve: bool,
     created: Instant,
     created_at: SystemTime,

@@ -68,6 +68,12 @@ fn pending_view(id: &str, p: &Pending) -> PendingRequest {
         cwd: p.spec.cwd.clone(),
         environments: p.spec.environments.clone(),
         variables: p.scope.variables.iter().cloned().collect(),
+        bound: p
+            .bound
+            .iter()
+            .filter(|(v, _)| p.scope.variables.contains(*v))
+            .map(|(v, d)| (v.clone(), d.clone()))
+            .collect(),
         timeout_secs: p.spec.timeout_secs,
         always_approve: p.always_approve,
         created_at: rfc3339(p.created_at),
@@ -124,6 +130,7 @@ impl Broker {
         let vault = st.vault()?;
         let mut variables = BTreeSet::new();
         let mut available = BTreeSet::new();
+        let mut bound = BTreeMap::new();
         for e in &spec.environments {
             if !policy.visible(&client, e) {
                 return Err(Error::Forbidden(format!(
@@ -133,6 +140,10 @@ impl Broker {
             let env = env_name(e)?;
             for v in vault.variables(&env).map_err(Error::from)? {
                 if v.is_set {
+                    if !v.bindings.is_empty() {
+                        let shown = v.bindings.iter().map(|r| r.destination()).collect();
+                        bound.insert(format!("{e}/{}", v.name), shown);
+                    }
                     available.insert((e.clone(), v.name));
                 }
             }
@@ -223,6 +234,7 @@ impl Broker {
                 requester: requester.clone(),
                 spec: spec.clone(),
                 scope,
+                bound,
                 always_approve: always,
                 created: now,
                 created_at: SystemTime::now(),

@@ -34,6 +34,10 @@ pub struct PendingRequest {
     pub environments: Vec<String>,
     /// Variables (`ENV/VAR`) the run would get.
     pub variables: Vec<String>,
+    /// Bound variables (`ENV/VAR`) and the destinations each may reach:
+    /// the command gets a placeholder, the proxy puts the value in there.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub bound: BTreeMap<String, Vec<String>>,
     /// Its deadline, in seconds.
     pub timeout_secs: u64,
     /// Whether policy wants a fresh approval for every run here.

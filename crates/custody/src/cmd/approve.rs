@@ -146,7 +146,7 @@ fn describe(p: &Value) -> String {
         differing_env(p),
         output::field(p["cwd"].as_str().unwrap_or_default()),
         list(&p["environments"]),
-        list(&p["variables"]),
+        variables(p),
         p["timeout_secs"],
         if p["always_approve"] == json!(true) {
             "\n  policy:       this environment needs a fresh approval for every run"
@@ -155,6 +155,23 @@ fn describe(p: &Value) -> String {
         },
         flags(p)
     )
+}
+
+/// The variables, each bound one with the destinations its value can reach
+/// (the command itself gets a placeholder).
+fn variables(p: &Value) -> String {
+    let Some(bound) = p["bound"].as_object().filter(|b| !b.is_empty()) else {
+        return list(&p["variables"]);
+    };
+    let mut out = list(&p["variables"]);
+    for (var, dests) in bound {
+        out.push_str(&format!(
+            "\n                {} is bound: only to {} (the command gets a placeholder)",
+            output::field(var),
+            list(dests)
+        ));
+    }
+    out
 }
 
 fn list(v: &Value) -> String {

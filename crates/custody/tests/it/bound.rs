@@ -194,3 +194,33 @@ fn the_proxy_ends_with_the_lease() {
         "the lease's proxy still listens at {addr}"
     );
 }
+
+#[test]
+fn the_approval_shows_where_a_bound_value_can_go() {
+    let up = Upstream::start();
+    let e = bound_env(&up, "true");
+    // Not pre-approved: the run waits for a human.
+    let mut run = e
+        .command(&assert_cmd::cargo::cargo_bin("custody"))
+        .args(["run", "-e", "dev", "--", "printenv", "STRIPE_KEY"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = pending_id(&e);
+    let list = e.json(&["approve", "--list"]);
+    let shown = &list[0]["bound"]["dev/STRIPE_KEY"];
+    assert_eq!(
+        shown[0],
+        format!("https://api.example.test:{} /v1/*", up.port).as_str(),
+        "{list}"
+    );
+    // The human's prompt says it in words.
+    let text = e.ok(&["approve", "--list"], "");
+    assert!(
+        text.contains("dev/STRIPE_KEY is bound: only to https://api.example.test"),
+        "{text}"
+    );
+    e.ok(&["deny", &id], "");
+    let _ = run.wait();
+}
