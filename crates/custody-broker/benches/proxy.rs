@@ -239,10 +239,20 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(10));
     g.bench_function("direct", |b| {
-        b.iter(|| assert_eq!(rt.block_on(get(&mut direct, "/v1/bulk", &direct_auth)), BULK));
+        b.iter(|| {
+            assert_eq!(
+                rt.block_on(get(&mut direct, "/v1/bulk", &direct_auth)),
+                BULK
+            )
+        });
     });
     g.bench_function("through_proxy", |b| {
-        b.iter(|| assert_eq!(rt.block_on(get(&mut through, "/v1/bulk", &proxied_auth)), BULK));
+        b.iter(|| {
+            assert_eq!(
+                rt.block_on(get(&mut through, "/v1/bulk", &proxied_auth)),
+                BULK
+            )
+        });
     });
     g.finish();
     drop(proxy);
