@@ -23,6 +23,43 @@ pub struct Rule {
     pub header: String,
     /// The header's value, `{value}` standing for the value.
     pub template: String,
+    /// Where the value goes (the header, unless configured otherwise).
+    #[serde(default)]
+    pub place: Place,
+}
+
+/// Where a bound variable's value goes in an allowed request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Place {
+    /// The binding's header, set to its template (only when the request
+    /// carries the placeholder in a header).
+    #[default]
+    Header,
+    /// In place of the placeholder in the query string (percent-encoded).
+    Query,
+    /// In place of the placeholder in the body.
+    Body,
+}
+
+impl Place {
+    /// `header`, `query` or `body`.
+    pub fn parse(text: &str) -> Result<Place, RuleError> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "header" => Ok(Place::Header),
+            "query" => Ok(Place::Query),
+            "body" => Ok(Place::Body),
+            _ => Err(RuleError::Place(text.to_owned())),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Place::Header => "header",
+            Place::Query => "query",
+            Place::Body => "body",
+        }
+    }
 }
 
 /// Why a binding does not parse.
@@ -40,6 +77,9 @@ pub enum RuleError {
     /// A path does not start with `/`.
     #[error("'{0}' is not a path: it must start with /")]
     Path(String),
+    /// Not `header`, `query` or `body`.
+    #[error("'{0}' is not a place for the value: give header, query or body")]
+    Place(String),
 }
 
 impl Rule {
@@ -110,6 +150,7 @@ impl Rule {
             paths: p,
             header: name.to_owned(),
             template: template.to_owned(),
+            place: Place::Header,
         })
     }
 
@@ -126,6 +167,9 @@ impl Rule {
         if !self.paths.is_empty() {
             d.push_str(&format!(" {}", self.paths.join(",")));
         }
+        if self.place != Place::Header {
+            d.push_str(&format!(" (in the {})", self.place.as_str()));
+        }
         d
     }
 
@@ -133,24 +177,31 @@ impl Rule {
     /// (none of them can hold a tab or a line break).
     pub fn to_spec(&self) -> String {
         format!(
-            "{}\t{}: {}\t{}\t{}",
+            "{}\t{}: {}\t{}\t{}\t{}",
             self.origin(),
             self.header,
             self.template,
             self.methods.join(","),
-            self.paths.join(",")
+            self.paths.join(","),
+            self.place.as_str()
         )
+    }
+
+    /// The same rule with the value going to `place`.
+    pub fn with_place(self, place: Place) -> Rule {
+        Rule { place, ..self }
     }
 
     /// The inverse of [`to_spec`](Self::to_spec), through the same checks
     /// as [`parse`](Self::parse).
     pub fn from_spec(spec: &str) -> Result<Rule, RuleError> {
         let mut f = spec.split('\t');
-        let (Some(dest), Some(header), Some(methods), Some(paths), None) =
-            (f.next(), f.next(), f.next(), f.next(), f.next())
+        let (Some(dest), Some(header), Some(methods), Some(paths), place, None) =
+            (f.next(), f.next(), f.next(), f.next(), f.next(), f.next())
         else {
             return Err(RuleError::Destination(spec.to_owned()));
         };
+        let place = place.map_or(Ok(Place::Header), Place::parse)?;
         let list = |s: &str| -> Vec<String> {
             if s.is_empty() {
                 Vec::new()
@@ -158,7 +209,7 @@ impl Rule {
                 vec![s.to_owned()]
             }
         };
-        Rule::parse(dest, Some(header), &list(methods), &list(paths))
+        Rule::parse(dest, Some(header), &list(methods), &list(paths)).map(|r| r.with_place(place))
     }
 
     /// `scheme://host:port` (an IPv6 host in brackets).
@@ -308,6 +359,8 @@ mod tests {
                 &["/v1/*".into(), "/v2/x".into()],
             )
             .expect("parses"),
+            rule("https://maps.example.test").with_place(Place::Query),
+            rule("https://hooks.example.test").with_place(Place::Body),
         ] {
             assert_eq!(
                 Rule::from_spec(&r.to_spec()),
@@ -316,6 +369,10 @@ mod tests {
                 r.to_spec()
             );
         }
+        // A spec written before places existed reads as the header.
+        let old = "https://h.test:443\tAuthorization: Bearer {value}\t\t";
+        assert_eq!(Rule::from_spec(old).map(|r| r.place), Ok(Place::Header));
+        assert!(Rule::from_spec(&format!("{old}\tcookie")).is_err());
         assert!(Rule::from_spec("https://h\tAuthorization: {value}").is_err());
     }
 

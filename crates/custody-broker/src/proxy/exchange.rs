@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use custody_core::bound::{Place, Rule};
 use custody_core::mask::{Masker, MaskingEngine};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -95,7 +95,7 @@ pub fn upstream_tls(
     .map_err(|e| e.to_string())?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -221,6 +221,48 @@ async fn outer(
     exchange(req, origin, shared, Arc::new(Mutex::new(None))).await
 }
 
+/// A connection to the upstream server, HTTP/2 when it offers it.
+enum Upstream {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+impl Upstream {
+    /// Whether it can take another request (waits for the one before).
+    async fn ready(&mut self) -> bool {
+        match self {
+            Upstream::H1(s) => s.ready().await.is_ok(),
+            Upstream::H2(s) => s.ready().await.is_ok(),
+        }
+    }
+
+    /// Sends `req` (origin-form, with a `Host` header) as this connection's
+    /// version wants it: HTTP/2 takes the scheme and authority in the URI.
+    async fn send(
+        &mut self,
+        origin: &Origin,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<Incoming>, String> {
+        match self {
+            Upstream::H1(s) => s.send_request(req).await.map_err(|e| e.to_string()),
+            Upstream::H2(s) => {
+                let target = req
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_owned();
+                let absolute = format!("{}://{}{target}", origin.scheme, origin.host_header());
+                *req.uri_mut() = absolute
+                    .parse()
+                    .map_err(|_| "bad request target".to_owned())?;
+                *req.version_mut() = Version::HTTP_2;
+                req.headers_mut().remove(header::HOST);
+                s.send_request(req).await.map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
 /// The TLS inside a `CONNECT`: terminated with the lease CA's certificate
 /// for `host`, its requests served one by one.
 async fn intercept<IO>(io: IO, host: String, port: u16, shared: Arc<Shared>)
@@ -282,7 +324,7 @@ async fn exchange(
     req: Request<Incoming>,
     origin: Origin,
     shared: Arc<Shared>,
-    upstream: Arc<Mutex<Option<SendRequest<Full<Bytes>>>>>,
+    upstream: Arc<Mutex<Option<Upstream>>>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
@@ -357,38 +399,60 @@ async fn exchange(
         }
     }
     let mut injected = Vec::new();
+    let (mut target, mut body) = (target, body);
     for b in &allowed {
-        let uses = parts
-            .headers
-            .values()
-            .any(|v| memchr::memmem::find(v.as_bytes(), b.placeholder.as_bytes()).is_some());
-        let rule = b
+        let Some(rule) = b
             .rules
             .iter()
-            .find(|r| r.allows(origin.scheme, &origin.host, origin.port, &method, &path));
-        let (true, Some(rule)) = (uses, rule) else {
+            .find(|r| r.allows(origin.scheme, &origin.host, origin.port, &method, &path))
+        else {
             continue;
         };
-        let Ok(name) = HeaderName::from_bytes(rule.header.as_bytes()) else {
-            continue;
+        let placeholder = b.placeholder.as_bytes();
+        let put = match rule.place {
+            Place::Header => {
+                let uses = parts
+                    .headers
+                    .values()
+                    .any(|v| memchr::memmem::find(v.as_bytes(), placeholder).is_some());
+                if !uses {
+                    continue;
+                }
+                let Some(value) = header_value(rule, b.value.expose()) else {
+                    return Ok(text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("custody: {}'s value cannot go in a header\n", b.name),
+                    ));
+                };
+                let Ok(name) = HeaderName::from_bytes(rule.header.as_bytes()) else {
+                    continue;
+                };
+                headers.insert(name, value);
+                true
+            }
+            Place::Query => match target.split_once('?') {
+                Some((p, query)) if query.contains(&b.placeholder) => {
+                    let encoded = percent_encoding::percent_encode(b.value.expose(), QUERY_VALUE);
+                    target = format!(
+                        "{p}?{}",
+                        query.replace(&b.placeholder, &encoded.to_string())
+                    );
+                    true
+                }
+                _ => false,
+            },
+            Place::Body => match memchr::memmem::find(&body, placeholder) {
+                Some(_) => {
+                    body = Bytes::from(replace_all(&body, placeholder, b.value.expose()));
+                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+                    true
+                }
+                None => false,
+            },
         };
-        let (before, after) = rule
-            .template
-            .split_once("{value}")
-            .unwrap_or((rule.template.as_str(), ""));
-        let mut v = Zeroizing::new(Vec::with_capacity(rule.template.len() + b.value.len()));
-        v.extend_from_slice(before.as_bytes());
-        v.extend_from_slice(b.value.expose());
-        v.extend_from_slice(after.as_bytes());
-        let Ok(mut value) = HeaderValue::from_bytes(&v) else {
-            return Ok(text(
-                StatusCode::BAD_GATEWAY,
-                format!("custody: {}'s value cannot go in a header\n", b.name),
-            ));
-        };
-        value.set_sensitive(true);
-        headers.insert(name, value);
-        injected.push(b.name.clone());
+        if put {
+            injected.push(b.name.clone());
+        }
     }
     if let Ok(host) = HeaderValue::from_str(&origin.host_header()) {
         headers.insert(header::HOST, host);
@@ -436,6 +500,43 @@ async fn exchange(
     Ok(Response::from_parts(parts, masked.boxed()))
 }
 
+/// Everything but RFC 3986's unreserved characters, for a value put in a
+/// query string.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The binding's header value: its template with the value in it, marked
+/// sensitive (HTTP/2 never indexes it).
+fn header_value(rule: &Rule, value: &[u8]) -> Option<HeaderValue> {
+    let (before, after) = rule
+        .template
+        .split_once("{value}")
+        .unwrap_or((rule.template.as_str(), ""));
+    let mut v = Zeroizing::new(Vec::with_capacity(rule.template.len() + value.len()));
+    v.extend_from_slice(before.as_bytes());
+    v.extend_from_slice(value);
+    v.extend_from_slice(after.as_bytes());
+    let mut header = HeaderValue::from_bytes(&v).ok()?;
+    header.set_sensitive(true);
+    Some(header)
+}
+
+/// `haystack` with every `from` replaced by `to`.
+fn replace_all(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len() + to.len());
+    let mut rest = haystack;
+    while let Some(i) = memchr::memmem::find(rest, from) {
+        out.extend_from_slice(&rest[..i]);
+        out.extend_from_slice(to);
+        rest = &rest[i + from.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
 /// Removes hop-by-hop headers (a small extension so the call reads as
 /// what it does).
 trait RetainHopByHop {
@@ -457,14 +558,14 @@ impl RetainHopByHop for HeaderMap {
 async fn send(
     origin: &Origin,
     shared: &Shared,
-    slot: &Mutex<Option<SendRequest<Full<Bytes>>>>,
+    slot: &Mutex<Option<Upstream>>,
     req: Request<Full<Bytes>>,
 ) -> Result<hyper::Response<Incoming>, String> {
     let mut slot = slot.lock().await;
     if let Some(sender) = slot.as_mut()
-        && sender.ready().await.is_ok()
+        && sender.ready().await
     {
-        return sender.send_request(req).await.map_err(|e| e.to_string());
+        return sender.send(origin, req).await;
     }
     let addr = shared.resolve.get(&origin.host).copied();
     let tcp = match addr {
@@ -480,30 +581,46 @@ async fn send(
             .connect(name, tcp)
             .await
             .map_err(|e| e.to_string())?;
-        handshake(tls, shared).await?
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+        handshake(tls, h2, shared).await?
     } else {
-        handshake(tcp, shared).await?
+        handshake(tcp, false, shared).await?
     };
-    let response = sender.send_request(req).await.map_err(|e| e.to_string());
+    let response = sender.send(origin, req).await;
     *slot = Some(sender);
     response
 }
 
-async fn handshake<IO>(io: IO, shared: &Shared) -> Result<SendRequest<Full<Bytes>>, String>
+/// Opens HTTP/2 (`h2`: the server chose it) or HTTP/1.1 on `io`; the
+/// connection's task ends with the proxy.
+async fn handshake<IO>(io: IO, h2: bool, shared: &Shared) -> Result<Upstream, String>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+    let stop = shared.stop.clone();
+    let io = TokioIo::new(io);
+    if h2 {
+        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = conn => {}
+                _ = stopped(stop) => {}
+            }
+        });
+        return Ok(Upstream::H2(sender));
+    }
+    let (sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| e.to_string())?;
-    let stop = shared.stop.clone();
     tokio::spawn(async move {
         tokio::select! {
             _ = conn => {}
             _ = stopped(stop) => {}
         }
     });
-    Ok(sender)
+    Ok(Upstream::H1(sender))
 }
 
 /// A response body, masked on its way to the child; reports the exchange

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use zeroize::Zeroizing;
 
-pub use custody_core::bound::{Rule, RuleError, placeholder};
+pub use custody_core::bound::{Place, Rule, RuleError, placeholder};
 
 /// A bound variable, as one lease's proxy holds it.
 pub struct Bound {

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use custody_broker::proxy::{Bound, LeaseProxy, ProxyConfig, ProxyEvent, Rule, placeholder};
+use custody_core::bound::Place;
 use custody_core::secret::Value;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
@@ -21,13 +22,17 @@ const SECRET: &str = "sk_live_51RealSecretValue0123456789abcdef";
 /// What the upstream saw of one request.
 #[derive(Debug, Clone)]
 struct Seen {
+    /// The HTTP version the proxy spoke to it.
+    version: String,
     host: String,
     path: String,
+    query: String,
     authorization: Option<String>,
     body: String,
 }
 
-/// A local HTTPS server (its own CA) that records each request and answers
+/// A local HTTPS server (its own CA, HTTP/2 and HTTP/1.1) that records each
+/// request and answers
 /// with the `Authorization` header it got (a destination that echoes the
 /// token back, which the proxy must mask).
 struct Upstream {
@@ -56,6 +61,8 @@ async fn upstream() -> Upstream {
     .with_no_client_auth()
     .with_single_cert(vec![leaf_cert.der().clone()], key)
     .unwrap();
+    let mut config = config;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -75,13 +82,17 @@ async fn upstream() -> Upstream {
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let rec = rec.clone();
                     async move {
+                        let version = format!("{:?}", req.version());
+                        // HTTP/2 carries the host as the URI's authority.
                         let host = req
                             .headers()
                             .get("host")
                             .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default()
-                            .to_owned();
+                            .map(str::to_owned)
+                            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+                            .unwrap_or_default();
                         let path = req.uri().path().to_owned();
+                        let query = req.uri().query().unwrap_or_default().to_owned();
                         let authorization = req
                             .headers()
                             .get("authorization")
@@ -93,8 +104,10 @@ async fn upstream() -> Upstream {
                             authorization.clone().unwrap_or_default()
                         );
                         rec.lock().unwrap().push(Seen {
+                            version,
                             host,
                             path,
+                            query,
                             authorization,
                             body: String::from_utf8_lossy(&body).into_owned(),
                         });
@@ -103,9 +116,11 @@ async fn upstream() -> Upstream {
                         )))
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
             });
         }
     });
@@ -125,6 +140,12 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(Place::Header).await
+}
+
+/// The proxy with `STRIPE_KEY` bound to `https://api.example.test:PORT/v1/*`,
+/// its value going to `place`.
+async fn setup_with(place: Place) -> Setup {
     let up = upstream().await;
     let placeholder = placeholder(SECRET.as_bytes()).unwrap();
     let rule = Rule::parse(
@@ -133,7 +154,8 @@ async fn setup() -> Setup {
         &[],
         &["/v1/*".into()],
     )
-    .unwrap();
+    .unwrap()
+    .with_place(place);
     let cfg = ProxyConfig {
         bound: vec![Bound {
             name: "STRIPE_KEY".into(),
@@ -211,6 +233,8 @@ async fn curl_gets_the_value_injected_only_at_the_bound_destination() {
         Some(&*format!("Bearer {SECRET}"))
     );
     assert_eq!(seen[0].path, "/v1/charges");
+    // The upstream offered HTTP/2, and the proxy took it.
+    assert_eq!(seen[0].version, "HTTP/2.0");
     assert!(
         seen[0].host.starts_with("api.example.test"),
         "{:?}",
@@ -273,6 +297,41 @@ async fn the_placeholder_and_its_encodings_never_leave_for_another_host() {
         .filter(|e| matches!(e, ProxyEvent::Blocked { variables, .. } if variables == &["STRIPE_KEY".to_owned()]))
         .count();
     assert_eq!(blocked, attempts.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_and_body_bindings_put_the_value_only_there() {
+    let mut s = setup_with(Place::Query).await;
+    let url = s.url(
+        "api.example.test",
+        &format!("/v1/geo?key={}&q=1", s.placeholder),
+    );
+    let auth = format!("Authorization: Bearer {}", s.placeholder);
+    let (status, _) = s.curl(&["-H", &auth, &url]).await;
+    assert_eq!(status, 200);
+    let seen = s.up.seen.lock().unwrap().clone();
+    // In the query, percent-encoded; the header keeps the placeholder.
+    assert_eq!(seen[0].query, format!("key={SECRET}&q=1"));
+    assert_eq!(
+        seen[0].authorization.as_deref(),
+        Some(&*format!("Bearer {}", s.placeholder))
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        s.drain()
+            .iter()
+            .any(|e| matches!(e, ProxyEvent::Forwarded { injected, .. } if !injected.is_empty()))
+    );
+
+    let s = setup_with(Place::Body).await;
+    let body = format!("{{\"token\":\"{}\"}}", s.placeholder);
+    let (status, _) = s
+        .curl(&["-d", &body, &s.url("api.example.test", "/v1/hook")])
+        .await;
+    assert_eq!(status, 200);
+    let seen = s.up.seen.lock().unwrap().clone();
+    assert_eq!(seen[0].body, format!("{{\"token\":\"{SECRET}\"}}"));
+    assert_eq!(seen[0].authorization, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

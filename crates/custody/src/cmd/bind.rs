@@ -32,6 +32,10 @@ pub struct BindingArgs {
     /// Paths allowed (`/v1/*` for a prefix; repeatable; default any).
     #[arg(long = "path", value_name = "PATH", requires = "bind")]
     pub paths: Vec<String>,
+    /// Where the value goes: `header` (default: the --header), or, for APIs
+    /// that take it there, `query` or `body` (in place of the placeholder).
+    #[arg(long = "in", value_name = "header|query|body", requires = "bind")]
+    pub place: Option<String>,
 }
 
 impl BindingArgs {
@@ -40,10 +44,17 @@ impl BindingArgs {
         if self.bind.is_empty() {
             return Ok(None);
         }
+        let place = match &self.place {
+            Some(p) => custody_core::bound::Place::parse(p)?,
+            None => custody_core::bound::Place::Header,
+        };
         let rules = self
             .bind
             .iter()
-            .map(|d| Rule::parse(d, self.header.as_deref(), &self.methods, &self.paths))
+            .map(|d| {
+                Rule::parse(d, self.header.as_deref(), &self.methods, &self.paths)
+                    .map(|r| r.with_place(place))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Some(rules))
     }

@@ -196,6 +196,42 @@ fn the_proxy_ends_with_the_lease() {
 }
 
 #[test]
+fn the_proxy_ends_at_the_lease_deadline() {
+    let up = Upstream::start();
+    // Still running at its deadline: killed, and its proxy with it.
+    let script = r#"printf %s "$HTTPS_PROXY" > proxy-url; sleep 30"#;
+    let e = bound_env(&up, script);
+    let out = e
+        .cmd(
+            &[
+                "run",
+                "-e",
+                "dev",
+                "--timeout",
+                "2s",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ],
+            "",
+        )
+        .get_output()
+        .clone();
+    assert!(
+        !out.status.success(),
+        "the lease should end at its deadline"
+    );
+    let url = std::fs::read_to_string(e.work().join("proxy-url")).unwrap();
+    let addr = url.rsplit('@').next().unwrap().to_owned();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "the lease's proxy still listens at {addr} after the deadline"
+    );
+}
+
+#[test]
 fn the_approval_shows_where_a_bound_value_can_go() {
     let up = Upstream::start();
     let e = bound_env(&up, "true");
