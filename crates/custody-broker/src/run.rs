@@ -153,18 +153,7 @@ pub async fn run(
                 let values = vault.reveal_many(env, vars).map_err(Error::from)?;
                 revealed.push(values.into_iter().map(Some).collect::<Vec<_>>());
                 // From the kept listing: the labels' authenticated bindings.
-                let listed = vault.variables(env).map_err(Error::from)?;
-                bindings.push(
-                    vars.iter()
-                        .map(|v| {
-                            listed
-                                .iter()
-                                .find(|x| x.name == v.as_str())
-                                .map(|x| x.bindings.clone())
-                                .unwrap_or_default()
-                        })
-                        .collect::<Vec<_>>(),
-                );
+                bindings.push(vault.bindings_of(env, vars).map_err(Error::from)?);
             }
             for (slot, i) in order {
                 let name = by_env[slot].1[i].as_str().to_owned();
