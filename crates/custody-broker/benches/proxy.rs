@@ -198,6 +198,7 @@ fn bench(c: &mut Criterion) {
     let proxy = rt
         .block_on(LeaseProxy::start(
             ProxyConfig {
+                lease_id: "l-bench".into(),
                 bound: vec![Bound {
                     name: "STRIPE_KEY".into(),
                     placeholder: placeholder.clone(),

@@ -214,7 +214,7 @@ pub async fn run(
     }
     // Bound variables: the child gets a placeholder, the lease's proxy the
     // value (it puts it in on requests to the bound destinations only).
-    let proxy = match start_proxy(broker, &mut injected, bound_rules).await {
+    let proxy = match start_proxy(broker, &lease_id, &mut injected, bound_rules).await {
         Ok(p) => p,
         Err(e) => {
             broker.settle(&lease_id).await;
@@ -260,7 +260,7 @@ pub async fn run(
             ca_pem: p.proxy.ca_pem().to_owned(),
         }),
     };
-    let proxy_log = proxy.map(|p| p.log(broker, &lease_id));
+    let proxy_log = proxy.map(|p| p.log(broker));
     // The files may have changed since the request was shown to the human
     // (or since a timed grant was made), or while credentials were minted:
     // what runs must be what was bound, checked as late as possible.
@@ -358,7 +358,7 @@ pub async fn run(
 /// A lease's proxy, started.
 struct RunningProxy {
     proxy: crate::proxy::LeaseProxy,
-    events: mpsc::UnboundedReceiver<crate::proxy::ProxyEvent>,
+    events: mpsc::UnboundedReceiver<custody_core::audit::AuditEvent>,
     bound: std::collections::BTreeMap<String, Vec<String>>,
 }
 
@@ -366,6 +366,7 @@ struct RunningProxy {
 /// starts the proxy that holds the values; `None` when nothing is bound.
 async fn start_proxy(
     broker: &Arc<Broker>,
+    lease_id: &str,
     injected: &mut [Injected],
     bound_rules: Vec<(usize, Vec<custody_core::bound::Rule>)>,
 ) -> Result<Option<RunningProxy>, Error> {
@@ -397,6 +398,7 @@ async fn start_proxy(
         });
     }
     let cfg = crate::proxy::ProxyConfig {
+        lease_id: lease_id.to_owned(),
         bound,
         extra_roots: broker.cfg.proxy.extra_roots.clone(),
         resolve: broker.cfg.proxy.resolve.clone(),
@@ -414,21 +416,21 @@ async fn start_proxy(
 
 impl RunningProxy {
     /// Audits what the proxy does while the lease runs.
-    fn log(self, broker: &Arc<Broker>, lease_id: &str) -> ProxyLog {
+    fn log(self, broker: &Arc<Broker>) -> ProxyLog {
         let RunningProxy {
             proxy,
             mut events,
             bound,
         } = self;
-        let (broker, lease_id) = (Arc::clone(broker), lease_id.to_owned());
+        let broker = Arc::clone(broker);
         let task = tokio::spawn(async move {
             let mut report = crate::protocol::ProxyReport {
                 bound,
                 ..Default::default()
             };
             while let Some(event) = events.recv().await {
-                broker.proxy_event(&lease_id, &event);
-                report.add(event);
+                report.add(&event);
+                broker.proxy_event(event);
             }
             report
         });

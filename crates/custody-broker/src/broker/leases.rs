@@ -235,39 +235,8 @@ impl Broker {
     }
 
     /// Audits what a lease's proxy did (destinations and names only).
-    pub(crate) fn proxy_event(&self, lease_id: &str, event: &crate::proxy::ProxyEvent) {
-        use crate::proxy::ProxyEvent;
-        let record = match event.clone() {
-            ProxyEvent::Forwarded {
-                destination,
-                method,
-                path,
-                status,
-                bytes,
-                injected,
-            } => AuditEvent::ProxyRequest {
-                lease_id: lease_id.to_owned(),
-                destination,
-                method,
-                path,
-                status,
-                bytes,
-                injected,
-            },
-            ProxyEvent::Blocked {
-                destination,
-                method,
-                path,
-                variables,
-            } => AuditEvent::ExfiltrationBlocked {
-                lease_id: lease_id.to_owned(),
-                destination,
-                method,
-                path,
-                variables,
-            },
-        };
-        self.state().audit_after(record);
+    pub(crate) fn proxy_event(&self, event: AuditEvent) {
+        self.state().audit_after(event);
     }
 
     /// Verifies the audit chain against the head the vault holds.

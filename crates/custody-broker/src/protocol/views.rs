@@ -265,25 +265,27 @@ pub struct ProxyReport {
 
 impl ProxyReport {
     /// Counts one of the proxy's events.
-    pub fn add(&mut self, event: crate::proxy::ProxyEvent) {
-        use crate::proxy::ProxyEvent;
-        match event {
-            ProxyEvent::Forwarded { injected, .. } => {
+    pub fn add(&mut self, event: &custody_core::audit::AuditEvent) {
+        use custody_core::audit::AuditEvent;
+        match event.clone() {
+            AuditEvent::ProxyRequest { injected, .. } => {
                 self.requests += 1;
                 for name in injected {
                     *self.injected.entry(name).or_default() += 1;
                 }
             }
-            ProxyEvent::Blocked {
+            AuditEvent::ExfiltrationBlocked {
                 destination,
                 method,
                 path,
                 variables,
+                ..
             } => self.blocked.push(ProxyBlock {
                 destination,
                 request: format!("{method} {path}"),
                 variables,
             }),
+            _ => {}
         }
     }
 }

@@ -23,7 +23,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{Mutex, mpsc, watch};
 use zeroize::Zeroizing;
 
-use super::{Bound, ProxyEvent};
+use custody_core::audit::AuditEvent;
+
+use super::Bound;
 
 /// Largest request body the proxy reads (it must see all of it to check
 /// where the variables in it may go).
@@ -31,6 +33,7 @@ const MAX_REQUEST_BODY: usize = 64 * 1024 * 1024;
 
 /// What every connection of one proxy shares.
 pub struct Shared {
+    pub lease_id: String,
     pub bound: Vec<Bound>,
     pub resolve: std::collections::HashMap<String, SocketAddr>,
     pub authority: super::ca::Authority,
@@ -40,7 +43,7 @@ pub struct Shared {
     /// Values (responses).
     pub mask: Arc<MaskingEngine>,
     pub credentials: Zeroizing<String>,
-    pub events: mpsc::UnboundedSender<ProxyEvent>,
+    pub events: mpsc::UnboundedSender<AuditEvent>,
     /// Turns to `true` (or closes) when the proxy stops: every task ends.
     pub stop: watch::Receiver<bool>,
 }
@@ -106,6 +109,19 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
             return;
         }
     }
+}
+
+/// Runs `work` on its own task until it ends or the proxy stops.
+fn spawn_until_stopped(
+    stop: watch::Receiver<bool>,
+    work: impl std::future::Future<Output = impl Send> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = work => {}
+            _ = stopped(stop) => {}
+        }
+    });
 }
 
 /// Serves one client connection until it closes or the proxy stops.
@@ -185,16 +201,9 @@ async fn outer(
                 "CONNECT needs host:port\n".into(),
             ));
         };
-        let stop = shared.stop.clone();
-        tokio::spawn(async move {
-            let work = async {
-                if let Ok(upgraded) = hyper::upgrade::on(req).await {
-                    intercept(TokioIo::new(upgraded), host, port, shared).await;
-                }
-            };
-            tokio::select! {
-                _ = work => {}
-                _ = stopped(stop) => {}
+        spawn_until_stopped(shared.stop.clone(), async move {
+            if let Ok(upgraded) = hyper::upgrade::on(req).await {
+                intercept(TokioIo::new(upgraded), host, port, shared).await;
             }
         });
         return Ok(Response::new(
@@ -370,7 +379,8 @@ async fn exchange(
         .cloned()
         .collect();
     if !refused.is_empty() {
-        let _ = shared.events.send(ProxyEvent::Blocked {
+        let _ = shared.events.send(AuditEvent::ExfiltrationBlocked {
+            lease_id: shared.lease_id.clone(),
             destination: origin.destination(),
             method,
             path,
@@ -482,7 +492,8 @@ async fn exchange(
     // Masking may change the length.
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.retain_hop_by_hop();
-    let event = ProxyEvent::Forwarded {
+    let event = AuditEvent::ProxyRequest {
+        lease_id: shared.lease_id.clone(),
         destination: origin.destination(),
         method,
         path,
@@ -603,23 +614,13 @@ where
         let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await
             .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = conn => {}
-                _ = stopped(stop) => {}
-            }
-        });
+        spawn_until_stopped(stop, conn);
         return Ok(Upstream::H2(sender));
     }
     let (sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = conn => {}
-            _ = stopped(stop) => {}
-        }
-    });
+    spawn_until_stopped(stop, conn);
     Ok(Upstream::H1(sender))
 }
 
@@ -630,13 +631,13 @@ struct MaskedBody {
     masker: Masker,
     done: bool,
     bytes: u64,
-    event: Option<(ProxyEvent, mpsc::UnboundedSender<ProxyEvent>)>,
+    event: Option<(AuditEvent, mpsc::UnboundedSender<AuditEvent>)>,
 }
 
 impl MaskedBody {
     fn report(&mut self) {
         if let Some((mut event, tx)) = self.event.take() {
-            if let ProxyEvent::Forwarded { bytes, .. } = &mut event {
+            if let AuditEvent::ProxyRequest { bytes, .. } = &mut event {
                 *bytes = self.bytes;
             }
             let _ = tx.send(event);

@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use custody_core::audit::AuditEvent;
 use custody_core::mask::MaskingEngine;
 use custody_core::secret::Value;
 use tokio::net::TcpListener;
@@ -45,44 +46,14 @@ pub struct Bound {
 
 /// What a lease's proxy is given.
 pub struct ProxyConfig {
+    /// The lease (its events name it).
+    pub lease_id: String,
     /// The lease's bound variables.
     pub bound: Vec<Bound>,
     /// Roots trusted for upstream servers besides the platform's.
     pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// Host → address overrides (tests reach `api.example.test` this way).
     pub resolve: HashMap<String, SocketAddr>,
-}
-
-/// What the proxy did, for the audit trail: destinations and names,
-/// never headers or bodies.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProxyEvent {
-    /// A request went to its destination.
-    Forwarded {
-        /// `https://host[:port]`.
-        destination: String,
-        /// Its method.
-        method: String,
-        /// Its path (no query).
-        path: String,
-        /// The response's status.
-        status: u16,
-        /// Response body bytes.
-        bytes: u64,
-        /// Variables whose value was put in.
-        injected: Vec<String>,
-    },
-    /// A request carried a variable where it is not bound: refused.
-    Blocked {
-        /// `https://host[:port]`.
-        destination: String,
-        /// Its method.
-        method: String,
-        /// Its path (no query).
-        path: String,
-        /// The variables it carried.
-        variables: Vec<String>,
-    },
 }
 
 /// Why the proxy could not start.
@@ -111,10 +82,12 @@ pub struct LeaseProxy {
 }
 
 impl LeaseProxy {
-    /// Starts a proxy for one lease. Events go to `events`.
+    /// Starts a proxy for one lease. What it does goes to `events`, as the
+    /// audit records it makes (`proxy_request`, `exfiltration_blocked`:
+    /// destinations and names, never headers or bodies).
     pub async fn start(
         cfg: ProxyConfig,
-        events: mpsc::UnboundedSender<ProxyEvent>,
+        events: mpsc::UnboundedSender<AuditEvent>,
     ) -> Result<LeaseProxy, ProxyError> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
@@ -147,6 +120,7 @@ impl LeaseProxy {
         drop((forms, values));
         let (stop_tx, stop) = watch::channel(false);
         let shared = Arc::new(exchange::Shared {
+            lease_id: cfg.lease_id,
             bound: cfg.bound,
             resolve: cfg.resolve,
             authority,

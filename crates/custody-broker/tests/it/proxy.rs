@@ -9,7 +9,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use custody_broker::proxy::{Bound, LeaseProxy, ProxyConfig, ProxyEvent, Rule, placeholder};
+use custody_broker::proxy::{Bound, LeaseProxy, ProxyConfig, Rule, placeholder};
+use custody_core::audit::AuditEvent;
 use custody_core::bound::Place;
 use custody_core::secret::Value;
 use http_body_util::{BodyExt, Full};
@@ -134,7 +135,7 @@ async fn upstream() -> Upstream {
 struct Setup {
     up: Upstream,
     proxy: LeaseProxy,
-    events: mpsc::UnboundedReceiver<ProxyEvent>,
+    events: mpsc::UnboundedReceiver<AuditEvent>,
     placeholder: String,
     ca_file: tempfile::NamedTempFile,
 }
@@ -157,6 +158,7 @@ async fn setup_with(place: Place) -> Setup {
     .unwrap()
     .with_place(place);
     let cfg = ProxyConfig {
+        lease_id: "l-test".into(),
         bound: vec![Bound {
             name: "STRIPE_KEY".into(),
             placeholder: placeholder.clone(),
@@ -208,7 +210,7 @@ impl Setup {
         format!("https://{host}:{}{path}", self.up.addr.port())
     }
 
-    fn drain(&mut self) -> Vec<ProxyEvent> {
+    fn drain(&mut self) -> Vec<AuditEvent> {
         let mut out = Vec::new();
         while let Ok(e) = self.events.try_recv() {
             out.push(e);
@@ -246,7 +248,7 @@ async fn curl_gets_the_value_injected_only_at_the_bound_destination() {
     let events = s.drain();
     assert!(
         events.iter().any(
-            |e| matches!(e, ProxyEvent::Forwarded { status: 200, injected, path, .. }
+            |e| matches!(e, AuditEvent::ProxyRequest { status: 200, injected, path, .. }
             if injected == &["STRIPE_KEY".to_owned()] && path == "/v1/charges")
         ),
         "{events:?}"
@@ -294,7 +296,7 @@ async fn the_placeholder_and_its_encodings_never_leave_for_another_host() {
     let blocked = s
         .drain()
         .into_iter()
-        .filter(|e| matches!(e, ProxyEvent::Blocked { variables, .. } if variables == &["STRIPE_KEY".to_owned()]))
+        .filter(|e| matches!(e, AuditEvent::ExfiltrationBlocked { variables, .. } if variables == &["STRIPE_KEY".to_owned()]))
         .count();
     assert_eq!(blocked, attempts.len());
 }
@@ -318,9 +320,9 @@ async fn query_and_body_bindings_put_the_value_only_there() {
     );
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert!(
-        s.drain()
-            .iter()
-            .any(|e| matches!(e, ProxyEvent::Forwarded { injected, .. } if !injected.is_empty()))
+        s.drain().iter().any(
+            |e| matches!(e, AuditEvent::ProxyRequest { injected, .. } if !injected.is_empty())
+        )
     );
 
     let s = setup_with(Place::Body).await;

