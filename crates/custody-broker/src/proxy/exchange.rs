@@ -30,6 +30,12 @@ use super::Bound;
 /// Largest request body the proxy reads (it must see all of it to check
 /// where the variables in it may go).
 const MAX_REQUEST_BODY: usize = 64 * 1024 * 1024;
+/// Request bodies one proxy holds at once, at most (in [`BUDGET_UNIT`]s):
+/// a child sending many large requests at once waits instead of making
+/// the broker hold them all.
+pub const BODY_BUDGET: u32 = 256 * 1024 * 1024 / BUDGET_UNIT as u32;
+/// The budget's unit, in bytes.
+const BUDGET_UNIT: usize = 64 * 1024;
 
 /// What every connection of one proxy shares.
 pub struct Shared {
@@ -46,6 +52,8 @@ pub struct Shared {
     pub events: mpsc::UnboundedSender<AuditEvent>,
     /// Turns to `true` (or closes) when the proxy stops: every task ends.
     pub stop: watch::Receiver<bool>,
+    /// Request body bytes held at once ([`BODY_BUDGET`]).
+    pub budget: tokio::sync::Semaphore,
 }
 
 type ProxyBody = BoxBody<Bytes, std::io::Error>;
@@ -342,7 +350,24 @@ async fn exchange(
         .path_and_query()
         .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
     let (parts, body) = req.into_parts();
-    let Ok(body) = Limited::new(body, MAX_REQUEST_BODY).collect().await else {
+    // What the body may take of the budget: its known length (0 for none),
+    // or the most a body may be when it is streamed without one. Held until
+    // it is sent on.
+    let hint = body.size_hint();
+    let declared = hint
+        .exact()
+        .or(hint.upper())
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(MAX_REQUEST_BODY)
+        .min(MAX_REQUEST_BODY);
+    let units = u32::try_from(declared.div_ceil(BUDGET_UNIT).max(1)).unwrap_or(BODY_BUDGET);
+    let Ok(_held) = shared.budget.acquire_many(units).await else {
+        return Ok(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "custody: proxy stopping\n".into(),
+        ));
+    };
+    let Ok(body) = Limited::new(body, declared.max(1)).collect().await else {
         return Ok(text(
             StatusCode::PAYLOAD_TOO_LARGE,
             "custody: request body too large for the lease's proxy\n".into(),

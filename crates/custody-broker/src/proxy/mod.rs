@@ -130,6 +130,7 @@ impl LeaseProxy {
             credentials: credentials.clone(),
             events,
             stop,
+            budget: tokio::sync::Semaphore::new(exchange::BODY_BUDGET as usize),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(accept_loop(listener, shared));

@@ -442,3 +442,57 @@ print(r.text)
         Some(&*format!("Bearer {SECRET}"))
     );
 }
+
+/// A child that opens uploads and never finishes them holds at most the
+/// proxy's body budget (256 MiB) of the broker's memory: further requests
+/// wait for it instead of being read, and go on once it is freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_uploads_hold_the_body_budget_not_the_brokers_memory() {
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup().await;
+    let url = s.proxy.url();
+    let credentials = url
+        .trim_start_matches("http://")
+        .rsplit_once('@')
+        .unwrap()
+        .0
+        .to_owned();
+    let auth = base64::engine::general_purpose::STANDARD.encode(credentials);
+    let port = s.up.addr.port();
+    let open = |head: String| {
+        let addr = s.proxy.addr();
+        async move {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tcp.write_all(head.as_bytes()).await.unwrap();
+            tcp
+        }
+    };
+    // Four streamed uploads (no length: each may grow to 64 MiB) that
+    // never end: the whole budget.
+    let mut uploads = Vec::new();
+    for _ in 0..4 {
+        let mut tcp = open(format!(
+            "POST http://other.test:{port}/up HTTP/1.1\r\nHost: other.test\r\nProxy-Authorization: Basic {auth}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ))
+        .await;
+        tcp.write_all(b"4\r\nabcd\r\n").await.unwrap();
+        uploads.push(tcp);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut small = open(format!(
+        "GET http://other.test:{port}/small HTTP/1.1\r\nHost: other.test\r\nProxy-Authorization: Basic {auth}\r\n\r\n"
+    ))
+    .await;
+    let mut buf = [0u8; 64];
+    let waited =
+        tokio::time::timeout(std::time::Duration::from_secs(1), small.read(&mut buf)).await;
+    assert!(waited.is_err(), "answered while the budget was held");
+    drop(uploads);
+    let answered =
+        tokio::time::timeout(std::time::Duration::from_secs(10), small.read(&mut buf)).await;
+    let n = answered
+        .expect("answered once the budget was freed")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 "), "{:?}", &buf[..n]);
+}
