@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +22,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use zeroize::Zeroizing;
 
+use crate::contain::{Child, Command, Stdio};
 use crate::protocol::{self, Event};
 
 mod environment;
@@ -279,25 +279,20 @@ pub fn spawn(plan: &LeasePlan) -> Result<(Spawned, Started, PathBuf), LeaseError
     let dir = lease_dir(&plan.runtime_dir, &plan.id);
     let files = write_secret_files(&dir, &plan.injected).map_err(LeaseError::Files)?;
     let program = plan.argv.first().cloned().unwrap_or_default();
-    let mut cmd = tokio::process::Command::new(&plan.program);
-    cmd.arg0(&program)
-        .args(plan.argv.iter().skip(1))
-        .current_dir(&plan.cwd)
-        .env_clear()
-        .kill_on_drop(false);
+    let mut cmd = Command::new(&plan.program, &program);
+    cmd.args(plan.argv.iter().skip(1)).current_dir(&plan.cwd);
     let master = match plan.pty {
         None => {
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .process_group(0);
+            cmd.stdout(Stdio::Piped).stderr(Stdio::Piped);
             None
         }
         Some(size) => {
             let opened = crate::pty::open(size).and_then(|(master, tty)| {
-                cmd.stdin(tty.try_clone()?)
-                    .stdout(tty.try_clone()?)
-                    .stderr(tty);
+                cmd.stdin(Stdio::Fd(tty.try_clone()?))
+                    .stdout(Stdio::Fd(tty.try_clone()?))
+                    .stderr(Stdio::Fd(tty))
+                    // A session of its own: its group is its pid, as with pipes.
+                    .session_on_terminal();
                 Ok(master)
             });
             let master = opened.map_err(|source| {
@@ -308,8 +303,6 @@ pub fn spawn(plan: &LeasePlan) -> Result<(Spawned, Started, PathBuf), LeaseError
                     source,
                 }
             })?;
-            // A session of its own: its group is its pid, as with pipes.
-            crate::sys::session_on_terminal_before_exec(&mut cmd);
             Some(master)
         }
     };
@@ -317,16 +310,12 @@ pub fn spawn(plan: &LeasePlan) -> Result<(Spawned, Started, PathBuf), LeaseError
     for (k, v) in &plan.passthrough {
         cmd.env(k, v);
     }
-    // std's Command keeps its own copy of each value until it is dropped
-    // (right after spawn); that copy is not zeroized, a documented residual.
+    // Copied into zeroized memory; gone once the child has exec'd.
     for inj in plan.injected.iter().filter(|i| !i.as_file) {
-        cmd.env(
-            &inj.name,
-            std::ffi::OsStr::from_encoded_bytes_checked(inj.value.expose()),
-        );
+        cmd.env(&inj.name, inj.value.expose());
     }
     for (name, path) in &files {
-        cmd.env(name, path);
+        cmd.env(name, path.as_os_str().as_encoded_bytes());
     }
     if let Some(proxy) = &plan.proxy {
         let bundle = write_ca_bundle(&dir, proxy).map_err(LeaseError::Files)?;
@@ -336,11 +325,13 @@ pub fn spawn(plan: &LeasePlan) -> Result<(Spawned, Started, PathBuf), LeaseError
         // Everything goes through the proxy: no host is exempt.
         cmd.env_remove("NO_PROXY").env_remove("no_proxy");
         for name in CA_VARS {
-            cmd.env(name, &bundle);
+            cmd.env(name, bundle.as_os_str().as_encoded_bytes());
         }
     }
     // The child is a subreaper: nothing it starts can leave the lease.
-    let (child, own) = crate::contain::spawn(&mut cmd).map_err(|source| {
+    // With `cmd` go this process's copies of the terminal's child end: the
+    // master reads end of output once the lease's processes close theirs.
+    let child = cmd.spawn().map_err(|source| {
         let _ = std::fs::remove_dir_all(&dir);
         LeaseError::Spawn {
             hint: spawn_hint(&source, &plan.injected),
@@ -348,22 +339,14 @@ pub fn spawn(plan: &LeasePlan) -> Result<(Spawned, Started, PathBuf), LeaseError
             source,
         }
     })?;
-    // With it go this process's copies of the terminal's child end: the
-    // master reads end of output once the lease's processes close theirs.
-    drop(cmd);
-    let pid = child.id().unwrap_or(0);
+    let pid = child.id();
     let start_ticks = crate::procs::stat(pid).map(|(_, s)| s).unwrap_or(0);
-    Ok((
-        Spawned { child, own, master },
-        Started { pid, start_ticks },
-        dir,
-    ))
+    Ok((Spawned { child, master }, Started { pid, start_ticks }, dir))
 }
 
 /// A started lease process, registered as the broker's own child.
 pub struct Spawned {
-    child: tokio::process::Child,
-    own: crate::contain::Own,
+    child: Child,
     master: Option<Arc<crate::pty::Master>>,
 }
 
@@ -399,18 +382,6 @@ fn spawn_hint(err: &std::io::Error, injected: &[Injected]) -> String {
     }
 }
 
-/// Byte-safe `OsStr` from bytes (Unix: any bytes except NUL are valid).
-trait FromBytes {
-    fn from_encoded_bytes_checked(bytes: &[u8]) -> &std::ffi::OsStr;
-}
-
-impl FromBytes for std::ffi::OsStr {
-    fn from_encoded_bytes_checked(bytes: &[u8]) -> &std::ffi::OsStr {
-        use std::os::unix::ffi::OsStrExt;
-        std::ffi::OsStr::from_bytes(bytes)
-    }
-}
-
 /// Runs a spawned child to its end: output masked and forwarded, deadline and
 /// stop signal enforced, the group cleaned up, the lease directory removed.
 pub async fn supervise(
@@ -424,11 +395,7 @@ pub async fn supervise(
 ) -> LeaseOutcome {
     let t0 = Instant::now();
     let pgid = started.pid;
-    let Spawned {
-        mut child,
-        own,
-        master,
-    } = spawned;
+    let Spawned { mut child, master } = spawned;
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let out_task = match &master {
@@ -497,7 +464,7 @@ pub async fn supervise(
         }
     }
     // Reaped: its pid is no longer ours to keep.
-    drop(own);
+    drop(child);
     // What it started outside its group (`setsid`, double forks) was
     // re-parented to it (a subreaper) and, now that it is gone, to the
     // broker. One that holds the output open would keep the lease going

@@ -9,13 +9,13 @@
 //! one, and the values the lease injects) and cut to printable text; the
 //! revoke command's stderr is dropped.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use custody_core::sources::CommandSource;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
 use zeroize::Zeroizing;
+
+use crate::contain::{Command, Stdio};
 
 /// Longest a mint or revoke command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,17 +35,21 @@ const INHERIT: &[&str] = &["PATH", "HOME", "USER", "LANG", "TMPDIR"];
 pub struct CommandFailure(pub String);
 
 fn command(script: &str, facts: &[(&str, &str)]) -> Command {
-    let mut c = Command::new("/bin/sh");
-    c.arg("-c").arg(script).env_clear();
+    let mut c = Command::new("/bin/sh", "sh");
+    c.arg("-c").arg(script);
+    // In the broker's directory, as configured commands always ran.
+    if let Ok(dir) = std::env::current_dir() {
+        c.current_dir(dir);
+    }
     for k in INHERIT {
         if let Some(v) = std::env::var_os(k) {
-            c.env(k, v);
+            c.env(k, v.as_encoded_bytes());
         }
     }
     for (k, v) in facts {
         c.env(k, v);
     }
-    c.stderr(Stdio::null()).kill_on_drop(true).process_group(0);
+    c.kill_on_drop(true);
     c
 }
 
@@ -124,10 +128,8 @@ pub async fn mint(
             ("CUSTODY_EXPIRES_AT", expires),
         ],
     );
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let (mut child, _own) = crate::contain::spawn(&mut cmd).map_err(|e| {
+    cmd.stdout(Stdio::Piped).stderr(Stdio::Piped);
+    let mut child = cmd.spawn().map_err(|e| {
         fail(CommandFailure(format!(
             "cannot start the mint command ({})",
             e.kind()
@@ -221,8 +223,9 @@ pub async fn revoke(source: &CommandSource, token: &[u8]) -> Result<(), CommandF
     let text = std::str::from_utf8(token)
         .map_err(|_| CommandFailure("the token is not UTF-8; it cannot be passed on".into()))?;
     let mut cmd = command(script, &[("CUSTODY_TOKEN", text)]);
-    cmd.stdin(Stdio::piped()).stdout(Stdio::null());
-    let (mut child, _own) = crate::contain::spawn(&mut cmd)
+    cmd.stdin(Stdio::Piped);
+    let mut child = cmd
+        .spawn()
         .map_err(|e| CommandFailure(format!("cannot start the revoke command ({})", e.kind())))?;
     let run = async {
         if let Some(mut stdin) = child.stdin.take() {
