@@ -192,7 +192,8 @@ impl Broker {
             EndReason::Locked => audit::LeaseEndReason::Locked,
             EndReason::Shutdown => audit::LeaseEndReason::BrokerShutdown,
         };
-        st.audit_after(AuditEvent::LeaseEnd {
+        // Written behind: the result does not wait for its `fdatasync`.
+        st.audit_behind(AuditEvent::LeaseEnd {
             lease_id: outcome.lease_id.clone(),
             exit_code: outcome.exit_code,
             signal: outcome.signal,

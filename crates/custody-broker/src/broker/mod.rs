@@ -380,6 +380,39 @@ impl State {
             eprintln!("custody daemon: the audit record `{kind}` could not be written: {e}");
         }
     }
+
+    /// [`audit_after`](Self::audit_after) written behind: one `write`, no
+    /// `fdatasync` (see [`audit::AuditChain::append_unsynced`]). For a
+    /// lease's end, which a run's result does not wait on: durable with the
+    /// next durable record or at the next [`flush_audit`](Self::flush_audit)
+    /// (the broker's tick, within a second), so a run costs one `fdatasync`.
+    pub(crate) fn audit_behind(&mut self, event: AuditEvent) {
+        let Some(chain) = self.audit.as_mut() else {
+            return self.audit_after(event);
+        };
+        let kind = event.kind();
+        if let Err(e) = chain.append_unsynced(&event) {
+            self.unrecorded += 1;
+            eprintln!("custody daemon: the audit record `{kind}` could not be written: {e}");
+        }
+    }
+
+    /// Makes the records written behind durable and stores their head.
+    pub(crate) fn flush_audit(&mut self) {
+        let Some(chain) = self.audit.as_mut() else {
+            return;
+        };
+        let synced = chain.sync().map_err(|e| e.to_string()).and_then(|head| {
+            match (head, self.vault.as_ref()) {
+                (Some(h), Some(v)) => v.set_audit_head(&h).map_err(|e| e.to_string()),
+                _ => Ok(()),
+            }
+        });
+        if let Err(e) = synced {
+            self.unrecorded += 1;
+            eprintln!("custody daemon: the audit log could not be synced: {e}");
+        }
+    }
 }
 
 impl Broker {
@@ -506,6 +539,9 @@ impl Broker {
 
     /// Periodic housekeeping: idle lock, expired requests and grants.
     pub async fn tick(self: &Arc<Self>) {
+        // Records written behind (lease ends) become durable here at the
+        // latest.
+        self.state().flush_audit();
         let idle = {
             let st = self.state();
             st.vault.is_some() && st.last_activity.elapsed() >= self.cfg.idle_lock

@@ -231,6 +231,35 @@ fn five_wrong_pins_lock_the_vault_and_are_audited() {
     assert_eq!(b.audit_verify()["intact"], true);
 }
 
+/// A lease's end is written behind (one `fdatasync` per run): it is in the
+/// log as soon as the run's result is, and under the vault's sealed head
+/// within the broker's tick (about a second), with the chain intact.
+#[test]
+fn a_lease_end_is_in_the_log_at_once_and_under_the_vault_head_within_a_second() {
+    let b = broker_with_secret();
+    let res = b.run_approved(b.spec(&["true"], &["dev"])).1;
+    let lease_id = finished(res)["lease_id"].as_str().unwrap().to_owned();
+    let end = b
+        .audit_records()
+        .into_iter()
+        .find(|r| matches!(&r.event, AuditEvent::LeaseEnd { lease_id: l, .. } if *l == lease_id))
+        .expect("the lease_end record, as soon as the result");
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, head) = audit_key_and_head(&b.vault_path());
+        if head.is_some_and(|h| h.seq >= end.seq) {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the vault's head never reached the lease_end record (seq {})",
+            end.seq
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(b.audit_verify()["intact"], true);
+}
+
 #[test]
 fn deny_fails_the_waiting_run_with_denied() {
     let b = broker_with_secret();

@@ -30,6 +30,19 @@ pub struct AuditChain {
     len: u64,
     /// A failed write could not be undone: refuse further appends.
     poisoned: bool,
+    /// Records written by [`AuditChain::append_unsynced`] and not yet
+    /// made durable (their head not yet handed out for the vault).
+    unsynced: bool,
+}
+
+impl Drop for AuditChain {
+    /// Unsynced records are made durable before the file is let go (their
+    /// head is not stored: the next `open` counts them after the head).
+    fn drop(&mut self) {
+        if self.unsynced && !self.poisoned {
+            let _ = self.file.sync_data();
+        }
+    }
 }
 
 /// What [`AuditChain::open`] found.
@@ -172,6 +185,7 @@ impl AuditChain {
             head: AuditHead::GENESIS,
             len: 0,
             poisoned: false,
+            unsynced: false,
         })
     }
 
@@ -218,21 +232,83 @@ impl AuditChain {
         Ok(self.head)
     }
 
-    /// One write of `bytes` then fdatasync. A failed write is rolled back to
-    /// the previous length; if that fails too, or fdatasync fails (the data's
-    /// fate is then unknown), the chain is poisoned.
-    fn write_durably(&mut self, bytes: &[u8]) -> Result<(), AuditError> {
+    /// Appends `event` with one `write` and no `fdatasync`: for records of
+    /// what has already happened and that nothing waits on (a lease's end).
+    /// The record is in the file at once (readers see it), and durable at
+    /// the next [`append`](Self::append) or [`sync`](Self::sync), whichever
+    /// comes first; the head to store in the vault is handed out only then,
+    /// so the vault never names a record a machine crash could still take
+    /// away (a lost unsynced tail is not truncation: the records after the
+    /// vault's head are the ones that may go). A failed write is an error,
+    /// as for `append`.
+    pub fn append_unsynced(&mut self, event: &AuditEvent) -> Result<(), AuditError> {
+        if self.poisoned {
+            return Err(AuditError::Poisoned);
+        }
+        let seq = self.head.seq + 1;
+        let line = encode_line(
+            &self.key,
+            seq,
+            &format_rfc3339(SystemTime::now()),
+            &self.head.hash,
+            event,
+        )?;
+        self.write_line(&line)?;
+        self.unsynced = true;
+        self.head = AuditHead {
+            seq,
+            hash: crypto::sha256(&line),
+        };
+        Ok(())
+    }
+
+    /// Makes the records [`append_unsynced`](Self::append_unsynced) wrote
+    /// durable; returns the head to store in the vault, or `None` when
+    /// there was nothing to sync. A failed `fdatasync` poisons the chain.
+    pub fn sync(&mut self) -> Result<Option<AuditHead>, AuditError> {
+        if !self.unsynced {
+            return Ok(None);
+        }
+        if self.poisoned {
+            return Err(AuditError::Poisoned);
+        }
+        if let Err(e) = self.file.sync_data() {
+            self.poisoned = true;
+            return Err(AuditError::io("fdatasync")(e));
+        }
+        self.unsynced = false;
+        Ok(Some(self.head))
+    }
+
+    /// Whether some record waits for [`sync`](Self::sync).
+    pub fn has_unsynced(&self) -> bool {
+        self.unsynced
+    }
+
+    /// One write of `bytes`, rolled back to the previous length if it
+    /// fails (poisoned if even that fails).
+    fn write_line(&mut self, bytes: &[u8]) -> Result<(), AuditError> {
         if let Err(e) = self.file.write_all(bytes) {
             if self.file.set_len(self.len).is_err() {
                 self.poisoned = true;
             }
             return Err(AuditError::io("write")(e));
         }
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// One write of `bytes` then fdatasync. A failed write is rolled back to
+    /// the previous length; if that fails too, or fdatasync fails (the data's
+    /// fate is then unknown), the chain is poisoned.
+    /// The `fdatasync` also makes every unsynced record before it durable.
+    fn write_durably(&mut self, bytes: &[u8]) -> Result<(), AuditError> {
+        self.write_line(bytes)?;
         if let Err(e) = self.file.sync_data() {
             self.poisoned = true;
             return Err(AuditError::io("fdatasync")(e));
         }
-        self.len += bytes.len() as u64;
+        self.unsynced = false;
         Ok(())
     }
 

@@ -56,6 +56,15 @@
 //! the writer truncates its own partial bytes; if even that fails, the chain
 //! is poisoned and every later append fails until it is reopened.
 //!
+//! One kind of record is written behind: [`AuditChain::append_unsynced`]
+//! (the broker uses it for `lease_end`, which records what already happened
+//! and which nothing waits on) writes the line without `fdatasync`; it is
+//! in the file at once and durable at the next durable append or
+//! [`AuditChain::sync`] (the broker syncs within a second). Its head goes to
+//! the vault only once it is durable, so a machine crash that takes an
+//! unsynced record away leaves records *missing after* the vault's head,
+//! never a head that names a lost record (which would read as truncation).
+//!
 //! A crash can still leave a **torn last line** (no trailing newline). Such a
 //! file fails [`verify`] at that seq. [`AuditChain::open`] does not truncate it
 //! (it is evidence): when the bytes after the last good record are torn, no

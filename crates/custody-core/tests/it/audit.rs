@@ -365,6 +365,54 @@ fn records_after_the_head_are_accepted_and_counted() {
     assert_eq!(c.head(), last);
 }
 
+/// A record written behind (`append_unsynced`) is in the file at once, and
+/// its head is handed out only by `sync` (or a later durable append). A
+/// machine crash that loses the unsynced tail leaves records missing
+/// *after* the vault's head: the log opens and verifies. Had the head been
+/// stored at the unsynced write, the same crash would read as truncation.
+#[test]
+fn records_written_behind_get_their_head_only_once_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let (mut c, _) = AuditChain::open(&path, &key(), None).unwrap();
+    let stored = c.append(&event(0)).unwrap();
+    let synced_len = fs::metadata(&path).unwrap().len();
+    c.append_unsynced(&event(1)).unwrap();
+    assert!(c.has_unsynced());
+    // Readers see it at once.
+    assert_eq!(audit::read(&path, None).unwrap().count(), 2);
+    let behind = c.head();
+    assert_eq!(behind.seq, 2);
+    // A durable append covers it: its head is the one to store.
+    let after = c.append(&event(2)).unwrap();
+    assert!(!c.has_unsynced());
+    assert_eq!(c.sync().unwrap(), None, "nothing left to sync");
+    c.append_unsynced(&event(3)).unwrap();
+    let synced = c.sync().unwrap().expect("a head once synced");
+    assert_eq!(synced.seq, 4);
+    assert!(after.seq < synced.seq);
+    drop(c);
+
+    // The crash: the vault holds the last durable head (`stored`), the
+    // unsynced tail is gone.
+    let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(synced_len).unwrap();
+    drop(file);
+    let (c, open) = AuditChain::open(&path, &key(), Some(&stored)).unwrap();
+    assert_eq!((open.records, open.records_after_head), (1, 0));
+    assert_eq!(c.head(), stored);
+    drop(c);
+    // Had the vault been given the unsynced record's head, the same crash
+    // would be reported as truncation.
+    assert!(matches!(
+        AuditChain::open(&path, &key(), Some(&behind)),
+        Err(AuditError::Broken(VerifyError::Bad {
+            problem: Problem::Truncated { .. },
+            ..
+        }))
+    ));
+}
+
 #[test]
 fn open_seals_a_torn_tail_and_keeps_the_bytes() {
     let (_d, path, head) = chain(10);
