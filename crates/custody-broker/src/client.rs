@@ -52,18 +52,32 @@ impl ClientError {
 pub struct Client {
     stream: UnixStream,
     next_id: u64,
+    /// The hello sent but not yet answered: its answer is read before the
+    /// next one (one round trip less per command; the broker reads the
+    /// hello before anything else, so the order holds).
+    hello: Option<u64>,
 }
 
 impl Client {
-    /// Connects and says hello.
+    /// Connects and says hello. The hello's answer is read with the first
+    /// request's (a broker that refuses it fails that request with its
+    /// reason).
     pub fn connect(socket: &Path, client: ClientInfo) -> Result<Client, ClientError> {
         let stream = UnixStream::connect(socket)
             .map_err(|_| ClientError::NotRunning(socket.display().to_string()))?;
-        let mut c = Client { stream, next_id: 1 };
-        c.call(Request::Hello {
-            protocol: PROTOCOL_VERSION,
-            client,
-        })?;
+        let mut c = Client {
+            stream,
+            next_id: 1,
+            hello: None,
+        };
+        let id = c.send(
+            Request::Hello {
+                protocol: PROTOCOL_VERSION,
+                client,
+            },
+            None,
+        )?;
+        c.hello = Some(id);
         Ok(c)
     }
 
@@ -112,10 +126,22 @@ impl Client {
         Ok(id)
     }
 
-    /// Reads the next frame from the broker.
+    /// Reads the next frame from the broker (after the hello's answer).
     pub fn read(&mut self) -> Result<ServerFrame, ClientError> {
-        let f = protocol::read_frame(&mut self.stream)?;
-        serde_json::from_slice(&f).map_err(|_| ClientError::Protocol)
+        loop {
+            let f = protocol::read_frame(&mut self.stream)?;
+            let frame = serde_json::from_slice(&f).map_err(|_| ClientError::Protocol)?;
+            let Some(hello) = self.hello else {
+                return Ok(frame);
+            };
+            match frame {
+                ServerFrame::Ok { id, .. } if id == hello => self.hello = None,
+                ServerFrame::Err { id, error } if id == hello || id == 0 => {
+                    return Err(ClientError::Broker(error));
+                }
+                _ => return Err(ClientError::Protocol),
+            }
+        }
     }
 
     /// A request and its answer.
@@ -293,5 +319,68 @@ impl Typist {
         let bytes =
             zeroize::Zeroizing::new(serde_json::to_vec(&frame).map_err(|_| ClientError::Protocol)?);
         Ok(protocol::write_frame(&mut self.stream, &bytes)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    fn info() -> ClientInfo {
+        ClientInfo {
+            kind: "cli".into(),
+            name: "test".into(),
+            version: String::new(),
+        }
+    }
+
+    /// A peer that reads `frames` frames, then answers with `answers`.
+    fn peer(answers: Vec<Value>, frames: usize) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let listener = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            for _ in 0..frames {
+                protocol::read_frame(&mut s).unwrap();
+            }
+            for a in answers {
+                protocol::write_frame(&mut s, a.to_string().as_bytes()).unwrap();
+            }
+        });
+        (dir, path)
+    }
+
+    /// The hello goes with the first request (one round trip less); its
+    /// answer is read first, and a refused hello fails that request with
+    /// the broker's reason.
+    #[test]
+    fn the_hello_is_answered_before_the_first_request() {
+        let (_d, path) = peer(
+            vec![
+                serde_json::json!({"id": 1, "ok": {"protocol": PROTOCOL_VERSION, "broker": "x"}}),
+                serde_json::json!({"id": 2, "ok": {"answer": 42}}),
+            ],
+            2,
+        );
+        let mut c = Client::connect(&path, info()).unwrap();
+        assert_eq!(c.call(Request::Status).unwrap()["answer"], 42);
+
+        let (_d, path) = peer(
+            vec![serde_json::json!({"id": 1, "error": {"code": "version", "message": "no"}})],
+            2,
+        );
+        let mut c = Client::connect(&path, info()).unwrap();
+        assert_eq!(c.call(Request::Status).unwrap_err().code(), Some("version"));
+
+        // Anything else first is not a broker speaking this protocol.
+        let (_d, path) = peer(vec![serde_json::json!({"id": 2, "ok": {}})], 2);
+        let mut c = Client::connect(&path, info()).unwrap();
+        assert!(matches!(
+            c.call(Request::Status),
+            Err(ClientError::Protocol)
+        ));
     }
 }

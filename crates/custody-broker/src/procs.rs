@@ -4,9 +4,38 @@
 
 use std::fs;
 
+/// A small `/proc` file in one or two reads (`fs::read_to_string` asks
+/// its size first, which `/proc` does not know, then grows from 32 bytes:
+/// seven system calls for a `stat` line; the ancestry walk reads one per
+/// ancestor on every request).
+fn read_proc(path: &str) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut f = fs::File::open(path).ok()?;
+    let mut buf = vec![0u8; 1024];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    buf.truncate(len);
+    Some(buf)
+}
+
+/// [`read_proc`] of a text file.
+fn read_proc_text(path: &str) -> Option<String> {
+    String::from_utf8(read_proc(path)?).ok()
+}
+
 /// The parent pid and the start time (clock ticks since boot) of `pid`.
 pub fn stat(pid: u32) -> Option<(u32, u64)> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let text = read_proc_text(&format!("/proc/{pid}/stat"))?;
     // The command name (field 2) is in parentheses and may contain spaces or
     // parentheses itself: parse from the last ')'.
     let rest = &text[text.rfind(')')? + 1..];
@@ -28,7 +57,7 @@ pub fn children_of(parent: u32) -> Vec<(u32, bool)> {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
-        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        let Some(text) = read_proc_text(&format!("/proc/{pid}/stat")) else {
             continue;
         };
         let Some(rest) = text.rfind(')').map(|i| &text[i + 1..]) else {
@@ -83,7 +112,7 @@ pub fn launcher_name(pid: u32) -> Option<String> {
     if Some((exe.dev(), exe.ino())) != *own {
         return None;
     }
-    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let raw = read_proc(&format!("/proc/{pid}/cmdline"))?;
     let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
     if args.get(1) != Some(&&b"agent"[..]) {
         return None;
@@ -124,7 +153,7 @@ pub fn same_process(pid: u32, start: u64) -> bool {
 
 /// The session id of `pid` (processes started from one terminal share it).
 pub fn session_id(pid: u32) -> Option<u32> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let text = read_proc_text(&format!("/proc/{pid}/stat"))?;
     let rest = &text[text.rfind(')')? + 1..];
     // state ppid pgrp session → index 3.
     rest.split_whitespace().nth(3)?.parse().ok()
