@@ -14,7 +14,7 @@
 //! The registry lock is held across each spawn and each sweep, so a child
 //! is never swept between its `clone` and its registration.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -75,8 +75,8 @@ pub enum Stdio {
 pub struct Command {
     program: PathBuf,
     argv: Vec<Vec<u8>>,
-    /// `NAME=VALUE` entries, one per name (a later `env` replaces).
-    env: Vec<Zeroizing<Vec<u8>>>,
+    /// `NAME=VALUE` entries by name (a later `env` replaces).
+    env: BTreeMap<Vec<u8>, Zeroizing<Vec<u8>>>,
     cwd: PathBuf,
     stdio: [Stdio; 3],
     leader: Leader,
@@ -91,7 +91,7 @@ impl Command {
         Command {
             program: program.into(),
             argv: vec![arg0.as_ref().as_bytes().to_vec()],
-            env: Vec::new(),
+            env: BTreeMap::new(),
             cwd: PathBuf::from("/"),
             stdio: [Stdio::Null, Stdio::Null, Stdio::Null],
             leader: Leader::Group,
@@ -116,21 +116,18 @@ impl Command {
     /// Sets `name` to `value` (bytes: a value need not be UTF-8).
     pub fn env(&mut self, name: impl AsRef<OsStr>, value: impl AsRef<[u8]>) -> &mut Command {
         let name = name.as_ref().as_bytes();
-        self.env_remove(OsStr::from_bytes(name));
         let value = value.as_ref();
         let mut entry = Zeroizing::new(Vec::with_capacity(name.len() + 1 + value.len()));
         entry.extend_from_slice(name);
         entry.push(b'=');
         entry.extend_from_slice(value);
-        self.env.push(entry);
+        self.env.insert(name.to_vec(), entry);
         self
     }
 
     /// Removes `name` from the environment.
     pub fn env_remove(&mut self, name: impl AsRef<OsStr>) -> &mut Command {
-        let name = name.as_ref().as_bytes();
-        self.env
-            .retain(|e| !(e.starts_with(name) && e.get(name.len()) == Some(&b'=')));
+        self.env.remove(name.as_ref().as_bytes());
         self
     }
 
@@ -183,7 +180,7 @@ impl Command {
         let image = ExecImage::new(
             &self.program,
             self.argv.iter().map(Vec::as_slice),
-            self.env.iter().map(|e| e.as_slice()),
+            self.env.values().map(|e| e.as_slice()),
             &self.cwd,
         )?;
         drop(self.env);
