@@ -58,9 +58,26 @@ impl Vault {
     ) -> Result<Vec<Result<(VarKind, SecretValue)>>> {
         let env_id = self.env_id(env)?;
         let (listing, listed_at) = self.listing(env, &env_id)?;
-        let mut rows: HashMap<Id, (Option<Vec<u8>>, i64)> =
-            HashMap::with_capacity(listing.ids.len());
+        let missing = |var: &VarName| VaultError::NoSuchVariable {
+            env: env.to_string(),
+            var: var.to_string(),
+        };
+        // Each wanted variable's row id and listing entry, from the labels.
+        let mut out: Vec<Option<Result<(VarKind, SecretValue)>>> =
+            std::iter::repeat_with(|| None).take(vars.len()).collect();
+        let mut wanted: HashMap<Id, Vec<(usize, usize)>> = HashMap::with_capacity(vars.len());
+        for (k, var) in vars.iter().enumerate() {
+            match listing
+                .infos
+                .binary_search_by(|i| i.name.as_str().cmp(var.as_str()))
+            {
+                Ok(i) => wanted.entry(listing.ids[i]).or_default().push((k, i)),
+                Err(_) => out[k] = Some(Err(missing(var))),
+            }
+        }
         {
+            // Each wanted row opened as it is read, from SQLite's own buffer
+            // (no copy of every row of the environment).
             let mut stmt = self
                 .conn
                 .prepare_cached("SELECT id, sealed_value, version FROM variables WHERE env_id = ?1")
@@ -69,39 +86,40 @@ impl Vault {
                 .query(params![&env_id[..]])
                 .map_err(|e| storage(e, &self.path))?;
             while let Some(r) = q.next().map_err(|e| storage(e, &self.path))? {
-                let id: Vec<u8> = r.get(0).map_err(|e| storage(e, &self.path))?;
-                let sealed = r.get(1).map_err(|e| storage(e, &self.path))?;
-                let version = r.get(2).map_err(|e| storage(e, &self.path))?;
-                rows.insert(to_id(id)?, (sealed, version));
+                let id = r
+                    .get_ref(0)
+                    .and_then(|v| v.as_blob().map_err(Into::into))
+                    .map_err(|e| storage(e, &self.path))?;
+                let Some(hits) = Id::try_from(id).ok().and_then(|id| wanted.get(&id)) else {
+                    continue;
+                };
+                let sealed = r
+                    .get_ref(1)
+                    .and_then(|v| v.as_blob_or_null().map_err(Into::into))
+                    .map_err(|e| storage(e, &self.path))?;
+                let version: i64 = r.get(2).map_err(|e| storage(e, &self.path))?;
+                for &(k, i) in hits {
+                    let info = &listing.infos[i];
+                    out[k] = Some(self.open_value(
+                        env,
+                        &env_id,
+                        &vars[k],
+                        &listing.ids[i],
+                        info.kind,
+                        info.source.as_ref(),
+                        sealed,
+                        version,
+                    ));
+                }
             }
         }
         if self.change_stamp()? != listed_at {
             return Ok(vars.iter().map(|var| self.reveal(env, var)).collect());
         }
-        Ok(vars
-            .iter()
-            .map(|var| {
-                let missing = || VaultError::NoSuchVariable {
-                    env: env.to_string(),
-                    var: var.to_string(),
-                };
-                let i = listing
-                    .infos
-                    .binary_search_by(|i| i.name.as_str().cmp(var.as_str()))
-                    .map_err(|_| missing())?;
-                let (info, id) = (&listing.infos[i], &listing.ids[i]);
-                let (sealed, version) = rows.get(id).ok_or_else(missing)?;
-                self.open_value(
-                    env,
-                    &env_id,
-                    var,
-                    id,
-                    info.kind,
-                    info.source.as_ref(),
-                    sealed.as_deref(),
-                    *version,
-                )
-            })
+        Ok(out
+            .into_iter()
+            .zip(vars)
+            .map(|(r, var)| r.unwrap_or_else(|| Err(missing(var))))
             .collect())
     }
 
