@@ -138,15 +138,17 @@ impl Broker {
                 )));
             }
             let env = env_name(e)?;
-            for v in vault.variables(&env).map_err(Error::from)? {
-                if v.is_set {
-                    if !v.bindings.is_empty() {
-                        let shown = v.bindings.iter().map(|r| r.destination()).collect();
-                        bound.insert(format!("{e}/{}", v.name), shown);
+            vault
+                .each_variable(&env, |v| {
+                    if v.is_set {
+                        if !v.bindings.is_empty() {
+                            let shown = v.bindings.iter().map(|r| r.destination()).collect();
+                            bound.insert(format!("{e}/{}", v.name), shown);
+                        }
+                        available.insert((e.clone(), v.name.clone()));
                     }
-                    available.insert((e.clone(), v.name));
-                }
-            }
+                })
+                .map_err(Error::from)?;
         }
         match &spec.only {
             None => variables.extend(available.iter().map(|(e, v)| format!("{e}/{v}"))),

@@ -170,6 +170,16 @@ impl Vault {
         Ok(self.listing(env, &env_id)?.0.infos.clone())
     }
 
+    /// Calls `f` with each variable of `env` in name order, from the kept
+    /// listing (nothing copied: what a run's admission reads, once per
+    /// variable).
+    pub fn each_variable(&self, env: &EnvName, mut f: impl FnMut(&VariableInfo)) -> Result<()> {
+        let env_id = self.env_id(env)?;
+        let (listing, _) = self.listing(env, &env_id)?;
+        listing.infos.iter().for_each(&mut f);
+        Ok(())
+    }
+
     /// Where each of `vars` may send its value (empty: not bound), from the
     /// kept listing's authenticated labels: one lookup per name, nothing
     /// else copied (a run with a thousand variables asks this).
