@@ -34,6 +34,7 @@ mod leases;
 mod lock;
 pub mod pin;
 mod policy;
+mod recording;
 mod requests;
 mod sessions;
 
@@ -327,91 +328,6 @@ fn rfc3339(t: SystemTime) -> String {
 impl State {
     fn vault(&mut self) -> Result<&mut Vault, Error> {
         self.vault.as_mut().ok_or_else(Error::locked)
-    }
-
-    /// Appends an audit record and stores the new head in the vault. An error
-    /// here means the caller must not go on (fail closed).
-    fn audit(&mut self, event: AuditEvent) -> Result<(), Error> {
-        let chain = self.audit.as_mut().ok_or_else(Error::locked)?;
-        let head = chain.append(&event).map_err(|e| {
-            Error::AuditFailed(format!(
-                "the audit log cannot be written ({e}); nothing was done"
-            ))
-        })?;
-        if let Some(v) = self.vault.as_ref() {
-            v.set_audit_head(&head).map_err(Error::from)?;
-        }
-        Ok(())
-    }
-
-    /// Records `event` before what it describes happens (fail closed); while
-    /// the vault is locked, at the next unlock (at most [`MAX_DEFERRED`]).
-    fn audit_or_defer(&mut self, event: AuditEvent) -> Result<(), Error> {
-        if self.audit.is_some() {
-            return self.audit(event);
-        }
-        if self.deferred.len() >= MAX_DEFERRED {
-            return Err(Error::AuditFailed(
-                "too many records wait for the vault to be unlocked: run `custody unlock`".into(),
-            ));
-        }
-        self.deferred.push(event);
-        Ok(())
-    }
-
-    /// Records something that has already happened (a lease ended, a grant
-    /// expired, a revoke, a wrong PIN), which no failure can undo. Its
-    /// record is never dropped silently: while the vault is locked it waits
-    /// for the next unlock (at most [`MAX_DEFERRED`]); a record that cannot
-    /// be written is logged by kind and counted (`audit_unrecorded` in
-    /// `custody status`).
-    pub(crate) fn audit_after(&mut self, event: AuditEvent) {
-        if self.audit.is_none() {
-            if self.deferred.len() < MAX_DEFERRED {
-                self.deferred.push(event);
-            } else {
-                self.unrecorded += 1;
-            }
-            return;
-        }
-        let kind = event.kind();
-        if let Err(e) = self.audit(event) {
-            self.unrecorded += 1;
-            eprintln!("custody daemon: the audit record `{kind}` could not be written: {e}");
-        }
-    }
-
-    /// [`audit_after`](Self::audit_after) written behind: one `write`, no
-    /// `fdatasync` (see [`audit::AuditChain::append_unsynced`]). For a
-    /// lease's end, which a run's result does not wait on: durable with the
-    /// next durable record or at the next [`flush_audit`](Self::flush_audit)
-    /// (the broker's tick, within a second), so a run costs one `fdatasync`.
-    pub(crate) fn audit_behind(&mut self, event: AuditEvent) {
-        let Some(chain) = self.audit.as_mut() else {
-            return self.audit_after(event);
-        };
-        let kind = event.kind();
-        if let Err(e) = chain.append_unsynced(&event) {
-            self.unrecorded += 1;
-            eprintln!("custody daemon: the audit record `{kind}` could not be written: {e}");
-        }
-    }
-
-    /// Makes the records written behind durable and stores their head.
-    pub(crate) fn flush_audit(&mut self) {
-        let Some(chain) = self.audit.as_mut() else {
-            return;
-        };
-        let synced = chain.sync().map_err(|e| e.to_string()).and_then(|head| {
-            match (head, self.vault.as_ref()) {
-                (Some(h), Some(v)) => v.set_audit_head(&h).map_err(|e| e.to_string()),
-                _ => Ok(()),
-            }
-        });
-        if let Err(e) = synced {
-            self.unrecorded += 1;
-            eprintln!("custody daemon: the audit log could not be synced: {e}");
-        }
     }
 }
 

@@ -26,6 +26,7 @@ use zeroize::Zeroizing;
 use custody_core::audit::AuditEvent;
 
 use super::Bound;
+use super::upstream::{Upstream, send};
 
 /// Largest request body the proxy reads (it must see all of it to check
 /// where the variables in it may go).
@@ -60,10 +61,10 @@ type ProxyBody = BoxBody<Bytes, std::io::Error>;
 
 /// The scheme, host and port a request goes to.
 #[derive(Debug, Clone)]
-struct Origin {
-    scheme: &'static str,
-    host: String,
-    port: u16,
+pub(super) struct Origin {
+    pub(super) scheme: &'static str,
+    pub(super) host: String,
+    pub(super) port: u16,
 }
 
 impl Origin {
@@ -76,7 +77,7 @@ impl Origin {
         }
     }
 
-    fn host_header(&self) -> String {
+    pub(super) fn host_header(&self) -> String {
         let default = if self.scheme == "https" { 443 } else { 80 };
         if self.port == default {
             self.host.clone()
@@ -84,30 +85,6 @@ impl Origin {
             format!("{}:{}", self.host, self.port)
         }
     }
-}
-
-/// The TLS client configuration for upstream servers: the platform's
-/// roots and `extra`.
-pub fn upstream_tls(
-    extra: &[rustls::pki_types::CertificateDer<'static>],
-) -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        // A platform root rustls cannot parse is skipped, as browsers do.
-        let _ = roots.add(cert);
-    }
-    for cert in extra {
-        roots.add(cert.clone()).map_err(|e| e.to_string())?;
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
 }
 
 /// Resolves when the proxy stops.
@@ -120,7 +97,7 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 }
 
 /// Runs `work` on its own task until it ends or the proxy stops.
-fn spawn_until_stopped(
+pub(super) fn spawn_until_stopped(
     stop: watch::Receiver<bool>,
     work: impl std::future::Future<Output = impl Send> + Send + 'static,
 ) {
@@ -236,48 +213,6 @@ async fn outer(
         host,
     };
     exchange(req, origin, shared, Arc::new(Mutex::new(None))).await
-}
-
-/// A connection to the upstream server, HTTP/2 when it offers it.
-enum Upstream {
-    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
-    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
-}
-
-impl Upstream {
-    /// Whether it can take another request (waits for the one before).
-    async fn ready(&mut self) -> bool {
-        match self {
-            Upstream::H1(s) => s.ready().await.is_ok(),
-            Upstream::H2(s) => s.ready().await.is_ok(),
-        }
-    }
-
-    /// Sends `req` (origin-form, with a `Host` header) as this connection's
-    /// version wants it: HTTP/2 takes the scheme and authority in the URI.
-    async fn send(
-        &mut self,
-        origin: &Origin,
-        mut req: Request<Full<Bytes>>,
-    ) -> Result<hyper::Response<Incoming>, String> {
-        match self {
-            Upstream::H1(s) => s.send_request(req).await.map_err(|e| e.to_string()),
-            Upstream::H2(s) => {
-                let target = req
-                    .uri()
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_owned();
-                let absolute = format!("{}://{}{target}", origin.scheme, origin.host_header());
-                *req.uri_mut() = absolute
-                    .parse()
-                    .map_err(|_| "bad request target".to_owned())?;
-                *req.version_mut() = Version::HTTP_2;
-                req.headers_mut().remove(header::HOST);
-                s.send_request(req).await.map_err(|e| e.to_string())
-            }
-        }
-    }
 }
 
 /// The TLS inside a `CONNECT`: terminated with the lease CA's certificate
@@ -586,67 +521,6 @@ impl RetainHopByHop for HeaderMap {
             self.remove(n);
         }
     }
-}
-
-/// Sends `req` over the connection's upstream connection, opening one
-/// (TCP, then TLS verified against the upstream roots) when there is none
-/// or it closed.
-async fn send(
-    origin: &Origin,
-    shared: &Shared,
-    slot: &Mutex<Option<Upstream>>,
-    req: Request<Full<Bytes>>,
-) -> Result<hyper::Response<Incoming>, String> {
-    let mut slot = slot.lock().await;
-    if let Some(sender) = slot.as_mut()
-        && sender.ready().await
-    {
-        return sender.send(origin, req).await;
-    }
-    let addr = shared.resolve.get(&origin.host).copied();
-    let tcp = match addr {
-        Some(a) => TcpStream::connect(a).await,
-        None => TcpStream::connect((origin.host.as_str(), origin.port)).await,
-    }
-    .map_err(|e| e.to_string())?;
-    let _ = tcp.set_nodelay(true);
-    let mut sender = if origin.scheme == "https" {
-        let name = rustls::pki_types::ServerName::try_from(origin.host.clone())
-            .map_err(|e| e.to_string())?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&shared.upstream))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| e.to_string())?;
-        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-        handshake(tls, h2, shared).await?
-    } else {
-        handshake(tcp, false, shared).await?
-    };
-    let response = sender.send(origin, req).await;
-    *slot = Some(sender);
-    response
-}
-
-/// Opens HTTP/2 (`h2`: the server chose it) or HTTP/1.1 on `io`; the
-/// connection's task ends with the proxy.
-async fn handshake<IO>(io: IO, h2: bool, shared: &Shared) -> Result<Upstream, String>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let stop = shared.stop.clone();
-    let io = TokioIo::new(io);
-    if h2 {
-        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-            .await
-            .map_err(|e| e.to_string())?;
-        spawn_until_stopped(stop, conn);
-        return Ok(Upstream::H2(sender));
-    }
-    let (sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| e.to_string())?;
-    spawn_until_stopped(stop, conn);
-    Ok(Upstream::H1(sender))
 }
 
 /// A response body, masked on its way to the child; reports the exchange

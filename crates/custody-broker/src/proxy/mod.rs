@@ -17,6 +17,7 @@
 
 mod ca;
 mod exchange;
+mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -96,7 +97,7 @@ impl LeaseProxy {
         let credentials = Zeroizing::new(format!("custody:{}", hex::encode(secret)));
         let authority = ca::Authority::new().map_err(|e| ProxyError::Ca(e.to_string()))?;
         let ca_pem = authority.ca_pem().to_owned();
-        let upstream = exchange::upstream_tls(&cfg.extra_roots)
+        let upstream = upstream::upstream_tls(&cfg.extra_roots)
             .map_err(|e| ProxyError::Setup(e.to_string()))?;
         // Everything the masker and the egress check know: each bound
         // variable's value and its placeholder, under its name.
