@@ -213,23 +213,32 @@ impl AuditChain {
         event: &AuditEvent,
         time: SystemTime,
     ) -> Result<AuditHead, AuditError> {
+        let line = self.next_line(event, time)?;
+        self.write_durably(&line)?;
+        self.advance(&line);
+        Ok(self.head)
+    }
+
+    /// The line that follows the head (refused once poisoned).
+    fn next_line(&self, event: &AuditEvent, time: SystemTime) -> Result<Vec<u8>, AuditError> {
         if self.poisoned {
             return Err(AuditError::Poisoned);
         }
-        let seq = self.head.seq + 1;
-        let line = encode_line(
+        encode_line(
             &self.key,
-            seq,
+            self.head.seq + 1,
             &format_rfc3339(time),
             &self.head.hash,
             event,
-        )?;
-        self.write_durably(&line)?;
+        )
+    }
+
+    /// The head after `line`, the record just written.
+    fn advance(&mut self, line: &[u8]) {
         self.head = AuditHead {
-            seq,
-            hash: crypto::sha256(&line),
+            seq: self.head.seq + 1,
+            hash: crypto::sha256(line),
         };
-        Ok(self.head)
     }
 
     /// Appends `event` with one `write` and no `fdatasync`: for records of
@@ -242,23 +251,10 @@ impl AuditChain {
     /// vault's head are the ones that may go). A failed write is an error,
     /// as for `append`.
     pub fn append_unsynced(&mut self, event: &AuditEvent) -> Result<(), AuditError> {
-        if self.poisoned {
-            return Err(AuditError::Poisoned);
-        }
-        let seq = self.head.seq + 1;
-        let line = encode_line(
-            &self.key,
-            seq,
-            &format_rfc3339(SystemTime::now()),
-            &self.head.hash,
-            event,
-        )?;
+        let line = self.next_line(event, SystemTime::now())?;
         self.write_line(&line)?;
         self.unsynced = true;
-        self.head = AuditHead {
-            seq,
-            hash: crypto::sha256(&line),
-        };
+        self.advance(&line);
         Ok(())
     }
 
