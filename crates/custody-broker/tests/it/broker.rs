@@ -258,6 +258,13 @@ fn a_lease_end_is_in_the_log_at_once_and_under_the_vault_head_within_a_second() 
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(b.audit_verify()["intact"], true);
+    // From then on, a same-user process that cuts the record off is caught.
+    let log = std::fs::read(b.audit_path()).unwrap();
+    let lines: Vec<&[u8]> = log.split_inclusive(|c| *c == b'\n').collect();
+    let kept: Vec<u8> = lines[..(end.seq - 1) as usize].concat();
+    std::fs::write(b.audit_path(), kept).unwrap();
+    let v = b.audit_verify();
+    assert_eq!(v["intact"], false, "{v}");
 }
 
 #[test]
