@@ -3,7 +3,6 @@
 //! bindings, the value put in where bound, sent on, the response masked.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -26,7 +25,7 @@ use zeroize::Zeroizing;
 use custody_core::audit::AuditEvent;
 
 use super::Bound;
-use super::upstream::{Upstream, send};
+use super::upstream::{Dialer, Origin, Upstream, send, spawn_until_stopped, stopped};
 
 /// Largest request body the proxy reads (it must see all of it to check
 /// where the variables in it may go).
@@ -42,9 +41,9 @@ const BUDGET_UNIT: usize = 64 * 1024;
 pub struct Shared {
     pub lease_id: String,
     pub bound: Vec<Bound>,
-    pub resolve: std::collections::HashMap<String, SocketAddr>,
     pub authority: super::ca::Authority,
-    pub upstream: Arc<rustls::ClientConfig>,
+    /// How upstream servers are reached.
+    pub dialer: Dialer,
     /// Values and placeholders (the egress check).
     pub detect: Arc<MaskingEngine>,
     /// Values (responses).
@@ -58,56 +57,6 @@ pub struct Shared {
 }
 
 type ProxyBody = BoxBody<Bytes, std::io::Error>;
-
-/// The scheme, host and port a request goes to.
-#[derive(Debug, Clone)]
-pub(super) struct Origin {
-    pub(super) scheme: &'static str,
-    pub(super) host: String,
-    pub(super) port: u16,
-}
-
-impl Origin {
-    fn destination(&self) -> String {
-        let default = if self.scheme == "https" { 443 } else { 80 };
-        if self.port == default {
-            format!("{}://{}", self.scheme, self.host)
-        } else {
-            format!("{}://{}:{}", self.scheme, self.host, self.port)
-        }
-    }
-
-    pub(super) fn host_header(&self) -> String {
-        let default = if self.scheme == "https" { 443 } else { 80 };
-        if self.port == default {
-            self.host.clone()
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-}
-
-/// Resolves when the proxy stops.
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    while !*stop.borrow_and_update() {
-        if stop.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Runs `work` on its own task until it ends or the proxy stops.
-pub(super) fn spawn_until_stopped(
-    stop: watch::Receiver<bool>,
-    work: impl std::future::Future<Output = impl Send> + Send + 'static,
-) {
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = work => {}
-            _ = stopped(stop) => {}
-        }
-    });
-}
 
 /// Serves one client connection until it closes or the proxy stops.
 pub async fn serve_client(tcp: TcpStream, shared: Arc<Shared>) {
@@ -435,7 +384,7 @@ async fn exchange(
         Ok(uri) => *out.uri_mut() = uri,
         Err(_) => return Ok(text(StatusCode::BAD_REQUEST, "bad request target\n".into())),
     }
-    let response = match send(&origin, &shared, &upstream, out).await {
+    let response = match send(&origin, &shared.dialer, &shared.stop, &upstream, out).await {
         Ok(r) => r,
         Err(e) => {
             return Ok(text(

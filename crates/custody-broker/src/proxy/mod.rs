@@ -123,9 +123,11 @@ impl LeaseProxy {
         let shared = Arc::new(exchange::Shared {
             lease_id: cfg.lease_id,
             bound: cfg.bound,
-            resolve: cfg.resolve,
             authority,
-            upstream,
+            dialer: upstream::Dialer {
+                resolve: cfg.resolve,
+                tls: upstream,
+            },
             detect,
             mask,
             credentials: credentials.clone(),

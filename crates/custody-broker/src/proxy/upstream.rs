@@ -1,7 +1,11 @@
-//! The proxy's side towards upstream servers: their TLS (the platform's
-//! roots and any extra), one connection per client connection, HTTP/2 when
-//! the server offers it.
+//! The proxy's side towards upstream servers: where a request goes
+//! ([`Origin`]), their TLS (the platform's roots and any extra), one
+//! connection per client connection, HTTP/2 when the server offers it, and
+//! the tasks that end when the proxy stops. Imports nothing from
+//! `exchange` (which uses it).
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,9 +16,16 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
-use super::exchange::{Origin, Shared, spawn_until_stopped};
+/// How the proxy reaches upstream servers: names the broker was told to
+/// resolve itself (`CUSTODY_PROXY_RESOLVE`), and their TLS.
+pub struct Dialer {
+    /// Host names resolved to these addresses instead of by DNS.
+    pub resolve: HashMap<String, SocketAddr>,
+    /// The TLS client configuration ([`upstream_tls`]).
+    pub tls: Arc<rustls::ClientConfig>,
+}
 
 /// The TLS client configuration for upstream servers: the platform's
 /// roots and `extra`.
@@ -87,7 +98,8 @@ impl Upstream {
 /// or it closed.
 pub(super) async fn send(
     origin: &Origin,
-    shared: &Shared,
+    dialer: &Dialer,
+    stop: &watch::Receiver<bool>,
     slot: &Mutex<Option<Upstream>>,
     req: Request<Full<Bytes>>,
 ) -> Result<hyper::Response<Incoming>, String> {
@@ -97,7 +109,7 @@ pub(super) async fn send(
     {
         return sender.send(origin, req).await;
     }
-    let addr = shared.resolve.get(&origin.host).copied();
+    let addr = dialer.resolve.get(&origin.host).copied();
     let tcp = match addr {
         Some(a) => TcpStream::connect(a).await,
         None => TcpStream::connect((origin.host.as_str(), origin.port)).await,
@@ -107,14 +119,14 @@ pub(super) async fn send(
     let mut sender = if origin.scheme == "https" {
         let name = rustls::pki_types::ServerName::try_from(origin.host.clone())
             .map_err(|e| e.to_string())?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&shared.upstream))
+        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&dialer.tls))
             .connect(name, tcp)
             .await
             .map_err(|e| e.to_string())?;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-        handshake(tls, h2, shared).await?
+        handshake(tls, h2, stop).await?
     } else {
-        handshake(tcp, false, shared).await?
+        handshake(tcp, false, stop).await?
     };
     let response = sender.send(origin, req).await;
     *slot = Some(sender);
@@ -123,11 +135,11 @@ pub(super) async fn send(
 
 /// Opens HTTP/2 (`h2`: the server chose it) or HTTP/1.1 on `io`; the
 /// connection's task ends with the proxy.
-async fn handshake<IO>(io: IO, h2: bool, shared: &Shared) -> Result<Upstream, String>
+async fn handshake<IO>(io: IO, h2: bool, stop: &watch::Receiver<bool>) -> Result<Upstream, String>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let stop = shared.stop.clone();
+    let stop = stop.clone();
     let io = TokioIo::new(io);
     if h2 {
         let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
@@ -141,4 +153,54 @@ where
         .map_err(|e| e.to_string())?;
     spawn_until_stopped(stop, conn);
     Ok(Upstream::H1(sender))
+}
+
+/// The scheme, host and port a request goes to.
+#[derive(Debug, Clone)]
+pub(super) struct Origin {
+    pub(super) scheme: &'static str,
+    pub(super) host: String,
+    pub(super) port: u16,
+}
+
+impl Origin {
+    pub(super) fn destination(&self) -> String {
+        let default = if self.scheme == "https" { 443 } else { 80 };
+        if self.port == default {
+            format!("{}://{}", self.scheme, self.host)
+        } else {
+            format!("{}://{}:{}", self.scheme, self.host, self.port)
+        }
+    }
+
+    pub(super) fn host_header(&self) -> String {
+        let default = if self.scheme == "https" { 443 } else { 80 };
+        if self.port == default {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Resolves when the proxy stops.
+pub(super) async fn stopped(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs `work` on its own task until it ends or the proxy stops.
+pub(super) fn spawn_until_stopped(
+    stop: watch::Receiver<bool>,
+    work: impl std::future::Future<Output = impl Send> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = work => {}
+            _ = stopped(stop) => {}
+        }
+    });
 }
