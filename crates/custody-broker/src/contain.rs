@@ -71,7 +71,7 @@ pub enum Stdio {
 /// `std`'s `Command`, it inherits no environment, takes the program by
 /// absolute path (no `PATH` search: what runs is what was bound), keeps the
 /// environment in zeroized memory, and starts the process without copying
-/// the broker ([`crate::sys::spawn_subreaper`]).
+/// the broker (`sys::spawn_subreaper`).
 pub struct Command {
     program: PathBuf,
     argv: Vec<Vec<u8>>,

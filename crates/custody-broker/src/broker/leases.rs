@@ -235,9 +235,16 @@ impl Broker {
         }
     }
 
-    /// Audits what a lease's proxy did (destinations and names only).
+    /// Audits what a lease's proxy did (destinations and names only). A
+    /// request sent on is written behind, like a lease's end (one per
+    /// request: an `fdatasync` each would hold the broker's lock that
+    /// long); a refused one is durable at once.
     pub(crate) fn proxy_event(&self, event: AuditEvent) {
-        self.state().audit_after(event);
+        let mut st = self.state();
+        match event {
+            AuditEvent::ProxyRequest { .. } => st.audit_behind(event),
+            _ => st.audit_after(event),
+        }
     }
 
     /// Verifies the audit chain against the head the vault holds.

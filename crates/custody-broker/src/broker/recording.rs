@@ -62,8 +62,9 @@ impl State {
     }
 
     /// [`audit_after`](Self::audit_after) written behind: one `write`, no
-    /// `fdatasync` (see [`audit::AuditChain::append_unsynced`]). For a
-    /// lease's end, which a run's result does not wait on: durable with the
+    /// `fdatasync` (see [`custody_core::audit::AuditChain::append_unsynced`]). For a
+    /// lease's end, which a run's result does not wait on, and the requests
+    /// a lease's proxy sent on: durable with the
     /// next durable record or at the next [`flush_audit`](Self::flush_audit)
     /// (the broker's tick, within a second), so a run costs one `fdatasync`.
     pub(crate) fn audit_behind(&mut self, event: AuditEvent) {

@@ -57,8 +57,8 @@
 //! is poisoned and every later append fails until it is reopened.
 //!
 //! One kind of record is written behind: [`AuditChain::append_unsynced`]
-//! (the broker uses it for `lease_end`, which records what already happened
-//! and which nothing waits on) writes the line without `fdatasync`; it is
+//! (the broker uses it for `lease_end` and `proxy_request`, which record what
+//! already happened and which nothing waits on) writes the line without `fdatasync`; it is
 //! in the file at once and durable at the next durable append or
 //! [`AuditChain::sync`] (the broker syncs within a second). Its head goes to
 //! the vault only once it is durable, so a machine crash that takes an
