@@ -117,7 +117,8 @@ impl Command {
     pub fn env(&mut self, name: impl AsRef<OsStr>, value: impl AsRef<[u8]>) -> &mut Command {
         let name = name.as_ref().as_bytes();
         let value = value.as_ref();
-        let mut entry = Zeroizing::new(Vec::with_capacity(name.len() + 1 + value.len()));
+        // Room for the NUL `execve` needs: terminated in place, not copied.
+        let mut entry = Zeroizing::new(Vec::with_capacity(name.len() + 1 + value.len() + 1));
         entry.extend_from_slice(name);
         entry.push(b'=');
         entry.extend_from_slice(value);
@@ -177,13 +178,7 @@ impl Command {
                 "spawn: the program must be an absolute path",
             ));
         }
-        let image = ExecImage::new(
-            &self.program,
-            self.argv.iter().map(Vec::as_slice),
-            self.env.values().map(|e| e.as_slice()),
-            &self.cwd,
-        )?;
-        drop(self.env);
+        let image = ExecImage::new(&self.program, self.argv, self.env.into_values(), &self.cwd)?;
         let mut ours: [Option<OwnedFd>; 3] = [None, None, None];
         let mut theirs = Vec::with_capacity(3);
         for (i, s) in self.stdio.into_iter().enumerate() {

@@ -143,12 +143,13 @@ pub struct ExecImage {
 
 impl ExecImage {
     /// `argv` includes the name the program sees as `argv[0]`; each `env`
-    /// entry is `NAME=VALUE` (what `execve` takes). A NUL in any of them
-    /// is refused (`InvalidInput`).
-    pub fn new<'a>(
+    /// entry is `NAME=VALUE` (what `execve` takes), taken over and
+    /// NUL-terminated where it is. A NUL in any of them is refused
+    /// (`InvalidInput`).
+    pub fn new(
         program: &std::path::Path,
-        argv: impl IntoIterator<Item = &'a [u8]>,
-        env: impl IntoIterator<Item = &'a [u8]>,
+        argv: impl IntoIterator<Item = Vec<u8>>,
+        env: impl IntoIterator<Item = zeroize::Zeroizing<Vec<u8>>>,
         cwd: &std::path::Path,
     ) -> std::io::Result<ExecImage> {
         use std::os::unix::ffi::OsStrExt;
@@ -161,22 +162,28 @@ impl ExecImage {
         let c_path = |p: &std::path::Path| {
             std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| nul())
         };
-        let owned = |bytes: &[u8]| -> std::io::Result<zeroize::Zeroizing<Vec<u8>>> {
-            if bytes.contains(&0) {
+        // Terminated in place: no second copy of a value, unless its buffer
+        // has no room for the NUL (growing it would free the old buffer
+        // unzeroized, so it is copied into a zeroized one instead).
+        let terminated = |mut s: zeroize::Zeroizing<Vec<u8>>| {
+            if s.contains(&0) {
                 return Err(nul());
             }
-            let mut s = zeroize::Zeroizing::new(Vec::with_capacity(bytes.len() + 1));
-            s.extend_from_slice(bytes);
+            if s.len() == s.capacity() {
+                let mut grown = zeroize::Zeroizing::new(Vec::with_capacity(s.len() + 1));
+                grown.extend_from_slice(&s);
+                s = grown;
+            }
             s.push(0);
             Ok(s)
         };
         let args = argv
             .into_iter()
-            .map(owned)
+            .map(|a| terminated(zeroize::Zeroizing::new(a)))
             .collect::<std::io::Result<Vec<_>>>()?;
         let vars = env
             .into_iter()
-            .map(owned)
+            .map(terminated)
             .collect::<std::io::Result<Vec<_>>>()?;
         let pointers = |strings: &[zeroize::Zeroizing<Vec<u8>>]| {
             let mut p: Vec<*const libc::c_char> =
