@@ -22,6 +22,7 @@ pub fn completions(
     _s: &mut SecretInput,
     a: CompletionsArgs,
 ) -> anyhow::Result<ExitCode> {
+    super::lazy::build_eagerly();
     let mut cmd = super::command();
     clap_complete::generate(a.shell, &mut cmd, "custody", &mut std::io::stdout());
     Ok(ExitCode::SUCCESS)
@@ -29,6 +30,7 @@ pub fn completions(
 
 /// Prints the man page (roff) on stdout.
 pub fn man(_g: &Global, _s: &mut SecretInput, _a: ManArgs) -> anyhow::Result<ExitCode> {
+    super::lazy::build_eagerly();
     let cmd = super::command();
     let mut out = std::io::stdout().lock();
     clap_mangen::Man::new(cmd).render(&mut out)?;

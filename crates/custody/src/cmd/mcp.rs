@@ -29,11 +29,11 @@ pub struct McpArgs {
 #[derive(Debug, clap::Subcommand)]
 enum McpCommand {
     /// Add (or update) custody in an agent client's MCP config.
-    Install(super::mcp_install::InstallArgs),
+    Install(super::Lazy<super::mcp_install::InstallArgs>),
 }
 
 pub fn run(g: &Global, _s: &mut SecretInput, a: McpArgs) -> anyhow::Result<ExitCode> {
-    if let Some(McpCommand::Install(i)) = a.command {
+    if let Some(McpCommand::Install(super::Lazy(i))) = a.command {
         return super::mcp_install::run(g, i);
     }
     let wait = a.approval_wait.value;

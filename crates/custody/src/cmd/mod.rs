@@ -13,6 +13,7 @@ mod generate;
 mod grants;
 mod import;
 mod init;
+mod lazy;
 mod leases;
 mod lock;
 mod ls;
@@ -35,6 +36,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::input::SecretInput;
+use lazy::Lazy;
 
 /// custody: agents get access, never custody.
 ///
@@ -152,70 +154,70 @@ pub use crate::global::Global;
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a new vault (passphrase and approval PIN).
-    Init(init::InitArgs),
+    Init(Lazy<init::InitArgs>),
     /// Change the vault passphrase (re-wraps the vault key only).
-    Passwd(passwd::PasswdArgs),
+    Passwd(Lazy<passwd::PasswdArgs>),
     /// Create, list, describe and remove environments.
     #[command(subcommand)]
-    Env(env::EnvCommand),
+    Env(Lazy<env::EnvCommand>),
     /// Store a variable's value (hidden prompt, or stdin).
-    Set(set::SetArgs),
+    Set(Lazy<set::SetArgs>),
     /// Bind a variable to the destinations its value may go to (a lease's
     /// proxy puts it in; the child holds a placeholder).
-    Bind(bind::BindArgs),
+    Bind(Lazy<bind::BindArgs>),
     /// Dynamic sources: a PostgreSQL role or a command's token per lease.
     #[command(subcommand)]
     Source(source::SourceCommand),
     /// Store a random value that nobody sees.
-    Generate(generate::GenerateArgs),
+    Generate(Lazy<generate::GenerateArgs>),
     /// The policy in force (sealed in the vault): show, apply, edit, check;
     /// list the agent clients policy can name.
     #[command(subcommand)]
-    Policy(policy::PolicyCommand),
+    Policy(Lazy<policy::PolicyCommand>),
     /// Remove a variable.
-    Unset(unset::UnsetArgs),
+    Unset(Lazy<unset::UnsetArgs>),
     /// List variables: names, kinds, descriptions; never values.
-    Ls(ls::LsArgs),
+    Ls(Lazy<ls::LsArgs>),
     /// Import a dotenv file into an environment.
-    Import(import::ImportArgs),
+    Import(Lazy<import::ImportArgs>),
     /// Run the broker in the foreground.
-    Daemon(daemon::DaemonArgs),
+    Daemon(Lazy<daemon::DaemonArgs>),
     /// Unlock the vault in the broker (starting the broker if needed).
-    Unlock(unlock::UnlockArgs),
+    Unlock(Lazy<unlock::UnlockArgs>),
     /// Lock: forget the key, kill every lease, cancel pending requests.
-    Lock(lock::LockArgs),
+    Lock(Lazy<lock::LockArgs>),
     /// Broker state: locked or not, sessions, requests, grants, leases.
-    Status(status::StatusArgs),
+    Status(Lazy<status::StatusArgs>),
     /// Run a command with an environment's secrets injected (after approval).
-    Run(run::RunArgs),
+    Run(Lazy<run::RunArgs>),
     /// Approve pending requests (interactive queue, or one by id).
-    Approve(approve::ApproveArgs),
+    Approve(Lazy<approve::ApproveArgs>),
     /// Deny a pending request.
-    Deny(approve::DenyArgs),
+    Deny(Lazy<approve::DenyArgs>),
     /// Grants in force.
-    Grants(grants::GrantsArgs),
+    Grants(Lazy<grants::GrantsArgs>),
     /// Running leases.
-    Leases(leases::LeasesArgs),
+    Leases(Lazy<leases::LeasesArgs>),
     /// Revoke a grant or lease (or --all): running processes are killed.
-    Revoke(revoke::RevokeArgs),
+    Revoke(Lazy<revoke::RevokeArgs>),
     /// Read or verify the audit log.
-    Audit(audit::AuditArgs),
+    Audit(Lazy<audit::AuditArgs>),
     /// Serve the MCP tools on stdio for an agent client (`mcp install` adds
     /// custody to a client's config).
     Mcp(mcp::McpArgs),
     /// Find vault values and known token shapes in a tree, git history or
     /// the staged files; `--install-hook` adds a git pre-commit check.
-    Scan(scan::ScanArgs),
+    Scan(Lazy<scan::ScanArgs>),
     /// Print a shell completion script: bash, zsh, fish, elvish, powershell.
-    Completions(completions::CompletionsArgs),
+    Completions(Lazy<completions::CompletionsArgs>),
     /// Print the man page (roff): `custody man > ~/.local/share/man/man1/custody.1`.
-    Man(completions::ManArgs),
+    Man(Lazy<completions::ManArgs>),
     /// Start an agent client (claude, codex, gemini, a shell) inside the
     /// custody sandbox, identified by the name you give it.
-    Agent(agent::AgentArgs),
+    Agent(Lazy<agent::AgentArgs>),
     /// A guided tour in a throwaway vault: an agent over MCP, an approval,
     /// masked output, the audit trail.
-    Demo(demo::DemoArgs),
+    Demo(Lazy<demo::DemoArgs>),
 }
 
 /// Runs the parsed command line.
@@ -223,34 +225,34 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut secrets = SecretInput::new();
     let g = &cli.global;
     match cli.command {
-        Command::Init(a) => init::run(g, &mut secrets, a),
-        Command::Passwd(a) => passwd::run(g, &mut secrets, a),
-        Command::Env(c) => env::run(g, &mut secrets, c),
-        Command::Set(a) => set::run(g, &mut secrets, a),
-        Command::Bind(a) => bind::run(g, &mut secrets, a),
-        Command::Generate(a) => generate::run(g, &mut secrets, a),
-        Command::Policy(c) => policy::run(g, &mut secrets, c),
+        Command::Init(Lazy(a)) => init::run(g, &mut secrets, a),
+        Command::Passwd(Lazy(a)) => passwd::run(g, &mut secrets, a),
+        Command::Env(Lazy(c)) => env::run(g, &mut secrets, c),
+        Command::Set(Lazy(a)) => set::run(g, &mut secrets, a),
+        Command::Bind(Lazy(a)) => bind::run(g, &mut secrets, a),
+        Command::Generate(Lazy(a)) => generate::run(g, &mut secrets, a),
+        Command::Policy(Lazy(c)) => policy::run(g, &mut secrets, c),
         Command::Source(c) => source::run(g, &mut secrets, c),
-        Command::Unset(a) => unset::run(g, &mut secrets, a),
-        Command::Ls(a) => ls::run(g, &mut secrets, a),
-        Command::Import(a) => import::run(g, &mut secrets, a),
-        Command::Daemon(a) => daemon::run(g, &mut secrets, a),
-        Command::Unlock(a) => unlock::unlock(g, &mut secrets, a),
-        Command::Lock(a) => lock::lock(g, &mut secrets, a),
-        Command::Status(a) => status::status(g, &mut secrets, a),
-        Command::Run(a) => run::run(g, &mut secrets, a),
-        Command::Approve(a) => approve::approve(g, &mut secrets, a),
-        Command::Deny(a) => approve::deny(g, &mut secrets, a),
-        Command::Grants(a) => grants::grants(g, &mut secrets, a),
-        Command::Leases(a) => leases::leases(g, &mut secrets, a),
-        Command::Revoke(a) => revoke::revoke(g, &mut secrets, a),
-        Command::Audit(a) => audit::run(g, &mut secrets, a),
+        Command::Unset(Lazy(a)) => unset::run(g, &mut secrets, a),
+        Command::Ls(Lazy(a)) => ls::run(g, &mut secrets, a),
+        Command::Import(Lazy(a)) => import::run(g, &mut secrets, a),
+        Command::Daemon(Lazy(a)) => daemon::run(g, &mut secrets, a),
+        Command::Unlock(Lazy(a)) => unlock::unlock(g, &mut secrets, a),
+        Command::Lock(Lazy(a)) => lock::lock(g, &mut secrets, a),
+        Command::Status(Lazy(a)) => status::status(g, &mut secrets, a),
+        Command::Run(Lazy(a)) => run::run(g, &mut secrets, a),
+        Command::Approve(Lazy(a)) => approve::approve(g, &mut secrets, a),
+        Command::Deny(Lazy(a)) => approve::deny(g, &mut secrets, a),
+        Command::Grants(Lazy(a)) => grants::grants(g, &mut secrets, a),
+        Command::Leases(Lazy(a)) => leases::leases(g, &mut secrets, a),
+        Command::Revoke(Lazy(a)) => revoke::revoke(g, &mut secrets, a),
+        Command::Audit(Lazy(a)) => audit::run(g, &mut secrets, a),
         Command::Mcp(a) => mcp::run(g, &mut secrets, a),
-        Command::Scan(a) => scan::run(g, &mut secrets, a),
-        Command::Demo(a) => demo::run(g, &mut secrets, a),
-        Command::Agent(a) => agent::run(g, &mut secrets, a),
-        Command::Completions(a) => completions::completions(g, &mut secrets, a),
-        Command::Man(a) => completions::man(g, &mut secrets, a),
+        Command::Scan(Lazy(a)) => scan::run(g, &mut secrets, a),
+        Command::Demo(Lazy(a)) => demo::run(g, &mut secrets, a),
+        Command::Agent(Lazy(a)) => agent::run(g, &mut secrets, a),
+        Command::Completions(Lazy(a)) => completions::completions(g, &mut secrets, a),
+        Command::Man(Lazy(a)) => completions::man(g, &mut secrets, a),
     }
 }
 

@@ -35,9 +35,9 @@ pub enum SourceCommand {
 #[derive(Debug, clap::Subcommand)]
 pub enum AddCommand {
     /// A PostgreSQL role per lease, dropped when the lease ends.
-    Postgres(PostgresArgs),
+    Postgres(super::Lazy<PostgresArgs>),
     /// A token per lease from a command you configure (`gh`, cloud CLIs…).
-    Command(CommandArgs),
+    Command(super::Lazy<CommandArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -106,8 +106,8 @@ fn quote_ident(role: &str) -> String {
 pub fn run(g: &Global, s: &mut SecretInput, c: SourceCommand) -> anyhow::Result<ExitCode> {
     let mut client = access::require_broker()?;
     let pin_stdin = match &c {
-        SourceCommand::Add(AddCommand::Postgres(a)) => a.pin_stdin,
-        SourceCommand::Add(AddCommand::Command(a)) => a.pin_stdin,
+        SourceCommand::Add(AddCommand::Postgres(super::Lazy(a))) => a.pin_stdin,
+        SourceCommand::Add(AddCommand::Command(super::Lazy(a))) => a.pin_stdin,
         SourceCommand::Rm { pin_stdin, .. } => *pin_stdin,
         SourceCommand::Ls => false,
     };
@@ -119,7 +119,7 @@ pub fn run(g: &Global, s: &mut SecretInput, c: SourceCommand) -> anyhow::Result<
     match c {
         SourceCommand::Add(add) => {
             let def = match add {
-                AddCommand::Postgres(a) => {
+                AddCommand::Postgres(super::Lazy(a)) => {
                     let mut creation = statements(a.creation_file.as_deref(), DEFAULT_CREATION)?;
                     for role in &a.grant {
                         creation.push(format!(r#"GRANT {} TO "{{{{name}}}}""#, quote_ident(role)));
@@ -136,7 +136,7 @@ pub fn run(g: &Global, s: &mut SecretInput, c: SourceCommand) -> anyhow::Result<
                         }),
                     }
                 }
-                AddCommand::Command(a) => {
+                AddCommand::Command(super::Lazy(a)) => {
                     let ttl = a.ttl.value;
                     SourceDef {
                         name: a.name,
