@@ -279,13 +279,24 @@ pub async fn run(
         }
     };
     let (stop_tx, stop_rx) = watch::channel(None);
-    if let Err(e) = broker.lease_started(&lease_id, &grant, started, ttl, dir.clone(), stop_tx) {
-        // Fail closed: no record, no audit → the process must not run.
-        lease::signal_group(started.pid, rustix::process::Signal::KILL);
-        let _ = std::fs::remove_dir_all(&dir);
-        broker.settle(&lease_id).await;
-        return Err(e);
-    }
+    let start_record =
+        match broker.lease_started(&lease_id, &grant, started, ttl, dir.clone(), stop_tx) {
+            Ok(pending) => pending,
+            Err(e) => {
+                // Fail closed: no record, no audit → the process must not run.
+                lease::signal_group(started.pid, rustix::process::Signal::KILL);
+                let _ = std::fs::remove_dir_all(&dir);
+                broker.settle(&lease_id).await;
+                return Err(e);
+            }
+        };
+    // The start record is in the log; it becomes durable while the child
+    // runs, and the result waits for that.
+    let start_durable = tokio::task::spawn_blocking({
+        let broker = Arc::clone(broker);
+        let lease_id = lease_id.clone();
+        move || broker.lease_start_durable(&lease_id, start_record)
+    });
     let _ = events
         .send(Event::Started {
             lease_id: lease_id.clone(),
@@ -320,6 +331,10 @@ pub async fn run(
     let credentials = broker.settle(&lease_id).await;
     let report = leak_check.await.unwrap_or_default();
     broker.leaks_found(&lease_id, &report.leaks);
+    // No result before the start record is durable (G6).
+    start_durable
+        .await
+        .map_err(|_| Error::Internal("the audit sync failed".into()))??;
     // Streamed already when nothing was to be captured: not sent twice.
     let captured = spec.capture_limit.is_some();
     let mut result = RunResult {

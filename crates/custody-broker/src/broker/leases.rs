@@ -139,7 +139,7 @@ impl Broker {
         ttl: Duration,
         dir: PathBuf,
         stop: watch::Sender<Option<EndReason>>,
-    ) -> Result<(), Error> {
+    ) -> Result<custody_core::audit::PendingSync, Error> {
         let record = reaper::LeaseRecord {
             id: lease_id.to_owned(),
             pid: started.pid,
@@ -155,7 +155,8 @@ impl Broker {
         reaper::persist(&self.cfg.home, st.vault.as_ref(), &record)
             .map_err(|e| Error::Internal(format!("cannot record the lease ({e}); not running")))?;
         let deadline_at = SystemTime::now() + ttl;
-        st.audit(AuditEvent::LeaseStart {
+        // In the log now; durable before the result (`lease_start_durable`).
+        let pending = st.audit_pending(AuditEvent::LeaseStart {
             lease_id: lease_id.to_owned(),
             grant_id: grant.id.clone(),
             pid: started.pid,
@@ -174,7 +175,27 @@ impl Broker {
                 stop,
             },
         );
-        Ok(())
+        Ok(pending)
+    }
+
+    /// Makes a lease's start record durable and stores the head: blocking
+    /// (an `fdatasync`), for a thread of its own while the child runs (the
+    /// sync was a quarter of a short run's time in the broker). If it fails
+    /// the lease is stopped; the run gives the error, not a result.
+    pub(crate) fn lease_start_durable(
+        &self,
+        lease_id: &str,
+        pending: custody_core::audit::PendingSync,
+    ) -> Result<(), Error> {
+        let synced = pending.sync();
+        let mut st = self.state();
+        let recorded = st.audit_synced(synced);
+        if recorded.is_err()
+            && let Some(l) = st.leases.get(lease_id)
+        {
+            let _ = l.stop.send(Some(EndReason::Revoked));
+        }
+        recorded
     }
 
     pub(crate) fn lease_ended(&self, outcome: &crate::lease::LeaseOutcome) {

@@ -1,9 +1,10 @@
 //! The broker's side of the audit chain (G6): records written before what
 //! they describe (fail closed), after it (never dropped silently), or
-//! behind (a lease's end: durable within a second), and the head sealed in
-//! the vault once a record is durable.
+//! behind (a lease's end: durable within a second), or pending (a lease's
+//! start: written before the child runs, durable before the result), and
+//! the head sealed in the vault once a record is durable.
 
-use custody_core::audit::AuditEvent;
+use custody_core::audit::{AuditError, AuditEvent, PendingSync, SyncedHead};
 
 use super::{MAX_DEFERRED, State};
 use crate::Error;
@@ -76,6 +77,39 @@ impl State {
             self.unrecorded += 1;
             eprintln!("custody daemon: the audit record `{kind}` could not be written: {e}");
         }
+    }
+
+    /// Writes `event` now (fail closed: an error means the caller must not
+    /// go on) and returns what makes it durable off the state's lock: for a
+    /// lease's start, whose `fdatasync` runs alongside the child and which
+    /// the run's result waits for ([`audit_synced`](Self::audit_synced)).
+    pub(crate) fn audit_pending(&mut self, event: AuditEvent) -> Result<PendingSync, Error> {
+        let chain = self.audit.as_mut().ok_or_else(Error::locked)?;
+        chain.append_pending(&event).map_err(|e| {
+            Error::AuditFailed(format!(
+                "the audit log cannot be written ({e}); nothing was done"
+            ))
+        })
+    }
+
+    /// Takes back a pending record's sync and stores the head it made
+    /// durable. An error means the record's fate is unknown: the caller
+    /// stops what it describes and gives no result.
+    pub(crate) fn audit_synced(
+        &mut self,
+        synced: Result<SyncedHead, AuditError>,
+    ) -> Result<(), Error> {
+        let failed =
+            |e: AuditError| Error::AuditFailed(format!("the audit log could not be synced ({e})"));
+        let Some(chain) = self.audit.as_mut() else {
+            // Locked since: the chain went, and with it its head; the record
+            // itself is durable if the sync was.
+            return synced.map(drop).map_err(failed);
+        };
+        if let (Some(head), Some(v)) = (chain.synced(synced).map_err(failed)?, &self.vault) {
+            v.set_audit_head(&head).map_err(Error::from)?;
+        }
+        Ok(())
     }
 
     /// Makes the records written behind durable and stores their head.

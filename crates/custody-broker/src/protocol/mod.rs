@@ -72,12 +72,16 @@ pub fn read_frame(r: &mut impl Read) -> Result<Zeroizing<Vec<u8>>, FrameError> {
     Ok(buf)
 }
 
-/// Writes one frame (blocking).
+/// Writes one frame (blocking), length and body in one `write`: a peer
+/// woken by the length alone would only go back to wait for the body. The
+/// buffer is zeroizing: the body may be a secret.
 pub fn write_frame(w: &mut impl Write, bytes: &[u8]) -> Result<(), FrameError> {
     let len = u32::try_from(bytes.len()).map_err(|_| FrameError::TooLarge(bytes.len()))?;
     check_len(len)?;
-    w.write_all(&len.to_be_bytes())?;
-    w.write_all(bytes)?;
+    let mut out = Zeroizing::new(Vec::with_capacity(4 + bytes.len()));
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+    w.write_all(&out)?;
     w.flush()?;
     Ok(())
 }

@@ -267,6 +267,35 @@ fn a_lease_end_is_in_the_log_at_once_and_under_the_vault_head_within_a_second() 
     assert_eq!(v["intact"], false, "{v}");
 }
 
+/// A lease's start record is written before the child is let run on (the
+/// run fails closed without it) and made durable on a thread of its own
+/// while the child runs; the result waits for it: when the result comes,
+/// the vault's head (stored only for durable records) covers it. (On a fast
+/// disk the sync also wins without the wait: the head's bookkeeping is
+/// tested in custody-core's `a_pending_record_is_durable_off_the_chain…`.)
+#[test]
+fn a_lease_start_is_under_the_vault_head_when_the_result_comes() {
+    let b = broker_with_secret();
+    for _ in 0..5 {
+        let res = b.run_approved(b.spec(&["true"], &["dev"])).1;
+        let (_, head) = audit_key_and_head(&b.vault_path());
+        let lease_id = finished(res)["lease_id"].as_str().unwrap().to_owned();
+        let start = b
+            .audit_records()
+            .into_iter()
+            .find(|r| matches!(&r.event, AuditEvent::LeaseStart { lease_id: l, .. } if *l == lease_id))
+            .expect("the lease_start record");
+        let head = head.expect("a head");
+        assert!(
+            head.seq >= start.seq,
+            "the result came before its start record (seq {}) was durable (head {})",
+            start.seq,
+            head.seq
+        );
+    }
+    assert_eq!(b.audit_verify()["intact"], true);
+}
+
 #[test]
 fn deny_fails_the_waiting_run_with_denied() {
     let b = broker_with_secret();

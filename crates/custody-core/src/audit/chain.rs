@@ -33,6 +33,51 @@ pub struct AuditChain {
     /// Records written by [`AuditChain::append_unsynced`] and not yet
     /// made durable (their head not yet handed out for the vault).
     unsynced: bool,
+    /// The highest head handed out as durable (for the vault): a sync that
+    /// finishes late never hands out an older one.
+    durable: u64,
+    /// Which chain this is in this process (a [`PendingSync`] from another,
+    /// e.g. before a lock and unlock, names another file's head).
+    id: u64,
+}
+
+/// Source of [`AuditChain`] ids.
+static NEXT_CHAIN_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A record written and not yet durable, with what makes it durable
+/// without holding the chain: [`AuditChain::append_pending`]. Its
+/// `fdatasync` runs on a thread of its own, alongside what the record
+/// describes; the result is handed back with [`AuditChain::synced`].
+pub struct PendingSync {
+    file: File,
+    head: AuditHead,
+    chain: u64,
+}
+
+impl PendingSync {
+    /// `fdatasync` (which also covers every record written since); the
+    /// head that is now durable.
+    pub fn sync(self) -> Result<SyncedHead, AuditError> {
+        self.file.sync_data().map_err(AuditError::io("fdatasync"))?;
+        Ok(SyncedHead {
+            head: self.head,
+            chain: self.chain,
+        })
+    }
+}
+
+/// A head made durable by [`PendingSync::sync`], for [`AuditChain::synced`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncedHead {
+    head: AuditHead,
+    chain: u64,
+}
+
+impl SyncedHead {
+    /// The head now durable.
+    pub fn head(&self) -> AuditHead {
+        self.head
+    }
 }
 
 impl Drop for AuditChain {
@@ -122,6 +167,10 @@ impl AuditChain {
                 report.sealed_torn_tail = Some(region);
             }
         }
+        // What was there at open is the caller's to store (the report says
+        // so); a pending sync from a chain before this one never hands out
+        // a head at or below it.
+        chain.durable = chain.head.seq;
         Ok((chain, report))
     }
 
@@ -186,6 +235,8 @@ impl AuditChain {
             len: 0,
             poisoned: false,
             unsynced: false,
+            durable: 0,
+            id: NEXT_CHAIN_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -216,6 +267,7 @@ impl AuditChain {
         let line = self.next_line(event, time)?;
         self.write_durably(&line)?;
         self.advance(&line);
+        self.durable = self.head.seq;
         Ok(self.head)
     }
 
@@ -273,7 +325,55 @@ impl AuditChain {
             return Err(AuditError::io("fdatasync")(e));
         }
         self.unsynced = false;
+        self.durable = self.head.seq;
         Ok(Some(self.head))
+    }
+
+    /// Appends `event` as [`append_unsynced`](Self::append_unsynced) does
+    /// (in the file at once, one `write`), and returns what makes it
+    /// durable off this chain's lock: for a record that must be durable
+    /// before a result is given, but not before the work it describes
+    /// starts (a lease's start: the `fdatasync` runs alongside the child).
+    /// Hand [`PendingSync::sync`]'s result to [`synced`](Self::synced).
+    pub fn append_pending(&mut self, event: &AuditEvent) -> Result<PendingSync, AuditError> {
+        // The second descriptor first: nothing is written that could not
+        // be made durable this way.
+        let file = self.file.try_clone().map_err(AuditError::io("dup"))?;
+        self.append_unsynced(event)?;
+        Ok(PendingSync {
+            file,
+            head: self.head,
+            chain: self.id,
+        })
+    }
+
+    /// Takes back a [`PendingSync`]'s result: the head to store in the
+    /// vault (`None` when a later one was handed out already), or the
+    /// error, which poisons the chain as a failed `fdatasync` here would.
+    ///
+    /// A head from another chain (this one was opened since) is that
+    /// chain's file's: none is handed out. An error poisons this chain
+    /// whichever it came from: the disk under the log failed a sync.
+    pub fn synced(
+        &mut self,
+        result: Result<SyncedHead, AuditError>,
+    ) -> Result<Option<AuditHead>, AuditError> {
+        let head = match result {
+            Ok(s) if s.chain != self.id => return Ok(None),
+            Ok(s) => s.head,
+            Err(e) => {
+                self.poisoned = true;
+                return Err(e);
+            }
+        };
+        if head.seq == self.head.seq {
+            self.unsynced = false;
+        }
+        if head.seq <= self.durable {
+            return Ok(None);
+        }
+        self.durable = head.seq;
+        Ok(Some(head))
     }
 
     /// Whether some record waits for [`sync`](Self::sync).

@@ -98,7 +98,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-pub use chain::{AuditChain, OpenReport};
+pub use chain::{AuditChain, OpenReport, PendingSync, SyncedHead};
 pub use event::{
     ApprovalScope, AuditEvent, ChainStartReason, DenialReason, LeaseEndReason, LockReason,
     VaultAction,

@@ -413,6 +413,67 @@ fn records_written_behind_get_their_head_only_once_durable() {
     ));
 }
 
+/// A record whose `fdatasync` runs off the chain (`append_pending`, a
+/// lease's start): in the file at once; its head comes back from `synced`
+/// once the sync is done, and never one older than a head handed out in
+/// between (a late sync would otherwise move the vault's head back, and
+/// the records between would lose its cover); a failed sync poisons the
+/// chain as a failed `fdatasync` in `append` does.
+#[test]
+fn a_pending_record_is_durable_off_the_chain_and_never_moves_the_head_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let (mut c, _) = AuditChain::open(&path, &key(), None).unwrap();
+    c.append(&event(0)).unwrap();
+    let pending = c.append_pending(&event(1)).unwrap();
+    assert_eq!(
+        audit::read(&path, None).unwrap().count(),
+        2,
+        "in the file at once"
+    );
+    assert!(c.has_unsynced());
+    // Synced on another thread while the chain goes on.
+    let done = std::thread::spawn(move || pending.sync()).join().unwrap();
+    let head = c.synced(done).unwrap().expect("its head, now durable");
+    assert_eq!(head.seq, 2);
+    assert!(!c.has_unsynced());
+
+    // A durable append lands while a pending sync is still out: the late
+    // sync's head is older than the one handed out, and is not handed out.
+    let late = c.append_pending(&event(2)).unwrap();
+    let newer = c.append(&event(3)).unwrap();
+    assert_eq!(c.synced(late.sync()).unwrap(), None);
+    assert_eq!(c.head(), newer);
+
+    // A sync from a chain opened before this one (a lock and unlock in
+    // between) names that chain's head: none is handed out for this one.
+    let other_dir = tempfile::tempdir().unwrap();
+    let (mut other, _) = AuditChain::open(&other_dir.path().join("a.log"), &key(), None).unwrap();
+    for i in 0..9 {
+        other.append(&event(i)).unwrap();
+    }
+    let stray = other.append_pending(&event(9)).unwrap();
+    assert_eq!(c.synced(stray.sync()).unwrap(), None);
+
+    // Records written after a pending one stay unsynced after its sync.
+    let p = c.append_pending(&event(4)).unwrap();
+    c.append_unsynced(&event(5)).unwrap();
+    assert_eq!(c.synced(p.sync()).unwrap().map(|h| h.seq), Some(5));
+    assert!(c.has_unsynced(), "record 6 still waits");
+    assert_eq!(c.sync().unwrap().map(|h| h.seq), Some(6));
+
+    // A failed sync poisons the chain: nothing more is written.
+    let _p = c.append_pending(&event(6)).unwrap();
+    let failed = Err(AuditError::Io {
+        op: "fdatasync",
+        source: std::io::Error::other("EIO"),
+    });
+    assert!(c.synced(failed).is_err());
+    assert!(matches!(c.append(&event(7)), Err(AuditError::Poisoned)));
+    drop(c);
+    assert_eq!(audit::verify(&path, &key(), None).unwrap().records, 7);
+}
+
 #[test]
 fn open_seals_a_torn_tail_and_keeps_the_bytes() {
     let (_d, path, head) = chain(10);
