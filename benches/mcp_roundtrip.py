@@ -9,7 +9,8 @@ Usage: python benches/mcp_roundtrip.py [--runs 200] [--bin target/release/custod
 Needs the SDK: target/mcp-clients/venv/bin/python (scripts/test creates it).
 Targets: run of `true` <= 15 ms median; list_environments (1,000 variables) <= 5 ms.
 --client raw measures the same calls with a bare JSON-RPC client (the server's
-own latency, without the SDK's validation); the default runs both.
+own latency, without the SDK's validation), interleaved call by call with the
+baseline's; the default runs both.
 """
 import argparse
 import asyncio
@@ -55,58 +56,79 @@ async def bench_sdk(command, env, cwd, runs):
     return out
 
 
-def bench_raw(command, env, cwd, runs):
-    """The same calls from a bare JSON-RPC client over the pipes: the
+class RawSession:
+    """A bare JSON-RPC client over the pipes of one `custody mcp`: the
     server's own latency, without the SDK's validation and task switching."""
-    p = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-    n = 0
 
-    def call(method, params, notify=False):
-        nonlocal n
+    def __init__(self, command, env):
+        self.p = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self.n = 0
+        self.call("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                 "clientInfo": {"name": "bench", "version": "1"}})
+        self.call("notifications/initialized", {}, notify=True)
+
+    def call(self, method, params, notify=False):
         msg = {"jsonrpc": "2.0", "method": method, "params": params}
         if not notify:
-            n += 1
-            msg["id"] = n
-        p.stdin.write((json.dumps(msg) + "\n").encode())
-        p.stdin.flush()
+            self.n += 1
+            msg["id"] = self.n
+        self.p.stdin.write((json.dumps(msg) + "\n").encode())
+        self.p.stdin.flush()
         while not notify:
-            m = json.loads(p.stdout.readline())
-            if m.get("id") == n:
+            m = json.loads(self.p.stdout.readline())
+            if m.get("id") == self.n:
                 return m
 
-    call("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
-                        "clientInfo": {"name": "bench", "version": "1"}})
-    call("notifications/initialized", {}, notify=True)
-    out = {}
-    for name, args in calls(cwd):
-        tool = "run" if name.startswith("run") else "list_environments"
-        for _ in range(10):
-            call("tools/call", {"name": tool, "arguments": args})
-        ts = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            r = call("tools/call", {"name": tool, "arguments": args})
-            ts.append((time.perf_counter() - t0) * 1000)
-            if "error" in r or r["result"].get("isError"):
-                raise SystemExit(f"{tool} failed: {r}")
-        out[name] = summary(ts)
-    p.stdin.close()
-    p.wait()
+    def timed(self, tool, args):
+        t0 = time.perf_counter()
+        r = self.call("tools/call", {"name": tool, "arguments": args})
+        if "error" in r or r["result"].get("isError"):
+            raise SystemExit(f"{tool} failed: {r}")
+        return (time.perf_counter() - t0) * 1000
+
+    def close(self):
+        self.p.stdin.close()
+        self.p.wait()
+
+
+def bench_raw(setups, runs):
+    """The calls from a raw client against every setup, interleaved call by
+    call (so the machine's drift hits every build alike: measured one after
+    the other, the build measured first came out up to 1 ms slower on
+    calls whose code it shares with the other)."""
+    sessions = [RawSession(s.command, s.env) for s in setups]
+    out = [{} for _ in setups]
+    try:
+        for name, args in calls(setups[0].work):
+            tool = "run" if name.startswith("run") else "list_environments"
+            for s, setup in zip(sessions, setups):
+                for _ in range(10):
+                    s.timed(tool, dict(args, cwd=setup.work) if "cwd" in args else args)
+            ts = [[] for _ in setups]
+            for _ in range(runs):
+                for i, (s, setup) in enumerate(zip(sessions, setups)):
+                    ts[i].append(s.timed(tool, dict(args, cwd=setup.work) if "cwd" in args else args))
+            for i in range(len(setups)):
+                out[i][name] = summary(ts[i])
+    finally:
+        for s in sessions:
+            s.close()
     return out
 
 
-def measure(custody, client, runs):
-    """Sets up a vault and broker for `custody` and measures the calls with
-    `client` (`raw`, `sdk` or `both`)."""
-    tmp = tempfile.mkdtemp(prefix="custody-mcp-bench-")
-    env = dict(os.environ, CUSTODY_HOME=f"{tmp}/home", CUSTODY_RUNTIME_DIR=f"{tmp}/run")
-    env.pop("XDG_DATA_HOME", None)
-    env.pop("XDG_RUNTIME_DIR", None)
+class Setup:
+    """A vault (10 and 1,000 variables, pre-approved `true`) and a broker
+    for one custody build, and the command that starts its MCP server."""
 
-    def c(*args, stdin=""):
-        subprocess.run([custody, *args], input=stdin.encode(), env=env, check=True, stdout=subprocess.DEVNULL)
-
-    try:
+    def __init__(self, custody):
+        self.custody = custody
+        self.tmp = tmp = tempfile.mkdtemp(prefix="custody-mcp-bench-")
+        self.env = env = dict(os.environ, CUSTODY_HOME=f"{tmp}/home", CUSTODY_RUNTIME_DIR=f"{tmp}/run")
+        env.pop("XDG_DATA_HOME", None)
+        env.pop("XDG_RUNTIME_DIR", None)
+        self.work = f"{tmp}/work"
+        self.command = ["sh", "-c", f'"{custody}" mcp; exit $?']
+        c = self.c
         c("init", "--passphrase-stdin", "--pin-stdin", "--insecure-fast-kdf", stdin="bench pass\n135790\n")
         c("unlock", "--passphrase-stdin", stdin="bench pass\n")
         with open(f"{tmp}/vars.env", "w") as f:
@@ -119,7 +141,7 @@ def measure(custody, client, runs):
             for i in range(10):
                 f.write(f"APP_{i}=app-value-{i}-{'y' * 24}\n")
         c("--passphrase-stdin", "import", "app", f"{tmp}/app.env", stdin="bench pass\n")
-        os.makedirs(f"{tmp}/work")
+        os.makedirs(self.work)
         with open(f"{tmp}/home/policy.toml", "w") as f:
             for e in ("app", "bench"):
                 f.write(f'[[clients."*".preapproved]]\nargv = ["true"]\nenvironments = ["{e}"]\n'
@@ -129,16 +151,14 @@ def measure(custody, client, runs):
         subprocess.run([custody, "policy", "apply", f"{tmp}/home/policy.toml", "--pin-stdin"],
                        input=b"135790\n", env=env, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
-        command = ["sh", "-c", f'"{custody}" mcp; exit $?']
-        results = {}
-        if client in ("raw", "both"):
-            results["raw JSON-RPC client"] = bench_raw(command, env, f"{tmp}/work", runs)
-        if client in ("sdk", "both"):
-            results["Python SDK client"] = asyncio.run(bench_sdk(command, env, f"{tmp}/work", runs))
-        return results
-    finally:
-        subprocess.run([custody, "lock"], env=env, stdout=subprocess.DEVNULL)
-        st = subprocess.run([custody, "status", "--json"], env=env, capture_output=True)
+
+    def c(self, *args, stdin=""):
+        subprocess.run([self.custody, *args], input=stdin.encode(), env=self.env, check=True,
+                       stdout=subprocess.DEVNULL)
+
+    def stop(self):
+        subprocess.run([self.custody, "lock"], env=self.env, stdout=subprocess.DEVNULL)
+        st = subprocess.run([self.custody, "status", "--json"], env=self.env, capture_output=True)
         try:
             pid = json.loads(st.stdout).get("pid")
             if pid:
@@ -146,7 +166,7 @@ def measure(custody, client, runs):
         except (ValueError, ProcessLookupError):
             pass
         time.sleep(0.3)
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def main():
@@ -157,10 +177,23 @@ def main():
     ap.add_argument("--baseline", default=None,
                     help="another custody binary (e.g. the previous commit's), measured in the same run")
     a = ap.parse_args()
+    labelled = [("", a.bin)] + ([(" (baseline)", a.baseline)] if a.baseline else [])
+    setups = []
     results = {}
-    for label, binary in [("", a.bin)] + ([(" (baseline)", a.baseline)] if a.baseline else []):
-        for client, res in measure(os.path.abspath(binary), a.client, a.runs).items():
-            results[client + label] = res
+    try:
+        for _, binary in labelled:
+            setups.append(Setup(os.path.abspath(binary)))
+        if a.client in ("raw", "both"):
+            for (label, _), res in zip(labelled, bench_raw(setups, a.runs)):
+                results["raw JSON-RPC client" + label] = res
+        if a.client in ("sdk", "both"):
+            # One build after the other (the SDK's sessions are async).
+            for (label, _), setup in zip(labelled, setups):
+                results["Python SDK client" + label] = asyncio.run(
+                    bench_sdk(setup.command, setup.env, setup.work, a.runs))
+    finally:
+        for setup in setups:
+            setup.stop()
     for client, res in results.items():
         print(f"{'MCP tool call, ' + client:<44} {'median ms':>10} {'p90 ms':>8}")
         for k, (med, p90) in res.items():
