@@ -94,7 +94,7 @@ class RawSession:
 def bench_raw(setups, runs):
     """The calls from a raw client against every setup, interleaved call by
     call (so the machine's drift hits every build alike: measured one after
-    the other, the build measured first came out up to 1 ms slower on
+    the other, the build measured first came out up to 1.7 ms slower on
     calls whose code it shares with the other)."""
     sessions = [RawSession(s.command, s.env) for s in setups]
     out = [{} for _ in setups]
