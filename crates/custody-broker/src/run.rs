@@ -535,7 +535,6 @@ fn json_len(c: char) -> usize {
     }
 }
 
-/// [`crate::binding::bind`] on a blocking thread.
 /// Binds `spec` ([`crate::binding::bind`] reads and may hash files: not
 /// on an async worker as such), through [`blocking`].
 async fn bind_blocking(spec: &RunSpec) -> Result<crate::binding::Binding, Error> {

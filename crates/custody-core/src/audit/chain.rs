@@ -73,13 +73,6 @@ pub struct SyncedHead {
     chain: u64,
 }
 
-impl SyncedHead {
-    /// The head now durable.
-    pub fn head(&self) -> AuditHead {
-        self.head
-    }
-}
-
 impl Drop for AuditChain {
     /// Unsynced records are made durable before the file is let go (their
     /// head is not stored: the next `open` counts them after the head).
