@@ -52,10 +52,10 @@ pub(super) async fn run_streaming(
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(64);
     let (cancel_tx, cancel_rx) = watch::channel(false);
     let (in_tx, in_rx) = mpsc::channel::<crate::lease::PtyInput>(TYPED_AHEAD);
-    // In this task, as `with_events` runs its work (a task of its own cost
-    // a hand-over between threads at each end of a run).
-    let work = crate::run::run(broker, peer, spec, ev_tx, cancel_rx, in_rx);
-    tokio::pin!(work);
+    let b = broker.clone();
+    let p = peer.clone();
+    let mut task =
+        tokio::spawn(async move { crate::run::run(&b, &p, spec, ev_tx, cancel_rx, in_rx).await });
     let mut reader_open = true;
     let result = loop {
         tokio::select! {
@@ -65,7 +65,9 @@ pub(super) async fn run_streaming(
                     let _ = cancel_tx.send(true);
                 }
             }
-            r = &mut work => break r,
+            r = &mut task => {
+                break r.unwrap_or_else(|_| Err(Error::Internal("run failed".into())));
+            }
             f = protocol::read_frame_async(rd), if reader_open => {
                 // During a run the client sends only what it types into a
                 // run on a terminal; EOF or anything else means it went
