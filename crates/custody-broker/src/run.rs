@@ -551,11 +551,12 @@ async fn bind_blocking(spec: &RunSpec) -> Result<crate::binding::Binding, Error>
 /// on the project's 2-core machine, for work that is mostly a few `stat`s
 /// (binding twice per run, the leak check once). Elsewhere (a
 /// single-threaded runtime), on the blocking pool. `None`: it panicked
-/// there.
+/// (caught either way, as the blocking pool catches it).
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     use tokio::runtime::{Handle, RuntimeFlavor};
     if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
-        return Some(tokio::task::block_in_place(work));
+        let work = std::panic::AssertUnwindSafe(work);
+        return tokio::task::block_in_place(|| std::panic::catch_unwind(work).ok());
     }
     tokio::task::spawn_blocking(work).await.ok()
 }

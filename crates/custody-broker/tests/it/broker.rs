@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use base64::Engine;
 use custody_broker::protocol::{
-    self, ApprovalScope, CatalogEnvironment, Event, FrameError, PROTOCOL_VERSION, Request,
-    RevokeTarget, RunSpec,
+    self, ApprovalScope, CatalogEnvironment, ClientFrame, Event, FrameError, PROTOCOL_VERSION,
+    Request, RevokeTarget, RunSpec,
 };
 use custody_core::audit::{self, AuditEvent, DenialReason, LeaseEndReason, LockReason};
 use serde_json::{Value, json};
@@ -735,6 +735,71 @@ fn hello(s: &mut UnixStream) {
     );
     let v = recv(s).expect("hello answer");
     assert!(v.get("ok").is_some(), "{v}");
+}
+
+/// An agent that asks for a run and then stops reading its socket (the
+/// output fills the socket and the broker's write to it never ends) does
+/// not hold its lease open: the deadline still kills the lease's process
+/// group, a background child included. Fails when the run is polled in
+/// the connection's task, whose pending write then starves the lease's
+/// supervisor (deadline, revoke and lock all went unheard).
+#[test]
+fn a_requester_that_stops_reading_does_not_keep_its_lease_past_the_deadline() {
+    let b = broker_with_secret();
+    let pidfile = format!("{}/bg.pid", b.workdir());
+    let script = format!("sleep 60 & echo $! > {pidfile}; exec yes custody-output-line");
+    let mut spec = b.spec(&["sh", "-c", &script], &["dev"]);
+    spec.timeout_secs = 2;
+    let mut s = raw(&b);
+    hello(&mut s);
+    let frame = ClientFrame {
+        id: 2,
+        secret_len: None,
+        pin_proof: None,
+        request: Request::Run(spec),
+    };
+    protocol::write_frame(&mut s, &serde_json::to_vec(&frame).unwrap()).unwrap();
+    let request_id = loop {
+        let v = recv(&mut s).expect("an event");
+        if v["event"]["type"] == "pending" {
+            break v["event"]["request_id"].as_str().unwrap().to_owned();
+        }
+    };
+    b.approve(&request_id, ApprovalScope::Once, PIN)
+        .expect("approve");
+    // From here on nothing is read.
+    let until = Instant::now() + Duration::from_secs(5);
+    let pid: i32 = loop {
+        if let Some(p) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            break p;
+        }
+        assert!(Instant::now() < until, "the lease never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|t| {
+                t.rsplit(')')
+                    .next()
+                    .map(|r| !r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(false)
+    };
+    assert!(alive(pid), "the background child runs");
+    // Deadline 2 s, then the 1 s grace, with room for a loaded machine.
+    let until = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(
+            Instant::now() < until,
+            "the lease's background child outlived the deadline by 8 s while its requester did not read"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(s);
 }
 
 /// The connection was closed by the broker (EOF or reset), not left hanging.

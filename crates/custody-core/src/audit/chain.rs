@@ -346,13 +346,20 @@ impl AuditChain {
     ///
     /// A head from another chain (this one was opened since) is that
     /// chain's file's: none is handed out. An error poisons this chain
-    /// whichever it came from: the disk under the log failed a sync.
+    /// whichever it came from: the disk under the log failed a sync. On a
+    /// chain already poisoned, a successful sync is an error too (Linux
+    /// reports a write-back error once per open file, which the pending
+    /// sync shares with the chain: the first to sync got it).
     pub fn synced(
         &mut self,
         result: Result<SyncedHead, AuditError>,
     ) -> Result<Option<AuditHead>, AuditError> {
         let head = match result {
             Ok(s) if s.chain != self.id => return Ok(None),
+            // Poisoned since (a failed `fdatasync` elsewhere): the error
+            // was reported on the file once, to that caller; this sync's
+            // success says nothing about the record.
+            Ok(_) if self.poisoned => return Err(AuditError::Poisoned),
             Ok(s) => s.head,
             Err(e) => {
                 self.poisoned = true;

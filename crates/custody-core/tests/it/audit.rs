@@ -462,13 +462,16 @@ fn a_pending_record_is_durable_off_the_chain_and_never_moves_the_head_back() {
     assert!(c.has_unsynced(), "record 6 still waits");
     assert_eq!(c.sync().unwrap().map(|h| h.seq), Some(6));
 
-    // A failed sync poisons the chain: nothing more is written.
-    let _p = c.append_pending(&event(6)).unwrap();
+    // A failed sync poisons the chain: nothing more is written, and a
+    // pending sync that then succeeds (the error went to the first to
+    // sync the shared file) hands out no head.
+    let late = c.append_pending(&event(6)).unwrap();
     let failed = Err(AuditError::Io {
         op: "fdatasync",
         source: std::io::Error::other("EIO"),
     });
     assert!(c.synced(failed).is_err());
+    assert!(matches!(c.synced(late.sync()), Err(AuditError::Poisoned)));
     assert!(matches!(c.append(&event(7)), Err(AuditError::Poisoned)));
     drop(c);
     assert_eq!(audit::verify(&path, &key(), None).unwrap().records, 7);
