@@ -234,15 +234,25 @@ fn five_wrong_pins_lock_the_vault_and_are_audited() {
 /// A lease's end is written behind (one `fdatasync` per run): it is in the
 /// log as soon as the run's result is, and under the vault's sealed head
 /// within the broker's tick (about a second), with the chain intact.
+/// The audit record of kind `kind` (`lease_start`, `lease_end`) of lease
+/// `lease_id`.
+fn lease_record(b: &TestBroker, lease_id: &str, kind: &str) -> Option<audit::AuditRecord> {
+    b.audit_records().into_iter().find(|r| {
+        r.event.kind() == kind
+            && match &r.event {
+                AuditEvent::LeaseStart { lease_id: l, .. }
+                | AuditEvent::LeaseEnd { lease_id: l, .. } => l == lease_id,
+                _ => false,
+            }
+    })
+}
+
 #[test]
 fn a_lease_end_is_in_the_log_at_once_and_under_the_vault_head_within_a_second() {
     let b = broker_with_secret();
     let res = b.run_approved(b.spec(&["true"], &["dev"])).1;
     let lease_id = finished(res)["lease_id"].as_str().unwrap().to_owned();
-    let end = b
-        .audit_records()
-        .into_iter()
-        .find(|r| matches!(&r.event, AuditEvent::LeaseEnd { lease_id: l, .. } if *l == lease_id))
+    let end = lease_record(&b, &lease_id, "lease_end")
         .expect("the lease_end record, as soon as the result");
     let until = Instant::now() + Duration::from_secs(5);
     loop {
@@ -280,11 +290,7 @@ fn a_lease_start_is_under_the_vault_head_when_the_result_comes() {
         let res = b.run_approved(b.spec(&["true"], &["dev"])).1;
         let (_, head) = audit_key_and_head(&b.vault_path());
         let lease_id = finished(res)["lease_id"].as_str().unwrap().to_owned();
-        let start = b
-            .audit_records()
-            .into_iter()
-            .find(|r| matches!(&r.event, AuditEvent::LeaseStart { lease_id: l, .. } if *l == lease_id))
-            .expect("the lease_start record");
+        let start = lease_record(&b, &lease_id, "lease_start").expect("the lease_start record");
         let head = head.expect("a head");
         assert!(
             head.seq >= start.seq,

@@ -59,37 +59,46 @@ impl<T: Args> Args for Lazy<T> {
     }
 
     fn augment_args(cmd: Command) -> Command {
-        if eager() {
-            return T::augment_args(cmd);
-        }
-        cmd.defer(|cmd| keeping_about(cmd, T::augment_args))
+        later(cmd, T::augment_args, |cmd| {
+            keeping_about(cmd, T::augment_args)
+        })
     }
 
     fn augment_args_for_update(cmd: Command) -> Command {
-        if eager() {
-            return T::augment_args_for_update(cmd);
-        }
-        cmd.defer(|cmd| keeping_about(cmd, T::augment_args_for_update))
+        let add = T::augment_args_for_update;
+        later(cmd, add, |cmd| {
+            keeping_about(cmd, T::augment_args_for_update)
+        })
     }
 }
 
 impl<T: Subcommand> Subcommand for Lazy<T> {
     fn augment_subcommands(cmd: Command) -> Command {
-        if eager() {
-            return T::augment_subcommands(cmd);
-        }
-        cmd.defer(|cmd| keeping_about(cmd, T::augment_subcommands))
+        later(cmd, T::augment_subcommands, |cmd| {
+            keeping_about(cmd, T::augment_subcommands)
+        })
     }
 
     fn augment_subcommands_for_update(cmd: Command) -> Command {
-        if eager() {
-            return T::augment_subcommands_for_update(cmd);
-        }
-        cmd.defer(|cmd| keeping_about(cmd, T::augment_subcommands_for_update))
+        let add = T::augment_subcommands_for_update;
+        later(cmd, add, |cmd| {
+            keeping_about(cmd, T::augment_subcommands_for_update)
+        })
     }
 
     fn has_subcommand(name: &str) -> bool {
         T::has_subcommand(name)
+    }
+}
+
+/// `add` on `cmd` now when building eagerly, else `deferred` when clap
+/// builds `cmd` (`deferred` is `add` through [`keeping_about`]: clap takes a
+/// plain function, so the closure cannot capture `add`).
+fn later(cmd: Command, add: fn(Command) -> Command, deferred: fn(Command) -> Command) -> Command {
+    if eager() {
+        add(cmd)
+    } else {
+        cmd.defer(deferred)
     }
 }
 
