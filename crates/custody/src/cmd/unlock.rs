@@ -50,7 +50,20 @@ fn start_unlocked_daemon(passphrase: &[u8]) -> anyhow::Result<Value> {
         .with_context(|| format!("preparing {}", runtime.display()))?;
     let log = open_daemon_log(&runtime.join("daemon.log")).context("opening the daemon log")?;
     use std::os::unix::process::CommandExt;
-    let mut child = std::process::Command::new(exe)
+    let mut daemon = std::process::Command::new(exe);
+    // The broker holds the key and every value: nothing from the environment
+    // we were started in may load code into it. A library in `LD_PRELOAD` or
+    // `LD_AUDIT` would run in a dynamically linked broker before `main`; a
+    // statically linked one (`scripts/install`) runs no loader, but its glibc
+    // still follows `LD_LIBRARY_PATH` (and `GCONV_PATH`) to the modules it
+    // loads for some host lookups (the proxy's destinations).
+    for (name, _) in std::env::vars_os() {
+        let upper = name.to_string_lossy().to_ascii_uppercase();
+        if upper.starts_with("LD_") || upper == "GCONV_PATH" {
+            daemon.env_remove(&name);
+        }
+    }
+    let mut child = daemon
         .args(["daemon", "--unlock-stdin"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

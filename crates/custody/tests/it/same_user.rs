@@ -1047,3 +1047,108 @@ fn attack_scan_as_a_guessing_oracle() {
         assert_eq!(lines, [Some(5001), Some(5002)], "{v}");
     });
 }
+
+/// A library whose constructor appends `<pid> <argv[1]>` to the file named
+/// by `PRELOAD_MARK`, built with the system's C compiler into `dir`.
+fn marking_library(dir: &Path) -> std::path::PathBuf {
+    let src = dir.join("mark.c");
+    fs::write(
+        &src,
+        r#"#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+__attribute__((constructor)) static void mark(void) {
+    const char *to = getenv("PRELOAD_MARK");
+    char argv[512] = "";
+    const char *first = "";
+    FILE *cmd = fopen("/proc/self/cmdline", "r");
+    if (cmd) {
+        size_t n = fread(argv, 1, sizeof argv - 1, cmd);
+        argv[n] = 0;
+        size_t zero = strlen(argv);
+        if (zero + 1 < n) first = argv + zero + 1;
+        fclose(cmd);
+    }
+    FILE *f = to ? fopen(to, "a") : NULL;
+    if (f) {
+        fprintf(f, "%d %s\n", (int)getpid(), first);
+        fclose(f);
+    }
+}
+"#,
+    )
+    .unwrap();
+    let lib = dir.join("mark.so");
+    let status = StdCommand::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .status()
+        .expect("a C compiler (`cc`): the test command's machine has gcc");
+    assert!(status.success(), "cc failed");
+    lib
+}
+
+/// Attack class 15, "a library in the unlocking environment": the agent got
+/// `LD_PRELOAD` (and `LD_LIBRARY_PATH`) into the environment the human
+/// unlocks from (a dotenv or an IDE task it wrote). The broker `custody
+/// unlock` starts holds the vault key and every value: it starts without
+/// any `LD_*` variable, so the library never runs in it. (The unlocking
+/// command itself, in a dynamically linked build such as this test's, does
+/// run it: `scripts/install` builds custody statically, where no loader
+/// reads these variables; the install check in `scripts/test` shows that.)
+#[test]
+fn attack_a_preloaded_library_never_runs_in_the_broker() {
+    as_each_user(|e| {
+        let lib = marking_library(e.dir.path());
+        let marks = e.dir.path().join("marks");
+        fs::write(&marks, "").unwrap();
+        if let Some(uid) = e.uid {
+            std::os::unix::fs::chown(&marks, Some(uid), Some(uid)).unwrap();
+        }
+        let custody = assert_cmd::cargo::cargo_bin("custody");
+        e.ok(&["lock"], "");
+        let out = e
+            .command(&custody)
+            .args(["unlock", "--passphrase-stdin"])
+            .env("LD_PRELOAD", &lib)
+            .env("LD_LIBRARY_PATH", e.dir.path())
+            .env("PRELOAD_MARK", &marks)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin
+                    .take()
+                    .unwrap()
+                    .write_all(format!("{PASS}\n").as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        assert!(out.status.success(), "unlock failed: {out:?}");
+        let broker = e.daemon_pid();
+        let marked = fs::read_to_string(&marks).unwrap();
+        // The attack is live: the library ran in the unlocking command.
+        assert!(
+            marked.lines().any(|l| l.ends_with(" unlock")),
+            "the library never ran: {marked:?}"
+        );
+        assert!(
+            !marked.lines().any(|l| {
+                l.split(' ').next() == Some(broker.to_string().as_str()) || l.ends_with(" daemon")
+            }),
+            "the library ran in the broker (pid {broker}): {marked:?}"
+        );
+        // Nothing of the loader's reached the broker's environment (root may
+        // read a non-dumpable process's environment; nobody may not).
+        if e.uid.is_none() {
+            let environ = fs::read(format!("/proc/{broker}/environ")).unwrap();
+            assert!(
+                !environ.split(|b| *b == 0).any(|v| v.starts_with(b"LD_")),
+                "the broker's environment names a loader variable"
+            );
+        }
+    });
+}
