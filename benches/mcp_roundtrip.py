@@ -120,9 +120,13 @@ class Setup:
     """A vault (10 and 1,000 variables, pre-approved `true`) and a broker
     for one custody build, and the command that starts its MCP server."""
 
-    def __init__(self, custody):
-        self.custody = custody
+    def __init__(self, source):
         self.tmp = tmp = tempfile.mkdtemp(prefix="custody-mcp-bench-")
+        # Measured from a fresh copy: how a file came into the page cache
+        # changes how many page faults its start takes (see run_overhead.py).
+        self.custody = custody = f"{tmp}/custody"
+        shutil.copyfile(source, custody)
+        os.chmod(custody, 0o755)
         self.env = env = dict(os.environ, CUSTODY_HOME=f"{tmp}/home", CUSTODY_RUNTIME_DIR=f"{tmp}/run")
         env.pop("XDG_DATA_HOME", None)
         env.pop("XDG_RUNTIME_DIR", None)
