@@ -51,12 +51,13 @@ fn start_unlocked_daemon(passphrase: &[u8]) -> anyhow::Result<Value> {
     let log = open_daemon_log(&runtime.join("daemon.log")).context("opening the daemon log")?;
     use std::os::unix::process::CommandExt;
     let mut daemon = std::process::Command::new(exe);
-    // The broker holds the key and every value: nothing from the environment
-    // we were started in may load code into it. A library in `LD_PRELOAD` or
-    // `LD_AUDIT` would run in a dynamically linked broker before `main`; a
-    // statically linked one (`scripts/install`) runs no loader, but its glibc
-    // still follows `LD_LIBRARY_PATH` (and `GCONV_PATH`) to the modules it
-    // loads for some host lookups (the proxy's destinations).
+    // The broker holds the key and every value for as long as it runs: no
+    // loader variable of the environment we were started in goes with it.
+    // This counts most for the statically linked build (`scripts/install`):
+    // no loader runs in it, but its glibc still follows `LD_LIBRARY_PATH`
+    // (and `GCONV_PATH`) to the modules it loads for some host lookups (the
+    // proxy's destinations). In a dynamically linked build a preloaded library
+    // has already run in this command, which read the passphrase.
     for (name, _) in std::env::vars_os() {
         let upper = name.to_string_lossy().to_ascii_uppercase();
         if upper.starts_with("LD_") || upper == "GCONV_PATH" {

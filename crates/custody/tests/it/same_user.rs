@@ -1090,14 +1090,15 @@ __attribute__((constructor)) static void mark(void) {
     lib
 }
 
-/// Attack class 15, "a library in the unlocking environment": the agent got
-/// `LD_PRELOAD` (and `LD_LIBRARY_PATH`) into the environment the human
-/// unlocks from (a dotenv or an IDE task it wrote). The broker `custody
-/// unlock` starts holds the vault key and every value: it starts without
-/// any `LD_*` variable, so the library never runs in it. (The unlocking
-/// command itself, in a dynamically linked build such as this test's, does
-/// run it: `scripts/install` builds custody statically, where no loader
-/// reads these variables; the install check in `scripts/test` shows that.)
+/// Defence in depth, "a library in the unlocking environment": `LD_PRELOAD`
+/// (and `LD_LIBRARY_PATH`) in the environment the human unlocks from. The
+/// broker `custody unlock` starts holds the vault key and every value: it
+/// starts without any `LD_*` variable, so the library never runs in it. (The
+/// unlocking command itself, in a dynamically linked build such as this
+/// test's, does run it: `scripts/install` builds custody statically, where no
+/// loader reads these variables; the install check in `scripts/test` shows
+/// that. Whoever sets the human's environment can also set `PATH`: see the
+/// threat model's residual risks.)
 #[test]
 fn attack_a_preloaded_library_never_runs_in_the_broker() {
     as_each_user(|e| {
