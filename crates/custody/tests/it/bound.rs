@@ -75,23 +75,10 @@ fn bound_env(up: &Upstream, script: &str) -> Env {
         "api.example.test=127.0.0.1:{0},other.test=127.0.0.1:{0}",
         up.port
     );
-    let out = e
-        .command(&custody)
-        .args(["unlock", "--passphrase-stdin"])
-        .env("CUSTODY_PROXY_CA_FILE", &up.ca)
-        .env("CUSTODY_PROXY_RESOLVE", resolve)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin
-                .take()
-                .unwrap()
-                .write_all(format!("{PASS}\n").as_bytes())?;
-            c.wait_with_output()
-        })
-        .unwrap();
+    let out = e.unlock_with(&[
+        ("CUSTODY_PROXY_CA_FILE", up.ca.as_os_str()),
+        ("CUSTODY_PROXY_RESOLVE", std::ffi::OsStr::new(&resolve)),
+    ]);
     assert!(out.status.success());
     let dest = format!("https://api.example.test:{}", up.port);
     e.ok(

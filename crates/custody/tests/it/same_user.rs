@@ -1108,26 +1108,12 @@ fn attack_a_preloaded_library_never_runs_in_the_broker() {
         if let Some(uid) = e.uid {
             std::os::unix::fs::chown(&marks, Some(uid), Some(uid)).unwrap();
         }
-        let custody = assert_cmd::cargo::cargo_bin("custody");
         e.ok(&["lock"], "");
-        let out = e
-            .command(&custody)
-            .args(["unlock", "--passphrase-stdin"])
-            .env("LD_PRELOAD", &lib)
-            .env("LD_LIBRARY_PATH", e.dir.path())
-            .env("PRELOAD_MARK", &marks)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write;
-                c.stdin
-                    .take()
-                    .unwrap()
-                    .write_all(format!("{PASS}\n").as_bytes())?;
-                c.wait_with_output()
-            })
-            .unwrap();
+        let out = e.unlock_with(&[
+            ("LD_PRELOAD", lib.as_os_str()),
+            ("LD_LIBRARY_PATH", e.dir.path().as_os_str()),
+            ("PRELOAD_MARK", marks.as_os_str()),
+        ]);
         assert!(out.status.success(), "unlock failed: {out:?}");
         let broker = e.daemon_pid();
         let marked = fs::read_to_string(&marks).unwrap();

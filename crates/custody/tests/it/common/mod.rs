@@ -81,6 +81,26 @@ impl Env {
         String::from_utf8_lossy(&out.get_output().stdout).into_owned()
     }
 
+    /// The human's `custody unlock` with `vars` added to its environment
+    /// (passphrase on stdin); its output.
+    pub fn unlock_with(&self, vars: &[(&str, &std::ffi::OsStr)]) -> std::process::Output {
+        use std::io::Write;
+        use std::process::Stdio;
+        let mut c = self.command(&assert_cmd::cargo::cargo_bin("custody"));
+        c.args(["unlock", "--passphrase-stdin"])
+            .envs(vars.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{PASS}\n").as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     pub fn json(&self, args: &[&str]) -> Value {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
