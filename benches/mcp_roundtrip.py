@@ -22,6 +22,9 @@ import subprocess
 import tempfile
 import time
 
+from run_overhead import fresh_copy
+
+
 def calls(cwd):
     run = {"command": ["true"], "cwd": cwd}
     return [("run true (pre-approved, 10 variables)", dict(run, environments=["app"])),
@@ -122,11 +125,8 @@ class Setup:
 
     def __init__(self, source):
         self.tmp = tmp = tempfile.mkdtemp(prefix="custody-mcp-bench-")
-        # Measured from a fresh copy: how a file came into the page cache
-        # changes how many page faults its start takes (see run_overhead.py).
-        self.custody = custody = f"{tmp}/custody"
-        shutil.copyfile(source, custody)
-        os.chmod(custody, 0o755)
+        # Measured from a fresh copy (see run_overhead.fresh_copy).
+        self.custody = custody = fresh_copy(source, f"{tmp}/custody")
         self.env = env = dict(os.environ, CUSTODY_HOME=f"{tmp}/home", CUSTODY_RUNTIME_DIR=f"{tmp}/run")
         env.pop("XDG_DATA_HOME", None)
         env.pop("XDG_RUNTIME_DIR", None)

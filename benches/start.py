@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 
+from run_overhead import fresh_copy
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -34,12 +36,8 @@ def main():
             continue
         if not os.path.exists(b):
             sys.exit(f"{b} not found")
-        # A fresh copy of each: how a file came into the page cache changes
-        # how many page faults its start takes (0.15 ms here, same bytes).
-        copy = os.path.join(tmp, name.split()[0])
-        shutil.copyfile(b, copy)
-        os.chmod(copy, 0o755)
-        cases[name] = [copy, "--version"]
+        # A fresh copy of each (see run_overhead.fresh_copy).
+        cases[name] = [fresh_copy(b, os.path.join(tmp, name.split()[0])), "--version"]
     times = {k: [] for k in cases}
     for _ in range(20):  # warm the page cache
         for argv in cases.values():
